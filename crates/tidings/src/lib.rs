@@ -1,0 +1,36 @@
+//! # Tidings
+//!
+//! An event store, an event bus and an event-sourcing toolkit.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, InMemoryStore,
+//!     NewEvent, ReadStream, StreamId};
+//! let store = InMemoryStore::new();
+//! let order = StreamId::new("order-123").unwrap();
+//! let created = Enricher::new("order-service")
+//!     .enrich(NewEvent::new("OrderCreated", serde_json::json!({"orderId": "order-123"})))
+//!     .unwrap();
+//! store.append(&order, ExpectedVersion::NoStream, vec![created]).await.unwrap();
+//! assert_eq!(store.read_stream(&order, ReadStream::forward()).await.unwrap().len(), 1);
+//! # });
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod event;
+pub mod store;
+mod stream;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use event::{
+    Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
+    SystemClock,
+};
+pub use store::{
+    AppendResult, Direction, EventAppender, EventReader, EventStore, EventSubscriber,
+    ExpectedVersion, Filter, InMemoryStore, ListStreams, Position, ReadAll, ReadStream,
+    RecordedEvent, Revision, Start, StoreError, StreamInfo,
+};
+pub use stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};
