@@ -1,0 +1,317 @@
+//! # tidings-server
+//!
+//! The Tidings HTTP API as an axum [`Router`] over any [`EventStore`]: appends (Tidings
+//! envelopes and CloudEvents in all three HTTP content modes), reads, Server-Sent Events
+//! subscriptions, Prometheus metrics, an OpenAPI document and the web console.
+//!
+//! Mount it in your own service, or run it with `tidings serve`:
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use tidings::InMemoryStore;
+//! use tidings_server::{AppState, ServerConfig};
+//! let state = AppState::new(InMemoryStore::new(), ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7400").await?;
+//! tidings_server::serve(listener, state, tidings_server::shutdown_signal()).await
+//! # }
+//! ```
+//!
+//! Routes, all JSON, errors as RFC 9457 `application/problem+json`:
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /streams/{stream}` | append (header `Expected-Version`) |
+//! | `GET /streams/{stream}` | read a stream (`from`, `limit`, `direction`) |
+//! | `GET /streams/{stream}/{revision}` | one event |
+//! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`) |
+//! | `GET /streams` | list streams (`prefix`, `after`, `limit`) |
+//! | `GET /correlations/{id}` | one business transaction, in commit order |
+//! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events |
+//! | `GET /health`, `/ready`, `/metrics`, `/stats`, `/openapi.json` | operations |
+//! | `GET /` | the web console |
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod append;
+pub mod auth;
+mod console;
+pub mod metrics;
+pub mod openapi;
+pub mod problem;
+mod routes;
+mod sse;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tidings::{Enricher, EventStore, Limits};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+pub use auth::{Role, Tokens};
+pub use metrics::Metrics;
+pub use problem::Problem;
+
+/// Default cap on a request body: 16 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+
+/// How the server behaves. Every field has a safe default.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted (413 above). Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Appends accepted at once, waiting or running; more are answered 503 with
+    /// `Retry-After`. Default 512.
+    pub max_pending_appends: usize,
+    /// Interval of heartbeat comments on idle Server-Sent Events connections. Default 15 s.
+    pub heartbeat: Duration,
+    /// The `source` given to events that do not name one. Default `tidings-http`.
+    pub default_source: String,
+    /// Event size limits applied while enriching.
+    pub limits: Limits,
+    /// Bearer tokens; empty turns authentication off.
+    pub tokens: Tokens,
+    /// Reports the store's size on disk, for `/stats` and `/metrics`.
+    pub store_size: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>>,
+    /// A name for the store behind the server, shown by `/stats` and the console.
+    pub store_description: String,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_pending_appends", &self.max_pending_appends)
+            .field("heartbeat", &self.heartbeat)
+            .field("default_source", &self.default_source)
+            .field("tokens", &self.tokens)
+            .field("store_description", &self.store_description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_pending_appends: 512,
+            heartbeat: Duration::from_secs(15),
+            default_source: "tidings-http".to_owned(),
+            limits: Limits::default(),
+            tokens: Tokens::none(),
+            store_size: None,
+            store_description: "store".to_owned(),
+        }
+    }
+}
+
+/// Everything a handler needs: the store, the configuration, the counters and the
+/// shutdown signal. Cheap to clone.
+pub struct AppState<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<S> {
+    store: S,
+    config: ServerConfig,
+    enricher: Enricher,
+    metrics: Metrics,
+    append_permits: Arc<Semaphore>,
+    shutting_down: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    started: Instant,
+}
+
+impl<S: EventStore> AppState<S> {
+    /// State serving `store` with `config`.
+    pub fn new(store: S, config: ServerConfig) -> Self {
+        let enricher =
+            Enricher::new(config.default_source.clone()).with_limits(config.limits);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                enricher,
+                metrics: Metrics::default(),
+                append_permits: Arc::new(Semaphore::new(config.max_pending_appends)),
+                shutting_down: AtomicBool::new(false),
+                shutdown: watch::channel(false).0,
+                started: Instant::now(),
+                config,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Starts shutting down: new appends get 503, subscriptions end. In-flight appends
+    /// run to completion; [`AppState::drain`] waits for them.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// True once [`AppState::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no append is in flight (after [`AppState::begin_shutdown`], none
+    /// can start).
+    pub async fn drain(&self) {
+        let all = self.inner.config.max_pending_appends as u32;
+        if let Ok(permits) = self.inner.append_permits.acquire_many(all).await {
+            drop(permits);
+        }
+    }
+
+    fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+}
+
+/// The whole API and the console as a router over `state`'s store.
+pub fn router<S: EventStore>(state: AppState<S>) -> Router {
+    Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
+        .route("/streams", get(routes::list_streams::<S>))
+        .route(
+            "/streams/{stream}",
+            get(routes::read_stream::<S>).post(routes::append::<S>),
+        )
+        .route("/streams/{stream}/{revision}", get(routes::read_event::<S>))
+        .route("/all", get(routes::read_all::<S>))
+        .route("/correlations/{id}", get(routes::correlation::<S>))
+        .route("/subscribe/all", get(sse::subscribe_all::<S>))
+        .route("/subscribe/streams/{stream}", get(sse::subscribe_stream::<S>))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready::<S>))
+        .route("/metrics", get(routes::metrics::<S>))
+        .route("/stats", get(routes::stats::<S>))
+        .route("/openapi.json", get(routes::openapi))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize::<S>))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
+        .with_state(state)
+}
+
+async fn observe<S: EventStore>(State(state): State<AppState<S>>, req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    let _enter = span.enter();
+    drop(_enter);
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = response.status().as_u16();
+    state.metrics().record_status(status);
+    span.in_scope(|| tracing::debug!(status, "response"));
+    response
+}
+
+async fn authorize<S: EventStore>(
+    State(state): State<AppState<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let tokens = &state.config().tokens;
+    if tokens.enabled() {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::trim))
+            .map(str::to_owned);
+        let from_query = || {
+            req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("access_token="))
+                    .map(str::to_owned)
+            })
+        };
+        let token = bearer.or_else(from_query);
+        if let Err(p) = tokens.authorize(req.method(), req.uri().path(), token.as_deref()) {
+            let mut response = p.into_response();
+            if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"tidings\""),
+                );
+            }
+            return response;
+        }
+    }
+    next.run(req).await
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then shuts down gracefully:
+/// stops accepting connections, refuses new appends, ends subscriptions, lets in-flight
+/// requests finish and returns once no append is in flight.
+pub async fn serve<S: EventStore>(
+    listener: TcpListener,
+    state: AppState<S>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let on_signal = state.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight appends, closing subscriptions");
+            on_signal.begin_shutdown();
+        })
+        .await;
+    state.begin_shutdown();
+    state.drain().await;
+    tracing::info!("shut down cleanly");
+    result
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,246 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+//!
+//! Written by hand next to the routes; a test walks every documented operation against
+//! the real router, and every route of the router against the document.
+
+use serde_json::{Value, json};
+
+/// Every operation the router serves: (method, path template).
+pub const OPERATIONS: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/console/{file}"),
+    ("get", "/streams"),
+    ("post", "/streams/{stream}"),
+    ("get", "/streams/{stream}"),
+    ("get", "/streams/{stream}/{revision}"),
+    ("get", "/all"),
+    ("get", "/correlations/{id}"),
+    ("get", "/subscribe/all"),
+    ("get", "/subscribe/streams/{stream}"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/stats"),
+    ("get", "/openapi.json"),
+];
+
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    })
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({
+        "name": name, "in": location, "required": location == "path",
+        "description": description, "schema": schema
+    })
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn integer() -> Value {
+    json!({ "type": "integer", "minimum": 0 })
+}
+
+fn events_page() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "events": { "type": "array", "items": { "$ref": "#/components/schemas/RecordedEvent" } },
+            "next": { "type": ["integer", "null"], "description": "pass as from to read the next page" }
+        }
+    })
+}
+
+fn sse_response() -> Value {
+    json!({
+        "description": "Server-Sent Events: one message per event, id = global position, data = RecordedEvent JSON; `: heartbeat` comments when idle",
+        "content": { "text/event-stream": { "schema": { "type": "string" } } }
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let stream = param("stream", "path", "stream name", string());
+    let from = param("from", "query", "first revision or position (inclusive)", integer());
+    let limit = param("limit", "query", "page size (default 100, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000}));
+    let event_type = param("type", "query", "only these event types (comma-separated)", string());
+    let prefix = param("streamPrefix", "query", "only streams starting with this", string());
+    let last_event_id = param("Last-Event-ID", "header", "resume after this global position", integer());
+    let problem_400 = problem("malformed request: bad JSON, bad stream name, bad header or query");
+    let problem_401 = problem("a bearer token is required or unknown");
+    let problem_403 = problem("the token's role does not cover this route");
+    let envelope = json!({ "$ref": "#/components/schemas/NewEvent" });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tidings",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Event store HTTP API: appends with optimistic concurrency, reads, Server-Sent Events subscriptions and CloudEvents 1.0 in all three HTTP content modes."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "description": "RFC 9457 problem details, plus members carrying the values needed to fix the request",
+                    "properties": {
+                        "type": string(), "title": string(), "status": { "type": "integer" }, "detail": string()
+                    },
+                    "required": ["type", "title", "status", "detail"]
+                },
+                "Metadata": {
+                    "type": "object",
+                    "properties": { "correlationId": string(), "causationId": string(), "userId": string() },
+                    "additionalProperties": { "type": "string" }
+                },
+                "NewEvent": {
+                    "type": "object",
+                    "required": ["eventType", "data"],
+                    "properties": {
+                        "eventId": { "type": "string", "format": "uuid" },
+                        "eventType": string(),
+                        "eventVersion": string(),
+                        "timestamp": { "type": "string", "format": "date-time" },
+                        "source": string(),
+                        "data": {},
+                        "metadata": { "$ref": "#/components/schemas/Metadata" }
+                    }
+                },
+                "RecordedEvent": {
+                    "type": "object",
+                    "properties": {
+                        "eventId": { "type": "string", "format": "uuid" },
+                        "eventType": string(), "eventVersion": string(),
+                        "timestamp": { "type": "string", "format": "date-time" },
+                        "source": string(), "data": {},
+                        "metadata": { "$ref": "#/components/schemas/Metadata" },
+                        "stream": string(), "revision": integer(), "position": integer(),
+                        "recordedAt": { "type": "string", "format": "date-time" }
+                    }
+                },
+                "StreamInfo": {
+                    "type": "object",
+                    "properties": {
+                        "stream": string(), "lastRevision": integer(), "lastPosition": integer(),
+                        "lastWritten": { "type": "string", "format": "date-time" }
+                    }
+                },
+                "AppendResult": {
+                    "type": "object",
+                    "properties": {
+                        "stream": string(), "firstRevision": integer(), "nextExpectedVersion": integer(),
+                        "firstPosition": integer(), "position": integer(), "count": integer()
+                    }
+                }
+            }
+        },
+        "security": [{}, { "bearer": [] }],
+        "paths": {
+            "/": { "get": { "summary": "The web console", "responses": { "200": { "description": "HTML", "content": { "text/html": {} } } } } },
+            "/console/{file}": { "get": {
+                "summary": "The console's static files",
+                "parameters": [param("file", "path", "file name", string())],
+                "responses": { "200": { "description": "the file" }, "404": problem("no such file") }
+            } },
+            "/streams": { "get": {
+                "summary": "List streams in name order",
+                "parameters": [
+                    param("prefix", "query", "only names starting with this", string()),
+                    param("after", "query", "only names after this one (paging)", string()),
+                    limit.clone()
+                ],
+                "responses": {
+                    "200": ok_json("streams", json!({ "type": "object", "properties": {
+                        "streams": { "type": "array", "items": { "$ref": "#/components/schemas/StreamInfo" } },
+                        "next": { "type": ["string", "null"], "description": "pass as after for the next page" } } })),
+                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone()
+                }
+            } },
+            "/streams/{stream}": {
+                "post": {
+                    "summary": "Append one event or an array of events (Tidings envelope or CloudEvents)",
+                    "parameters": [stream.clone(), param("Expected-Version", "header", "any, no-stream, stream-exists or a revision", string())],
+                    "requestBody": { "required": true, "content": {
+                        "application/json": { "schema": { "oneOf": [envelope.clone(), { "type": "array", "items": envelope }] } },
+                        "application/cloudevents+json": { "schema": { "type": "object", "description": "CloudEvents 1.0 structured mode" } },
+                        "application/cloudevents-batch+json": { "schema": { "type": "array", "description": "CloudEvents 1.0 batched mode" } },
+                        "*/*": { "schema": {}, "description": "CloudEvents 1.0 binary mode: attributes in ce-* headers" }
+                    } },
+                    "responses": {
+                        "201": ok_json("appended", json!({ "$ref": "#/components/schemas/AppendResult" })),
+                        "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
+                        "409": problem("wrong expected version (members expected, actual) or conflicting event id"),
+                        "413": problem("body or append too large (member limit)"),
+                        "415": problem("unsupported Content-Type"),
+                        "422": problem("an event is refused (member index)"),
+                        "503": problem("append queue full or shutting down; see Retry-After")
+                    }
+                },
+                "get": {
+                    "summary": "Read a stream",
+                    "parameters": [stream.clone(), from.clone(), limit.clone(),
+                        param("direction", "query", "forward or backward", json!({ "enum": ["forward", "backward"] }))],
+                    "responses": {
+                        "200": ok_json("a page of events", events_page()),
+                        "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
+                        "404": problem("the stream has no events")
+                    }
+                }
+            },
+            "/streams/{stream}/{revision}": { "get": {
+                "summary": "One event",
+                "parameters": [stream.clone(), param("revision", "path", "revision in the stream", integer())],
+                "responses": {
+                    "200": ok_json("the event", json!({ "$ref": "#/components/schemas/RecordedEvent" })),
+                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
+                    "404": problem("no event at that revision")
+                }
+            } },
+            "/all": { "get": {
+                "summary": "Read the global log by position",
+                "parameters": [from.clone(), limit.clone(), event_type.clone(), prefix.clone()],
+                "responses": {
+                    "200": ok_json("a page of events", events_page()),
+                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone()
+                }
+            } },
+            "/correlations/{id}": { "get": {
+                "summary": "Every event of one business transaction, in commit order, with causationId links",
+                "parameters": [param("id", "path", "correlation id", string()), from.clone(), limit.clone()],
+                "responses": {
+                    "200": ok_json("the events", events_page()),
+                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
+                    "404": problem("no event carries this correlation id")
+                }
+            } },
+            "/subscribe/all": { "get": {
+                "summary": "Live subscription to the global log",
+                "parameters": [from.clone(), event_type.clone(), prefix, last_event_id.clone()],
+                "responses": { "200": sse_response(), "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone() }
+            } },
+            "/subscribe/streams/{stream}": { "get": {
+                "summary": "Live subscription to one stream (from is a revision)",
+                "parameters": [stream, from, event_type, last_event_id],
+                "responses": { "200": sse_response(), "400": problem_400, "401": problem_401.clone(), "403": problem_403.clone() }
+            } },
+            "/health": { "get": { "summary": "Liveness", "responses": { "200": ok_json("alive", json!({ "type": "object" })) } } },
+            "/ready": { "get": { "summary": "Readiness", "responses": {
+                "200": ok_json("ready", json!({ "type": "object" })), "503": problem("shutting down or store unavailable") } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics (admin token when tokens are on)", "responses": {
+                "200": { "description": "Prometheus text format 0.0.4", "content": { "text/plain": {} } },
+                "401": problem_401.clone(), "403": problem_403.clone() } } },
+            "/stats": { "get": { "summary": "Head, size and counters for the console", "responses": {
+                "200": ok_json("stats", json!({ "type": "object" })), "401": problem_401, "403": problem_403 } } },
+            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": ok_json("OpenAPI 3.1", json!({ "type": "object" })) } } }
+        }
+    })
+}
