@@ -190,7 +190,15 @@ fn json_problem(e: &serde_json::Error, index: Option<usize>) -> Problem {
 }
 
 fn cloud_event_problem(e: CloudEventError, index: Option<usize>) -> Problem {
-    let p = Problem::unprocessable("invalid-cloudevent", format!("the CloudEvent is refused: {e}"));
+    let p = match &e {
+        CloudEventError::UnsupportedContentType(ct) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("the CloudEvent is refused: {e}; Tidings stores JSON data"),
+        )
+        .with("contentType", ct.clone()),
+        _ => Problem::unprocessable("invalid-cloudevent", format!("the CloudEvent is refused: {e}")),
+    };
     match index {
         Some(i) => p.with("index", i),
         None => p,

@@ -1,0 +1,116 @@
+//! `tidings serve`: the HTTP API, Server-Sent Events and the web console.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use tidings::EventStore;
+use tidings_server::{AppState, Role, ServerConfig, Tokens};
+
+use crate::store::{StoreSpec, with_store};
+
+/// Options of `tidings serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --token or --token-file.
+    #[arg(long, default_value = "127.0.0.1:7400", env = "TIDINGS_LISTEN")]
+    listen: String,
+    /// Data directory of the embedded store.
+    #[arg(long, default_value = "./tidings-data", env = "TIDINGS_DATA")]
+    data: PathBuf,
+    /// Store to serve instead of --data: a directory, `memory`, or postgres://….
+    #[arg(long, env = "TIDINGS_STORE")]
+    store: Option<String>,
+    /// An admin bearer token that requests must carry.
+    #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file of `ROLE TOKEN` lines (roles: read-only, read-write, admin).
+    #[arg(long, env = "TIDINGS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = tidings_server::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Appends accepted at once before answering 503 with Retry-After.
+    #[arg(long, default_value_t = 512)]
+    max_pending_appends: usize,
+    /// Seconds between heartbeat comments on idle subscriptions.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_secs: u64,
+}
+
+fn tokens(args: &ServeArgs) -> Result<Tokens> {
+    let mut tokens = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?;
+            Tokens::parse_file(&text)
+                .with_context(|| format!("token file {} is invalid", path.display()))?
+        }
+        None => Tokens::none(),
+    };
+    if let Some(t) = &args.token {
+        if t.len() < 16 {
+            bail!("--token must be at least 16 characters long");
+        }
+        tokens = tokens.with(t.clone(), Role::Admin);
+    }
+    Ok(tokens)
+}
+
+async fn resolve(listen: &str) -> Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: not an address (use HOST:PORT, e.g. 127.0.0.1:7400)"))?;
+    addrs
+        .next()
+        .with_context(|| format!("--listen {listen} resolves to no address"))
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let tokens = tokens(&args)?;
+    let addr = resolve(&args.listen).await?;
+    if !addr.ip().is_loopback() && !tokens.enabled() {
+        bail!(
+            "refusing to listen on {addr} without authentication: anyone who can reach it could \
+             read and write every event. Pass --token <SECRET> (or --token-file FILE), or listen \
+             on 127.0.0.1"
+        );
+    }
+    let spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_pending_appends: args.max_pending_appends.max(1),
+        heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+        tokens,
+        store_size: spec.size_probe(),
+        store_description: spec.describe(),
+        ..ServerConfig::default()
+    };
+    with_store!(spec, |store| serve_store(store, config, addr).await)
+}
+
+async fn serve_store<S: EventStore>(store: S, config: ServerConfig, addr: SocketAddr) -> Result<()> {
+    let description = config.store_description.clone();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is another server running there?)"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::new(store, config);
+    println!("Tidings is listening on http://{local} (store: {description})");
+    println!("Open the console at http://{local}/  ·  API: http://{local}/openapi.json");
+    tidings_server::serve(listener, state, tidings_server::shutdown_signal())
+        .await
+        .context("the server failed")?;
+    println!("Tidings stopped cleanly.");
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Which store a command opens: the one place that turns `--store` / `--data` into a
+//! store, so a new backend (`postgres://…`) is added here and nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+
+/// Where the events live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// In memory; gone when the process exits (`--store memory`).
+    Memory,
+    /// The embedded store in a directory.
+    Dir(PathBuf),
+    /// PostgreSQL (not yet available).
+    Postgres(String),
+}
+
+impl StoreSpec {
+    /// `--store URL` when given, else the data directory.
+    pub fn from_args(store: Option<&str>, data: &Path) -> Result<Self> {
+        Ok(match store {
+            None => Self::Dir(data.to_owned()),
+            Some("memory" | "memory:" | "mem") => Self::Memory,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::Postgres(url.to_owned())
+            }
+            Some(url) if url.contains("://") => {
+                bail!("--store {url}: unknown scheme; use a directory path, `memory` or postgres://…")
+            }
+            Some(path) => Self::Dir(PathBuf::from(path.strip_prefix("file:").unwrap_or(path))),
+        })
+    }
+
+    /// A short description for logs and the console.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Memory => "memory".to_owned(),
+            Self::Dir(p) => format!("embedded ({})", p.display()),
+            Self::Postgres(_) => "postgres".to_owned(),
+        }
+    }
+
+    /// A function reporting the store's size on disk, if it has one.
+    pub fn size_probe(&self) -> Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>> {
+        match self {
+            Self::Dir(p) => {
+                let p = p.clone();
+                Some(Arc::new(move || dir_size(&p)))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).ok()? {
+        let entry = entry.ok()?;
+        let meta = entry.metadata().ok()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path()).unwrap_or(0)
+        } else {
+            meta.len()
+        };
+    }
+    Some(total)
+}
+
+/// Opens the store `spec` names and evaluates `$body` with it bound to `$s` (each
+/// backend is its own type, so the body is compiled once per backend).
+macro_rules! with_store {
+    ($spec:expr, |$s:ident| $body:expr) => {{
+        match $spec {
+            $crate::store::StoreSpec::Memory => {
+                let $s = tidings::InMemoryStore::new();
+                $body
+            }
+            $crate::store::StoreSpec::Dir(dir) => {
+                let _ = dir;
+                anyhow::bail!(
+                    "the embedded store is not built into this binary yet; use --store memory or --server URL"
+                )
+            }
+            $crate::store::StoreSpec::Postgres(_) => {
+                anyhow::bail!("the PostgreSQL store is not available yet; use a data directory")
+            }
+        }
+    }};
+}
+pub(crate) use with_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_arguments() {
+        let d = Path::new("./tidings-data");
+        assert_eq!(
+            StoreSpec::from_args(None, d).unwrap(),
+            StoreSpec::Dir(d.into())
+        );
+        assert_eq!(
+            StoreSpec::from_args(Some("memory"), d).unwrap(),
+            StoreSpec::Memory
+        );
+        assert!(matches!(
+            StoreSpec::from_args(Some("postgres://localhost/test"), d).unwrap(),
+            StoreSpec::Postgres(_)
+        ));
+        assert!(StoreSpec::from_args(Some("nats://x"), d).is_err());
+        assert_eq!(
+            StoreSpec::from_args(Some("/tmp/x"), d).unwrap(),
+            StoreSpec::Dir("/tmp/x".into())
+        );
+    }
+}
