@@ -230,10 +230,35 @@ async fn observe<S: EventStore>(State(state): State<AppState<S>>, req: Request, 
     let _enter = span.enter();
     drop(_enter);
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let response = as_problem(response).await;
     let status = response.status().as_u16();
     state.metrics().record_status(status);
     span.in_scope(|| tracing::debug!(status, "response"));
     response
+}
+
+/// Rewrites plain-text error responses (axum's own extractor rejections) as problems,
+/// so every error the API answers is `application/problem+json`.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).into_owned();
+    let slug = if status.is_client_error() {
+        "invalid-request"
+    } else {
+        "internal-error"
+    };
+    Problem::new(status, slug, detail).into_response()
 }
 
 async fn authorize<S: EventStore>(

@@ -193,6 +193,22 @@ impl SseReader {
         }
     }
 
+    /// Reads until at least one comment (heartbeat) has arrived and no message is pending.
+    pub async fn wait_comment(&mut self) {
+        while self.comments == 0 {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                assert!(raw.starts_with(b":"), "expected a comment, got a message");
+                self.comments += 1;
+                continue;
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend(bytes.iter().filter(|&&b| b != b'\r')),
+                _ => panic!("the stream ended before a heartbeat"),
+            }
+        }
+    }
+
     /// The next message (id, event, data); None when the stream ends.
     pub async fn next(&mut self) -> Option<(Option<String>, Option<String>, String)> {
         loop {
