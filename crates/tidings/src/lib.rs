@@ -24,6 +24,8 @@ mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
+pub use event::upcast::{UpcastError, Upcaster, Upcasters};
 pub use event::{
     Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
     SystemClock,
