@@ -32,6 +32,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One order line: product, quantity, unit price.
+type Line = (&'static str, u32, f64);
+
 fn stream(name: &str) -> anyhow::Result<StreamId> {
     StreamId::new(name).with_context(|| format!("stream name {name:?}"))
 }
@@ -78,7 +81,7 @@ pub async fn run_flow<S: EventStore>(
         )
         .await?;
 
-    let items: [(&str, &[(&str, u32, f64)]); 2] = [
+    let items: [(&str, &[Line]); 2] = [
         (
             "order-123",
             &[("product-789", 2, 29.99), ("product-790", 1, 15.5)],

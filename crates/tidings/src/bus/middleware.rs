@@ -11,6 +11,8 @@ use super::handler::BoxFuture;
 use crate::store::RecordedEvent;
 
 /// What a middleware decided.
+// `Continue` is the common case; boxing it would allocate for every event dispatched.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Flow {
     /// Go on with this (possibly changed) event.
