@@ -378,3 +378,16 @@ async fn a_publisher_is_a_store_whose_appends_are_dispatched() {
         Some(1)
     );
 }
+
+#[test]
+fn outside_a_tokio_runtime_async_subscribers_count_as_failed() {
+    let log: Log = Arc::default();
+    let bus = InProcessBus::new();
+    bus.subscribe_all("sync", Delivery::Sync, logging(&log, "sync"));
+    bus.subscribe_all("async", Delivery::Async, handler_fn(|_| async { Ok(()) }));
+    let report = futures::executor::block_on(bus.dispatch(recorded("OrderCreated")));
+    assert_eq!((report.outcomes.len(), report.spawned), (1, 0));
+    assert_eq!(log.lock().unwrap().len(), 1);
+    let stats = bus.async_stats();
+    assert_eq!((stats.spawned, stats.failed), (1, 1));
+}

@@ -51,7 +51,7 @@ pub struct AsyncStats {
 
 /// The in-process bus of the seed: on each event, synchronous subscribers run one after
 /// another and are awaited (their outcomes are reported), then asynchronous subscribers
-/// are spawned. A failed asynchronous subscriber is logged and counted in
+/// are spawned on the current Tokio runtime (outside one, they count as failed). A failed asynchronous subscriber is logged and counted in
 /// [`InProcessBus::async_stats`], never silently dropped. Clones share one bus.
 ///
 /// ```
@@ -198,7 +198,17 @@ impl InProcessBus {
             let inner = self.inner.clone();
             let event = event.clone();
             inner.spawned.fetch_add(1, Ordering::SeqCst);
-            let task = tokio::spawn(async move {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                inner.failed.fetch_add(1, Ordering::SeqCst);
+                tracing::error!(
+                    subscriber = %name,
+                    event_type = %event.event_type,
+                    event_id = %event.event_id,
+                    "asynchronous subscriber not run: no Tokio runtime to spawn it on"
+                );
+                continue;
+            };
+            let task = runtime.spawn(async move {
                 let outcome = run_handler(&name, handler.as_ref(), &event).await;
                 match outcome.result {
                     Ok(()) => inner.succeeded.fetch_add(1, Ordering::SeqCst),

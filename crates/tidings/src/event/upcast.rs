@@ -201,13 +201,18 @@ impl Upcasters {
             .by_source
             .get(&(event.event_type.clone(), event.event_version.clone()))
         {
-            let old = data.take().unwrap_or_else(|| event.data.to_value());
-            let new = (u.transform)(old).map_err(|reason| UpcastError::Failed {
+            let failed = |reason: String| UpcastError::Failed {
                 event_type: event.event_type.clone(),
                 from: u.from.clone(),
                 to: u.to.clone(),
                 reason,
-            })?;
+            };
+            let old = match data.take() {
+                Some(d) => d,
+                None => serde_json::from_str(event.data.as_str())
+                    .map_err(|e| failed(format!("stored data is not valid JSON: {e}")))?,
+            };
+            let new = (u.transform)(old).map_err(failed)?;
             data = Some(new);
             event.event_version = u.to.clone();
         }
@@ -285,6 +290,16 @@ mod tests {
         assert!(matches!(
             chain().upcast(old),
             Err(UpcastError::Failed { ref from, ref to, .. }) if from == "1.1" && to == "2.0"
+        ));
+    }
+
+    #[test]
+    fn stored_data_that_is_not_json_is_a_typed_error() {
+        let mut old = stored("OrderCreated", "1.0", json!({}));
+        old.data = Payload::from_trusted_json("{broken");
+        assert!(matches!(
+            chain().upcast(old),
+            Err(UpcastError::Failed { ref reason, .. }) if reason.contains("not valid JSON")
         ));
     }
 
