@@ -53,6 +53,10 @@ pub struct Published {
 /// it has no correlation id, the first event of the publish lends its own id as the
 /// correlation id of every event of the publish.
 ///
+/// Re-publishing events whose ids are already recorded (a retry) appends nothing — the
+/// store answers idempotently — but dispatches them again, so handlers must be
+/// idempotent. See `docs/decisions/0002-publishing-and-causation.md`.
+///
 /// A `Publisher` is itself a store ([`EventAppender`], [`EventReader`],
 /// [`EventSubscriber`]): appending through it applies causation and dispatches, reads go
 /// to the store, so a [`Repository`](crate::aggregate::Repository) built on it publishes
