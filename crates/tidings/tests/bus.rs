@@ -391,3 +391,20 @@ fn outside_a_tokio_runtime_async_subscribers_count_as_failed() {
     let stats = bus.async_stats();
     assert_eq!((stats.spawned, stats.failed), (1, 1));
 }
+
+#[tokio::test]
+async fn a_retried_publish_is_stored_once_but_dispatched_again() {
+    let (publisher, dispatcher, store) = chain_publisher();
+    let log: Log = Arc::default();
+    dispatcher.on("Retry", "spy", logging(&log, "spy"));
+    let event = NewEvent::new("Retry", json!({})).with_id(uuid::Uuid::now_v7());
+    for _ in 0..2 {
+        let p = publisher
+            .publish(&stream("retry"), ExpectedVersion::NoStream, event.clone())
+            .await
+            .unwrap();
+        assert_eq!(p.append.next_expected_version, 0);
+    }
+    assert_eq!(store.all_events().len(), 1);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
