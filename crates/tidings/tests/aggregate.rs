@@ -358,3 +358,33 @@ async fn saved_events_carry_the_given_metadata() {
     assert_eq!(e.metadata.correlation_id.as_deref(), Some("corr-9"));
     assert_eq!(e.metadata.user_id.as_deref(), Some("user-7"));
 }
+
+#[tokio::test]
+async fn execute_loads_runs_and_saves_in_one_call() {
+    use tidings::aggregate::CommandError;
+    let store = InMemoryStore::new();
+    let repo = repo(&store);
+    let events = repo
+        .execute(&cart(), add("a", 2), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    repo.execute(&cart(), CartCommand::CheckOut, Default::default())
+        .await
+        .unwrap();
+    let err = repo
+        .execute(&cart(), add("b", 1), Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err, CommandError::Rejected(CartError::CheckedOut));
+    assert_eq!(store.all_events().len(), 2);
+    let store_with_unknown = store_with_old_event().await;
+    let err = self::repo(&store_with_unknown)
+        .execute(&cart(), add("c", 1), Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommandError::Repository(RepositoryError::Decode { .. })
+    ));
+}

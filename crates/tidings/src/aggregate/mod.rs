@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::event::domain::DomainEvent;
 
-pub use repository::{Repository, RepositoryError};
+pub use repository::{CommandError, Repository, RepositoryError};
 pub use root::AggregateRoot;
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotError, SnapshotPolicy, SnapshotStore};
 

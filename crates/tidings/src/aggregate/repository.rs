@@ -94,6 +94,17 @@ impl From<StoreError> for RepositoryError {
     }
 }
 
+/// Why [`Repository::execute`] did not record a command's events.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError<E> {
+    /// The aggregate refused the command. Nothing was stored.
+    #[error("command refused: {0}")]
+    Rejected(#[source] E),
+    /// Loading or saving failed (a conflict included). Nothing was stored.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
 /// Loads and saves aggregates of type `A` on store `S`, with snapshots in `P`.
 ///
 /// ```
@@ -263,6 +274,24 @@ where
                 AggregateRoot::new(stream.clone())
             }
         }
+    }
+
+    /// Loads the aggregate of `stream`, runs `command` on it and saves the events it
+    /// decided, in one call; returns those events. On a conflict nothing is stored and
+    /// the caller may run it again on the new state.
+    pub async fn execute(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        metadata: Metadata,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        let mut root = self.load(stream).await?;
+        let events = root
+            .execute(command)
+            .map_err(CommandError::Rejected)?
+            .to_vec();
+        self.save_with(&mut root, metadata).await?;
+        Ok(events)
     }
 
     /// Saves the root's uncommitted events (see [`Repository::save_with`]).
