@@ -4,6 +4,7 @@
 
 mod client;
 mod commands;
+mod demo;
 mod serve;
 mod store;
 
@@ -35,6 +36,8 @@ enum Command {
     Export(commands::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
     Import(commands::ImportArgs),
+    /// Runs the order example against the in-memory store and prints the event flow.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Correlation(a) => commands::correlation(a).await,
             Command::Export(a) => commands::export(a).await,
             Command::Import(a) => commands::import(a).await,
+            Command::Demo(a) => demo::run(a).await,
         }
     });
     match result {

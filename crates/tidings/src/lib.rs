@@ -18,12 +18,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
+pub mod bus;
 pub mod event;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
+pub use event::upcast::{UpcastError, Upcaster, Upcasters};
 pub use event::{
     Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
     SystemClock,
@@ -33,4 +37,9 @@ pub use store::{
     ExpectedVersion, Filter, InMemoryStore, ListStreams, Position, ReadAll, ReadStream,
     RecordedEvent, Revision, Start, StoreError, StreamInfo,
 };
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};
