@@ -113,12 +113,12 @@ async function pollStats() {
     const now = performance.now();
     if (lastStats) {
       const dt = (now - lastStats.at) / 1000;
-      const rate = Math.max(0, (s.appends - lastStats.appends) / dt);
+      const rate = Math.max(0, (s.eventsAppended - lastStats.events) / dt);
       document.getElementById("stat-rate").textContent = fmtNum(rate);
     } else {
       document.getElementById("stat-rate").textContent = "0";
     }
-    lastStats = { at: now, appends: s.appends };
+    lastStats = { at: now, events: s.eventsAppended };
     document.getElementById("stat-events").textContent = fmtNum(s.events);
     document.getElementById("stat-size").textContent = s.storeBytes === null ? "in memory" : fmtBytes(s.storeBytes);
     document.getElementById("stat-size-label").textContent = s.store || "store";
@@ -151,7 +151,7 @@ async function streamsPage(params) {
     const q = "/streams?limit=50" + (prefix ? "&prefix=" + enc(prefix) : "") + (after ? "&after=" + enc(after) : "");
     const page = await api(q);
     if (!page.streams.length) {
-      body.replaceChildren(h("div", { class: "empty" }, prefix ? `No stream starts with “${prefix}”.` : "No streams yet. Append an event: curl -X POST localhost:7400/streams/order-1 -d '{\"eventType\":\"OrderCreated\",\"data\":{}}'"));
+      body.replaceChildren(h("div", { class: "empty" }, prefix ? `No stream starts with “${prefix}”.` : "No streams yet. Append an event: curl -X POST localhost:7400/streams/order-1 -H 'content-type: application/json' -d '{\"eventType\":\"OrderCreated\",\"data\":{}}'"));
       return;
     }
     const rows = page.streams.map((s) =>
