@@ -208,10 +208,12 @@ impl Remote {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {} (is `tidings serve` running?)", self.base))?;
+        let response = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the server at {} (is `tidings serve` running?)",
+                self.base
+            )
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -224,10 +226,16 @@ impl Remote {
             .unwrap_or("")
             .to_owned();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(anyhow!("the server answered {status}: {detail} (pass --token or set TIDINGS_TOKEN)").into());
+            return Err(anyhow!(
+                "the server answered {status}: {detail} (pass --token or set TIDINGS_TOKEN)"
+            )
+            .into());
         }
         if status.is_client_error() && !slug.is_empty() {
-            return Err(ClientError::Refused { slug, detail: format!("{status}: {detail}") });
+            return Err(ClientError::Refused {
+                slug,
+                detail: format!("{status}: {detail}"),
+            });
         }
         Err(anyhow!("the server answered {status}: {detail}").into())
     }
@@ -262,7 +270,11 @@ impl Client for Remote {
             "/streams/{}?limit={}&direction={}",
             enc(stream),
             options.limit.min(tidings_server_max_limit()),
-            if options.direction == Direction::Backward { "backward" } else { "forward" }
+            if options.direction == Direction::Backward {
+                "backward"
+            } else {
+                "forward"
+            }
         );
         if let Some(f) = options.from {
             path.push_str(&format!("&from={f}"));
@@ -276,7 +288,10 @@ impl Client for Remote {
 
     async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>> {
         let page: Page<RecordedEvent> = self
-            .get_json(&format!("/all?from={from}&limit={}", limit.min(tidings_server_max_limit())))
+            .get_json(&format!(
+                "/all?from={from}&limit={}",
+                limit.min(tidings_server_max_limit())
+            ))
             .await?;
         Ok(page.events)
     }
@@ -299,9 +314,14 @@ impl Client for Remote {
     }
 
     async fn correlation(&self, id: &str) -> Result<Vec<RecordedEvent>> {
-        match self.send(self.get(&format!("/correlations/{}", enc(id)))).await {
+        match self
+            .send(self.get(&format!("/correlations/{}", enc(id))))
+            .await
+        {
             Ok(r) => Ok(r.json::<Page<RecordedEvent>>().await?.events),
-            Err(ClientError::Refused { slug, .. }) if slug == "correlation-not-found" => Ok(Vec::new()),
+            Err(ClientError::Refused { slug, .. }) if slug == "correlation-not-found" => {
+                Ok(Vec::new())
+            }
             Err(e) => Err(anyhow!(e)),
         }
     }
@@ -376,7 +396,8 @@ async fn next_sse_event(mut s: SseState) -> Option<(Result<RecordedEvent>, SseSt
             if id.is_some() {
                 s.last_id = id;
             }
-            let parsed = serde_json::from_str(&data).context("a subscription message is not an event");
+            let parsed =
+                serde_json::from_str(&data).context("a subscription message is not an event");
             return Some((parsed, s));
         }
         let Some(response) = s.response.as_mut() else {

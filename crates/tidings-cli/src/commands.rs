@@ -27,7 +27,12 @@ pub struct Target {
     #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Data directory of a local embedded store (when no --server).
-    #[arg(long, default_value = "./tidings-data", env = "TIDINGS_DATA", global = true)]
+    #[arg(
+        long,
+        default_value = "./tidings-data",
+        env = "TIDINGS_DATA",
+        global = true
+    )]
     data: PathBuf,
     /// A local store URL instead of --data: a directory or postgres://….
     #[arg(long, env = "TIDINGS_STORE", global = true)]
@@ -233,7 +238,10 @@ pub async fn tail(a: TailArgs) -> Result<()> {
     with_client!(a.target, |c| {
         let mut events = c.subscribe(a.stream.as_deref(), a.from).await?;
         if !a.target.json {
-            eprintln!("following {} (Ctrl-C to stop)", a.stream.as_deref().unwrap_or("all streams"));
+            eprintln!(
+                "following {} (Ctrl-C to stop)",
+                a.stream.as_deref().unwrap_or("all streams")
+            );
         }
         loop {
             tokio::select! {
@@ -334,7 +342,13 @@ pub fn causation_tree(events: &[RecordedEvent]) -> Vec<String> {
         out: &mut Vec<String>,
     ) {
         let e = &events[i];
-        let branch = if top { "" } else if last { "└─ " } else { "├─ " };
+        let branch = if top {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
         let cause = match (&e.metadata.causation_id, top) {
             (Some(c), true) => format!("  (caused by {c})"),
             _ => String::new(),
@@ -350,7 +364,15 @@ pub fn causation_tree(events: &[RecordedEvent]) -> Vec<String> {
         };
         let kids = children.get(&i).cloned().unwrap_or_default();
         for (k, &c) in kids.iter().enumerate() {
-            walk(c, &next_prefix, k + 1 == kids.len(), false, events, children, out);
+            walk(
+                c,
+                &next_prefix,
+                k + 1 == kids.len(),
+                false,
+                events,
+                children,
+                out,
+            );
         }
     }
     let mut out = Vec::new();
@@ -410,7 +432,8 @@ pub async fn export(a: ExportArgs) -> Result<()> {
         let total = head.map_or(0, |h| h + 1).saturating_sub(a.from);
         let mut out: Box<dyn Write> = match &a.out {
             Some(p) => Box::new(BufWriter::new(
-                std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?,
             )),
             None => Box::new(BufWriter::new(std::io::stdout().lock())),
         };
@@ -468,7 +491,9 @@ fn progress_path(file: &std::path::Path) -> PathBuf {
 async fn import_batch<C: Client>(c: &C, stream: &str, events: Vec<Event>) -> Result<u64> {
     match c.append(stream, ExpectedVersion::Any, events.clone()).await {
         Ok(_) => Ok(events.len() as u64),
-        Err(ClientError::Refused { slug, .. }) if slug == "duplicate-event-id" && events.len() > 1 => {
+        Err(ClientError::Refused { slug, .. })
+            if slug == "duplicate-event-id" && events.len() > 1 =>
+        {
             for e in events.iter() {
                 let id = e.event_id;
                 c.append(stream, ExpectedVersion::Any, vec![e.clone()])
@@ -533,12 +558,17 @@ pub async fn import(a: ImportArgs) -> Result<()> {
                 None
             } else {
                 Some(serde_json::from_str(&line).with_context(|| {
-                    format!("{} line {line_no} (after byte {offset}) is not an exported event", a.file.display())
+                    format!(
+                        "{} line {line_no} (after byte {offset}) is not an exported event",
+                        a.file.display()
+                    )
                 })?)
             };
             let flush = at_end
                 || pending.len() >= batch
-                || record.as_ref().is_some_and(|r| r.stream.as_str() != pending_stream);
+                || record
+                    .as_ref()
+                    .is_some_and(|r| r.stream.as_str() != pending_stream);
             if flush && !pending.is_empty() {
                 imported += import_batch(&c, &pending_stream, std::mem::take(&mut pending)).await?;
                 std::fs::write(&progress_file, offset.to_string())

@@ -60,9 +60,9 @@ fn tokens(args: &ServeArgs) -> Result<Tokens> {
 }
 
 async fn resolve(listen: &str) -> Result<SocketAddr> {
-    let mut addrs = tokio::net::lookup_host(listen)
-        .await
-        .with_context(|| format!("--listen {listen}: not an address (use HOST:PORT, e.g. 127.0.0.1:7400)"))?;
+    let mut addrs = tokio::net::lookup_host(listen).await.with_context(|| {
+        format!("--listen {listen}: not an address (use HOST:PORT, e.g. 127.0.0.1:7400)")
+    })?;
     addrs
         .next()
         .with_context(|| format!("--listen {listen} resolves to no address"))
@@ -99,7 +99,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     with_store!(spec, |store| serve_store(store, config, addr).await)
 }
 
-async fn serve_store<S: EventStore>(store: S, config: ServerConfig, addr: SocketAddr) -> Result<()> {
+async fn serve_store<S: EventStore>(
+    store: S,
+    config: ServerConfig,
+    addr: SocketAddr,
+) -> Result<()> {
     let description = config.store_description.clone();
     let listener = tokio::net::TcpListener::bind(addr)
         .await

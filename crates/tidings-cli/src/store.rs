@@ -27,7 +27,9 @@ impl StoreSpec {
                 Self::Postgres(url.to_owned())
             }
             Some(url) if url.contains("://") => {
-                bail!("--store {url}: unknown scheme; use a directory path, `memory` or postgres://…")
+                bail!(
+                    "--store {url}: unknown scheme; use a directory path, `memory` or postgres://…"
+                )
             }
             Some(path) => Self::Dir(PathBuf::from(path.strip_prefix("file:").unwrap_or(path))),
         })

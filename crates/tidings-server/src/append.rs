@@ -69,7 +69,9 @@ pub fn parse_append(headers: &HeaderMap, body: &[u8]) -> Result<AppendRequest, P
         Some("application/cloudevents-batch+json") => ContentMode::Batched,
         _ if headers.contains_key("ce-specversion") => ContentMode::Binary,
         None | Some("application/json") | Some("") => ContentMode::Envelope,
-        Some(other) if other.ends_with("+json") && !other.starts_with("application/cloudevents") => {
+        Some(other)
+            if other.ends_with("+json") && !other.starts_with("application/cloudevents") =>
+        {
             ContentMode::Envelope
         }
         Some(other) => {
@@ -155,7 +157,9 @@ fn parse_json(body: &[u8]) -> Result<serde_json::Value, Problem> {
 fn parse_envelopes(body: &[u8]) -> Result<Vec<NewEvent>, Problem> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
-        Some(b'[') => serde_json::from_slice::<Vec<NewEvent>>(body).map_err(|e| json_problem(&e, None)),
+        Some(b'[') => {
+            serde_json::from_slice::<Vec<NewEvent>>(body).map_err(|e| json_problem(&e, None))
+        }
         Some(b'{') => serde_json::from_slice::<NewEvent>(body)
             .map(|e| vec![e])
             .map_err(|e| json_problem(&e, Some(0))),
@@ -182,7 +186,10 @@ fn json_problem(e: &serde_json::Error, index: Option<usize>) -> Problem {
             Problem::bad_request("malformed-json", format!("the body is not valid JSON: {e}"))
         }
     };
-    let p = p.with("line", e.line()).with("column", e.column()).with("at", at);
+    let p = p
+        .with("line", e.line())
+        .with("column", e.column())
+        .with("at", at);
     match index {
         Some(i) => p.with("index", i),
         None => p,
@@ -197,7 +204,10 @@ fn cloud_event_problem(e: CloudEventError, index: Option<usize>) -> Problem {
             format!("the CloudEvent is refused: {e}; Tidings stores JSON data"),
         )
         .with("contentType", ct.clone()),
-        _ => Problem::unprocessable("invalid-cloudevent", format!("the CloudEvent is refused: {e}")),
+        _ => Problem::unprocessable(
+            "invalid-cloudevent",
+            format!("the CloudEvent is refused: {e}"),
+        ),
     };
     match index {
         Some(i) => p.with("index", i),
@@ -223,7 +233,10 @@ mod tests {
         let one = parse_append(&HeaderMap::new(), br#"{"eventType":"A","data":{}}"#).unwrap();
         assert_eq!((one.events.len(), one.mode), (1, ContentMode::Envelope));
         let many = parse_append(
-            &headers(&[("content-type", "application/json"), ("expected-version", "3")]),
+            &headers(&[
+                ("content-type", "application/json"),
+                ("expected-version", "3"),
+            ]),
             br#"[{"eventType":"A","data":1},{"eventType":"B","data":2}]"#,
         )
         .unwrap();

@@ -148,7 +148,12 @@ impl Tokens {
     }
 
     /// Checks a request for `path` with `method` carrying `token`.
-    pub fn authorize(&self, method: &Method, path: &str, token: Option<&str>) -> Result<(), Problem> {
+    pub fn authorize(
+        &self,
+        method: &Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(), Problem> {
         let Some(needed) = required_role(method, path) else {
             return Ok(());
         };

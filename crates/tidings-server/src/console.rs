@@ -11,9 +11,21 @@ use crate::problem::Problem;
 
 const INDEX: &str = include_str!("../assets/index.html");
 const FILES: &[(&str, &str, &str)] = &[
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../assets/app.js")),
-    ("app.css", "text/css; charset=utf-8", include_str!("../assets/app.css")),
-    ("favicon.svg", "image/svg+xml", include_str!("../assets/favicon.svg")),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/app.css"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../assets/favicon.svg"),
+    ),
 ];
 
 pub(crate) async fn index() -> Response {
@@ -28,12 +40,16 @@ pub(crate) async fn index() -> Response {
 }
 
 pub(crate) async fn asset(Path(file): Path<String>) -> Result<Response, Problem> {
-    let (_, content_type, body) = FILES
-        .iter()
-        .find(|(name, _, _)| *name == file)
-        .ok_or_else(|| {
-            Problem::not_found("asset-not-found", format!("the console has no file {file:?}"))
-        })?;
+    let (_, content_type, body) =
+        FILES
+            .iter()
+            .find(|(name, _, _)| *name == file)
+            .ok_or_else(|| {
+                Problem::not_found(
+                    "asset-not-found",
+                    format!("the console has no file {file:?}"),
+                )
+            })?;
     Ok((
         [
             (header::CONTENT_TYPE, *content_type),

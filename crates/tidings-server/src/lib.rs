@@ -141,8 +141,7 @@ struct Inner<S> {
 impl<S: EventStore> AppState<S> {
     /// State serving `store` with `config`.
     pub fn new(store: S, config: ServerConfig) -> Self {
-        let enricher =
-            Enricher::new(config.default_source.clone()).with_limits(config.limits);
+        let enricher = Enricher::new(config.default_source.clone()).with_limits(config.limits);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -212,7 +211,10 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
         .route("/all", get(routes::read_all::<S>))
         .route("/correlations/{id}", get(routes::correlation::<S>))
         .route("/subscribe/all", get(sse::subscribe_all::<S>))
-        .route("/subscribe/streams/{stream}", get(sse::subscribe_stream::<S>))
+        .route(
+            "/subscribe/streams/{stream}",
+            get(sse::subscribe_stream::<S>),
+        )
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready::<S>))
         .route("/metrics", get(routes::metrics::<S>))
@@ -220,12 +222,19 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), authorize::<S>))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize::<S>,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .with_state(state)
 }
 
-async fn observe<S: EventStore>(State(state): State<AppState<S>>, req: Request, next: Next) -> Response {
+async fn observe<S: EventStore>(
+    State(state): State<AppState<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
     let _enter = span.enter();
     drop(_enter);

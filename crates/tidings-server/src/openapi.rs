@@ -70,11 +70,36 @@ fn sse_response() -> Value {
 /// The document.
 pub fn document() -> Value {
     let stream = param("stream", "path", "stream name", string());
-    let from = param("from", "query", "first revision or position (inclusive)", integer());
-    let limit = param("limit", "query", "page size (default 100, at most 10000)", json!({"type": "integer", "minimum": 1, "maximum": 10000}));
-    let event_type = param("type", "query", "only these event types (comma-separated)", string());
-    let prefix = param("streamPrefix", "query", "only streams starting with this", string());
-    let last_event_id = param("Last-Event-ID", "header", "resume after this global position", integer());
+    let from = param(
+        "from",
+        "query",
+        "first revision or position (inclusive)",
+        integer(),
+    );
+    let limit = param(
+        "limit",
+        "query",
+        "page size (default 100, at most 10000)",
+        json!({"type": "integer", "minimum": 1, "maximum": 10000}),
+    );
+    let event_type = param(
+        "type",
+        "query",
+        "only these event types (comma-separated)",
+        string(),
+    );
+    let prefix = param(
+        "streamPrefix",
+        "query",
+        "only streams starting with this",
+        string(),
+    );
+    let last_event_id = param(
+        "Last-Event-ID",
+        "header",
+        "resume after this global position",
+        integer(),
+    );
     let problem_400 = problem("malformed request: bad JSON, bad stream name, bad header or query");
     let problem_401 = problem("a bearer token is required or unknown");
     let problem_403 = problem("the token's role does not cover this route");

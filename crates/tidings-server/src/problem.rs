@@ -24,7 +24,7 @@ pub struct Problem {
     /// What went wrong with this request, in words.
     pub detail: String,
     /// Extension members: the values needed to fix the request.
-    pub extensions: Map<String, Value>,
+    pub extensions: Box<Map<String, Value>>,
     /// Seconds after which a retry may succeed (sets `Retry-After`).
     pub retry_after: Option<u64>,
 }
@@ -36,7 +36,7 @@ impl Problem {
             status,
             slug,
             detail: detail.into(),
-            extensions: Map::new(),
+            extensions: Box::default(),
             retry_after: None,
         }
     }
@@ -84,16 +84,11 @@ impl Problem {
         doc.insert("type".into(), Value::String(self.type_uri()));
         doc.insert(
             "title".into(),
-            Value::String(
-                self.status
-                    .canonical_reason()
-                    .unwrap_or("Error")
-                    .to_owned(),
-            ),
+            Value::String(self.status.canonical_reason().unwrap_or("Error").to_owned()),
         );
         doc.insert("status".into(), json!(self.status.as_u16()));
         doc.insert("detail".into(), Value::String(self.detail.clone()));
-        for (k, v) in &self.extensions {
+        for (k, v) in self.extensions.iter() {
             doc.insert(k.clone(), v.clone());
         }
         Value::Object(doc)

@@ -9,9 +9,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tidings::{
-    Direction, Filter, ListStreams, ReadAll, ReadStream, StreamId, StreamIdError,
-};
+use tidings::{Direction, Filter, ListStreams, ReadAll, ReadStream, StreamId, StreamIdError};
 
 use crate::append::parse_append;
 use crate::problem::Problem;
@@ -31,8 +29,11 @@ pub(crate) fn any_stream(name: &str) -> Result<StreamId, Problem> {
 }
 
 fn stream_problem(name: &str, e: StreamIdError) -> Problem {
-    Problem::bad_request("invalid-stream", format!("stream name {name:?} is refused: {e}"))
-        .with("stream", name.to_owned())
+    Problem::bad_request(
+        "invalid-stream",
+        format!("stream name {name:?} is refused: {e}"),
+    )
+    .with("stream", name.to_owned())
 }
 
 fn limit(requested: Option<usize>) -> Result<usize, Problem> {
@@ -52,9 +53,14 @@ fn limit(requested: Option<usize>) -> Result<usize, Problem> {
 }
 
 /// Turns a query-string rejection into a problem naming the parameter.
-pub(crate) fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
+pub(crate) fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Problem> {
     q.map(|Query(t)| t).map_err(|e| {
-        Problem::bad_request("invalid-query", format!("the query string is refused: {}", e.body_text()))
+        Problem::bad_request(
+            "invalid-query",
+            format!("the query string is refused: {}", e.body_text()),
+        )
     })
 }
 
@@ -110,7 +116,10 @@ pub(crate) async fn append<S: EventStore>(
     let count = events.len() as u64;
     let size: usize = events.iter().map(|e| e.encoded_len()).sum();
     let started = Instant::now();
-    let result = state.store().append(&stream, request.expected, events).await;
+    let result = state
+        .store()
+        .append(&stream, request.expected, events)
+        .await;
     let took = started.elapsed();
     match result {
         Ok(r) => {
@@ -123,7 +132,11 @@ pub(crate) async fn append<S: EventStore>(
                 "position": r.position,
                 "count": count,
             });
-            let location = format!("/streams/{}/{}", encode_segment(stream.as_str()), r.first_revision);
+            let location = format!(
+                "/streams/{}/{}",
+                encode_segment(stream.as_str()),
+                r.first_revision
+            );
             Ok((
                 StatusCode::CREATED,
                 [(header::LOCATION, location)],
@@ -142,7 +155,9 @@ fn too_large(max: usize) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body-too-large",
-        format!("the request body is larger than {max} bytes; split the append into smaller batches"),
+        format!(
+            "the request body is larger than {max} bytes; split the append into smaller batches"
+        ),
     )
     .with("limit", max)
 }
@@ -247,7 +262,12 @@ pub(crate) struct ReadAllQuery {
 /// The filter of `type` (comma-separated) and `streamPrefix`.
 pub(crate) fn filter_of(event_type: Option<&str>, stream_prefix: Option<&str>) -> Filter {
     let mut filter = Filter::all();
-    for t in event_type.unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    for t in event_type
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         filter = filter.event_type(t);
     }
     if let Some(p) = stream_prefix.filter(|p| !p.is_empty()) {
@@ -266,7 +286,9 @@ pub(crate) async fn read_all<S: EventStore>(
     let filter = filter_of(q.event_type.as_deref(), q.stream_prefix.as_deref());
     let store = state.store();
     let head = store.head().await?;
-    let events = store.read_all(ReadAll::new(from, limit).filter(filter)).await?;
+    let events = store
+        .read_all(ReadAll::new(from, limit).filter(filter))
+        .await?;
     let next = if events.len() == limit {
         events.last().map(|e| e.position + 1)
     } else {
@@ -342,7 +364,8 @@ pub(crate) async fn health() -> Response {
 
 pub(crate) async fn ready<S: EventStore>(State(state): State<AppState<S>>) -> Response {
     if state.is_shutting_down() {
-        return Problem::unavailable("shutting-down", "the server is shutting down", 5).into_response();
+        return Problem::unavailable("shutting-down", "the server is shutting down", 5)
+            .into_response();
     }
     match state.store().head().await {
         Ok(head) => Json(json!({ "status": "ready", "head": head })).into_response(),
@@ -354,13 +377,18 @@ pub(crate) async fn metrics<S: EventStore>(State(state): State<AppState<S>>) -> 
     let head = state.store().head().await.ok().flatten();
     let size = state.config().store_size.as_ref().and_then(|f| f());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics().encode(head, size),
     )
         .into_response()
 }
 
-pub(crate) async fn stats<S: EventStore>(State(state): State<AppState<S>>) -> Result<Response, Problem> {
+pub(crate) async fn stats<S: EventStore>(
+    State(state): State<AppState<S>>,
+) -> Result<Response, Problem> {
     let head = state.store().head().await?;
     let m = state.metrics();
     Ok(Json(json!({
@@ -394,7 +422,10 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> 
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
-        format!("{method} is not allowed on {}; see /openapi.json", uri.path()),
+        format!(
+            "{method} is not allowed on {}; see /openapi.json",
+            uri.path()
+        ),
     )
     .with("method", method.to_string())
 }

@@ -11,7 +11,12 @@ use tidings_server::{Role, ServerConfig, Tokens};
 
 const FIXTURE: &str = include_str!("../../../fixtures/order-created.json");
 
-async fn post(s: &TestServer<impl tidings::EventStore>, stream: &str, expected: &str, body: Value) -> reqwest::Response {
+async fn post(
+    s: &TestServer<impl tidings::EventStore>,
+    stream: &str,
+    expected: &str,
+    body: Value,
+) -> reqwest::Response {
     http()
         .post(s.url(&format!("/streams/{stream}")))
         .header("expected-version", expected)
@@ -29,7 +34,12 @@ async fn problem(r: reqwest::Response, status: StatusCode) -> Value {
     );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], status.as_u16());
-    assert!(body["type"].as_str().unwrap().starts_with("urn:tidings:problem:"));
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:tidings:problem:")
+    );
     assert!(!body["detail"].as_str().unwrap().is_empty());
     body
 }
@@ -54,14 +64,33 @@ async fn append_read_and_conflicts() {
     // An array appends atomically; the exact expected version is the last revision.
     let r = post(&s, "order-123", "0", json!([ev("A", 1), ev("B", 2)])).await;
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["firstRevision"].clone(), body["nextExpectedVersion"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (
+            body["firstRevision"].clone(),
+            body["nextExpectedVersion"].clone()
+        ),
+        (json!(1), json!(2))
+    );
 
     // 409 names expected and actual.
-    let p = problem(post(&s, "order-123", "0", ev("C", 3)).await, StatusCode::CONFLICT).await;
+    let p = problem(
+        post(&s, "order-123", "0", ev("C", 3)).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
     assert_eq!(p["expected"], 0);
     assert_eq!(p["actual"], 2);
-    assert!(p["detail"].as_str().unwrap().contains("Expected-Version: 2"));
-    let p = problem(post(&s, "fresh", "stream-exists", ev("C", 3)).await, StatusCode::CONFLICT).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Expected-Version: 2")
+    );
+    let p = problem(
+        post(&s, "fresh", "stream-exists", ev("C", 3)).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
     assert_eq!(p["expected"], "stream-exists");
     assert_eq!(p["actual"], Value::Null);
 
@@ -71,18 +100,56 @@ async fn append_read_and_conflicts() {
     assert_eq!(again.json::<Value>().await.unwrap()["position"], 0);
 
     // Read forward, backward, paged.
-    let page: Value = http().get(s.url("/streams/order-123?limit=2")).send().await.unwrap().json().await.unwrap();
+    let page: Value = http()
+        .get(s.url("/streams/order-123?limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     assert_eq!(page["next"], 2);
     let e0 = &page["events"][0];
-    for field in ["eventId", "eventType", "eventVersion", "timestamp", "source", "data", "metadata", "stream", "revision", "position", "recordedAt"] {
+    for field in [
+        "eventId",
+        "eventType",
+        "eventVersion",
+        "timestamp",
+        "source",
+        "data",
+        "metadata",
+        "stream",
+        "revision",
+        "position",
+        "recordedAt",
+    ] {
         assert!(!e0[field].is_null(), "field {field} missing");
     }
     assert_eq!(e0["data"]["orderId"], "order-123");
-    let back: Value = http().get(s.url("/streams/order-123?direction=backward&limit=10")).send().await.unwrap().json().await.unwrap();
-    let revs: Vec<u64> = back["events"].as_array().unwrap().iter().map(|e| e["revision"].as_u64().unwrap()).collect();
+    let back: Value = http()
+        .get(s.url("/streams/order-123?direction=backward&limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let revs: Vec<u64> = back["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect();
     assert_eq!(revs, vec![2, 1, 0]);
-    let one: Value = http().get(s.url("/streams/order-123/1")).send().await.unwrap().json().await.unwrap();
+    let one: Value = http()
+        .get(s.url("/streams/order-123/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["eventType"], "A");
     s.stop().await.unwrap();
 }
@@ -97,24 +164,71 @@ async fn global_log_streams_and_correlations() {
         "metadata": {"correlationId": "corr-1", "causationId": "018f0000-0000-7000-8000-000000000001"}})).await;
     post(&s, "order-2", "any", ev("OrderCreated", 2)).await;
 
-    let all: Value = http().get(s.url("/all?from=0&limit=2")).send().await.unwrap().json().await.unwrap();
+    let all: Value = http()
+        .get(s.url("/all?from=0&limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["events"].as_array().unwrap().len(), 2);
     assert_eq!(all["next"], 2);
-    let all: Value = http().get(s.url("/all?from=2")).send().await.unwrap().json().await.unwrap();
+    let all: Value = http()
+        .get(s.url("/all?from=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["events"][0]["position"], 2);
     assert_eq!(all["next"], Value::Null);
-    let typed: Value = http().get(s.url("/all?type=OrderCreated&streamPrefix=order-")).send().await.unwrap().json().await.unwrap();
+    let typed: Value = http()
+        .get(s.url("/all?type=OrderCreated&streamPrefix=order-"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(typed["events"].as_array().unwrap().len(), 2);
 
-    let streams: Value = http().get(s.url("/streams?prefix=order-")).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["stream"].as_str().unwrap()).collect();
+    let streams: Value = http()
+        .get(s.url("/streams?prefix=order-"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["order-1", "order-2"]);
     assert!(streams["streams"][0]["lastWritten"].is_string());
     assert_eq!(streams["streams"][0]["lastRevision"], 0);
-    let paged: Value = http().get(s.url("/streams?limit=1&after=order-1")).send().await.unwrap().json().await.unwrap();
+    let paged: Value = http()
+        .get(s.url("/streams?limit=1&after=order-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(paged["streams"][0]["stream"], "order-2");
 
-    let corr: Value = http().get(s.url("/correlations/corr-1")).send().await.unwrap().json().await.unwrap();
+    let corr: Value = http()
+        .get(s.url("/correlations/corr-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let events = corr["events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["metadata"]["causationId"], events[0]["eventId"]);
@@ -123,50 +237,143 @@ async fn global_log_streams_and_correlations() {
 
 #[tokio::test]
 async fn every_error_status() {
-    let s = TestServer::start_config(ServerConfig { max_body_bytes: 4096, ..ServerConfig::default() }).await;
+    let s = TestServer::start_config(ServerConfig {
+        max_body_bytes: 4096,
+        ..ServerConfig::default()
+    })
+    .await;
     let c = http();
     // 400: malformed JSON, bad stream, bad header, bad query.
-    let r = c.post(s.url("/streams/a")).header("content-type", "application/json").body("{oops").send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/a"))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     let p = problem(r, StatusCode::BAD_REQUEST).await;
     assert_eq!(p["line"], 1);
-    problem(post(&s, "%24system", "any", ev("A", 1)).await, StatusCode::BAD_REQUEST).await;
-    problem(post(&s, "a", "banana", ev("A", 1)).await, StatusCode::BAD_REQUEST).await;
-    problem(c.get(s.url("/all?from=minus")).send().await.unwrap(), StatusCode::BAD_REQUEST).await;
-    problem(c.get(s.url("/all?limit=0")).send().await.unwrap(), StatusCode::BAD_REQUEST).await;
-    problem(c.get(s.url("/streams/a/x")).send().await.unwrap(), StatusCode::BAD_REQUEST).await;
+    problem(
+        post(&s, "%24system", "any", ev("A", 1)).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        post(&s, "a", "banana", ev("A", 1)).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        c.get(s.url("/all?from=minus")).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        c.get(s.url("/all?limit=0")).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        c.get(s.url("/streams/a/x")).send().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     // 404: stream, event, correlation, route, console file.
-    problem(c.get(s.url("/streams/none")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    problem(
+        c.get(s.url("/streams/none")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     post(&s, "a", "any", ev("A", 1)).await;
-    problem(c.get(s.url("/streams/a/5")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
-    problem(c.get(s.url("/correlations/none")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
-    problem(c.get(s.url("/nowhere")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
-    problem(c.get(s.url("/console/secret.txt")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    problem(
+        c.get(s.url("/streams/a/5")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        c.get(s.url("/correlations/none")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        c.get(s.url("/nowhere")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    problem(
+        c.get(s.url("/console/secret.txt")).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     // 405.
-    problem(c.delete(s.url("/streams/a")).send().await.unwrap(), StatusCode::METHOD_NOT_ALLOWED).await;
+    problem(
+        c.delete(s.url("/streams/a")).send().await.unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
     // 409 duplicate id elsewhere.
-    let dup = json!({"eventId": "018f0000-0000-7000-8000-0000000000aa", "eventType": "A", "data": 1});
+    let dup =
+        json!({"eventId": "018f0000-0000-7000-8000-0000000000aa", "eventType": "A", "data": 1});
     post(&s, "x", "any", dup.clone()).await;
     let p = problem(post(&s, "y", "any", dup).await, StatusCode::CONFLICT).await;
     assert_eq!(p["eventId"], "018f0000-0000-7000-8000-0000000000aa");
     // 413: over the body cap, with and without Content-Length.
     let big = json!({"eventType": "A", "data": "x".repeat(5000)});
-    let p = problem(post(&s, "a", "any", big.clone()).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let p = problem(
+        post(&s, "a", "any", big.clone()).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
     assert_eq!(p["limit"], 4096);
     let chunks = futures::stream::iter(vec![Ok::<_, std::io::Error>(big.to_string().into_bytes())]);
-    let r = c.post(s.url("/streams/a")).header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/a"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::PAYLOAD_TOO_LARGE).await;
     // 415.
-    let r = c.post(s.url("/streams/a")).header("content-type", "text/plain").body("hi").send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/a"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     // 422: missing type, missing data, wrong shape, empty array.
-    let p = problem(post(&s, "a", "any", json!([ev("A", 1), {"data": 1}])).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let p = problem(
+        post(&s, "a", "any", json!([ev("A", 1), {"data": 1}])).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     assert_eq!(p["index"], 1);
-    problem(post(&s, "a", "any", json!({"eventType": "A"})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
-    problem(post(&s, "a", "any", json!({"eventType": 7, "data": 1})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
-    problem(post(&s, "a", "any", json!([])).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    problem(
+        post(&s, "a", "any", json!({"eventType": "A"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        post(&s, "a", "any", json!({"eventType": 7, "data": 1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    problem(
+        post(&s, "a", "any", json!([])).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     // Nothing refused was written.
-    let a: Value = c.get(s.url("/streams/a")).send().await.unwrap().json().await.unwrap();
+    let a: Value = c
+        .get(s.url("/streams/a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(a["events"].as_array().unwrap().len(), 1);
     s.stop().await.unwrap();
 }
@@ -177,28 +384,70 @@ async fn cloudevents_in_all_three_modes() {
     let c = http();
     let structured = json!({"specversion": "1.0", "id": "ce-1", "source": "/orders", "type": "OrderCreated",
         "datacontenttype": "application/json", "data": {"orderId": "o-1"}, "correlationid": "corr-ce"});
-    let r = c.post(s.url("/streams/ce")).header("content-type", "application/cloudevents+json")
-        .header("expected-version", "no-stream").body(structured.to_string()).send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("content-type", "application/cloudevents+json")
+        .header("expected-version", "no-stream")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let batch = json!([
         {"specversion": "1.0", "id": "ce-2", "source": "/orders", "type": "OrderPaid", "data": {"n": 2}},
         {"specversion": "1.0", "id": "ce-3", "source": "/orders", "type": "OrderShipped", "data_base64": "eyJuIjozfQ=="}
     ]);
-    let r = c.post(s.url("/streams/ce")).header("content-type", "application/cloudevents-batch+json; charset=utf-8")
-        .header("expected-version", "0").body(batch.to_string()).send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header(
+            "content-type",
+            "application/cloudevents-batch+json; charset=utf-8",
+        )
+        .header("expected-version", "0")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.json::<Value>().await.unwrap()["nextExpectedVersion"], 2);
 
-    let r = c.post(s.url("/streams/ce")).header("ce-specversion", "1.0").header("ce-id", "ce-4")
-        .header("ce-source", "/orders").header("CE-Type", "OrderDelivered").header("ce-correlationid", "corr-ce")
-        .header("content-type", "application/json").body(r#"{"n":4}"#).send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "ce-4")
+        .header("ce-source", "/orders")
+        .header("CE-Type", "OrderDelivered")
+        .header("ce-correlationid", "corr-ce")
+        .header("content-type", "application/json")
+        .body(r#"{"n":4}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
-    let page: Value = c.get(s.url("/streams/ce")).send().await.unwrap().json().await.unwrap();
+    let page: Value = c
+        .get(s.url("/streams/ce"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let events = page["events"].as_array().unwrap();
-    let types: Vec<&str> = events.iter().map(|e| e["eventType"].as_str().unwrap()).collect();
-    assert_eq!(types, ["OrderCreated", "OrderPaid", "OrderShipped", "OrderDelivered"]);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrderCreated",
+            "OrderPaid",
+            "OrderShipped",
+            "OrderDelivered"
+        ]
+    );
     assert_eq!(events[0]["data"]["orderId"], "o-1");
     assert_eq!(events[0]["source"], "/orders");
     assert_eq!(events[0]["metadata"]["correlationId"], "corr-ce");
@@ -207,16 +456,44 @@ async fn cloudevents_in_all_three_modes() {
 
     // Invalid CloudEvents: 422 with the batch index; non-JSON data is 415; not an array is 400.
     let bad = json!([{"specversion": "1.0", "id": "x", "source": "/s", "type": "T", "data": 1}, {"specversion": "0.3"}]);
-    let r = c.post(s.url("/streams/ce")).header("content-type", "application/cloudevents-batch+json").body(bad.to_string()).send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
     let p = problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(p["index"], 1);
-    let r = c.post(s.url("/streams/ce")).header("content-type", "application/cloudevents-batch+json").body("{}").send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::BAD_REQUEST).await;
-    let r = c.post(s.url("/streams/ce")).header("ce-specversion", "1.0").header("ce-id", "b").header("ce-source", "/s")
-        .header("ce-type", "T").header("content-type", "text/plain").body("hello").send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "b")
+        .header("ce-source", "/s")
+        .header("ce-type", "T")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
-    let r = c.post(s.url("/streams/ce")).header("ce-specversion", "1.0").header("ce-source", "/s")
-        .header("ce-type", "T").body("{}").send().await.unwrap();
+    let r = c
+        .post(s.url("/streams/ce"))
+        .header("ce-specversion", "1.0")
+        .header("ce-source", "/s")
+        .header("ce-type", "T")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     s.stop().await.unwrap();
 }
@@ -226,24 +503,68 @@ async fn operations_routes() {
     let s = TestServer::start().await;
     let c = http();
     post(&s, "a", "any", ev("A", 1)).await;
-    let health: Value = c.get(s.url("/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = c
+        .get(s.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = c
+        .get(s.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["head"], 0);
-    let stats: Value = c.get(s.url("/stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = c
+        .get(s.url("/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["events"], 1);
     let m = c.get(s.url("/metrics")).send().await.unwrap();
-    assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = m.text().await.unwrap();
-    for name in ["tidings_appends_total 1", "tidings_events_appended_total 1", "tidings_bytes_appended_total",
-        "tidings_append_commit_seconds_bucket", "tidings_subscribers 0", "tidings_http_responses_total{status=\"201\"} 1"] {
+    for name in [
+        "tidings_appends_total 1",
+        "tidings_events_appended_total 1",
+        "tidings_bytes_appended_total",
+        "tidings_append_commit_seconds_bucket",
+        "tidings_subscribers 0",
+        "tidings_http_responses_total{status=\"201\"} 1",
+    ] {
         assert!(text.contains(name), "metrics lack {name}:\n{text}");
     }
     let index = c.get(s.url("/")).send().await.unwrap();
-    assert!(index.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        index.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(index.text().await.unwrap().contains("/console/app.js"));
     for f in ["app.js", "app.css", "favicon.svg"] {
-        assert_eq!(c.get(s.url(&format!("/console/{f}"))).send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            c.get(s.url(&format!("/console/{f}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
     }
     s.stop().await.unwrap();
 }
@@ -254,8 +575,21 @@ async fn operations_routes() {
 async fn openapi_matches_the_routes() {
     let s = TestServer::start().await;
     let c = http();
-    post(&s, "s", "any", json!({"eventType": "A", "data": 1, "metadata": {"correlationId": "c"}})).await;
-    let doc: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    post(
+        &s,
+        "s",
+        "any",
+        json!({"eventType": "A", "data": 1, "metadata": {"correlationId": "c"}}),
+    )
+    .await;
+    let doc: Value = c
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     let mut documented = Vec::new();
@@ -270,7 +604,10 @@ async fn openapi_matches_the_routes() {
         .collect();
     documented.sort();
     served.sort();
-    assert_eq!(documented, served, "the document and the router's operation list differ");
+    assert_eq!(
+        documented, served,
+        "the document and the router's operation list differ"
+    );
     for (method, path) in &documented {
         let concrete = path
             .replace("{stream}", "s")
@@ -279,18 +616,42 @@ async fn openapi_matches_the_routes() {
             .replace("{file}", "app.js");
         let url = s.url(&concrete);
         let r = match method.as_str() {
-            "get" => c.get(&url).timeout(Duration::from_secs(5)).send().await.unwrap(),
+            "get" => c
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .unwrap(),
             "post" => c.post(&url).json(&ev("A", 1)).send().await.unwrap(),
             other => panic!("undocumented method {other}"),
         };
-        assert!(r.status().is_success(), "{method} {path} answered {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "{method} {path} answered {}",
+            r.status()
+        );
         let status = r.status().as_u16().to_string();
-        assert!(!doc["paths"][path][method]["responses"][&status].is_null(), "{method} {path}: status {status} undocumented");
+        assert!(
+            !doc["paths"][path][method]["responses"][&status].is_null(),
+            "{method} {path}: status {status} undocumented"
+        );
     }
     // And nothing undocumented answers: a sibling of each route is a 404 or 405.
-    for (path, method) in [("/streams/s/0/extra", "get"), ("/subscribe", "get"), ("/all", "post")] {
-        let r = if method == "get" { c.get(s.url(path)).send().await.unwrap() } else { c.post(s.url(path)).send().await.unwrap() };
-        assert!(matches!(r.status().as_u16(), 404 | 405), "{method} {path}: {}", r.status());
+    for (path, method) in [
+        ("/streams/s/0/extra", "get"),
+        ("/subscribe", "get"),
+        ("/all", "post"),
+    ] {
+        let r = if method == "get" {
+            c.get(s.url(path)).send().await.unwrap()
+        } else {
+            c.post(s.url(path)).send().await.unwrap()
+        };
+        assert!(
+            matches!(r.status().as_u16(), 404 | 405),
+            "{method} {path}: {}",
+            r.status()
+        );
     }
     s.stop().await.unwrap();
 }
@@ -300,33 +661,88 @@ async fn tokens_are_enforced_by_role() {
     let ro = "read-only-token-0001";
     let rw = "read-write-token-0001";
     let admin = "admin-token-000000001";
-    let tokens = Tokens::none().with(ro, Role::ReadOnly).with(rw, Role::ReadWrite).with(admin, Role::Admin);
-    let s = TestServer::start_config(ServerConfig { tokens, ..ServerConfig::default() }).await;
+    let tokens = Tokens::none()
+        .with(ro, Role::ReadOnly)
+        .with(rw, Role::ReadWrite)
+        .with(admin, Role::Admin);
+    let s = TestServer::start_config(ServerConfig {
+        tokens,
+        ..ServerConfig::default()
+    })
+    .await;
     let c = http();
     let append = |token: Option<&str>| {
         let mut r = c.post(s.url("/streams/t")).json(&ev("A", 1));
-        if let Some(t) = token { r = r.bearer_auth(t); }
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
         r.send()
     };
     let r = append(None).await.unwrap();
     assert!(r.headers().contains_key("www-authenticate"));
     problem(r, StatusCode::UNAUTHORIZED).await;
-    problem(append(Some("not-a-known-token-1")).await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    problem(
+        append(Some("not-a-known-token-1")).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     let p = problem(append(Some(ro)).await.unwrap(), StatusCode::FORBIDDEN).await;
     assert_eq!(p["requiredRole"], "read-write");
-    assert_eq!(append(Some(rw)).await.unwrap().status(), StatusCode::CREATED);
-    assert_eq!(append(Some(admin)).await.unwrap().status(), StatusCode::CREATED);
-    assert_eq!(c.get(s.url("/streams/t")).bearer_auth(ro).send().await.unwrap().status(), StatusCode::OK);
-    problem(c.get(s.url("/streams/t")).send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    assert_eq!(
+        append(Some(rw)).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        append(Some(admin)).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        c.get(s.url("/streams/t"))
+            .bearer_auth(ro)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    problem(
+        c.get(s.url("/streams/t")).send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     // EventSource cannot set headers: the token may come as access_token.
-    let sse = c.get(s.url(&format!("/subscribe/all?from=0&access_token={ro}"))).send().await.unwrap();
+    let sse = c
+        .get(s.url(&format!("/subscribe/all?from=0&access_token={ro}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), StatusCode::OK);
     drop(sse);
-    problem(c.get(s.url("/metrics")).bearer_auth(rw).send().await.unwrap(), StatusCode::FORBIDDEN).await;
-    assert_eq!(c.get(s.url("/metrics")).bearer_auth(admin).send().await.unwrap().status(), StatusCode::OK);
+    problem(
+        c.get(s.url("/metrics"))
+            .bearer_auth(rw)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(
+        c.get(s.url("/metrics"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     // Health checks and the console's static files need no token.
     for open in ["/health", "/ready", "/", "/console/app.js", "/openapi.json"] {
-        assert_eq!(c.get(s.url(open)).send().await.unwrap().status(), StatusCode::OK, "{open}");
+        assert_eq!(
+            c.get(s.url(open)).send().await.unwrap().status(),
+            StatusCode::OK,
+            "{open}"
+        );
     }
     s.stop().await.unwrap();
 }
@@ -334,12 +750,21 @@ async fn tokens_are_enforced_by_role() {
 #[tokio::test]
 async fn full_append_queue_answers_503_with_retry_after() {
     let store = GatedStore::new();
-    let s = TestServer::start_with(store.clone(), ServerConfig { max_pending_appends: 2, ..ServerConfig::default() }).await;
+    let s = TestServer::start_with(
+        store.clone(),
+        ServerConfig {
+            max_pending_appends: 2,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
     let mut held = Vec::new();
     for i in 0..2 {
         let c = http();
         let url = s.url(&format!("/streams/q-{i}"));
-        held.push(tokio::spawn(async move { c.post(url).json(&ev("A", i)).send().await.unwrap().status() }));
+        held.push(tokio::spawn(async move {
+            c.post(url).json(&ev("A", i)).send().await.unwrap().status()
+        }));
     }
     // Wait until both appends are inside the store.
     store.entered.acquire_many(2).await.unwrap().forget();
@@ -351,8 +776,18 @@ async fn full_append_queue_answers_503_with_retry_after() {
     for h in held {
         assert_eq!(h.await.unwrap(), StatusCode::CREATED);
     }
-    assert_eq!(post(&s, "q-9", "any", ev("A", 9)).await.status(), StatusCode::CREATED);
-    let metrics = http().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        post(&s, "q-9", "any", ev("A", 9)).await.status(),
+        StatusCode::CREATED
+    );
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("tidings_appends_rejected_busy_total 1"));
     s.stop().await.unwrap();
 }
@@ -374,7 +809,11 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
         }));
     }
     store.entered.acquire_many(n as u32).await.unwrap().forget();
-    let sub = http().get(s.url("/subscribe/all?from=0")).send().await.unwrap();
+    let sub = http()
+        .get(s.url("/subscribe/all?from=0"))
+        .send()
+        .await
+        .unwrap();
     let mut sub = common::SseReader::new(sub);
     s.signal_shutdown();
     // Wait until the server has begun shutting down before releasing the appends.

@@ -48,7 +48,9 @@ async fn last_event_id_resumes_without_gap_or_duplicate_under_concurrent_appends
             let mut i = 0;
             while i < per_writer {
                 let n = batch.min(per_writer - i);
-                let events: Vec<Value> = (i..i + n).map(|k| json!({"eventType": "Tick", "data": {"w": w, "k": k}})).collect();
+                let events: Vec<Value> = (i..i + n)
+                    .map(|k| json!({"eventType": "Tick", "data": {"w": w, "k": k}}))
+                    .collect();
                 let r = c.post(&url).json(&events).send().await.unwrap();
                 assert_eq!(r.status(), 201);
                 i += n;
@@ -65,7 +67,9 @@ async fn last_event_id_resumes_without_gap_or_duplicate_under_concurrent_appends
         };
         let take = 1 + rng.next() % 70;
         for _ in 0..take {
-            let Some((id, _, data)) = sub.next().await else { break };
+            let Some((id, _, data)) = sub.next().await else {
+                break;
+            };
             let id: u64 = id.unwrap().parse().unwrap();
             let event: Value = serde_json::from_str(&data).unwrap();
             assert_eq!(event["position"], id, "SSE id must be the global position");
@@ -91,8 +95,11 @@ async fn stream_subscription_resumes_by_position_and_filters() {
     let c = http();
     for i in 0..6 {
         let stream = if i % 2 == 0 { "even" } else { "odd" };
-        c.post(s.url(&format!("/streams/{stream}"))).json(&json!({"eventType": if i < 3 { "A" } else { "B" }, "data": i}))
-            .send().await.unwrap();
+        c.post(s.url(&format!("/streams/{stream}")))
+            .json(&json!({"eventType": if i < 3 { "A" } else { "B" }, "data": i}))
+            .send()
+            .await
+            .unwrap();
     }
     // odd has positions 1, 3, 5. Resume after position 3 gives only position 5.
     let mut sub = subscribe(s.url("/subscribe/streams/odd"), Some(3)).await;
@@ -107,24 +114,45 @@ async fn stream_subscription_resumes_by_position_and_filters() {
     assert_eq!(sub.next().await.unwrap().0.as_deref(), Some("4"));
     // Live: an event appended after subscribing arrives.
     let mut live = subscribe(s.url("/subscribe/all"), None).await;
-    c.post(s.url("/streams/late")).json(&json!({"eventType": "Late", "data": 1})).send().await.unwrap();
+    c.post(s.url("/streams/late"))
+        .json(&json!({"eventType": "Late", "data": 1}))
+        .send()
+        .await
+        .unwrap();
     let (id, _, data) = live.next().await.unwrap();
     assert_eq!(id.as_deref(), Some("6"));
-    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["eventType"], "Late");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["eventType"],
+        "Late"
+    );
     // A bad Last-Event-ID is a 400.
-    let r = http().get(s.url("/subscribe/all")).header("last-event-id", "x").send().await.unwrap();
+    let r = http()
+        .get(s.url("/subscribe/all"))
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     s.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn idle_connections_get_heartbeats_and_subscribers_are_counted() {
-    let s = TestServer::start_config(ServerConfig { heartbeat: Duration::from_millis(50), ..ServerConfig::default() }).await;
+    let s = TestServer::start_config(ServerConfig {
+        heartbeat: Duration::from_millis(50),
+        ..ServerConfig::default()
+    })
+    .await;
     let mut sub = subscribe(s.url("/subscribe/all"), None).await;
     assert_eq!(s.state.metrics().subscribers(), 1);
     // No events: heartbeat comments arrive; then a real event still comes through.
     sub.wait_comment().await;
-    http().post(s.url("/streams/hb")).json(&json!({"eventType": "A", "data": 1})).send().await.unwrap();
+    http()
+        .post(s.url("/streams/hb"))
+        .json(&json!({"eventType": "A", "data": 1}))
+        .send()
+        .await
+        .unwrap();
     let (id, _, _) = sub.next().await.unwrap();
     assert_eq!(id.as_deref(), Some("0"));
     drop(sub);

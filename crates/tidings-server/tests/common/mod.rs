@@ -96,7 +96,9 @@ pub fn skip_or_fail(test: &str, why: &str) {
     if services_required() {
         panic!("{test}: {why}, and TIDINGS_REQUIRE_SERVICES=1");
     }
-    eprintln!("\n*** SKIPPED {test}: {why} (set TIDINGS_REQUIRE_SERVICES=1 to make this fail) ***\n");
+    eprintln!(
+        "\n*** SKIPPED {test}: {why} (set TIDINGS_REQUIRE_SERVICES=1 to make this fail) ***\n"
+    );
 }
 
 /// An in-memory store whose appends wait for a permit: lets tests hold appends in flight.
