@@ -168,6 +168,54 @@ pub struct Remote {
     token: Option<String>,
 }
 
+/// A recorded event as JSON. `RecordedEvent` flattens its envelope, and serde cannot
+/// deserialize a raw JSON payload through `flatten`, so the wire form spells it out.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireEvent {
+    stream: StreamId,
+    revision: u64,
+    position: Position,
+    recorded_at: jiff::Timestamp,
+    event_id: uuid::Uuid,
+    event_type: String,
+    event_version: String,
+    timestamp: jiff::Timestamp,
+    source: String,
+    data: tidings::Payload,
+    #[serde(default)]
+    metadata: tidings::Metadata,
+}
+
+impl From<WireEvent> for RecordedEvent {
+    fn from(w: WireEvent) -> Self {
+        RecordedEvent {
+            stream: w.stream,
+            revision: w.revision,
+            position: w.position,
+            recorded_at: w.recorded_at,
+            event: Event {
+                event_id: w.event_id,
+                event_type: w.event_type,
+                event_version: w.event_version,
+                timestamp: w.timestamp,
+                source: w.source,
+                data: w.data,
+                metadata: w.metadata,
+            },
+        }
+    }
+}
+
+/// Parses one recorded event from JSON text.
+pub fn parse_recorded(text: &str) -> serde_json::Result<RecordedEvent> {
+    serde_json::from_str::<WireEvent>(text).map(RecordedEvent::from)
+}
+
+fn recorded(page: Vec<WireEvent>) -> Vec<RecordedEvent> {
+    page.into_iter().map(RecordedEvent::from).collect()
+}
+
 #[derive(Deserialize)]
 struct Page<T> {
     #[serde(default = "Vec::new", alias = "streams")]
@@ -280,20 +328,20 @@ impl Client for Remote {
             path.push_str(&format!("&from={f}"));
         }
         match self.send(self.get(&path)).await {
-            Ok(r) => Ok(r.json::<Page<RecordedEvent>>().await?.events),
+            Ok(r) => Ok(recorded(r.json::<Page<WireEvent>>().await?.events)),
             Err(ClientError::Refused { slug, .. }) if slug == "stream-not-found" => Ok(Vec::new()),
             Err(e) => Err(anyhow!(e)),
         }
     }
 
     async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>> {
-        let page: Page<RecordedEvent> = self
+        let page: Page<WireEvent> = self
             .get_json(&format!(
                 "/all?from={from}&limit={}",
                 limit.min(tidings_server_max_limit())
             ))
             .await?;
-        Ok(page.events)
+        Ok(recorded(page.events))
     }
 
     async fn list_streams(
@@ -318,7 +366,7 @@ impl Client for Remote {
             .send(self.get(&format!("/correlations/{}", enc(id))))
             .await
         {
-            Ok(r) => Ok(r.json::<Page<RecordedEvent>>().await?.events),
+            Ok(r) => Ok(recorded(r.json::<Page<WireEvent>>().await?.events)),
             Err(ClientError::Refused { slug, .. }) if slug == "correlation-not-found" => {
                 Ok(Vec::new())
             }
@@ -396,8 +444,7 @@ async fn next_sse_event(mut s: SseState) -> Option<(Result<RecordedEvent>, SseSt
             if id.is_some() {
                 s.last_id = id;
             }
-            let parsed =
-                serde_json::from_str(&data).context("a subscription message is not an event");
+            let parsed = parse_recorded(&data).context("a subscription message is not an event");
             return Some((parsed, s));
         }
         let Some(response) = s.response.as_mut() else {

@@ -21,25 +21,53 @@ use crate::store::{StoreSpec, with_store};
 #[derive(Debug, Args)]
 pub struct Target {
     /// A Tidings server to talk to, e.g. http://127.0.0.1:7400.
-    #[arg(long, env = "TIDINGS_SERVER", global = true)]
+    #[arg(long, env = "TIDINGS_SERVER")]
     server: Option<String>,
     /// Bearer token for --server.
-    #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true, global = true)]
+    #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Data directory of a local embedded store (when no --server).
-    #[arg(
-        long,
-        default_value = "./tidings-data",
-        env = "TIDINGS_DATA",
-        global = true
-    )]
+    #[arg(long, default_value = "./tidings-data", env = "TIDINGS_DATA")]
     data: PathBuf,
     /// A local store URL instead of --data: a directory or postgres://….
-    #[arg(long, env = "TIDINGS_STORE", global = true)]
+    #[arg(long, env = "TIDINGS_STORE")]
     store: Option<String>,
     /// Print JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long)]
     json: bool,
+}
+
+/// Where `tidings append` finds the events: as [`Target`], but the data directory is
+/// `--data-dir`, since `--data` is the event's payload there.
+#[derive(Debug, Args)]
+pub struct AppendTarget {
+    /// A Tidings server to talk to, e.g. http://127.0.0.1:7400.
+    #[arg(long, env = "TIDINGS_SERVER")]
+    server: Option<String>,
+    /// Bearer token for --server.
+    #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory of a local embedded store (when no --server).
+    #[arg(long, default_value = "./tidings-data", env = "TIDINGS_DATA")]
+    data_dir: PathBuf,
+    /// A local store URL instead of --data-dir: a directory or postgres://….
+    #[arg(long, env = "TIDINGS_STORE")]
+    store: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<AppendTarget> for Target {
+    fn from(t: AppendTarget) -> Self {
+        Self {
+            server: t.server,
+            token: t.token,
+            data: t.data_dir,
+            store: t.store,
+            json: t.json,
+        }
+    }
 }
 
 /// Runs `$body` with `$c` bound to a [`Client`] for the target.
@@ -135,7 +163,7 @@ pub struct AppendArgs {
     #[arg(long, default_value = "tidings-cli")]
     source: String,
     #[command(flatten)]
-    target: Target,
+    target: AppendTarget,
 }
 
 /// `tidings append`.
@@ -149,14 +177,15 @@ pub async fn append(a: AppendArgs) -> Result<()> {
         .enrich(event)
         .context("the event is refused")?;
     let id = event.event_id;
-    let result = with_client!(a.target, |c| c
+    let target = Target::from(a.target);
+    let result = with_client!(target, |c| c
         .append(&a.stream, a.expected, vec![event])
         .await
         .map_err(|e| match e {
             ClientError::Refused { detail, .. } => anyhow::anyhow!("append refused: {detail}"),
             ClientError::Other(e) => e,
         })?);
-    if a.target.json {
+    if target.json {
         println!(
             "{}",
             serde_json::json!({
@@ -557,7 +586,7 @@ pub async fn import(a: ImportArgs) -> Result<()> {
             let record: Option<RecordedEvent> = if at_end || line.trim().is_empty() {
                 None
             } else {
-                Some(serde_json::from_str(&line).with_context(|| {
+                Some(crate::client::parse_recorded(&line).with_context(|| {
                     format!(
                         "{} line {line_no} (after byte {offset}) is not an exported event",
                         a.file.display()

@@ -1,0 +1,222 @@
+//! `tidings serve` as a process, and the client commands against it: append, read,
+//! streams, correlation, export and import (idempotent and resumable), SIGTERM exits 0,
+//! a non-loopback bind without a token is refused.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--store", "memory", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let url = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        std::thread::spawn(move || for _ in out.lines() {});
+        Self { child, url }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
+}
+
+fn tidings(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--server", &server.url])
+        .env_remove("TIDINGS_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands_against_a_server_and_export_import_round_trip() {
+    let a = Server::start(&[]);
+    let (ok, out, err) = tidings(
+        &a,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "OrderCreated",
+            "--data",
+            r#"{"orderId":"order-1"}"#,
+            "--expected",
+            "no-stream",
+            "--correlation-id",
+            "corr-1",
+            "--causation-id",
+            "user-action-1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("STREAM"), "a table: {out}");
+    let (ok, out, _) = tidings(&a, &["read", "order-1", "--json"]);
+    assert!(ok);
+    let events: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = events[0]["eventId"].as_str().unwrap().to_owned();
+    let (ok, _, err) = tidings(
+        &a,
+        &[
+            "append",
+            "payment-1",
+            "--type",
+            "PaymentProcessed",
+            "--data",
+            "{}",
+            "--correlation-id",
+            "corr-1",
+            "--causation-id",
+            &id,
+        ],
+    );
+    assert!(ok, "{err}");
+    // A conflict says what happened and exits non-zero.
+    let (ok, _, err) = tidings(
+        &a,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "X",
+            "--data",
+            "1",
+            "--expected",
+            "no-stream",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("expected no-stream"),
+        "{err}"
+    );
+    let (ok, _, err) = tidings(
+        &a,
+        &["append", "order-1", "--type", "X", "--data", "{not json"],
+    );
+    assert!(!ok && err.contains("--data is not valid JSON"), "{err}");
+
+    let (ok, out, _) = tidings(&a, &["read", "order-1"]);
+    assert!(ok);
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.starts_with("REV") && header.contains("TYPE"),
+        "{out}"
+    );
+    let (ok, out, _) = tidings(&a, &["streams"]);
+    assert!(ok);
+    assert!(
+        out.contains("order-1") && out.contains("payment-1"),
+        "{out}"
+    );
+    let (ok, out, _) = tidings(&a, &["correlation", "corr-1"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("OrderCreated") && lines[1].contains("caused by user-action-1"),
+        "{out}"
+    );
+    assert!(lines[2].starts_with("└─ PaymentProcessed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.ndjson");
+    let file_s = file.to_str().unwrap();
+    let (ok, _, err) = tidings(&a, &["export", "--out", file_s]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+
+    let b = Server::start(&[]);
+    for _ in 0..2 {
+        let (ok, _, err) = tidings(&b, &["import", file_s]);
+        assert!(ok, "{err}");
+    }
+    let (ok, out, _) = tidings(&b, &["read", "order-1", "--json"]);
+    assert!(ok);
+    let copied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        copied.as_array().unwrap().len(),
+        1,
+        "import is idempotent by event id"
+    );
+    assert_eq!(copied[0]["eventId"], events[0]["eventId"]);
+    // A stale progress file past the data already imported resumes without duplicates.
+    std::fs::write(dir.path().join("export.ndjson.import-progress"), "0").unwrap();
+    let (ok, _, err) = tidings(&b, &["import", file_s]);
+    assert!(ok, "{err}");
+    let (_, out, _) = tidings(&b, &["export"]);
+    assert_eq!(out.lines().count(), 2);
+
+    assert!(a.terminate().success(), "SIGTERM exits 0");
+    assert!(b.terminate().success());
+}
+
+#[test]
+fn non_loopback_bind_needs_a_token() {
+    let out = Command::new(BIN)
+        .args(["serve", "--store", "memory", "--listen", "0.0.0.0:0"])
+        .env_remove("TIDINGS_TOKEN")
+        .env_remove("TIDINGS_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0") && err.contains("--token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokens_from_the_command_line_are_required() {
+    let s = Server::start(&["--token", "a-long-admin-token-123"]);
+    let (ok, _, err) = tidings(&s, &["streams"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "streams",
+            "--server",
+            &s.url,
+            "--token",
+            "a-long-admin-token-123",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.terminate().success());
+}
