@@ -226,7 +226,11 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
             state.clone(),
             authorize::<S>,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_problem))
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
         .with_state(state)
 }
 
@@ -244,6 +248,17 @@ async fn observe<S: EventStore>(
     state.metrics().record_status(status);
     span.in_scope(|| tracing::debug!(status, "response"));
     response
+}
+
+/// A handler panicked: answer 500 with a problem instead of dropping the connection.
+fn panic_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal-error",
+        "the server failed while handling this request; it has been logged",
+    )
+    .into_response()
 }
 
 /// Rewrites plain-text error responses (axum's own extractor rejections) as problems,
