@@ -226,11 +226,15 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
             state.clone(),
             authorize::<S>,
         ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_problem))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_problem,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
-        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-        ]))
+        .layer(
+            tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]),
+        )
         .with_state(state)
 }
 
