@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Appends accepted at once before answering 503 with Retry-After.
     #[arg(long, default_value_t = 512)]
     max_pending_appends: usize,
+    /// Request-body bytes pending appends may hold together before answering 503.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_pending_bytes: usize,
     /// Seconds between heartbeat comments on idle subscriptions.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
@@ -90,6 +93,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_pending_appends: args.max_pending_appends.max(1),
+        max_pending_bytes: args.max_pending_bytes.max(1024),
         heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
         tokens,
         store_size: spec.size_probe(),

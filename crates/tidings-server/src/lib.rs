@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// Appends accepted at once, waiting or running; more are answered 503 with
     /// `Retry-After`. Default 512.
     pub max_pending_appends: usize,
+    /// Request-body bytes that pending appends may hold together; an append whose body
+    /// would exceed it is answered 503 with `Retry-After`. Bodies without a
+    /// `Content-Length` count as `max_body_bytes`. Default 256 MiB.
+    pub max_pending_bytes: usize,
     /// Interval of heartbeat comments on idle Server-Sent Events connections. Default 15 s.
     pub heartbeat: Duration,
     /// The `source` given to events that do not name one. Default `tidings-http`.
@@ -90,6 +94,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_pending_appends", &self.max_pending_appends)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .field("heartbeat", &self.heartbeat)
             .field("default_source", &self.default_source)
             .field("tokens", &self.tokens)
@@ -103,6 +108,7 @@ impl Default for ServerConfig {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_pending_appends: 512,
+            max_pending_bytes: 256 << 20,
             heartbeat: Duration::from_secs(15),
             default_source: "tidings-http".to_owned(),
             limits: Limits::default(),
@@ -133,6 +139,8 @@ struct Inner<S> {
     enricher: Enricher,
     metrics: Metrics,
     append_permits: Arc<Semaphore>,
+    /// One permit per KiB of request body held by pending appends.
+    body_budget: Arc<Semaphore>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -148,6 +156,7 @@ impl<S: EventStore> AppState<S> {
                 enricher,
                 metrics: Metrics::default(),
                 append_permits: Arc::new(Semaphore::new(config.max_pending_appends)),
+                body_budget: Arc::new(Semaphore::new(kib(config.max_pending_bytes) as usize)),
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
@@ -197,6 +206,13 @@ impl<S: EventStore> AppState<S> {
     }
 }
 
+/// Whole KiB needed for `bytes` (at least one), capped to what a semaphore holds.
+pub(crate) fn kib(bytes: usize) -> u32 {
+    bytes
+        .div_ceil(1024)
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32
+}
+
 /// The whole API and the console as a router over `state`'s store.
 pub fn router<S: EventStore>(state: AppState<S>) -> Router {
     Router::new()
@@ -244,8 +260,6 @@ async fn observe<S: EventStore>(
     next: Next,
 ) -> Response {
     let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
-    let _enter = span.enter();
-    drop(_enter);
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let response = as_problem(response).await;
     let status = response.status().as_u16();

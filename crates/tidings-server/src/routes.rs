@@ -72,10 +72,11 @@ pub(crate) async fn append<S: EventStore>(
 ) -> Result<Response, Problem> {
     let stream = user_stream(&stream)?;
     let max = state.config().max_body_bytes;
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
         && len > max as u64
     {
         return Err(too_large(max));
@@ -98,6 +99,20 @@ pub(crate) async fn append<S: EventStore>(
             1,
         )
         .with("pendingLimit", state.config().max_pending_appends));
+    };
+    let held = crate::kib(declared.map_or(max, |l| l as usize))
+        .min(crate::kib(state.config().max_pending_bytes));
+    let Ok(_budget) = state.inner.body_budget.clone().try_acquire_many_owned(held) else {
+        state.metrics().record_busy();
+        return Err(Problem::unavailable(
+            "append-queue-full",
+            format!(
+                "pending appends already hold {} bytes of request bodies; retry after a second",
+                state.config().max_pending_bytes
+            ),
+            1,
+        )
+        .with("pendingBytesLimit", state.config().max_pending_bytes));
     };
     let bytes = axum::body::to_bytes(body, max)
         .await

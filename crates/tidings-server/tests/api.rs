@@ -792,6 +792,39 @@ async fn full_append_queue_answers_503_with_retry_after() {
     s.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn pending_body_bytes_are_bounded_too() {
+    let store = GatedStore::new();
+    let config = ServerConfig {
+        max_pending_bytes: 8 * 1024,
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start_with(store.clone(), config).await;
+    let big = json!({"eventType": "A", "data": "x".repeat(6000)});
+    let c = http();
+    let url = s.url("/streams/bytes");
+    let body = big.clone();
+    let held = tokio::spawn(async move { c.post(url).json(&body).send().await.unwrap().status() });
+    store.entered.acquire().await.unwrap().forget();
+    let p = problem(
+        post(&s, "bytes", "any", big).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(p["pendingBytesLimit"], 8192);
+    // A small append still fits beside the held one.
+    let small = tokio::spawn({
+        let c = http();
+        let url = s.url("/streams/bytes");
+        async move { c.post(url).json(&ev("A", 1)).send().await.unwrap().status() }
+    });
+    store.entered.acquire().await.unwrap().forget();
+    store.gate.add_permits(10);
+    assert_eq!(held.await.unwrap(), StatusCode::CREATED);
+    assert_eq!(small.await.unwrap(), StatusCode::CREATED);
+    s.stop().await.unwrap();
+}
+
 /// Appends in flight when shutdown begins finish and are acknowledged; every
 /// acknowledged event is in the store; new appends are refused; the server returns.
 #[tokio::test]
