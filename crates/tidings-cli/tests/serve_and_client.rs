@@ -183,6 +183,32 @@ fn client_commands_against_a_server_and_export_import_round_trip() {
 }
 
 #[test]
+fn tail_follows_live_events() {
+    let s = Server::start(&[]);
+    let (ok, _, err) = tidings(&s, &["append", "t-1", "--type", "First", "--data", "1"]);
+    assert!(ok, "{err}");
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--from", "0", "--json", "--server", &s.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["eventType"], "First");
+    let (ok, _, err) = tidings(&s, &["append", "t-2", "--type", "Second", "--data", "2"]);
+    assert!(ok, "{err}");
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (second["eventType"].as_str(), second["position"].as_u64()),
+        (Some("Second"), Some(1))
+    );
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    assert!(s.terminate().success());
+}
+
+#[test]
 fn non_loopback_bind_needs_a_token() {
     let out = Command::new(BIN)
         .args(["serve", "--store", "memory", "--listen", "0.0.0.0:0"])
