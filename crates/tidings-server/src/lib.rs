@@ -259,7 +259,7 @@ async fn observe<S: EventStore>(
     req: Request,
     next: Next,
 ) -> Response {
-    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    let span = tracing::debug_span!("http", method = %req.method(), path = %req.uri().path());
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let response = as_problem(response).await;
     let status = response.status().as_u16();
@@ -348,6 +348,12 @@ pub async fn serve<S: EventStore>(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let on_signal = state.clone();
+    // Small responses and SSE frames go out at once instead of waiting on Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
