@@ -121,7 +121,7 @@ async function pollStats() {
     lastStats = { at: now, events: s.eventsAppended };
     document.getElementById("stat-events").textContent = fmtNum(s.events);
     document.getElementById("stat-size").textContent = s.storeBytes === null ? "in memory" : fmtBytes(s.storeBytes);
-    document.getElementById("stat-size-label").textContent = s.store || "store";
+    document.getElementById("stat-size-label").textContent = (s.store || "store").split(" ")[0];
     document.getElementById("stat-dot").className = "dot ok";
   } catch (e) {
     document.getElementById("stat-dot").className = "dot bad";
@@ -166,7 +166,7 @@ async function streamsPage(params) {
     body.replaceChildren(
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Stream"), h("th", { class: "num" }, "Events"), h("th", { class: "num" }, "Last position"), h("th", {}, "Last write"))),
         h("tbody", { id: "streams-body" }, rows)),
-      pager);
+      page.next || after ? pager : null);
   } catch (e) { body.replaceChildren(errorBox(e)); }
 }
 
