@@ -79,7 +79,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init()
+        .ok();
     let tokens = tokens(&args)?;
     let addr = resolve(&args.listen).await?;
     if !addr.ip().is_loopback() && !tokens.enabled() {
