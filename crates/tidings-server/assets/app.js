@@ -375,4 +375,4 @@ document.getElementById("auth-form").addEventListener("submit", (ev) => {
 window.addEventListener("hashchange", route);
 route();
 pollStats();
-setInterval(pollStats, 2000);
+setInterval(pollStats, 1000);
