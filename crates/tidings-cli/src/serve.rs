@@ -90,7 +90,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
              on 127.0.0.1"
         );
     }
-    let spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
+    let mut spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
+    if matches!(spec, StoreSpec::Dir(_)) && !crate::store::EMBEDDED_AVAILABLE {
+        eprintln!(
+            "warning: this build has no embedded store yet; serving from memory (nothing is kept)"
+        );
+        spec = StoreSpec::Memory;
+    }
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_pending_appends: args.max_pending_appends.max(1),

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 
+/// Whether this binary has the embedded store built in.
+pub const EMBEDDED_AVAILABLE: bool = false;
+
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
