@@ -1,0 +1,424 @@
+//! The writer thread: the only code that writes the log.
+//!
+//! It owns the active segment. Appends arrive on a bounded channel; each turn of its loop
+//! takes every request already waiting (up to a byte budget) as one **commit group**:
+//!
+//! ```text
+//! requests ─► [ check expected versions and ids against heads + this group's pending ]
+//!          ─► [ assign revisions and positions, encode one frame per append into one buffer ]
+//!          ─► one write at the segment's end ─► one fdatasync
+//!          ─► publish to the index, move the committed head (wakes subscribers) ─► acknowledge
+//! ```
+//!
+//! Requests that arrive while it syncs wait in the channel and form the next group, so
+//! groups grow with load and no timer is involved. Frames of a group share `group_first`
+//! (see [`crate::record`]). A write or sync error stops the store for good: nothing in
+//! the group is acknowledged, and every later append fails with `StoreError::Stopped`
+//! — the failed operation is never retried, because after a failed fsync the kernel may
+//! have dropped the dirty pages and a retry could falsely report success.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tidings::event::timestamp_to_micros;
+use tidings::store::{IdLocation, check_idempotent};
+use tidings::{AppendResult, Clock, Event, ExpectedVersion, Position, Revision, StoreError, StreamId};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::checkpoint;
+use crate::error::LogError;
+use crate::index::{EventIndex, IndexedEvent, Loc, MemoryIndex, SegmentEntry};
+use crate::reader;
+use crate::record::{self, FrameSpec};
+use crate::segment::{self, FOOTER_LEN, HEADER_LEN};
+use crate::storage::StorageFile;
+use crate::store::Shared;
+
+/// A reply channel for an append.
+pub(crate) type AppendReply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+/// What the writer is asked to do.
+pub(crate) enum Request {
+    Append {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        size: usize,
+        reply: AppendReply,
+    },
+    Checkpoint(oneshot::Sender<Result<(), LogError>>),
+    Close(oneshot::Sender<Result<(), LogError>>),
+}
+
+pub(crate) struct WriterConfig {
+    pub segment_size: u64,
+    pub durable: bool,
+    pub max_group_bytes: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    cfg: WriterConfig,
+    ordinal: usize,
+    offset: u64,
+    capacity: u64,
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+struct PendingFrame {
+    stream: StreamId,
+    first_position: Position,
+    loc: Loc,
+    events: Vec<Event>,
+}
+
+struct Append {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<Event>,
+    reply: AppendReply,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        cfg: WriterConfig,
+        ordinal: usize,
+        offset: u64,
+    ) -> Result<Self, LogError> {
+        let (file, path) = {
+            let ix = shared.read_index();
+            let seg = ix
+                .segments
+                .get(ordinal)
+                .ok_or_else(|| LogError::InvalidOption("no active segment".into()))?;
+            let file = seg
+                .file
+                .clone()
+                .ok_or_else(|| LogError::InvalidOption("active segment is not open".into()))?;
+            (file, seg.path.clone())
+        };
+        let capacity = file.len().map_err(LogError::io("reading the size of", &path))?;
+        Ok(Self {
+            shared,
+            rx,
+            cfg,
+            ordinal,
+            offset,
+            capacity,
+            file,
+            path,
+            buf: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut group = Vec::new();
+            let mut bytes = 0usize;
+            let mut control = None;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append {
+                        stream,
+                        expected,
+                        events,
+                        size,
+                        reply,
+                    } => {
+                        bytes += size;
+                        group.push(Append {
+                            stream,
+                            expected,
+                            events,
+                            reply,
+                        });
+                    }
+                    other => {
+                        control = Some(other);
+                        break;
+                    }
+                }
+                if bytes < self.cfg.max_group_bytes {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+            match control {
+                Some(Request::Close(reply)) => {
+                    let _ = reply.send(self.checkpoint());
+                    return;
+                }
+                Some(Request::Checkpoint(reply)) => {
+                    let _ = reply.send(self.checkpoint());
+                }
+                _ => {}
+            }
+        }
+        // Every handle is gone: leave a checkpoint so the next open is fast.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "could not write the index checkpoint on close");
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), LogError> {
+        if let Some(m) = self.shared.stopped_reason() {
+            return Err(LogError::Stopped(m));
+        }
+        let bytes = {
+            let ix = self.shared.read_index();
+            checkpoint::encode(&ix, self.offset)
+        };
+        checkpoint::save(&*self.shared.storage, &self.shared.dir, &bytes)
+            .map_err(LogError::io("writing the index checkpoint in", &self.shared.dir))
+    }
+
+    fn commit(&mut self, group: Vec<Append>) {
+        if let Some(m) = self.shared.stopped_reason() {
+            for a in group {
+                let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
+            }
+            return;
+        }
+        let recorded_at = timestamp_to_micros(self.cfg.clock.now());
+        let shared = self.shared.clone();
+        let ix = shared.read_index();
+        let group_first = ix.next_position();
+        let mut next = group_first;
+        let mut heads: HashMap<StreamId, Revision> = HashMap::new();
+        let mut pending_ids: HashMap<Uuid, IdLocation> = HashMap::new();
+        let mut frames: Vec<PendingFrame> = Vec::with_capacity(group.len());
+        let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
+        let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
+        let mut failure: Option<String> = None;
+        let many = group.len() > 1;
+        self.buf.clear();
+        let mut buf_start = self.offset;
+        for a in group {
+            let current = heads
+                .get(a.stream.as_str())
+                .copied()
+                .or_else(|| ix.stream_version(a.stream.as_str()));
+            let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
+                pending_ids
+                    .get(id)
+                    .cloned()
+                    .or_else(|| committed_id(&ix, id))
+            });
+            match replay {
+                Err(e) => {
+                    let _ = a.reply.send(Err(e));
+                    continue;
+                }
+                Ok(Some(result)) if result.position >= group_first => {
+                    waiting.push((a.reply, result));
+                    continue;
+                }
+                Ok(Some(result)) => {
+                    let _ = a.reply.send(Ok(result));
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            if !a.expected.accepts(current) {
+                let _ = a.reply.send(Err(StoreError::WrongExpectedVersion {
+                    stream: a.stream.clone(),
+                    expected: a.expected,
+                    actual: current,
+                }));
+                continue;
+            }
+            if failure.is_none() {
+                let len = record::frame_len(&a.stream, &a.events) as u64;
+                let end = buf_start + self.buf.len() as u64;
+                if end + len + FOOTER_LEN > self.capacity
+                    && let Err(e) = self.roll(&mut buf_start, next, len, &mut new_segments)
+                {
+                    failure = Some(e);
+                }
+            }
+            if let Some(m) = &failure {
+                let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
+                continue;
+            }
+            let first_revision = current.map_or(0, |c| c + 1);
+            let n = a.events.len() as u64;
+            let offset = buf_start + self.buf.len() as u64;
+            record::encode_frame(
+                &mut self.buf,
+                &FrameSpec {
+                    first_position: next,
+                    group_first,
+                    first_revision,
+                    recorded_at,
+                    stream: &a.stream,
+                    events: &a.events,
+                },
+            );
+            if many {
+                for (i, e) in a.events.iter().enumerate() {
+                    pending_ids.insert(
+                        e.event_id,
+                        IdLocation {
+                            stream: a.stream.clone(),
+                            revision: first_revision + i as u64,
+                            position: next + i as u64,
+                        },
+                    );
+                }
+            }
+            heads.insert(a.stream.clone(), first_revision + n - 1);
+            waiting.push((
+                a.reply,
+                AppendResult {
+                    first_revision,
+                    next_expected_version: first_revision + n - 1,
+                    first_position: next,
+                    position: next + n - 1,
+                },
+            ));
+            frames.push(PendingFrame {
+                stream: a.stream,
+                first_position: next,
+                loc: Loc::new(self.ordinal, offset),
+                events: a.events,
+            });
+            next += n;
+        }
+        drop(ix);
+        if failure.is_none() && !self.buf.is_empty() {
+            let r = self
+                .file
+                .write_all_at(&self.buf, buf_start)
+                .map_err(|e| format!("writing {}: {e}", self.path.display()))
+                .and_then(|()| {
+                    if self.cfg.durable {
+                        self.file
+                            .sync_data()
+                            .map_err(|e| format!("syncing {}: {e}", self.path.display()))
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(m) = r {
+                failure = Some(m);
+            }
+        }
+        if let Some(m) = failure {
+            self.shared.stop(&m);
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(StoreError::Stopped(m.clone())));
+            }
+            return;
+        }
+        self.offset = buf_start + self.buf.len() as u64;
+        {
+            let mut ix = shared.write_index();
+            for (sealed, end, entry) in new_segments {
+                if let Some(s) = ix.segments.get_mut(sealed) {
+                    s.data_end = end;
+                }
+                ix.segments.push(entry);
+            }
+            for f in &frames {
+                let mut events = f.events.iter().map(|e| IndexedEvent {
+                    id: e.event_id,
+                    correlation: e.metadata.correlation_id.as_deref(),
+                });
+                ix.add_frame(&f.stream, f.first_position, recorded_at, f.loc, &mut events);
+            }
+            if let Some(s) = ix.segments.get_mut(self.ordinal) {
+                s.data_end = self.offset;
+            }
+        }
+        if next > group_first {
+            shared.head.send_replace(Some(next - 1));
+        }
+        tracing::trace!(
+            events = next - group_first,
+            bytes = self.buf.len(),
+            "group committed"
+        );
+        for (reply, result) in waiting {
+            let _ = reply.send(Ok(result));
+        }
+        drop(frames);
+    }
+
+    /// Writes what the group has so far, seals the active segment and starts a new one
+    /// able to hold a frame of `need` bytes.
+    fn roll(
+        &mut self,
+        buf_start: &mut u64,
+        next: Position,
+        need: u64,
+        new_segments: &mut Vec<(usize, u64, SegmentEntry)>,
+    ) -> Result<(), String> {
+        let data_end = *buf_start + self.buf.len() as u64;
+        let path = self.path.display().to_string();
+        self.buf.extend_from_slice(&segment::encode_footer(next, data_end));
+        self.file
+            .write_all_at(&self.buf, *buf_start)
+            .map_err(|e| format!("writing {path}: {e}"))?;
+        self.file
+            .sync_data()
+            .map_err(|e| format!("syncing {path}: {e}"))?;
+        let size = self.cfg.segment_size.max(HEADER_LEN + need + FOOTER_LEN);
+        let dir = self.shared.dir.clone();
+        let seg = segment::create(
+            &*self.shared.storage,
+            &dir,
+            next,
+            size,
+            timestamp_to_micros(self.cfg.clock.now()),
+            self.cfg.durable,
+        )
+        .map_err(|e| {
+            format!(
+                "creating segment {}: {e}",
+                dir.join(segment::file_name(next)).display()
+            )
+        })?;
+        new_segments.push((
+            self.ordinal,
+            data_end,
+            SegmentEntry {
+                first_position: next,
+                data_end: HEADER_LEN,
+                path: seg.path.clone(),
+                file: Some(seg.file.clone()),
+            },
+        ));
+        tracing::debug!(segment = %seg.path.display(), "started a new segment");
+        self.ordinal += 1;
+        self.file = seg.file;
+        self.path = seg.path;
+        self.capacity = size;
+        self.offset = HEADER_LEN;
+        self.buf.clear();
+        *buf_start = HEADER_LEN;
+        Ok(())
+    }
+}
+
+/// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
+fn committed_id(ix: &MemoryIndex, id: &Uuid) -> Option<IdLocation> {
+    let p = ix.id_candidate(id)?;
+    let plan = reader::plan_positions(ix, std::iter::once(p));
+    let e = reader::read_positions(&plan).ok()?.pop()?;
+    (e.event_id == *id).then(|| IdLocation {
+        stream: e.stream.clone(),
+        revision: e.revision,
+        position: e.position,
+    })
+}
