@@ -225,7 +225,8 @@ pub(crate) fn recover(
     'segments: while ordinal < segs.len() {
         let (first, path, file) = segs[ordinal].clone();
         let expected = index.next_position();
-        if first != expected {
+        let resuming = ordinal == start_ordinal && start_offset > HEADER_LEN;
+        if first != expected && !resuming {
             let reason = format!("segment starts at position {first}, but the log before it ends at {expected}");
             if opts.salvage {
                 report.damage = Some(Damage { file: path, offset: 0, reason });
