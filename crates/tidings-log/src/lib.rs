@@ -29,6 +29,8 @@
 
 pub mod checkpoint;
 mod error;
+#[cfg(test)]
+mod fault_tests;
 pub mod index;
 mod reader;
 pub mod record;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{OpenMode, Storage, StorageFile};
@@ -41,6 +42,15 @@ struct State {
     next_ino: u64,
     space_left: Option<u64>,
     fail_sync: bool,
+    capture: Option<Capture>,
+}
+
+/// Power-loss images taken at the worst moment: data written, its fsync not yet done.
+struct Capture {
+    marker: Arc<AtomicUsize>,
+    per_mille: u64,
+    rng: Rng,
+    images: Vec<(SimStorage, usize)>,
 }
 
 /// The simulated disk. Clones share it.
@@ -66,51 +76,23 @@ impl SimStorage {
         self.state().fail_sync = true;
     }
 
+    /// From now on, each fsync has a `per_mille`/1000 chance of first recording the
+    /// image a power loss would leave just then, with `marker`'s value at that moment.
+    pub(crate) fn capture_before_syncs(&self, marker: Arc<AtomicUsize>, per_mille: u64, seed: u64) {
+        self.state().capture = Some(Capture { marker, per_mille, rng: Rng(seed), images: Vec::new() });
+    }
+
+    /// The images recorded by [`Self::capture_before_syncs`].
+    pub(crate) fn captured(&self) -> Vec<(SimStorage, usize)> {
+        self.state().capture.as_mut().map(|c| std::mem::take(&mut c.images)).unwrap_or_default()
+    }
+
     /// The disk as it would be found after a power loss now: only synced bytes and
     /// directory entries survive, plus, at random, part of what was written after the
     /// last sync (a prefix, or scattered 512-byte sectors).
     pub(crate) fn power_loss(&self, rng: &mut Rng) -> SimStorage {
         let st = self.state();
-        let mut files = HashMap::new();
-        for &ino in st.durable_names.values() {
-            let Some(f) = st.files.get(&ino) else { continue };
-            let mut kept = f.synced.clone();
-            let (d, e) = dirty_range(f);
-            if d < e {
-                match rng.below(3) {
-                    0 => {}
-                    1 => {
-                        let cut = d + rng.below((e - d) as u64 + 1) as usize;
-                        copy_range(&mut kept, &f.data, d, cut);
-                    }
-                    _ => {
-                        let mut s = d - d % 512;
-                        while s < e {
-                            let end = (s + 512).min(e);
-                            if rng.below(2) == 0 {
-                                copy_range(&mut kept, &f.data, s.max(d), end);
-                            }
-                            s = end;
-                        }
-                    }
-                }
-            }
-            files.insert(
-                ino,
-                FileData {
-                    data: kept.clone(),
-                    synced: kept,
-                },
-            );
-        }
-        SimStorage(Arc::new(Mutex::new(State {
-            files,
-            names: st.durable_names.clone(),
-            durable_names: st.durable_names.clone(),
-            next_ino: st.next_ino,
-            space_left: None,
-            fail_sync: false,
-        })))
+        image(&st, rng)
     }
 
     /// Reads a whole file as it is now (for tests that damage files).
@@ -132,6 +114,50 @@ impl SimStorage {
             f.synced = bytes;
         }
     }
+}
+
+fn image(st: &State, rng: &mut Rng) -> SimStorage {
+        let mut files = HashMap::new();
+    for &ino in st.durable_names.values() {
+        let Some(f) = st.files.get(&ino) else { continue };
+        let mut kept = f.synced.clone();
+        let (d, e) = dirty_range(f);
+        if d < e {
+            match rng.below(3) {
+                0 => {}
+                1 => {
+                    let cut = d + rng.below((e - d) as u64 + 1) as usize;
+                    copy_range(&mut kept, &f.data, d, cut);
+                }
+                _ => {
+                    let mut s = d - d % 512;
+                    while s < e {
+                        let end = (s + 512).min(e);
+                        if rng.below(2) == 0 {
+                            copy_range(&mut kept, &f.data, s.max(d), end);
+                        }
+                        s = end;
+                    }
+                }
+            }
+        }
+        files.insert(
+            ino,
+            FileData {
+                data: kept.clone(),
+                synced: kept,
+            },
+        );
+    }
+    SimStorage(Arc::new(Mutex::new(State {
+        files,
+        names: st.durable_names.clone(),
+        durable_names: st.durable_names.clone(),
+        next_ino: st.next_ino,
+        space_left: None,
+        fail_sync: false,
+        capture: None,
+    })))
 }
 
 fn dirty_range(f: &FileData) -> (usize, usize) {
@@ -204,6 +230,15 @@ impl StorageFile for SimFile {
         let mut st = self.disk.state();
         if st.fail_sync {
             return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
+        if let Some(mut c) = st.capture.take() {
+            if c.rng.below(1000) < c.per_mille {
+                let marker = c.marker.load(Ordering::SeqCst);
+                let mut rng = Rng(c.rng.next_u64());
+                let img = image(&st, &mut rng);
+                c.images.push((img, marker));
+            }
+            st.capture = Some(c);
         }
         let f = st.files.get_mut(&self.ino).ok_or(io::ErrorKind::NotFound)?;
         f.synced = f.data.clone();
