@@ -9,7 +9,7 @@
 //! header, 64 bytes
 //! 0   8  magic "TDLOGIX1"
 //! 8   4  format version (1)
-//! 12  4  reserved
+//! 12  4  checksum field of the last covered frame (ties the checkpoint to this log)
 //! 16  8  next_position: events [0, next_position) are indexed
 //! 24  8  end offset: where the covered data ends in the last segment listed
 //! 32  8  body length
@@ -33,7 +33,7 @@ use std::path::Path;
 
 use tidings::{Position, StreamId};
 
-use crate::index::{Loc, MemoryIndex, SegmentEntry, StreamEntry};
+use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, StreamEntry};
 use crate::storage::{OpenMode, Storage, read_exact_at};
 
 /// The checkpoint's file name.
@@ -48,6 +48,8 @@ pub struct Checkpoint {
     pub index: MemoryIndex,
     /// Where the covered data ends in the last segment.
     pub end_offset: u64,
+    /// The checksum field of the last covered frame.
+    pub last_crc: u32,
 }
 
 /// Why a checkpoint could not be used.
@@ -64,8 +66,25 @@ pub enum CheckpointError {
     Bad(&'static str),
 }
 
-/// Serializes `index`, whose last segment's covered data ends at `end_offset`.
-pub fn encode(index: &MemoryIndex, end_offset: u64) -> Vec<u8> {
+/// The checksum field of the frame holding the last indexed event (0 for an empty log).
+pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
+    let Some(last) = index.next_position().checked_sub(1) else {
+        return Ok(0);
+    };
+    let loc = index.loc(last).ok_or(std::io::ErrorKind::NotFound)?;
+    let file = index
+        .segments
+        .get(loc.segment())
+        .and_then(|s| s.file.as_ref())
+        .ok_or(std::io::ErrorKind::NotFound)?;
+    let mut h = [0u8; 8];
+    read_exact_at(&**file, &mut h, loc.offset())?;
+    Ok(le32(&h[4..8]))
+}
+
+/// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
+/// last frame has checksum field `last_crc`.
+pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
     let ids = index.merged_ids();
     let mut b = Vec::with_capacity(
         64 + index.locs.len() * 8 * 3 + ids.len() * 16 + index.streams.len() * 48,
@@ -109,6 +128,7 @@ pub fn encode(index: &MemoryIndex, end_offset: u64) -> Vec<u8> {
     let body_crc = crc32c::crc32c(&b[HEADER_LEN..]);
     b[..8].copy_from_slice(MAGIC);
     b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&last_crc.to_le_bytes());
     b[16..24].copy_from_slice(&(index.locs.len() as u64).to_le_bytes());
     b[24..32].copy_from_slice(&end_offset.to_le_bytes());
     b[32..40].copy_from_slice(&body_len.to_le_bytes());
@@ -172,6 +192,7 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if le32(&h[8..12]) != 1 {
         return Err(bad("unknown format version"));
     }
+    let last_crc = le32(&h[12..16]);
     let next_position = le64(&h[16..24]);
     let end_offset = le64(&h[24..32]);
     let body_len = le64(&h[32..40]) as usize;
@@ -247,7 +268,11 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if r.at != body.len() {
         return Err(bad("bytes left after the body"));
     }
-    Ok(Checkpoint { index, end_offset })
+    Ok(Checkpoint {
+        index,
+        end_offset,
+        last_crc,
+    })
 }
 
 fn le32(b: &[u8]) -> u32 {
@@ -302,7 +327,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{EventIndex, IndexedEvent};
+    use crate::index::IndexedEvent;
     use uuid::Uuid;
 
     #[test]
@@ -325,7 +350,7 @@ mod tests {
                 correlation: Some("c"),
             }),
         );
-        let bytes = encode(&ix, 500);
+        let bytes = encode(&ix, 500, 77);
         let back = decode(&bytes).unwrap();
         assert_eq!(back.end_offset, 500);
         assert_eq!(back.index.locs, ix.locs);

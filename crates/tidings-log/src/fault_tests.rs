@@ -104,7 +104,7 @@ async fn check_after_crash(store: &LogStore, acked: &[Acked]) {
 fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
     let seed = seed();
     let mut rng = Rng(seed);
-    let rounds = if soak() { 2000 } else { 60 };
+    let rounds = if soak() { 2000 } else { 100 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -163,8 +163,18 @@ pub(crate) fn recover(
         }
     }
 
+    let loaded = if opts.force_rebuild {
+        Err(CheckpointError::Missing)
+    } else {
+        checkpoint::load(storage, dir)
+    };
+    if let Ok(ck) = &loaded
+        && !opts.salvage
+    {
+        shorter_than_checkpoint(ck, &segs)?;
+    }
     let (mut index, mut start_ordinal, mut start_offset, source) =
-        match if opts.force_rebuild { Err(CheckpointError::Missing) } else { checkpoint::load(storage, dir) } {
+        match loaded {
             Ok(ck) => match fits(&ck, &segs) {
                 Ok(()) => {
                     let last = ck.index.segments.len() - 1;
@@ -335,6 +345,31 @@ pub(crate) fn recover(
     Ok(Recovered { index, active: Some((ordinal, active_end)), report })
 }
 
+/// Acknowledged data the checkpoint knows of must still be there: a segment cut shorter
+/// than that is damage, not a torn write.
+fn shorter_than_checkpoint(
+    ck: &checkpoint::Checkpoint,
+    segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
+) -> Result<(), LogError> {
+    let cs = &ck.index.segments;
+    for (i, c) in cs.iter().enumerate() {
+        let Some((first, path, file)) = segs.get(i) else { break };
+        if *first != c.first_position {
+            break;
+        }
+        let need = if i + 1 < cs.len() { c.data_end + FOOTER_LEN } else { ck.end_offset };
+        let len = file.len().map_err(LogError::io("reading the size of", path))?;
+        if len < need {
+            return Err(LogError::Corrupt {
+                file: path.clone(),
+                offset: len,
+                reason: format!("the segment was cut to {len} bytes; acknowledged data runs to byte {need}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks a checkpoint against the segments on disk.
 fn fits(
     ck: &checkpoint::Checkpoint,
@@ -373,6 +408,9 @@ fn fits(
     let mut buf = vec![0u8; len];
     read_exact_at(&**file, &mut buf, loc.offset()).map_err(|e| e.to_string())?;
     let frame = record::decode_frame(&buf).map_err(|e| e.to_string())?;
+    if u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) != ck.last_crc {
+        return Err("it was written for another log (the last frame's checksum differs)".into());
+    }
     if frame.header.last_position() != next - 1 || loc.offset() + len as u64 != seg_end {
         return Err("the last covered frame is not where the checkpoint says".into());
     }

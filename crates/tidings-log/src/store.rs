@@ -172,7 +172,9 @@ impl LogStoreBuilder {
             && let Some((_, offset)) = rec.active
         {
             // The scan's work is saved at once, so the next open does not repeat it.
-            let bytes = crate::checkpoint::encode(&rec.index, offset);
+            let crc = crate::checkpoint::last_frame_crc(&rec.index)
+                .map_err(LogError::io("reading the last frame in", &dir))?;
+            let bytes = crate::checkpoint::encode(&rec.index, offset, crc);
             crate::checkpoint::save(&*storage, &dir, &bytes)
                 .map_err(LogError::io("writing the index checkpoint in", &dir))?;
         }

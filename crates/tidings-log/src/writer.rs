@@ -177,7 +177,9 @@ impl Writer {
         }
         let bytes = {
             let ix = self.shared.read_index();
-            checkpoint::encode(&ix, self.offset)
+            let crc = checkpoint::last_frame_crc(&ix)
+                .map_err(LogError::io("reading the last frame in", &self.shared.dir))?;
+            checkpoint::encode(&ix, self.offset, crc)
         };
         checkpoint::save(&*self.shared.storage, &self.shared.dir, &bytes)
             .map_err(LogError::io("writing the index checkpoint in", &self.shared.dir))

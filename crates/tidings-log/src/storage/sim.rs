@@ -94,26 +94,6 @@ impl SimStorage {
         let st = self.state();
         image(&st, rng)
     }
-
-    /// Reads a whole file as it is now (for tests that damage files).
-    pub(crate) fn read(&self, path: &Path) -> Option<Vec<u8>> {
-        let st = self.state();
-        st.names
-            .get(path)
-            .and_then(|i| st.files.get(i))
-            .map(|f| f.data.clone())
-    }
-
-    /// Replaces a whole file's content, durably (for tests that damage files).
-    pub(crate) fn overwrite(&self, path: &Path, bytes: Vec<u8>) {
-        let mut st = self.state();
-        if let Some(&ino) = st.names.get(path)
-            && let Some(f) = st.files.get_mut(&ino)
-        {
-            f.data = bytes.clone();
-            f.synced = bytes;
-        }
-    }
 }
 
 fn image(st: &State, rng: &mut Rng) -> SimStorage {
