@@ -33,4 +33,9 @@ pub use store::{
     ExpectedVersion, Filter, InMemoryStore, ListStreams, Position, ReadAll, ReadStream,
     RecordedEvent, Revision, Start, StoreError, StreamInfo,
 };
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};

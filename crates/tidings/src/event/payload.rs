@@ -13,6 +13,10 @@ use serde_json::value::RawValue;
 
 /// Valid JSON text, shared cheaply between clones.
 ///
+/// Payloads built from text are kept compact: whitespace between tokens is removed
+/// (strings, numbers and key order are kept exactly), so two payloads are equal when
+/// their compact texts are.
+///
 /// ```
 /// use tidings::Payload;
 /// let p = Payload::parse(r#"{"orderId":"order-123"}"#).unwrap();
@@ -26,7 +30,7 @@ impl Payload {
     /// Checks that `json` is one valid JSON value and keeps its text as it is.
     pub fn parse(json: &str) -> Result<Self, serde_json::Error> {
         let _: &RawValue = serde_json::from_str(json)?;
-        Ok(Self(Arc::from(json)))
+        Ok(Self(Arc::from(compact(json))))
     }
 
     /// Serializes any value to compact JSON.
@@ -115,8 +119,54 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        Ok(Self(Arc::from(raw.get())))
+        Ok(Self(Arc::from(compact(raw.get()))))
     }
+}
+
+/// Removes whitespace outside strings from valid JSON text.
+fn compact(json: &str) -> std::borrow::Cow<'_, str> {
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let bytes = json.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let needs_work = bytes.iter().any(|&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            false
+        } else if b == b'"' {
+            in_string = true;
+            false
+        } else {
+            is_ws(b)
+        }
+    });
+    if !needs_work {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            out.push(c);
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -125,8 +175,8 @@ mod tests {
 
     #[test]
     fn keeps_text_exactly() {
-        let p = Payload::parse(r#"{ "a" : 1.0 }"#).unwrap();
-        assert_eq!(p.as_str(), r#"{ "a" : 1.0 }"#);
+        let p = Payload::parse(r#"{ "a" : 1.0, "s": "x \" y\\" , "n":[ 1e3 ] }"#).unwrap();
+        assert_eq!(p.as_str(), r#"{"a":1.0,"s":"x \" y\\","n":[1e3]}"#);
         let wrapped = serde_json::to_string(&serde_json::json!({"x": 1})).unwrap();
         assert_eq!(wrapped, r#"{"x":1}"#);
     }

@@ -95,8 +95,10 @@ struct StreamState<R> {
     reader: R,
     head: HeadWatch,
     stream: StreamId,
-    next: Option<Revision>,
-    resolve_end: bool,
+    next: Revision,
+    /// For `Start::End`: the global head when the subscription was made; the first
+    /// revision to deliver is the first one committed after it.
+    end_after: Option<Option<Position>>,
     buf: VecDeque<RecordedEvent>,
     done: bool,
 }
@@ -104,24 +106,24 @@ struct StreamState<R> {
 /// A subscription to one stream, built on `reader` and the head watch `head`.
 pub fn subscribe_stream<R>(
     reader: R,
-    head: HeadWatch,
+    mut head: HeadWatch,
     stream: StreamId,
     start: Start,
 ) -> impl Stream<Item = EventStreamItem> + Send + 'static
 where
     R: EventReader + 'static,
 {
-    let (next, resolve_end) = match start {
-        Start::Beginning => (Some(0), false),
-        Start::At(r) => (Some(r), false),
-        Start::End => (None, true),
+    let (next, end_after) = match start {
+        Start::Beginning => (0, None),
+        Start::At(r) => (r, None),
+        Start::End => (0, Some(*head.borrow_and_update())),
     };
     let state = StreamState {
         reader,
         head,
         stream,
         next,
-        resolve_end,
+        end_after,
         buf: VecDeque::new(),
         done: false,
     };
@@ -134,11 +136,11 @@ where
                 return None;
             }
             s.head.borrow_and_update();
-            if s.resolve_end {
-                match s.reader.stream_version(&s.stream).await {
-                    Ok(v) => {
-                        s.next = Some(v.map_or(0, |v| v + 1));
-                        s.resolve_end = false;
+            if let Some(after) = s.end_after {
+                match first_revision_after(&s.reader, &s.stream, after).await {
+                    Ok(r) => {
+                        s.next = r;
+                        s.end_after = None;
                     }
                     Err(e) => {
                         s.done = true;
@@ -146,11 +148,10 @@ where
                     }
                 }
             }
-            let from = s.next.unwrap_or(0);
-            let read = ReadStream::forward().from(from).limit(PAGE);
+            let read = ReadStream::forward().from(s.next).limit(PAGE);
             match s.reader.read_stream(&s.stream, read).await {
                 Ok(events) if !events.is_empty() => {
-                    s.next = events.last().map(|e| e.revision + 1);
+                    s.next = events.last().map_or(s.next, |e| e.revision + 1);
                     s.buf.extend(events);
                 }
                 Ok(_) => {
@@ -166,4 +167,29 @@ where
             }
         }
     })
+}
+
+/// The first revision of `stream` whose position is after `head` (None: the store was
+/// empty, so every revision is after it).
+async fn first_revision_after<R: EventReader>(
+    reader: &R,
+    stream: &StreamId,
+    head: Option<Position>,
+) -> Result<Revision, StoreError> {
+    let Some(head) = head else {
+        return Ok(0);
+    };
+    let mut from = None;
+    loop {
+        let mut read = ReadStream::backward().limit(PAGE);
+        read.from = from;
+        let page = reader.read_stream(stream, read).await?;
+        if let Some(e) = page.iter().find(|e| e.position <= head) {
+            return Ok(e.revision + 1);
+        }
+        match page.last() {
+            Some(e) if e.revision > 0 => from = Some(e.revision - 1),
+            _ => return Ok(0),
+        }
+    }
 }
