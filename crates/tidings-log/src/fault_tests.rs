@@ -1,6 +1,6 @@
 //! Tests on the simulated disk: power loss at random cut points, a full disk, a failing
 //! fsync. Randomized tests print their seed; `TIDINGS_SEED=<n>` replays one, and
-//! `TIDINGS_SOAK=1` runs many more rounds.
+//! `TIDINGS_SOAK=<factor>` multiplies the rounds.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,23 +15,6 @@ use uuid::Uuid;
 
 use crate::storage::sim::{Rng, SimStorage};
 use crate::{LogStore, checkpoint};
-
-pub(crate) fn seed() -> u64 {
-    let seed = std::env::var("TIDINGS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed {seed} (replay with TIDINGS_SEED={seed})");
-    seed
-}
-
-fn soak() -> bool {
-    std::env::var("TIDINGS_SOAK").is_ok_and(|v| v == "1")
-}
 
 fn event(batch: &str, n: usize) -> Event {
     Enricher::new("sim")
@@ -102,9 +85,9 @@ async fn check_after_crash(store: &LogStore, acked: &[Acked]) {
 
 #[test]
 fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
-    let seed = seed();
+    let seed = tidings::testing::seed::seed("power_loss_at_random_cut_points");
     let mut rng = Rng(seed);
-    let rounds = if soak() { 2000 } else { 100 };
+    let rounds = tidings::testing::seed::rounds(100);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
