@@ -1,1 +1,38 @@
-fn main() {}
+//! The `tidings` command.
+
+mod bench;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tidings: event store, event bus and event-sourcing toolkit.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the standard workloads against a store and print a table (or JSON).
+    Bench(bench::BenchArgs),
+    /// Check every checksum of an embedded store and its indexes against the log.
+    Verify(verify::VerifyArgs),
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
+    }
+}

@@ -229,8 +229,7 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let name = StreamId::parse_any(name).map_err(|_| bad("invalid stream name"))?;
         let last_written = r.u64()? as i64;
         let count = r.count(8)?;
-        let positions: Vec<Position> =
-            r.take(count * 8)?.chunks_exact(8).map(le64).collect();
+        let positions: Vec<Position> = r.take(count * 8)?.chunks_exact(8).map(le64).collect();
         if positions.iter().any(|&p| p >= next_position) {
             return Err(bad("a stream position is beyond the covered log"));
         }

@@ -19,9 +19,12 @@ use crate::{LogStore, checkpoint};
 fn event(batch: &str, n: usize) -> Event {
     Enricher::new("sim")
         .enrich(
-            NewEvent::new("Tested", serde_json::json!({"batch": batch, "pad": "x".repeat(n * 37 % 300)}))
-                .with_meta("batch", batch)
-                .with_meta("n", n.to_string()),
+            NewEvent::new(
+                "Tested",
+                serde_json::json!({"batch": batch, "pad": "x".repeat(n * 37 % 300)}),
+            )
+            .with_meta("batch", batch)
+            .with_meta("n", n.to_string()),
         )
         .unwrap_or_else(|e| panic!("test event: {e}"))
 }
@@ -56,30 +59,63 @@ async fn check_after_crash(store: &LogStore, acked: &[Acked]) {
         .unwrap_or_else(|e| panic!("read_all after recovery: {e}"));
     let mut by_id = HashMap::new();
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(e.position, i as u64, "global order has a gap or a repeat at {i}");
-        assert!(by_id.insert(e.event_id, e).is_none(), "event {} appears twice", e.event_id);
+        assert_eq!(
+            e.position, i as u64,
+            "global order has a gap or a repeat at {i}"
+        );
+        assert!(
+            by_id.insert(e.event_id, e).is_none(),
+            "event {} appears twice",
+            e.event_id
+        );
     }
     for a in acked {
         for (k, id) in a.ids.iter().enumerate() {
             let e = by_id
                 .get(id)
                 .unwrap_or_else(|| panic!("acknowledged event {id} of {a:?} is missing"));
-            assert_eq!(e.position, a.result.first_position + k as u64, "position of {id}");
-            assert_eq!(e.revision, a.result.first_revision + k as u64, "revision of {id}");
+            assert_eq!(
+                e.position,
+                a.result.first_position + k as u64,
+                "position of {id}"
+            );
+            assert_eq!(
+                e.revision,
+                a.result.first_revision + k as u64,
+                "revision of {id}"
+            );
             assert_eq!(e.stream, a.stream);
         }
     }
     let mut batches: HashMap<&str, Vec<u64>> = HashMap::new();
     for e in &all {
-        let b = e.metadata.extra.get("batch").map(String::as_str).unwrap_or("");
+        let b = e
+            .metadata
+            .extra
+            .get("batch")
+            .map(String::as_str)
+            .unwrap_or("");
         batches.entry(b).or_default().push(e.position);
     }
     for e in &all {
-        let b = e.metadata.extra.get("batch").map(String::as_str).unwrap_or("");
-        let n: usize = e.metadata.extra.get("n").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let b = e
+            .metadata
+            .extra
+            .get("batch")
+            .map(String::as_str)
+            .unwrap_or("");
+        let n: usize = e
+            .metadata
+            .extra
+            .get("n")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         let ps = &batches[b];
         assert_eq!(ps.len(), n, "batch {b} is partly visible: {ps:?}");
-        assert!(ps.windows(2).all(|w| w[1] == w[0] + 1), "batch {b} is not contiguous");
+        assert!(
+            ps.windows(2).all(|w| w[1] == w[0] + 1),
+            "batch {b} is not contiguous"
+        );
     }
 }
 
@@ -122,7 +158,11 @@ fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
                         match store.append(&stream, ExpectedVersion::Any, events).await {
                             Ok(result) => {
                                 let mut list = acked.lock().unwrap_or_else(|p| p.into_inner());
-                                list.push(Acked { stream, result, ids });
+                                list.push(Acked {
+                                    stream,
+                                    result,
+                                    ids,
+                                });
                                 acked_count.store(list.len(), Ordering::SeqCst);
                             }
                             Err(e) => panic!("append failed: {e}"),
@@ -152,7 +192,8 @@ fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
         snapshots.push((disk.power_loss(&mut rng), all_acked));
         for (after, acked) in snapshots {
             cuts += 1;
-            let store = open(&after).unwrap_or_else(|e| panic!("round {round}: reopen after power loss: {e}"));
+            let store = open(&after)
+                .unwrap_or_else(|e| panic!("round {round}: reopen after power loss: {e}"));
             torn += usize::from(store.recovery_report().torn_tail.is_some());
             rt.block_on(check_after_crash(&store, &acked));
             // The recovered store takes appends and survives another power loss.
@@ -185,8 +226,15 @@ fn a_full_disk_stops_the_store_and_loses_nothing_acknowledged() {
         for i in 0..200 {
             let events = vec![event(&format!("b{i}"), 1)];
             let ids = events.iter().map(|e| e.event_id).collect();
-            match store.append(&sid("full"), ExpectedVersion::Any, events).await {
-                Ok(result) => acked.push(Acked { stream: sid("full"), result, ids }),
+            match store
+                .append(&sid("full"), ExpectedVersion::Any, events)
+                .await
+            {
+                Ok(result) => acked.push(Acked {
+                    stream: sid("full"),
+                    result,
+                    ids,
+                }),
                 Err(e) => {
                     refused = Some(e);
                     break;
@@ -195,9 +243,15 @@ fn a_full_disk_stops_the_store_and_loses_nothing_acknowledged() {
         }
     });
     let err = refused.unwrap_or_else(|| panic!("the disk never filled up"));
-    assert!(matches!(&err, StoreError::Stopped(m) if m.contains("No space")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Stopped(m) if m.contains("No space")),
+        "{err}"
+    );
     let again = rt.block_on(store.append(&sid("full"), ExpectedVersion::Any, vec![event("x", 1)]));
-    assert!(matches!(again, Err(StoreError::Stopped(_))), "a stopped store must refuse appends");
+    assert!(
+        matches!(again, Err(StoreError::Stopped(_))),
+        "a stopped store must refuse appends"
+    );
     assert!(store.stopped().is_some());
     assert!(!acked.is_empty());
     drop(store);
@@ -223,13 +277,27 @@ fn a_failed_fsync_stops_the_store_and_is_never_retried() {
         for i in 0..10 {
             let events = vec![event(&format!("ok{i}"), 1)];
             let ids = events.iter().map(|e| e.event_id).collect();
-            let result = store.append(&sid("f"), ExpectedVersion::Any, events).await.unwrap_or_else(|e| panic!("{e}"));
-            acked.push(Acked { stream: sid("f"), result, ids });
+            let result = store
+                .append(&sid("f"), ExpectedVersion::Any, events)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            acked.push(Acked {
+                stream: sid("f"),
+                result,
+                ids,
+            });
         }
         disk.fail_syncs();
-        let e = store.append(&sid("f"), ExpectedVersion::Any, vec![event("bad", 1)]).await;
-        assert!(matches!(&e, Err(StoreError::Stopped(m)) if m.contains("syncing")), "{e:?}");
-        let e = store.append(&sid("f"), ExpectedVersion::Any, vec![event("bad2", 1)]).await;
+        let e = store
+            .append(&sid("f"), ExpectedVersion::Any, vec![event("bad", 1)])
+            .await;
+        assert!(
+            matches!(&e, Err(StoreError::Stopped(m)) if m.contains("syncing")),
+            "{e:?}"
+        );
+        let e = store
+            .append(&sid("f"), ExpectedVersion::Any, vec![event("bad2", 1)])
+            .await;
         assert!(matches!(e, Err(StoreError::Stopped(_))));
     });
     let after = disk.power_loss(&mut Rng(7));
@@ -244,16 +312,26 @@ fn a_segment_whose_creation_was_cut_short_is_removed() {
     let disk = SimStorage::new();
     let store = open(&disk).unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
-        store.append(&sid("a"), ExpectedVersion::Any, vec![event("a", 1)]).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .append(&sid("a"), ExpectedVersion::Any, vec![event("a", 1)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     });
     drop(store);
     // A new, empty segment with a zeroed header, as a crash right after creating it leaves.
     let path = Path::new(DIR).join(crate::segment::file_name(1));
-    let f = crate::storage::Storage::open(&disk, &path, crate::storage::OpenMode::CreateNew).unwrap_or_else(|e| panic!("{e}"));
+    let f = crate::storage::Storage::open(&disk, &path, crate::storage::OpenMode::CreateNew)
+        .unwrap_or_else(|e| panic!("{e}"));
     f.allocate(4096).unwrap_or_else(|e| panic!("{e}"));
     crate::storage::Storage::sync_dir(&disk, Path::new(DIR)).unwrap_or_else(|e| panic!("{e}"));
     checkpoint::remove(&disk, Path::new(DIR)).unwrap_or_else(|e| panic!("{e}"));
     let store = open(&disk).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(rt.block_on(store.head()).unwrap_or_else(|e| panic!("{e}")), Some(0));
-    assert!(!crate::storage::Storage::exists(&disk, &path), "the unwritten segment is gone");
+    assert_eq!(
+        rt.block_on(store.head()).unwrap_or_else(|e| panic!("{e}")),
+        Some(0)
+    );
+    assert!(
+        !crate::storage::Storage::exists(&disk, &path),
+        "the unwritten segment is gone"
+    );
 }

@@ -201,7 +201,11 @@ impl EventIndex for MemoryIndex {
         loc: Loc,
         events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
     ) {
-        debug_assert_eq!(first_position, self.locs.len() as u64, "frames arrive in order");
+        debug_assert_eq!(
+            first_position,
+            self.locs.len() as u64,
+            "frames arrive in order"
+        );
         let entry = match self.streams.get_mut(stream.as_str()) {
             Some(e) => e,
             None => self.streams.entry(stream.clone()).or_default(),

@@ -87,7 +87,9 @@ fn load_frame(
         .get(loc.segment())
         .ok_or_else(|| StoreError::Backend(format!("no segment {}", loc.segment())))?;
     let off = loc.offset();
-    let needs = |w: &Option<Window>, len: usize| w.as_ref().is_none_or(|w| !w.holds(loc.segment(), off, len));
+    let needs = |w: &Option<Window>, len: usize| {
+        w.as_ref().is_none_or(|w| !w.holds(loc.segment(), off, len))
+    };
     if needs(w, 4) {
         let end = hint_end.clamp(off + 4, seg.data_end.max(off + 4));
         *w = Some(read_window(seg, loc.segment(), off, end)?);
@@ -96,8 +98,15 @@ fn load_frame(
         .as_ref()
         .and_then(|w| record::peek_len(w.at(off)))
         .unwrap_or(0) as usize;
-    if len < record::FRAME_HEADER_LEN || len > record::MAX_FRAME_LEN || off + len as u64 > seg.data_end {
-        return Err(corrupt(&seg.path, off, format!("impossible frame length {len}")));
+    if len < record::FRAME_HEADER_LEN
+        || len > record::MAX_FRAME_LEN
+        || off + len as u64 > seg.data_end
+    {
+        return Err(corrupt(
+            &seg.path,
+            off,
+            format!("impossible frame length {len}"),
+        ));
     }
     if needs(w, len) {
         *w = Some(read_window(seg, loc.segment(), off, off + len as u64)?);
@@ -109,7 +118,12 @@ fn frame_in<'a>(w: &'a Window, seg: &SegRef, offset: u64) -> Result<FrameView<'a
     record::decode_frame(w.at(offset)).map_err(|e| corrupt(&seg.path, offset, e))
 }
 
-fn stream_of(view: &FrameView<'_>, seg: &SegRef, offset: u64, cache: &mut Option<StreamId>) -> Result<StreamId, StoreError> {
+fn stream_of(
+    view: &FrameView<'_>,
+    seg: &SegRef,
+    offset: u64,
+    cache: &mut Option<StreamId>,
+) -> Result<StreamId, StoreError> {
     if let Some(s) = cache
         && s.as_str() == view.stream
     {
@@ -127,7 +141,10 @@ pub(crate) struct PositionsPlan {
 }
 
 /// Plans reading `positions` (in the order given), all of which are indexed.
-pub(crate) fn plan_positions(ix: &MemoryIndex, positions: impl Iterator<Item = Position>) -> PositionsPlan {
+pub(crate) fn plan_positions(
+    ix: &MemoryIndex,
+    positions: impl Iterator<Item = Position>,
+) -> PositionsPlan {
     let items: Vec<(Position, Loc)> = positions.filter_map(|p| Some((p, ix.loc(p)?))).collect();
     PositionsPlan {
         segs: seg_refs(ix, 0),
@@ -155,14 +172,19 @@ pub(crate) fn read_positions(plan: &PositionsPlan) -> Result<Vec<RecordedEvent>,
         // Read ahead across nearby frames of the same segment in one system call.
         let mut hi = loc.offset();
         for &(_, l) in items[j..].iter().take(64) {
-            if l.segment() != loc.segment() || l.offset() < loc.offset() || l.offset() - loc.offset() > RUN_SPAN {
+            if l.segment() != loc.segment()
+                || l.offset() < loc.offset()
+                || l.offset() - loc.offset() > RUN_SPAN
+            {
                 break;
             }
             hi = hi.max(l.offset());
         }
         load_frame(&mut w, &plan.segs, loc, hi + FRAME_GUESS)?;
         let seg = &plan.segs[loc.segment()];
-        let win = w.as_ref().ok_or_else(|| StoreError::Backend("no read window".into()))?;
+        let win = w
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("no read window".into()))?;
         let view = frame_in(win, seg, loc.offset())?;
         let stream = stream_of(&view, seg, loc.offset(), &mut stream_cache)?;
         let first = view.header.first_position;
@@ -181,7 +203,10 @@ pub(crate) fn read_positions(plan: &PositionsPlan) -> Result<Vec<RecordedEvent>,
             }
             let e = e.map_err(|er| corrupt(&seg.path, loc.offset(), er))?;
             if dense || want.iter().any(|x| x.0 == p) {
-                out.push(e.to_recorded(&stream, &view.header, k as u64).map_err(|er| corrupt(&seg.path, loc.offset(), er))?);
+                out.push(
+                    e.to_recorded(&stream, &view.header, k as u64)
+                        .map_err(|er| corrupt(&seg.path, loc.offset(), er))?,
+                );
             }
         }
         if want.len() > 1 && want[0].0 > want[want.len() - 1].0 {
@@ -213,7 +238,12 @@ pub(crate) fn plan_scan(ix: &MemoryIndex, from: Position) -> Option<ScanPlan> {
 }
 
 /// Scans forward from `from`, returning up to `limit` events that pass `filter`.
-pub(crate) fn scan(plan: &ScanPlan, from: Position, limit: usize, filter: &Filter) -> Result<Vec<RecordedEvent>, StoreError> {
+pub(crate) fn scan(
+    plan: &ScanPlan,
+    from: Position,
+    limit: usize,
+    filter: &Filter,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut out = Vec::new();
     let chunk = (limit.saturating_mul(1024)).clamp(16 << 10, 1 << 20) as u64;
     let mut seg_no = plan.first_segment;
@@ -228,13 +258,18 @@ pub(crate) fn scan(plan: &ScanPlan, from: Position, limit: usize, filter: &Filte
             continue;
         }
         load_frame(&mut w, &plan.segs, Loc::new(seg_no, off), off + chunk)?;
-        let win = w.as_ref().ok_or_else(|| StoreError::Backend("no read window".into()))?;
+        let win = w
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("no read window".into()))?;
         let view = frame_in(win, seg, off)?;
         let h = view.header;
         if h.first_position > plan.head {
             break;
         }
-        let stream_ok = filter.stream_prefix.as_deref().is_none_or(|p| view.stream.starts_with(p));
+        let stream_ok = filter
+            .stream_prefix
+            .as_deref()
+            .is_none_or(|p| view.stream.starts_with(p));
         if stream_ok && h.last_position() >= from {
             let stream = stream_of(&view, seg, off, &mut stream_cache)?;
             for (k, e) in view.events().enumerate() {
@@ -246,8 +281,13 @@ pub(crate) fn scan(plan: &ScanPlan, from: Position, limit: usize, filter: &Filte
                     break;
                 }
                 let e = e.map_err(|er| corrupt(&seg.path, off, er))?;
-                if filter.event_types.is_empty() || filter.event_types.iter().any(|t| t == e.event_type) {
-                    out.push(e.to_recorded(&stream, &h, k as u64).map_err(|er| corrupt(&seg.path, off, er))?);
+                if filter.event_types.is_empty()
+                    || filter.event_types.iter().any(|t| t == e.event_type)
+                {
+                    out.push(
+                        e.to_recorded(&stream, &h, k as u64)
+                            .map_err(|er| corrupt(&seg.path, off, er))?,
+                    );
                 }
             }
         }

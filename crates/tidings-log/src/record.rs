@@ -184,7 +184,10 @@ pub struct FrameSpec<'a> {
 /// The caller has validated the append (`tidings::store::validate_append`), so every
 /// string fits in a `u32` and the stream name in a `u16`.
 pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
-    debug_assert!(!spec.events.is_empty(), "a frame carries at least one event");
+    debug_assert!(
+        !spec.events.is_empty(),
+        "a frame carries at least one event"
+    );
     let len = frame_len(spec.stream, spec.events);
     let start = out.len();
     out.reserve(len);
@@ -214,7 +217,11 @@ pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
         }
         put_str(out, e.data.as_str());
     }
-    debug_assert_eq!(out.len() - start, len, "frame_len disagrees with the encoder");
+    debug_assert_eq!(
+        out.len() - start,
+        len,
+        "frame_len disagrees with the encoder"
+    );
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     len

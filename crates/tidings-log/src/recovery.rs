@@ -114,9 +114,7 @@ pub(crate) fn recover(
     opts: &RecoverOptions,
 ) -> Result<Recovered, LogError> {
     let read_only = opts.salvage;
-    let names = storage
-        .list(dir)
-        .map_err(LogError::io("listing", dir))?;
+    let names = storage.list(dir).map_err(LogError::io("listing", dir))?;
     let mut firsts: Vec<Position> = names
         .iter()
         .filter_map(|n| segment::parse_file_name(n))
@@ -149,8 +147,12 @@ pub(crate) fn recover(
                 tracing::warn!(file = %path.display(), "removing a segment whose creation did not complete");
                 if !read_only {
                     drop(file);
-                    storage.remove(&path).map_err(LogError::io("removing", &path))?;
-                    storage.sync_dir(dir).map_err(LogError::io("syncing", dir))?;
+                    storage
+                        .remove(&path)
+                        .map_err(LogError::io("removing", &path))?;
+                    storage
+                        .sync_dir(dir)
+                        .map_err(LogError::io("syncing", dir))?;
                 }
             }
             Err(e) => {
@@ -173,34 +175,33 @@ pub(crate) fn recover(
     {
         shorter_than_checkpoint(ck, &segs)?;
     }
-    let (mut index, mut start_ordinal, mut start_offset, source) =
-        match loaded {
-            Ok(ck) => match fits(&ck, &segs) {
-                Ok(()) => {
-                    let last = ck.index.segments.len() - 1;
-                    let end = ck.end_offset;
-                    (ck.index, last, end, IndexSource::Checkpoint)
-                }
-                Err(why) => (
-                    MemoryIndex::default(),
-                    0,
-                    HEADER_LEN,
-                    IndexSource::Rebuilt(format!("the index checkpoint is stale: {why}")),
-                ),
-            },
-            Err(CheckpointError::Missing) => (
+    let (mut index, mut start_ordinal, mut start_offset, source) = match loaded {
+        Ok(ck) => match fits(&ck, &segs) {
+            Ok(()) => {
+                let last = ck.index.segments.len() - 1;
+                let end = ck.end_offset;
+                (ck.index, last, end, IndexSource::Checkpoint)
+            }
+            Err(why) => (
                 MemoryIndex::default(),
                 0,
                 HEADER_LEN,
-                IndexSource::Rebuilt("no index checkpoint".to_owned()),
+                IndexSource::Rebuilt(format!("the index checkpoint is stale: {why}")),
             ),
-            Err(e) => (
-                MemoryIndex::default(),
-                0,
-                HEADER_LEN,
-                IndexSource::Rebuilt(e.to_string()),
-            ),
-        };
+        },
+        Err(CheckpointError::Missing) => (
+            MemoryIndex::default(),
+            0,
+            HEADER_LEN,
+            IndexSource::Rebuilt("no index checkpoint".to_owned()),
+        ),
+        Err(e) => (
+            MemoryIndex::default(),
+            0,
+            HEADER_LEN,
+            IndexSource::Rebuilt(e.to_string()),
+        ),
+    };
     if let IndexSource::Rebuilt(why) = &source
         && !segs.is_empty()
     {
@@ -237,16 +238,30 @@ pub(crate) fn recover(
         let expected = index.next_position();
         let resuming = ordinal == start_ordinal && start_offset > HEADER_LEN;
         if first != expected && !resuming {
-            let reason = format!("segment starts at position {first}, but the log before it ends at {expected}");
+            let reason = format!(
+                "segment starts at position {first}, but the log before it ends at {expected}"
+            );
             if opts.salvage {
-                report.damage = Some(Damage { file: path, offset: 0, reason });
+                report.damage = Some(Damage {
+                    file: path,
+                    offset: 0,
+                    reason,
+                });
                 segs.truncate(ordinal);
                 break;
             }
-            return Err(LogError::Corrupt { file: path, offset: 0, reason });
+            return Err(LogError::Corrupt {
+                file: path,
+                offset: 0,
+                reason,
+            });
         }
         let is_last = ordinal + 1 == segs.len();
-        let from = if ordinal == start_ordinal { start_offset } else { HEADER_LEN };
+        let from = if ordinal == start_ordinal {
+            start_offset
+        } else {
+            HEADER_LEN
+        };
         index.segments.push(SegmentEntry {
             first_position: first,
             data_end: from,
@@ -263,11 +278,19 @@ pub(crate) fn recover(
                         index.next_position()
                     );
                     if opts.salvage {
-                        report.damage = Some(Damage { file: path, offset: data_end, reason });
+                        report.damage = Some(Damage {
+                            file: path,
+                            offset: data_end,
+                            reason,
+                        });
                         segs.truncate(ordinal + 1);
                         break 'segments;
                     }
-                    return Err(LogError::Corrupt { file: path, offset: data_end, reason });
+                    return Err(LogError::Corrupt {
+                        file: path,
+                        offset: data_end,
+                        reason,
+                    });
                 }
                 sealed_last = is_last;
                 active_end = data_end;
@@ -278,11 +301,19 @@ pub(crate) fn recover(
                 if !is_last {
                     let reason = "a sealed segment ends without a footer".to_owned();
                     if opts.salvage {
-                        report.damage = Some(Damage { file: path, offset: data_end, reason });
+                        report.damage = Some(Damage {
+                            file: path,
+                            offset: data_end,
+                            reason,
+                        });
                         segs.truncate(ordinal + 1);
                         break 'segments;
                     }
-                    return Err(LogError::Corrupt { file: path, offset: data_end, reason });
+                    return Err(LogError::Corrupt {
+                        file: path,
+                        offset: data_end,
+                        reason,
+                    });
                 }
             }
             SegEnd::Bad { offset, reason } => {
@@ -291,22 +322,36 @@ pub(crate) fn recover(
                 let torn = is_last && is_torn(&*file, offset, index.next_position())?;
                 if !torn {
                     if opts.salvage {
-                        report.damage = Some(Damage { file: path, offset, reason });
+                        report.damage = Some(Damage {
+                            file: path,
+                            offset,
+                            reason,
+                        });
                         segs.truncate(ordinal + 1);
                         break 'segments;
                     }
-                    return Err(LogError::Corrupt { file: path, offset, reason });
+                    return Err(LogError::Corrupt {
+                        file: path,
+                        offset,
+                        reason,
+                    });
                 }
                 let bytes = if read_only {
                     0
                 } else {
-                    zero_tail(&*file, offset).map_err(LogError::io("truncating the torn tail of", &path))?
+                    zero_tail(&*file, offset)
+                        .map_err(LogError::io("truncating the torn tail of", &path))?
                 };
                 tracing::warn!(
                     file = %path.display(), offset, bytes, %reason,
                     "discarded a torn write at the end of the log (it was never acknowledged)"
                 );
-                report.torn_tail = Some(TornTail { file: path, offset, bytes, reason });
+                report.torn_tail = Some(TornTail {
+                    file: path,
+                    offset,
+                    bytes,
+                    reason,
+                });
             }
         }
         ordinal += 1;
@@ -314,13 +359,27 @@ pub(crate) fn recover(
     report.events = index.next_position();
 
     if read_only {
-        return Ok(Recovered { index, active: None, report });
+        return Ok(Recovered {
+            index,
+            active: None,
+            report,
+        });
     }
     let need_new = index.segments.is_empty() || sealed_last;
     if need_new {
         let first = index.next_position();
-        let seg = segment::create(storage, dir, first, opts.segment_size, opts.now_micros, opts.durable)
-            .map_err(LogError::io("creating segment", dir.join(segment::file_name(first))))?;
+        let seg = segment::create(
+            storage,
+            dir,
+            first,
+            opts.segment_size,
+            opts.now_micros,
+            opts.durable,
+        )
+        .map_err(LogError::io(
+            "creating segment",
+            dir.join(segment::file_name(first)),
+        ))?;
         index.segments.push(SegmentEntry {
             first_position: first,
             data_end: HEADER_LEN,
@@ -333,16 +392,23 @@ pub(crate) fn recover(
     let ordinal = index.segments.len() - 1;
     let entry = &index.segments[ordinal];
     if let Some(file) = &entry.file {
-        let len = file.len().map_err(LogError::io("reading the size of", &entry.path))?;
+        let len = file
+            .len()
+            .map_err(LogError::io("reading the size of", &entry.path))?;
         if len < opts.segment_size {
             file.allocate(opts.segment_size)
                 .map_err(LogError::io("preallocating", &entry.path))?;
         }
         if opts.durable {
-            file.sync_data().map_err(LogError::io("syncing", &entry.path))?;
+            file.sync_data()
+                .map_err(LogError::io("syncing", &entry.path))?;
         }
     }
-    Ok(Recovered { index, active: Some((ordinal, active_end)), report })
+    Ok(Recovered {
+        index,
+        active: Some((ordinal, active_end)),
+        report,
+    })
 }
 
 /// Acknowledged data the checkpoint knows of must still be there: a segment cut shorter
@@ -353,17 +419,27 @@ fn shorter_than_checkpoint(
 ) -> Result<(), LogError> {
     let cs = &ck.index.segments;
     for (i, c) in cs.iter().enumerate() {
-        let Some((first, path, file)) = segs.get(i) else { break };
+        let Some((first, path, file)) = segs.get(i) else {
+            break;
+        };
         if *first != c.first_position {
             break;
         }
-        let need = if i + 1 < cs.len() { c.data_end + FOOTER_LEN } else { ck.end_offset };
-        let len = file.len().map_err(LogError::io("reading the size of", path))?;
+        let need = if i + 1 < cs.len() {
+            c.data_end + FOOTER_LEN
+        } else {
+            ck.end_offset
+        };
+        let len = file
+            .len()
+            .map_err(LogError::io("reading the size of", path))?;
         if len < need {
             return Err(LogError::Corrupt {
                 file: path.clone(),
                 offset: len,
-                reason: format!("the segment was cut to {len} bytes; acknowledged data runs to byte {need}"),
+                reason: format!(
+                    "the segment was cut to {len} bytes; acknowledged data runs to byte {need}"
+                ),
             });
         }
     }
@@ -377,33 +453,59 @@ fn fits(
 ) -> Result<(), String> {
     let cs = &ck.index.segments;
     if cs.is_empty() || cs.len() > segs.len() {
-        return Err(format!("it lists {} segments, the directory has {}", cs.len(), segs.len()));
+        return Err(format!(
+            "it lists {} segments, the directory has {}",
+            cs.len(),
+            segs.len()
+        ));
     }
     for (i, c) in cs.iter().enumerate() {
         if c.first_position != segs[i].0 {
-            return Err(format!("segment {i} starts at {} on disk, {} in the checkpoint", segs[i].0, c.first_position));
+            return Err(format!(
+                "segment {i} starts at {} on disk, {} in the checkpoint",
+                segs[i].0, c.first_position
+            ));
         }
         if i + 1 < cs.len() {
             let mut f = [0u8; FOOTER_LEN as usize];
             read_exact_at(&*segs[i].2, &mut f, c.data_end).map_err(|e| e.to_string())?;
             if segment::decode_footer(&f, c.data_end) != Some(cs[i + 1].first_position) {
-                return Err(format!("segment {i} has no footer where the checkpoint says"));
+                return Err(format!(
+                    "segment {i} has no footer where the checkpoint says"
+                ));
             }
         }
     }
     let next = ck.index.next_position();
     let last = cs.len() - 1;
     if next == 0 {
-        return if ck.end_offset == HEADER_LEN { Ok(()) } else { Err("empty log with a data end".into()) };
+        return if ck.end_offset == HEADER_LEN {
+            Ok(())
+        } else {
+            Err("empty log with a data end".into())
+        };
     }
-    let loc = ck.index.loc(next - 1).ok_or("no location for the last event")?;
-    let seg_end = if loc.segment() == last { ck.end_offset } else { cs.get(loc.segment()).map_or(0, |s| s.data_end) };
-    let file = &segs.get(loc.segment()).ok_or("location in a missing segment")?.2;
+    let loc = ck
+        .index
+        .loc(next - 1)
+        .ok_or("no location for the last event")?;
+    let seg_end = if loc.segment() == last {
+        ck.end_offset
+    } else {
+        cs.get(loc.segment()).map_or(0, |s| s.data_end)
+    };
+    let file = &segs
+        .get(loc.segment())
+        .ok_or("location in a missing segment")?
+        .2;
     let mut head = [0u8; 4];
     read_exact_at(&**file, &mut head, loc.offset()).map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(head) as usize;
     if len < FRAME_HEADER_LEN || len > record::MAX_FRAME_LEN {
-        return Err(format!("no frame at the last event's location ({})", loc.offset()));
+        return Err(format!(
+            "no frame at the last event's location ({})",
+            loc.offset()
+        ));
     }
     let mut buf = vec![0u8; len];
     read_exact_at(&**file, &mut buf, loc.offset()).map_err(|e| e.to_string())?;
@@ -429,7 +531,9 @@ fn scan_segment(
     index: &mut MemoryIndex,
     report: &mut RecoveryReport,
 ) -> Result<SegEnd, LogError> {
-    let file_len = file.len().map_err(LogError::io("reading the size of", path))?;
+    let file_len = file
+        .len()
+        .map_err(LogError::io("reading the size of", path))?;
     let mut buf = vec![0u8; CHUNK];
     let mut off = from;
     loop {
@@ -437,7 +541,10 @@ fn scan_segment(
             return Ok(if off >= file_len {
                 SegEnd::Open { data_end: off }
             } else {
-                SegEnd::Bad { offset: off, reason: "a frame is cut short by the end of the file".into() }
+                SegEnd::Bad {
+                    offset: off,
+                    reason: "a frame is cut short by the end of the file".into(),
+                }
             });
         }
         let want = (file_len - off).min(buf.len() as u64) as usize;
@@ -446,7 +553,9 @@ fn scan_segment(
         let mut p = 0usize;
         while p + 4 <= chunk.len() {
             let at = off + p as u64;
-            let Some(len) = record::peek_len(&chunk[p..]) else { break };
+            let Some(len) = record::peek_len(&chunk[p..]) else {
+                break;
+            };
             if len == 0 {
                 return Ok(SegEnd::Open { data_end: at });
             }
@@ -456,11 +565,15 @@ fn scan_segment(
                 }
                 return Ok(match segment::decode_footer(&chunk[p..], at) {
                     Some(next) => SegEnd::Sealed { data_end: at, next },
-                    None => SegEnd::Bad { offset: at, reason: "damaged segment footer".into() },
+                    None => SegEnd::Bad {
+                        offset: at,
+                        reason: "damaged segment footer".into(),
+                    },
                 });
             }
             let len = len as usize;
-            if len > chunk.len() - p && at + len as u64 <= file_len && len <= record::MAX_FRAME_LEN {
+            if len > chunk.len() - p && at + len as u64 <= file_len && len <= record::MAX_FRAME_LEN
+            {
                 if p == 0 {
                     buf.resize(len, 0);
                 }
@@ -468,31 +581,54 @@ fn scan_segment(
             }
             let frame = match record::decode_frame(&chunk[p..]) {
                 Ok(f) => f,
-                Err(e) => return Ok(SegEnd::Bad { offset: at, reason: e.to_string() }),
+                Err(e) => {
+                    return Ok(SegEnd::Bad {
+                        offset: at,
+                        reason: e.to_string(),
+                    });
+                }
             };
             if let Err(e) = frame.validate() {
-                return Ok(SegEnd::Bad { offset: at, reason: e.to_string() });
+                return Ok(SegEnd::Bad {
+                    offset: at,
+                    reason: e.to_string(),
+                });
             }
             let expected = index.next_position();
             if frame.header.first_position != expected {
                 return Ok(SegEnd::Bad {
                     offset: at,
-                    reason: format!("frame has position {}, expected {expected}", frame.header.first_position),
+                    reason: format!(
+                        "frame has position {}, expected {expected}",
+                        frame.header.first_position
+                    ),
                 });
             }
             let Ok(stream) = StreamId::parse_any(frame.stream) else {
-                return Ok(SegEnd::Bad { offset: at, reason: "invalid stream name".into() });
+                return Ok(SegEnd::Bad {
+                    offset: at,
+                    reason: "invalid stream name".into(),
+                });
             };
             let mut events = frame.events().map_while(Result::ok).map(|e| IndexedEvent {
                 id: e.event_id,
                 correlation: e.correlation_id,
             });
-            index.add_frame(&stream, expected, frame.header.recorded_at, Loc::new(ordinal, at), &mut events);
+            index.add_frame(
+                &stream,
+                expected,
+                frame.header.recorded_at,
+                Loc::new(ordinal, at),
+                &mut events,
+            );
             report.frames_scanned += 1;
             p += len;
         }
         if p == 0 && n < 4 {
-            return Ok(SegEnd::Bad { offset: off, reason: FrameError::Truncated { need: 4, have: n }.to_string() });
+            return Ok(SegEnd::Bad {
+                offset: off,
+                reason: FrameError::Truncated { need: 4, have: n }.to_string(),
+            });
         }
         off += p as u64;
     }
@@ -501,7 +637,11 @@ fn scan_segment(
 /// Decides whether a bad frame at `offset` of the last segment is a torn tail: true
 /// unless a later valid frame was written in a later commit group.
 fn is_torn(file: &dyn StorageFile, offset: u64, expected: Position) -> Result<bool, LogError> {
-    let io = |e: std::io::Error| LogError::Io { op: "reading", path: PathBuf::new(), source: e };
+    let io = |e: std::io::Error| LogError::Io {
+        op: "reading",
+        path: PathBuf::new(),
+        source: e,
+    };
     let file_len = file.len().map_err(io)?;
     let mut buf = vec![0u8; CHUNK];
     let mut base = offset + 1;
@@ -555,7 +695,9 @@ fn zero_tail(file: &dyn StorageFile, offset: u64) -> std::io::Result<u64> {
         }
         at += n as u64;
     }
-    let Some(last) = last_nonzero else { return Ok(0) };
+    let Some(last) = last_nonzero else {
+        return Ok(0);
+    };
     let zeros = vec![0u8; CHUNK];
     let mut at = offset;
     while at <= last {

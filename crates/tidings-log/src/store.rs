@@ -274,12 +274,7 @@ impl Drop for Inner {
         // waiting for it here means a process that drops its store then exits still
         // leaves a fast-to-open directory.
         self.tx.take();
-        if let Some(h) = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tidings::{Position, SystemClock, Clock};
+use tidings::{Clock, Position, SystemClock};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;
@@ -107,7 +107,8 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
     if ck.locs[..] != log.locs[..n as usize] {
         return IndexCheck::Mismatch("event locations differ".into());
     }
-    let covered = |ps: &[Position]| -> Vec<Position> { ps.iter().copied().filter(|&p| p < n).collect() };
+    let covered =
+        |ps: &[Position]| -> Vec<Position> { ps.iter().copied().filter(|&p| p < n).collect() };
     let mut streams = 0usize;
     for (name, e) in &log.streams {
         let want = covered(&e.positions);
@@ -123,7 +124,11 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
     if streams != ck.streams.len() {
         return IndexCheck::Mismatch("the checkpoint lists streams the log does not have".into());
     }
-    let ids: Vec<(u64, Position)> = log.merged_ids().into_iter().filter(|&(_, p)| p < n).collect();
+    let ids: Vec<(u64, Position)> = log
+        .merged_ids()
+        .into_iter()
+        .filter(|&(_, p)| p < n)
+        .collect();
     if ids != ck.merged_ids() {
         return IndexCheck::Mismatch("event ids differ".into());
     }
@@ -135,7 +140,10 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
         }
     }
     if corr.len() != ck.correlations.len()
-        || ck.correlations.iter().any(|(c, ps)| corr.get(&**c) != Some(ps))
+        || ck
+            .correlations
+            .iter()
+            .any(|(c, ps)| corr.get(&**c) != Some(ps))
     {
         return IndexCheck::Mismatch("correlation ids differ".into());
     }

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use tidings::event::timestamp_to_micros;
 use tidings::store::{IdLocation, check_idempotent};
-use tidings::{AppendResult, Clock, Event, ExpectedVersion, Position, Revision, StoreError, StreamId};
+use tidings::{
+    AppendResult, Clock, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
+};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -105,7 +107,9 @@ impl Writer {
                 .ok_or_else(|| LogError::InvalidOption("active segment is not open".into()))?;
             (file, seg.path.clone())
         };
-        let capacity = file.len().map_err(LogError::io("reading the size of", &path))?;
+        let capacity = file
+            .len()
+            .map_err(LogError::io("reading the size of", &path))?;
         Ok(Self {
             shared,
             rx,
@@ -181,8 +185,10 @@ impl Writer {
                 .map_err(LogError::io("reading the last frame in", &self.shared.dir))?;
             checkpoint::encode(&ix, self.offset, crc)
         };
-        checkpoint::save(&*self.shared.storage, &self.shared.dir, &bytes)
-            .map_err(LogError::io("writing the index checkpoint in", &self.shared.dir))
+        checkpoint::save(&*self.shared.storage, &self.shared.dir, &bytes).map_err(LogError::io(
+            "writing the index checkpoint in",
+            &self.shared.dir,
+        ))
     }
 
     fn commit(&mut self, group: Vec<Append>) {
@@ -368,7 +374,8 @@ impl Writer {
     ) -> Result<(), String> {
         let data_end = *buf_start + self.buf.len() as u64;
         let path = self.path.display().to_string();
-        self.buf.extend_from_slice(&segment::encode_footer(next, data_end));
+        self.buf
+            .extend_from_slice(&segment::encode_footer(next, data_end));
         self.file
             .write_all_at(&self.buf, *buf_start)
             .map_err(|e| format!("writing {path}: {e}"))?;

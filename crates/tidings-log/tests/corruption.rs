@@ -23,16 +23,25 @@ use tidings_log::{IndexCheck, IndexSource, LogError, LogStore, record, segment};
 
 fn ev(i: usize) -> Event {
     Enricher::new("svc")
-        .enrich(NewEvent::new("E", serde_json::json!({"i": i, "pad": "x".repeat(200)})).with_correlation_id("c"))
+        .enrich(
+            NewEvent::new("E", serde_json::json!({"i": i, "pad": "x".repeat(200)}))
+                .with_correlation_id("c"),
+        )
         .unwrap()
 }
 
 /// Writes `n` single-event appends and closes the store; returns every event.
 async fn build(dir: &Path, n: usize, segment_size: u64) -> Vec<tidings::RecordedEvent> {
-    let store = LogStore::builder(dir).segment_size(segment_size).open().unwrap();
+    let store = LogStore::builder(dir)
+        .segment_size(segment_size)
+        .open()
+        .unwrap();
     for i in 0..n {
         let s = StreamId::new(&format!("s-{}", i % 3)).unwrap();
-        store.append(&s, ExpectedVersion::Any, vec![ev(i)]).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::Any, vec![ev(i)])
+            .await
+            .unwrap();
     }
     let all = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
     store.close().await.unwrap();
@@ -95,10 +104,22 @@ async fn flipped_bits_in_a_middle_record_fail_the_open_with_file_and_offset() {
     assert_eq!(report.damage.as_ref().map(|d| d.offset), Some(at));
 
     let salvaged = LogStore::builder(dir.path()).salvage(true).open().unwrap();
-    assert_eq!(salvaged.recovery_report().damage.as_ref().map(|d| d.offset), Some(at));
-    let kept = salvaged.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
+    assert_eq!(
+        salvaged.recovery_report().damage.as_ref().map(|d| d.offset),
+        Some(at)
+    );
+    let kept = salvaged
+        .read_all(ReadAll::new(0, usize::MAX))
+        .await
+        .unwrap();
     assert_eq!(kept, all[..15]);
-    let refused = salvaged.append(&StreamId::new("s-0").unwrap(), ExpectedVersion::Any, vec![ev(0)]).await;
+    let refused = salvaged
+        .append(
+            &StreamId::new("s-0").unwrap(),
+            ExpectedVersion::Any,
+            vec![ev(0)],
+        )
+        .await;
     assert!(matches!(refused, Err(StoreError::Stopped(_))));
 }
 
@@ -110,12 +131,19 @@ async fn flipped_bits_under_the_checkpoint_are_reported_by_reads_and_verify() {
     let at = frame_offsets(&seg)[10];
     flip(&seg, at + 60);
     let store = LogStore::open(dir.path()).unwrap();
-    let err = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap_err();
+    let err = store
+        .read_all(ReadAll::new(0, usize::MAX))
+        .await
+        .unwrap_err();
     match err {
         StoreError::Corrupt(m) => assert!(m.contains(&format!("at byte {at}")), "{m}"),
         other => panic!("expected corruption, got {other}"),
     }
-    assert_eq!(store.read_all(ReadAll::new(11, 5)).await.unwrap().len(), 5, "other records still read");
+    assert_eq!(
+        store.read_all(ReadAll::new(11, 5)).await.unwrap().len(),
+        5,
+        "other records still read"
+    );
     drop(store);
     let report = tidings_log::verify(dir.path()).unwrap();
     assert!(!report.is_ok());
@@ -137,10 +165,24 @@ async fn a_torn_tail_is_truncated_and_reported_without_losing_acknowledged_data(
     torn[end..end + len / 2].copy_from_slice(&bytes[last as usize..last as usize + len / 2]);
     std::fs::write(&seg, torn).unwrap();
     let store = LogStore::open(dir.path()).unwrap();
-    let t = store.recovery_report().torn_tail.clone().expect("a torn tail is reported");
+    let t = store
+        .recovery_report()
+        .torn_tail
+        .clone()
+        .expect("a torn tail is reported");
     assert_eq!((t.file, t.offset), (seg.clone(), end as u64));
-    assert_eq!(store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(), all);
-    store.append(&StreamId::new("s-1").unwrap(), ExpectedVersion::Any, vec![ev(99)]).await.unwrap();
+    assert_eq!(
+        store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(),
+        all
+    );
+    store
+        .append(
+            &StreamId::new("s-1").unwrap(),
+            ExpectedVersion::Any,
+            vec![ev(99)],
+        )
+        .await
+        .unwrap();
     store.close().await.unwrap();
     drop(store);
     assert!(tidings_log::verify(dir.path()).unwrap().is_ok());
@@ -152,7 +194,10 @@ async fn a_truncated_sealed_segment_fails_the_open() {
     let all = build(dir.path(), 60, 8192).await;
     let segs = segments(dir.path());
     assert!(segs.len() >= 3);
-    let f = std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap();
     f.set_len(3000).unwrap();
     drop(f);
     let (file, offset) = open_err(dir.path());
@@ -161,7 +206,10 @@ async fn a_truncated_sealed_segment_fails_the_open() {
     let (file, _) = open_err(dir.path());
     assert_eq!(file, segs[0]);
     let salvaged = LogStore::builder(dir.path()).salvage(true).open().unwrap();
-    let kept = salvaged.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
+    let kept = salvaged
+        .read_all(ReadAll::new(0, usize::MAX))
+        .await
+        .unwrap();
     assert!(!kept.is_empty() && kept.len() < all.len());
     assert_eq!(kept, all[..kept.len()]);
 }
@@ -183,12 +231,34 @@ async fn a_missing_index_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let all = build(dir.path(), 50, 8192).await;
     remove_checkpoint(dir.path());
-    assert_eq!(tidings_log::verify(dir.path()).unwrap().index, IndexCheck::Missing);
-    let store = LogStore::builder(dir.path()).segment_size(8192).open().unwrap();
-    assert!(matches!(store.recovery_report().index, IndexSource::Rebuilt(_)));
-    assert_eq!(store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(), all);
-    assert_eq!(store.read_correlation("c", 0, usize::MAX).await.unwrap().len(), 50);
-    assert!(dir.path().join("index.ckpt").exists(), "the rebuilt index is saved");
+    assert_eq!(
+        tidings_log::verify(dir.path()).unwrap().index,
+        IndexCheck::Missing
+    );
+    let store = LogStore::builder(dir.path())
+        .segment_size(8192)
+        .open()
+        .unwrap();
+    assert!(matches!(
+        store.recovery_report().index,
+        IndexSource::Rebuilt(_)
+    ));
+    assert_eq!(
+        store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(),
+        all
+    );
+    assert_eq!(
+        store
+            .read_correlation("c", 0, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
+    assert!(
+        dir.path().join("index.ckpt").exists(),
+        "the rebuilt index is saved"
+    );
     drop(store);
     let report = tidings_log::verify(dir.path()).unwrap();
     assert_eq!(report.index, IndexCheck::Current { covered: 50 });
@@ -199,26 +269,64 @@ async fn a_stale_index_is_used_as_a_prefix_and_a_foreign_one_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), 20, 8192).await;
     let old = std::fs::read(dir.path().join("index.ckpt")).unwrap();
-    let store = LogStore::builder(dir.path()).segment_size(8192).open().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(8192)
+        .open()
+        .unwrap();
     for i in 0..40 {
-        store.append(&StreamId::new("later").unwrap(), ExpectedVersion::Any, vec![ev(i)]).await.unwrap();
+        store
+            .append(
+                &StreamId::new("later").unwrap(),
+                ExpectedVersion::Any,
+                vec![ev(i)],
+            )
+            .await
+            .unwrap();
     }
     let all = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
     store.close().await.unwrap();
     drop(store);
     std::fs::write(dir.path().join("index.ckpt"), &old).unwrap();
-    let store = LogStore::builder(dir.path()).segment_size(8192).open().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(8192)
+        .open()
+        .unwrap();
     assert_eq!(store.recovery_report().index, IndexSource::Checkpoint);
     assert!(store.recovery_report().frames_scanned >= 40);
-    assert_eq!(store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(), all);
-    assert_eq!(store.stream_version(&StreamId::new("later").unwrap()).await.unwrap(), Some(39));
+    assert_eq!(
+        store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(),
+        all
+    );
+    assert_eq!(
+        store
+            .stream_version(&StreamId::new("later").unwrap())
+            .await
+            .unwrap(),
+        Some(39)
+    );
     drop(store);
 
     let other = tempfile::tempdir().unwrap();
     build(other.path(), 5, 1 << 20).await;
-    std::fs::copy(other.path().join("index.ckpt"), dir.path().join("index.ckpt")).unwrap();
-    assert!(matches!(tidings_log::verify(dir.path()).unwrap().index, IndexCheck::Stale(_) | IndexCheck::Mismatch(_)));
-    let store = LogStore::builder(dir.path()).segment_size(8192).open().unwrap();
-    assert!(matches!(store.recovery_report().index, IndexSource::Rebuilt(_)));
-    assert_eq!(store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(), all);
+    std::fs::copy(
+        other.path().join("index.ckpt"),
+        dir.path().join("index.ckpt"),
+    )
+    .unwrap();
+    assert!(matches!(
+        tidings_log::verify(dir.path()).unwrap().index,
+        IndexCheck::Stale(_) | IndexCheck::Mismatch(_)
+    ));
+    let store = LogStore::builder(dir.path())
+        .segment_size(8192)
+        .open()
+        .unwrap();
+    assert!(matches!(
+        store.recovery_report().index,
+        IndexSource::Rebuilt(_)
+    ));
+    assert_eq!(
+        store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(),
+        all
+    );
 }

@@ -14,9 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tidings::testing::seed::{TestRng, rounds, seed};
-use tidings::{
-    Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadAll, StreamId,
-};
+use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadAll, StreamId};
 use tidings_log::LogStore;
 use uuid::Uuid;
 
@@ -29,10 +27,19 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let round: u64 = std::env::var(CHILD_ROUND).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let round: u64 = std::env::var(CHILD_ROUND)
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let store = LogStore::builder(&dir).segment_size(256 << 10).open().unwrap();
+        let store = LogStore::builder(&dir)
+            .segment_size(256 << 10)
+            .open()
+            .unwrap();
         let enricher = Enricher::new("crash-child");
         let mut tasks = Vec::new();
         for w in 0..4u64 {
@@ -48,7 +55,11 @@ fn crash_child() {
                         Some(v) => *v,
                         None => store.stream_version(&stream).await.unwrap(),
                     };
-                    let n = if rng.chance(10) { 20 + rng.below(30) } else { 1 + rng.below(5) } as usize;
+                    let n = if rng.chance(10) {
+                        20 + rng.below(30)
+                    } else {
+                        1 + rng.below(5)
+                    } as usize;
                     let batch = format!("{round}-{w}-{seq}");
                     let events: Vec<_> = (0..n)
                         .map(|_| {
@@ -62,11 +73,19 @@ fn crash_child() {
                         })
                         .collect();
                     let ids: Vec<String> = events.iter().map(|e| e.event_id.to_string()).collect();
-                    let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let expected =
+                        version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                     let r = store.append(&stream, expected, events).await.unwrap();
                     versions.insert(name.clone(), Some(r.next_expected_version));
                     let mut out = std::io::stdout().lock();
-                    writeln!(out, "ack {name} {} {} {}", r.first_position, r.first_revision, ids.join(",")).unwrap();
+                    writeln!(
+                        out,
+                        "ack {name} {} {} {}",
+                        r.first_position,
+                        r.first_revision,
+                        ids.join(",")
+                    )
+                    .unwrap();
                     out.flush().unwrap();
                 }
             }));
@@ -90,7 +109,12 @@ fn parse(line: &str) -> Option<Ack> {
         stream: p.next()?.to_owned(),
         first_position: p.next()?.parse().ok()?,
         first_revision: p.next()?.parse().ok()?,
-        ids: p.next()?.split(',').map(|s| s.parse()).collect::<Result<_, _>>().ok()?,
+        ids: p
+            .next()?
+            .split(',')
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .ok()?,
     })
 }
 
@@ -103,7 +127,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
     let mut rng = TestRng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut acked: Vec<Ack> = Vec::new();
     let rounds = rounds(8);
     for round in 0..rounds {
@@ -117,41 +144,81 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let lines = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|l| parse(&l)).collect::<Vec<_>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| parse(&l))
+                .collect::<Vec<_>>()
         });
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         child.kill().unwrap();
         child.wait().unwrap();
         let new = lines.join().unwrap();
-        eprintln!("round {round}: {} appends acknowledged before SIGKILL", new.len());
+        eprintln!(
+            "round {round}: {} appends acknowledged before SIGKILL",
+            new.len()
+        );
         acked.extend(new);
 
-        let store = LogStore::builder(dir.path()).segment_size(256 << 10).open().unwrap();
+        let store = LogStore::builder(dir.path())
+            .segment_size(256 << 10)
+            .open()
+            .unwrap();
         if let Some(t) = &store.recovery_report().torn_tail {
-            eprintln!("round {round}: torn tail at {}:{}", t.file.display(), t.offset);
+            eprintln!(
+                "round {round}: torn tail at {}:{}",
+                t.file.display(),
+                t.offset
+            );
         }
-        let all = rt.block_on(store.read_all(ReadAll::new(0, usize::MAX))).unwrap();
+        let all = rt
+            .block_on(store.read_all(ReadAll::new(0, usize::MAX)))
+            .unwrap();
         let mut by_id = HashMap::new();
         for (i, e) in all.iter().enumerate() {
-            assert_eq!(e.position, i as u64, "round {round}: the global order has a gap at {i}");
-            assert!(by_id.insert(e.event_id, e).is_none(), "round {round}: {} appears twice", e.event_id);
+            assert_eq!(
+                e.position, i as u64,
+                "round {round}: the global order has a gap at {i}"
+            );
+            assert!(
+                by_id.insert(e.event_id, e).is_none(),
+                "round {round}: {} appears twice",
+                e.event_id
+            );
         }
         for a in &acked {
             for (k, id) in a.ids.iter().enumerate() {
-                let e = by_id.get(id).unwrap_or_else(|| panic!("round {round}: acknowledged {id} is missing"));
-                assert_eq!(e.position, a.first_position + k as u64, "round {round}: position of {id}");
-                assert_eq!(e.revision, a.first_revision + k as u64, "round {round}: revision of {id}");
+                let e = by_id
+                    .get(id)
+                    .unwrap_or_else(|| panic!("round {round}: acknowledged {id} is missing"));
+                assert_eq!(
+                    e.position,
+                    a.first_position + k as u64,
+                    "round {round}: position of {id}"
+                );
+                assert_eq!(
+                    e.revision,
+                    a.first_revision + k as u64,
+                    "round {round}: revision of {id}"
+                );
                 assert_eq!(e.stream.as_str(), a.stream);
             }
         }
         let mut batches: HashMap<&str, Vec<u64>> = HashMap::new();
         for e in &all {
-            batches.entry(&e.metadata.extra["batch"]).or_default().push(e.position);
+            batches
+                .entry(&e.metadata.extra["batch"])
+                .or_default()
+                .push(e.position);
         }
         for e in &all {
             let b = &e.metadata.extra["batch"];
             let n: usize = e.metadata.extra["n"].parse().unwrap();
-            assert_eq!(batches[b.as_str()].len(), n, "round {round}: batch {b} is partly visible");
+            assert_eq!(
+                batches[b.as_str()].len(),
+                n,
+                "round {round}: batch {b} is partly visible"
+            );
         }
         drop(store);
     }

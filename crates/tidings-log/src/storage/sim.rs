@@ -79,12 +79,21 @@ impl SimStorage {
     /// From now on, each fsync has a `per_mille`/1000 chance of first recording the
     /// image a power loss would leave just then, with `marker`'s value at that moment.
     pub(crate) fn capture_before_syncs(&self, marker: Arc<AtomicUsize>, per_mille: u64, seed: u64) {
-        self.state().capture = Some(Capture { marker, per_mille, rng: Rng(seed), images: Vec::new() });
+        self.state().capture = Some(Capture {
+            marker,
+            per_mille,
+            rng: Rng(seed),
+            images: Vec::new(),
+        });
     }
 
     /// The images recorded by [`Self::capture_before_syncs`].
     pub(crate) fn captured(&self) -> Vec<(SimStorage, usize)> {
-        self.state().capture.as_mut().map(|c| std::mem::take(&mut c.images)).unwrap_or_default()
+        self.state()
+            .capture
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.images))
+            .unwrap_or_default()
     }
 
     /// The disk as it would be found after a power loss now: only synced bytes and
@@ -97,9 +106,11 @@ impl SimStorage {
 }
 
 fn image(st: &State, rng: &mut Rng) -> SimStorage {
-        let mut files = HashMap::new();
+    let mut files = HashMap::new();
     for &ino in st.durable_names.values() {
-        let Some(f) = st.files.get(&ino) else { continue };
+        let Some(f) = st.files.get(&ino) else {
+            continue;
+        };
         let mut kept = f.synced.clone();
         let (d, e) = dirty_range(f);
         if d < e {
