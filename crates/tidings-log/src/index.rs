@@ -186,6 +186,13 @@ impl MemoryIndex {
         out
     }
 
+    /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
+    #[doc(hidden)]
+    pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
+        self.ids_base = ids;
+        self.ids_recent.clear();
+    }
+
     /// How many streams are indexed.
     pub fn stream_count(&self) -> usize {
         self.streams.len()

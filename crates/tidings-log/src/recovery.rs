@@ -114,6 +114,12 @@ pub(crate) fn recover(
     opts: &RecoverOptions,
 ) -> Result<Recovered, LogError> {
     let read_only = opts.salvage;
+    let pending = dir.join(segment::PENDING_NAME);
+    if !read_only && storage.exists(&pending) {
+        storage
+            .remove(&pending)
+            .map_err(LogError::io("removing", &pending))?;
+    }
     let names = storage.list(dir).map_err(LogError::io("listing", dir))?;
     let mut firsts: Vec<Position> = names
         .iter()
@@ -396,7 +402,7 @@ pub(crate) fn recover(
             .len()
             .map_err(LogError::io("reading the size of", &entry.path))?;
         if len < opts.segment_size {
-            file.allocate(opts.segment_size)
+            extend_zeroed(&**file, len, opts.segment_size)
                 .map_err(LogError::io("preallocating", &entry.path))?;
         }
         if opts.durable {
@@ -676,6 +682,19 @@ fn is_torn(file: &dyn StorageFile, offset: u64, expected: Position) -> Result<bo
         base += (last_start + 1) as u64;
     }
     Ok(true)
+}
+
+/// Grows a file from `from` to `to` bytes, writing the zeros (see `segment::zero_fill`).
+fn extend_zeroed(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
+    file.allocate(to)?;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(CHUNK);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Zeroes everything from `offset` to the last non-zero byte, then syncs. Returns the

@@ -71,6 +71,8 @@ pub(crate) struct Writer {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     buf: Vec<u8>,
+    /// A zero-filled next segment being prepared in the background.
+    preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
 }
 
 struct PendingFrame {
@@ -120,6 +122,7 @@ impl Writer {
             file,
             path,
             buf: Vec::with_capacity(1 << 20),
+            preparer: None,
         })
     }
 
@@ -157,6 +160,7 @@ impl Writer {
             }
             if !group.is_empty() {
                 self.commit(group);
+                self.prepare_next();
             }
             match control {
                 Some(Request::Close(reply)) => {
@@ -173,6 +177,24 @@ impl Writer {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "could not write the index checkpoint on close");
         }
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Once the active segment is half full, zero-fills the next one in the background,
+    /// so rolling over costs a rename and a header write.
+    fn prepare_next(&mut self) {
+        if self.preparer.is_some() || self.offset < self.capacity / 2 {
+            return;
+        }
+        let storage = self.shared.storage.clone();
+        let dir = self.shared.dir.clone();
+        let (size, durable) = (self.cfg.segment_size, self.cfg.durable);
+        self.preparer = std::thread::Builder::new()
+            .name("tidings-log-prepare".into())
+            .spawn(move || segment::prepare(&*storage, &dir, size, durable))
+            .ok();
     }
 
     fn checkpoint(&self) -> Result<(), LogError> {
@@ -384,15 +406,20 @@ impl Writer {
             .map_err(|e| format!("syncing {path}: {e}"))?;
         let size = self.cfg.segment_size.max(HEADER_LEN + need + FOOTER_LEN);
         let dir = self.shared.dir.clone();
-        let seg = segment::create(
-            &*self.shared.storage,
-            &dir,
-            next,
-            size,
-            timestamp_to_micros(self.cfg.clock.now()),
-            self.cfg.durable,
-        )
-        .map_err(|e| {
+        let prepared = self
+            .preparer
+            .take()
+            .and_then(|h| h.join().ok())
+            .and_then(Result::ok);
+        let created_at = timestamp_to_micros(self.cfg.clock.now());
+        let storage = &*self.shared.storage;
+        let made = match prepared {
+            Some(ready) if ready >= size => {
+                segment::install(storage, &dir, next, created_at, self.cfg.durable)
+            }
+            _ => segment::create(storage, &dir, next, size, created_at, self.cfg.durable),
+        };
+        let seg = made.map_err(|e| {
             format!(
                 "creating segment {}: {e}",
                 dir.join(segment::file_name(next)).display()

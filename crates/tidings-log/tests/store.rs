@@ -23,7 +23,10 @@ fn sid(s: &str) -> StreamId {
 #[tokio::test(flavor = "multi_thread")]
 async fn append_read_and_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open(dir.path()).unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
     let a = sid("order-a");
     let r = store
         .append(
@@ -141,7 +144,10 @@ async fn idempotent_reappend_survives_reopen() {
     let s = sid("order-x");
     let batch = vec![ev("A", None), ev("B", None)];
     let first = {
-        let store = LogStore::open(dir.path()).unwrap();
+        let store = LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .open()
+            .unwrap();
         let r = store
             .append(&s, ExpectedVersion::NoStream, batch.clone())
             .await
@@ -155,7 +161,10 @@ async fn idempotent_reappend_survives_reopen() {
         );
         r
     };
-    let store = LogStore::open(dir.path()).unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
     assert_eq!(store.recovery_report().index, IndexSource::Checkpoint);
     assert_eq!(store.recovery_report().frames_scanned, 0);
     assert_eq!(
@@ -241,7 +250,10 @@ async fn many_segments_concurrent_writers_and_reopen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn subscriptions_catch_up_then_go_live() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LogStore::open(dir.path()).unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
     let s = sid("order-s");
     store
         .append(&s, ExpectedVersion::Any, vec![ev("A", None)])
@@ -306,6 +318,14 @@ async fn limits_are_typed_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_process_cannot_open_the_same_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = LogStore::open(dir.path()).unwrap();
-    assert!(LogStore::open(dir.path()).is_err());
+    let _store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    assert!(
+        LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .open()
+            .is_err()
+    );
 }
