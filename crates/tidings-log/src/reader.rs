@@ -244,7 +244,8 @@ pub(crate) fn scan(
     limit: usize,
     filter: &Filter,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut out = Vec::new();
+    let expect = (plan.head + 1).saturating_sub(from).min(limit as u64) as usize;
+    let mut out = Vec::with_capacity(expect.min(1 << 16));
     let chunk = (limit.saturating_mul(1024)).clamp(16 << 10, 1 << 20) as u64;
     let mut seg_no = plan.first_segment;
     let mut off = plan.start;

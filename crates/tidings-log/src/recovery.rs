@@ -684,17 +684,10 @@ fn is_torn(file: &dyn StorageFile, offset: u64, expected: Position) -> Result<bo
     Ok(true)
 }
 
-/// Grows a file from `from` to `to` bytes, writing the zeros (see `segment::zero_fill`).
+/// Grows a file from `from` to `to` bytes, writing the zeros (see `segment::create`).
 fn extend_zeroed(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
     file.allocate(to)?;
-    let zeros = vec![0u8; CHUNK];
-    let mut at = from;
-    while at < to {
-        let n = ((to - at) as usize).min(CHUNK);
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
+    crate::storage::write_zeros(file, from, to)
 }
 
 /// Zeroes everything from `offset` to the last non-zero byte, then syncs. Returns the

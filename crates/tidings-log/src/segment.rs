@@ -159,28 +159,6 @@ impl std::fmt::Debug for Segment {
 /// The name of a segment file prepared in advance, before it gets its first position.
 pub const PENDING_NAME: &str = "pending-segment.tmp";
 
-/// Reserves `size` bytes and writes zeros over all of them, then syncs.
-///
-/// Writing the zeros (rather than only `fallocate`) matters: on ext4 and XFS a
-/// preallocated but never-written block is "unwritten", and the first `fdatasync` after
-/// writing into it must also commit the extent conversion to the journal — several
-/// milliseconds instead of a fraction of one. Zero-filled segments make every append an
-/// overwrite.
-pub fn zero_fill(file: &dyn StorageFile, size: u64, durable: bool) -> std::io::Result<()> {
-    file.allocate(size)?;
-    let zeros = vec![0u8; 4 << 20];
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    if durable {
-        file.sync_data()?;
-    }
-    Ok(())
-}
-
 /// Creates a zero-filled segment file under [`PENDING_NAME`], for a later [`install`].
 pub fn prepare(
     storage: &dyn Storage,
@@ -189,8 +167,10 @@ pub fn prepare(
     durable: bool,
 ) -> std::io::Result<u64> {
     let path = dir.join(PENDING_NAME);
-    let file = storage.open(&path, OpenMode::Truncate)?;
-    zero_fill(&*file, size, durable)?;
+    storage.write_zero_file(&path, size)?;
+    if durable {
+        storage.open(&path, OpenMode::ReadWrite)?.sync_data()?;
+    }
     Ok(size)
 }
 
@@ -220,6 +200,12 @@ pub fn install(
 
 /// Creates, zero-fills and syncs a new segment, then syncs the directory.
 ///
+/// The zeros are written, not only reserved with `fallocate`: on ext4 and XFS a
+/// reserved but never-written block is "unwritten", and the first `fdatasync` after
+/// writing into it must also commit the extent conversion to the journal — several
+/// milliseconds instead of a fraction of one. Zero-filled segments make every append an
+/// overwrite.
+///
 /// Any existing file of that name is replaced: the caller only does that for a last
 /// segment whose header never reached the disk.
 pub fn create(
@@ -231,8 +217,8 @@ pub fn create(
     durable: bool,
 ) -> std::io::Result<Segment> {
     let path = dir.join(file_name(first_position));
-    let file = storage.open(&path, OpenMode::Truncate)?;
-    zero_fill(&*file, size, false)?;
+    storage.write_zero_file(&path, size)?;
+    let file = storage.open(&path, OpenMode::ReadWrite)?;
     file.write_all_at(&encode_header(first_position, created_at), 0)?;
     if durable {
         file.sync_data()?;

@@ -62,6 +62,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Takes an exclusive lock on the directory for this process; released when the
     /// returned guard is dropped.
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>>;
+
+    /// Creates (or truncates) `path` as `size` bytes of zeros actually written to the
+    /// device, not merely reserved, and not yet synced. The default writes through
+    /// the file; [`OsStorage`] bypasses the page cache.
+    fn write_zero_file(&self, path: &Path, size: u64) -> io::Result<()> {
+        let file = self.open(path, OpenMode::Truncate)?;
+        file.allocate(size)?;
+        write_zeros(&*file, 0, size)
+    }
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+pub fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 4 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`.
@@ -177,6 +198,49 @@ impl Storage for OsStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn write_zero_file(&self, path: &Path, size: u64) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_DIRECT: hundreds of MiB of zeros should neither cost a copy into the page
+        // cache nor push useful pages out of it. File systems without it fall back.
+        let direct = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path);
+        let Ok(file) = direct else {
+            let file = self.open(path, OpenMode::Truncate)?;
+            file.allocate(size)?;
+            return write_zeros(&*file, 0, size);
+        };
+        let f = OsFile(file);
+        f.allocate(size)?;
+        const ALIGN: usize = 4096;
+        let mut raw = vec![0u8; (4 << 20) + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        let zeros = &mut raw[start..start + (4 << 20)];
+        let aligned_end = size - size % ALIGN as u64;
+        let mut at = 0u64;
+        while at < aligned_end {
+            let n = (aligned_end - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = f.0.write_all_at(&zeros[..n], at) {
+                drop(f);
+                if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
+                    let file = self.open(path, OpenMode::ReadWrite)?;
+                    return write_zeros(&*file, at, size);
+                }
+                return Err(e);
+            }
+            at += n as u64;
+        }
+        drop(f);
+        if aligned_end < size {
+            let file = self.open(path, OpenMode::ReadWrite)?;
+            write_zeros(&*file, aligned_end, size)?;
+        }
+        Ok(())
     }
 
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>> {

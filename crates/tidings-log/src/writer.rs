@@ -31,12 +31,16 @@ use uuid::Uuid;
 
 use crate::checkpoint;
 use crate::error::LogError;
-use crate::index::{EventIndex, IndexedEvent, Loc, MemoryIndex, SegmentEntry};
+use crate::index::{
+    EventIndex, FingerprintHasher, IndexedEvent, Loc, MemoryIndex, SegmentEntry, fingerprint,
+};
 use crate::reader;
 use crate::record::{self, FrameSpec};
 use crate::segment::{self, FOOTER_LEN, HEADER_LEN};
 use crate::storage::StorageFile;
 use crate::store::Shared;
+
+type FpMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<FingerprintHasher>>;
 
 /// A reply channel for an append.
 pub(crate) type AppendReply = oneshot::Sender<Result<AppendResult, StoreError>>;
@@ -78,6 +82,7 @@ pub(crate) struct Writer {
 struct PendingFrame {
     stream: StreamId,
     first_position: Position,
+    first_revision: Revision,
     loc: Loc,
     events: Vec<Event>,
 }
@@ -226,7 +231,8 @@ impl Writer {
         let group_first = ix.next_position();
         let mut next = group_first;
         let mut heads: HashMap<StreamId, Revision> = HashMap::new();
-        let mut pending_ids: HashMap<Uuid, IdLocation> = HashMap::new();
+        // Ids of this group's frames, by fingerprint: (frame, event) to confirm against.
+        let mut pending_ids: FpMap<(u32, u32)> = FpMap::default();
         let mut frames: Vec<PendingFrame> = Vec::with_capacity(group.len());
         let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
         let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
@@ -241,8 +247,15 @@ impl Writer {
                 .or_else(|| ix.stream_version(a.stream.as_str()));
             let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
                 pending_ids
-                    .get(id)
-                    .cloned()
+                    .get(&fingerprint(id))
+                    .and_then(|&(fi, k)| {
+                        let f = frames.get(fi as usize)?;
+                        (f.events.get(k as usize)?.event_id == *id).then(|| IdLocation {
+                            stream: f.stream.clone(),
+                            revision: f.first_revision + u64::from(k),
+                            position: f.first_position + u64::from(k),
+                        })
+                    })
                     .or_else(|| committed_id(&ix, id))
             });
             match replay {
@@ -296,15 +309,9 @@ impl Writer {
                 },
             );
             if many {
-                for (i, e) in a.events.iter().enumerate() {
-                    pending_ids.insert(
-                        e.event_id,
-                        IdLocation {
-                            stream: a.stream.clone(),
-                            revision: first_revision + i as u64,
-                            position: next + i as u64,
-                        },
-                    );
+                let fi = frames.len() as u32;
+                for (k, e) in a.events.iter().enumerate() {
+                    pending_ids.insert(fingerprint(&e.event_id), (fi, k as u32));
                 }
             }
             heads.insert(a.stream.clone(), first_revision + n - 1);
@@ -320,6 +327,7 @@ impl Writer {
             frames.push(PendingFrame {
                 stream: a.stream,
                 first_position: next,
+                first_revision,
                 loc: Loc::new(self.ordinal, offset),
                 events: a.events,
             });
