@@ -218,8 +218,7 @@ impl EventIndex for MemoryIndex {
             None => self.streams.entry(stream.clone()).or_default(),
         };
         entry.last_written = recorded_at;
-        let mut position = first_position;
-        for e in events {
+        for (position, e) in (first_position..).zip(events) {
             entry.positions.push(position);
             self.locs.push(loc);
             self.ids_recent.insert(fingerprint(&e.id), position);
@@ -231,7 +230,6 @@ impl EventIndex for MemoryIndex {
                     }
                 }
             }
-            position += 1;
         }
     }
 

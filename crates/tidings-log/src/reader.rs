@@ -98,8 +98,7 @@ fn load_frame(
         .as_ref()
         .and_then(|w| record::peek_len(w.at(off)))
         .unwrap_or(0) as usize;
-    if len < record::FRAME_HEADER_LEN
-        || len > record::MAX_FRAME_LEN
+    if !(record::FRAME_HEADER_LEN..=record::MAX_FRAME_LEN).contains(&len)
         || off + len as u64 > seg.data_end
     {
         return Err(corrupt(

@@ -266,7 +266,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameView<'_>, FrameError> {
         return Err(FrameError::Empty);
     }
     let n = len as usize;
-    if n < FRAME_HEADER_LEN + 1 || n > MAX_FRAME_LEN || len == FOOTER_MARK {
+    if !(FRAME_HEADER_LEN + 1..=MAX_FRAME_LEN).contains(&n) || len == FOOTER_MARK {
         return Err(FrameError::BadLength(len));
     }
     let frame = buf.get(..n).ok_or(FrameError::Truncated {
@@ -614,7 +614,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(f) = decode_frame(&bytes) {
                 let _ = f.validate();
-                for e in f.events() { if let Ok(e) = e { let _ = e.to_event(); } }
+                for e in f.events().flatten() { let _ = e.to_event(); }
             }
         }
 
@@ -645,7 +645,7 @@ mod tests {
             bytes.extend_from_slice(&body);
             if let Ok(f) = decode_frame(&bytes) {
                 let _ = f.validate();
-                for e in f.events() { if let Ok(e) = e { let _ = e.to_event(); } }
+                for e in f.events().flatten() { let _ = e.to_event(); }
             }
         }
     }

@@ -507,7 +507,7 @@ fn fits(
     let mut head = [0u8; 4];
     read_exact_at(&**file, &mut head, loc.offset()).map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes(head) as usize;
-    if len < FRAME_HEADER_LEN || len > record::MAX_FRAME_LEN {
+    if !(FRAME_HEADER_LEN..=record::MAX_FRAME_LEN).contains(&len) {
         return Err(format!(
             "no frame at the last event's location ({})",
             loc.offset()

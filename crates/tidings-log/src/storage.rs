@@ -28,6 +28,7 @@ pub enum OpenMode {
 }
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)] // a file's length is a size, not a count
 pub trait StorageFile: Send + Sync {
     /// Reads at `offset`; returns the bytes read (0 at the end).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
