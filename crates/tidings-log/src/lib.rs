@@ -34,7 +34,7 @@ mod fault_tests;
 pub mod index;
 mod reader;
 pub mod record;
-mod recovery;
+pub mod recovery;
 pub mod segment;
 pub mod storage;
 mod store;
