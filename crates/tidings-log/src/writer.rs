@@ -131,8 +131,26 @@ impl Writer {
         })
     }
 
+    /// Waits for the next request: briefly by polling, so a writer that appends again
+    /// right after its acknowledgement does not pay for putting this thread to sleep and
+    /// waking it, then by blocking.
+    fn next_request(&mut self) -> Option<Request> {
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(40);
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if std::time::Instant::now() >= spin_until {
+                return self.rx.blocking_recv();
+            }
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.next_request() {
             let mut group = Vec::new();
             let mut bytes = 0usize;
             let mut control = None;
