@@ -34,7 +34,7 @@ use std::path::Path;
 use tidings::{Position, StreamId};
 
 use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, StreamEntry};
-use crate::storage::{OpenMode, Storage, read_exact_at};
+use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 
 /// The checkpoint's file name.
 pub const FILE_NAME: &str = "index.ckpt";
@@ -170,19 +170,24 @@ pub fn load(storage: &dyn Storage, dir: &Path) -> Result<Checkpoint, CheckpointE
         return Err(CheckpointError::Missing);
     }
     let f = storage.open(&path, OpenMode::Read)?;
-    let len = f.len()? as usize;
-    if len < HEADER_LEN {
-        return Err(CheckpointError::Bad("shorter than its header"));
-    }
-    let mut b = vec![0u8; len];
-    read_exact_at(&*f, &mut b, 0)?;
-    decode(&b)
+    let len = f.len()?;
+    decode_file(&*f, len)
 }
 
 /// Decodes a checkpoint image.
 pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    decode_file(&SliceFile(b), b.len() as u64)
+}
+
+/// Decodes a checkpoint file of `len` bytes, streaming it through a small buffer so that
+/// loading a large index never holds the whole file in memory besides the index.
+fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointError> {
     let bad = CheckpointError::Bad;
-    let h = b.get(..HEADER_LEN).ok_or(bad("shorter than its header"))?;
+    if len < HEADER_LEN as u64 {
+        return Err(bad("shorter than its header"));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    read_exact_at(f, &mut h, 0)?;
     if &h[..8] != MAGIC {
         return Err(bad("wrong magic"));
     }
@@ -195,14 +200,18 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let last_crc = le32(&h[12..16]);
     let next_position = le64(&h[16..24]);
     let end_offset = le64(&h[24..32]);
-    let body_len = le64(&h[32..40]) as usize;
-    let body = b
-        .get(HEADER_LEN..HEADER_LEN.saturating_add(body_len))
-        .ok_or(bad("body is truncated"))?;
-    if le32(&h[40..44]) != crc32c::crc32c(body) {
-        return Err(bad("body checksum mismatch"));
+    let body_len = le64(&h[32..40]);
+    if body_len > len - HEADER_LEN as u64 {
+        return Err(bad("body is truncated"));
     }
-    let mut r = Reader { b: body, at: 0 };
+    let mut r = Reader {
+        file: f,
+        next: HEADER_LEN as u64,
+        left: body_len,
+        buf: Vec::new(),
+        at: 0,
+        crc: 0,
+    };
     let mut index = MemoryIndex::default();
     let nseg = r.count(16)?;
     for _ in 0..nseg {
@@ -219,8 +228,10 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if nlocs as u64 != next_position {
         return Err(bad("location count disagrees with the header"));
     }
-    let raw = r.take(nlocs * 8)?;
-    index.locs = raw.chunks_exact(8).map(|c| Loc(le64(c))).collect();
+    index.locs = Vec::with_capacity(nlocs);
+    for _ in 0..nlocs {
+        index.locs.push(Loc(r.u64()?));
+    }
     let nstreams = r.count(18)?;
     let mut streams = Vec::with_capacity(nstreams);
     for _ in 0..nstreams {
@@ -229,9 +240,13 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let name = StreamId::parse_any(name).map_err(|_| bad("invalid stream name"))?;
         let last_written = r.u64()? as i64;
         let count = r.count(8)?;
-        let positions: Vec<Position> = r.take(count * 8)?.chunks_exact(8).map(le64).collect();
-        if positions.iter().any(|&p| p >= next_position) {
-            return Err(bad("a stream position is beyond the covered log"));
+        let mut positions: Vec<Position> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let p = r.u64()?;
+            if p >= next_position {
+                return Err(bad("a stream position is beyond the covered log"));
+            }
+            positions.push(p);
         }
         streams.push((
             name,
@@ -246,11 +261,12 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     }
     index.streams = BTreeMap::from_iter(streams);
     let nids = r.count(16)?;
-    let raw = r.take(nids * 16)?;
-    index.ids_base = raw
-        .chunks_exact(16)
-        .map(|c| (le64(&c[..8]), le64(&c[8..])))
-        .collect();
+    index.ids_base = Vec::with_capacity(nids);
+    for _ in 0..nids {
+        let f = r.u64()?;
+        let p = r.u64()?;
+        index.ids_base.push((f, p));
+    }
     if index.ids_base.windows(2).any(|w| w[0] > w[1]) {
         return Err(bad("ids are not sorted"));
     }
@@ -259,19 +275,55 @@ pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     for _ in 0..ncorr {
         let n = r.u32()? as usize;
         let c = std::str::from_utf8(r.take(n)?).map_err(|_| bad("correlation is not UTF-8"))?;
+        let c: Box<str> = Box::from(c);
         let count = r.count(8)?;
-        let positions: Vec<Position> = r.take(count * 8)?.chunks_exact(8).map(le64).collect();
-        correlations.insert(Box::from(c), positions);
+        let mut positions: Vec<Position> = Vec::with_capacity(count);
+        for _ in 0..count {
+            positions.push(r.u64()?);
+        }
+        correlations.insert(c, positions);
     }
     index.correlations = correlations;
-    if r.at != body.len() {
+    if r.remaining() != 0 {
         return Err(bad("bytes left after the body"));
+    }
+    if r.crc != le32(&h[40..44]) {
+        return Err(bad("body checksum mismatch"));
     }
     Ok(Checkpoint {
         index,
         end_offset,
         last_crc,
     })
+}
+
+/// A byte slice as a read-only file.
+struct SliceFile<'a>(&'a [u8]);
+
+impl StorageFile for SliceFile<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let Some(rest) = usize::try_from(offset).ok().and_then(|o| self.0.get(o..)) else {
+            return Ok(0);
+        };
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn allocate(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
 }
 
 fn le32(b: &[u8]) -> u32 {
@@ -286,20 +338,42 @@ fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+const READ_CHUNK: usize = 4 << 20;
+
+/// Reads the body sequentially through a buffer, checksumming what it loads.
 struct Reader<'a> {
-    b: &'a [u8],
+    file: &'a dyn StorageFile,
+    /// File offset of the next byte to load.
+    next: u64,
+    /// Body bytes not loaded yet.
+    left: u64,
+    buf: Vec<u8>,
     at: usize,
+    crc: u32,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or(CheckpointError::Bad("a field runs past the body"))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
+impl Reader<'_> {
+    fn remaining(&self) -> u64 {
+        self.left + (self.buf.len() - self.at) as u64
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+        if self.buf.len() - self.at < n {
+            if n as u64 > self.remaining() {
+                return Err(CheckpointError::Bad("a field runs past the body"));
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let want = (n - self.buf.len()).max(READ_CHUNK).min(self.left as usize);
+            let have = self.buf.len();
+            self.buf.resize(have + want, 0);
+            read_exact_at(self.file, &mut self.buf[have..], self.next)?;
+            self.crc = crc32c::crc32c_append(self.crc, &self.buf[have..]);
+            self.next += want as u64;
+            self.left -= want as u64;
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
         Ok(s)
     }
     fn u16(&mut self) -> Result<u16, CheckpointError> {
@@ -315,8 +389,7 @@ impl<'a> Reader<'a> {
     /// A count of items of at least `min_item` bytes each, bounded by what is left.
     fn count(&mut self, min_item: usize) -> Result<usize, CheckpointError> {
         let n = self.u64()?;
-        let left = (self.b.len() - self.at) as u64;
-        if n > left / min_item as u64 {
+        if n > self.remaining() / min_item as u64 {
             return Err(CheckpointError::Bad("a count exceeds the body"));
         }
         Ok(n as usize)

@@ -81,6 +81,16 @@ impl Hasher for FingerprintHasher {
 
 type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
+fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
+    let positions = first..first + n;
+    match map.get_mut(key) {
+        Some(v) => v.extend(positions),
+        None => {
+            map.insert(key.into(), positions.collect());
+        }
+    }
+}
+
 /// A stream's entry.
 #[derive(Debug, Clone, Default)]
 pub struct StreamEntry {
@@ -218,18 +228,29 @@ impl EventIndex for MemoryIndex {
             None => self.streams.entry(stream.clone()).or_default(),
         };
         entry.last_written = recorded_at;
+        // Consecutive events usually share a correlation id: look it up once per run.
+        let mut run: Option<(&str, Position, u64)> = None;
         for (position, e) in (first_position..).zip(events) {
             entry.positions.push(position);
             self.locs.push(loc);
             self.ids_recent.insert(fingerprint(&e.id), position);
-            if let Some(c) = e.correlation {
-                match self.correlations.get_mut(c) {
-                    Some(v) => v.push(position),
-                    None => {
-                        self.correlations.insert(c.into(), vec![position]);
+            match (e.correlation, &mut run) {
+                (Some(c), Some((k, _, n))) if *k == c => *n += 1,
+                (Some(c), _) => {
+                    if let Some(r) = run.take() {
+                        add_run(&mut self.correlations, r);
+                    }
+                    run = Some((c, position, 1));
+                }
+                (None, _) => {
+                    if let Some(r) = run.take() {
+                        add_run(&mut self.correlations, r);
                     }
                 }
             }
+        }
+        if let Some(r) = run {
+            add_run(&mut self.correlations, r);
         }
     }
 
