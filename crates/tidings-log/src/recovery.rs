@@ -210,6 +210,7 @@ pub(crate) fn recover(
     };
     if let IndexSource::Rebuilt(why) = &source
         && !segs.is_empty()
+        && !opts.force_rebuild
     {
         tracing::warn!(dir = %dir.display(), reason = %why, "rebuilding the indexes from the log");
     }

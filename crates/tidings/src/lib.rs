@@ -18,12 +18,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
+pub mod bus;
 pub mod event;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
+pub use event::upcast::{UpcastError, Upcaster, Upcasters};
 pub use event::{
     Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
     SystemClock,

@@ -7,7 +7,9 @@
 //! `fixtures/order-created.json`; [`cloudevents`] maps it onto CloudEvents 1.0.
 
 pub mod cloudevents;
+pub mod domain;
 mod payload;
+pub mod upcast;
 
 use std::collections::BTreeMap;
 
