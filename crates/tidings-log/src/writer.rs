@@ -187,7 +187,11 @@ impl Writer {
             }
             match control {
                 Some(Request::Close(reply)) => {
-                    let _ = reply.send(self.checkpoint());
+                    let result = self.checkpoint();
+                    if let Some(h) = self.preparer.take() {
+                        let _ = h.join();
+                    }
+                    let _ = reply.send(result);
                     return;
                 }
                 Some(Request::Checkpoint(reply)) => {
