@@ -220,6 +220,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     &store,
                     &template,
                     args.events.unwrap_or(200_000),
+                    args.batch.unwrap_or(100).clamp(1, 1000) as u64,
                 ))?
             }
             "subscribe-latency" => {
@@ -567,33 +568,39 @@ async fn read_all<S: EventStore>(store: &S, template: &Event, n: u64) -> anyhow:
     .with(|r| r.note = Some(format!("pages of {PAGE}; latency per page"))))
 }
 
-async fn read_stream<S: EventStore>(store: &S, template: &Event, n: u64) -> anyhow::Result<Row> {
+async fn read_stream<S: EventStore>(
+    store: &S,
+    template: &Event,
+    n: u64,
+    batch: u64,
+) -> anyhow::Result<Row> {
     const LEN: u64 = 1_000;
     let streams = (n / LEN).max(1);
-    // Streams are written round-robin in batches of 100, so each is spread over the log.
+    // Streams are written round-robin in appends of `batch` events, so each is spread
+    // over the log (batch 1: every event of a stream in its own frame).
     let pb = bar(streams * LEN, "populating");
-    for round in 0..LEN / 100 {
+    for round in 0..LEN / batch {
         let mut tasks = Vec::new();
         for s in 0..streams {
             let store = store.clone();
             let template = template.clone();
             tasks.push(tokio::spawn(async move {
                 let stream = StreamId::new(&format!("order-rs-{s:06}"))?;
-                let events = (0..100).map(|_| fresh(&template)).collect();
+                let events = (0..batch).map(|_| fresh(&template)).collect();
                 let expected = if round == 0 {
                     ExpectedVersion::NoStream
                 } else {
-                    ExpectedVersion::Exact(round * 100 - 1)
+                    ExpectedVersion::Exact(round * batch - 1)
                 };
                 store.append(&stream, expected, events).await?;
                 anyhow::Ok(())
             }));
-            if tasks.len() >= 8 {
+            if tasks.len() >= 64 {
                 for t in tasks.drain(..) {
                     t.await??;
                 }
             }
-            pb.inc(100);
+            pb.inc(batch);
         }
         for t in tasks {
             t.await??;
@@ -630,7 +637,7 @@ async fn read_stream<S: EventStore>(store: &S, template: &Event, n: u64) -> anyh
     )
     .with(|r| {
         r.note = Some(format!(
-            "{reads} reads of whole {LEN}-event streams, {streams} streams interleaved in the log"
+            "{reads} reads of whole {LEN}-event streams, {streams} streams interleaved in the log in appends of {batch}"
         ))
     }))
 }
