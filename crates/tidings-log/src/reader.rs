@@ -151,8 +151,13 @@ pub(crate) fn plan_positions(
     }
 }
 
+/// Longest window read ahead for one stream read.
 const RUN_SPAN: u64 = 256 << 10;
-const FRAME_GUESS: u64 = 4 << 10;
+/// Largest gap between two wanted frames still read in one window.
+const RUN_GAP: u64 = 8 << 10;
+/// Bytes read for a frame whose length is not known yet (most frames of one event are
+/// smaller; a longer one costs a second read).
+const FRAME_GUESS: u64 = 1 << 10;
 
 /// Reads the planned events, in the plan's order.
 pub(crate) fn read_positions(plan: &PositionsPlan) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -168,18 +173,23 @@ pub(crate) fn read_positions(plan: &PositionsPlan) -> Result<Vec<RecordedEvent>,
         while j < items.len() && items[j].1 == loc {
             j += 1;
         }
-        // Read ahead across nearby frames of the same segment in one system call.
+        // Read ahead across nearby frames of the same segment in one system call, as long
+        // as they are close together; scattered frames are read one by one.
         let mut hi = loc.offset();
-        for &(_, l) in items[j..].iter().take(64) {
+        let mut prev = loc.offset();
+        for &(_, l) in items[j..].iter().take(256) {
             if l.segment() != loc.segment()
-                || l.offset() < loc.offset()
+                || l.offset() < prev
+                || l.offset() - prev > RUN_GAP
                 || l.offset() - loc.offset() > RUN_SPAN
             {
                 break;
             }
-            hi = hi.max(l.offset());
+            hi = l.offset();
+            prev = l.offset();
         }
-        load_frame(&mut w, &plan.segs, loc, hi + FRAME_GUESS)?;
+        let guess = FRAME_GUESS.max((j - i) as u64 * 512);
+        load_frame(&mut w, &plan.segs, loc, hi + guess)?;
         let seg = &plan.segs[loc.segment()];
         let win = w
             .as_ref()
