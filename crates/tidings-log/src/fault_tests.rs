@@ -46,6 +46,7 @@ const DIR: &str = "/sim/store";
 fn open(disk: &SimStorage) -> Result<LogStore, crate::LogError> {
     LogStore::builder(DIR)
         .segment_size(16 << 10)
+        .checkpoint_every(25)
         .storage(disk.clone())
         .open()
 }

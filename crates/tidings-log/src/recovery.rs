@@ -149,7 +149,16 @@ pub(crate) fn recover(
                     reason: format!("header says first position {p}, the name says {first}"),
                 });
             }
-            Err(HeaderError::Unwritten) if i + 1 == firsts.len() => {
+            // The last segment's header never fully reached the disk and nothing was
+            // written after it: its creation was cut short (the writer syncs a new
+            // segment's header before writing a frame into it), so nothing in it was
+            // ever acknowledged.
+            Err(e)
+                if i + 1 == firsts.len()
+                    && (e == HeaderError::Unwritten
+                        || only_zeros_after(&*file, HEADER_LEN)
+                            .map_err(LogError::io("reading", &path))?) =>
+            {
                 tracing::warn!(file = %path.display(), "removing a segment whose creation did not complete");
                 if !read_only {
                     drop(file);
@@ -638,6 +647,22 @@ fn scan_segment(
             });
         }
         off += p as u64;
+    }
+}
+
+/// Whether every byte of `file` from `from` on is zero.
+fn only_zeros_after(file: &dyn StorageFile, from: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = from;
+    loop {
+        let n = read_full_at(file, &mut buf, at)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
     }
 }
 

@@ -53,6 +53,7 @@ pub struct LogStoreBuilder {
     salvage: bool,
     channel_capacity: usize,
     max_group_bytes: usize,
+    checkpoint_every: u64,
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
 }
@@ -82,6 +83,7 @@ impl LogStoreBuilder {
             salvage: false,
             channel_capacity: 4096,
             max_group_bytes: 32 << 20,
+            checkpoint_every: 1_000_000,
             storage: Arc::new(OsStorage),
             clock: Arc::new(SystemClock),
         }
@@ -121,6 +123,14 @@ impl LogStoreBuilder {
     /// Bytes of events one commit group takes at most (default 32 MiB).
     pub fn max_group_bytes(mut self, bytes: usize) -> Self {
         self.max_group_bytes = bytes.max(1);
+        self
+    }
+
+    /// Checkpoints the indexes in the background once this many events (and a quarter
+    /// of the log) were written since the last checkpoint, bounding what recovery after
+    /// a crash has to rescan (default 1,000,000).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.checkpoint_every = events.max(1);
         self
     }
 
@@ -206,6 +216,7 @@ impl LogStoreBuilder {
                 segment_size: self.segment_size,
                 durable,
                 max_group_bytes: self.max_group_bytes,
+                checkpoint_every: self.checkpoint_every,
                 clock: self.clock.clone(),
             },
             ordinal,

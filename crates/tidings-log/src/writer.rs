@@ -62,6 +62,7 @@ pub(crate) struct WriterConfig {
     pub segment_size: u64,
     pub durable: bool,
     pub max_group_bytes: usize,
+    pub checkpoint_every: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -77,6 +78,10 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+    /// A checkpoint being written in the background.
+    checkpointer: Option<std::thread::JoinHandle<Result<(), LogError>>>,
+    /// Events covered by the last checkpoint started.
+    checkpointed: Position,
 }
 
 struct PendingFrame {
@@ -117,6 +122,7 @@ impl Writer {
         let capacity = file
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
+        let checkpointed = shared.read_index().next_position();
         Ok(Self {
             shared,
             rx,
@@ -128,6 +134,8 @@ impl Writer {
             path,
             buf: Vec::with_capacity(1 << 20),
             preparer: None,
+            checkpointer: None,
+            checkpointed,
         })
     }
 
@@ -184,6 +192,7 @@ impl Writer {
             if !group.is_empty() {
                 self.commit(group);
                 self.prepare_next();
+                self.maybe_checkpoint();
             }
             match control {
                 Some(Request::Close(reply)) => {
@@ -224,20 +233,43 @@ impl Writer {
             .ok();
     }
 
-    fn checkpoint(&self) -> Result<(), LogError> {
-        if let Some(m) = self.shared.stopped_reason() {
-            return Err(LogError::Stopped(m));
+    /// Writes a checkpoint now, after any running background one.
+    fn checkpoint(&mut self) -> Result<(), LogError> {
+        if let Some(h) = self.checkpointer.take() {
+            let _ = h.join();
         }
-        let bytes = {
-            let ix = self.shared.read_index();
-            let crc = checkpoint::last_frame_crc(&ix)
-                .map_err(LogError::io("reading the last frame in", &self.shared.dir))?;
-            checkpoint::encode(&ix, self.offset, crc)
-        };
-        checkpoint::save(&*self.shared.storage, &self.shared.dir, &bytes).map_err(LogError::io(
-            "writing the index checkpoint in",
-            &self.shared.dir,
-        ))
+        let r = checkpoint_now(&self.shared);
+        if r.is_ok() {
+            self.checkpointed = self.shared.read_index().next_position();
+        }
+        r
+    }
+
+    /// Starts a checkpoint in the background once enough has been written since the
+    /// last one (at least `checkpoint_every` events and a quarter of the log), so a
+    /// crash never makes recovery rescan more than that. Only the encoding holds the
+    /// index's read lock (publishing waits for it, writing and syncing do not); the file
+    /// is written and synced outside it.
+    fn maybe_checkpoint(&mut self) {
+        if self.checkpointer.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = self.checkpointer.take()
+            && let Ok(Err(e)) = h.join()
+        {
+            tracing::warn!(error = %e, "a background index checkpoint failed");
+        }
+        let next = self.shared.read_index().next_position();
+        let since = next - self.checkpointed.min(next);
+        if since < self.cfg.checkpoint_every.max(self.checkpointed / 4) {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.checkpointed = next;
+        self.checkpointer = std::thread::Builder::new()
+            .name("tidings-log-checkpoint".into())
+            .spawn(move || checkpoint_now(&shared))
+            .ok();
     }
 
     fn commit(&mut self, group: Vec<Append>) {
@@ -475,6 +507,23 @@ impl Writer {
         *buf_start = HEADER_LEN;
         Ok(())
     }
+}
+
+/// Encodes the index (under its read lock) and saves it (outside the lock). The covered
+/// end is the active segment's published data end, consistent with the index.
+fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
+    if let Some(m) = shared.stopped_reason() {
+        return Err(LogError::Stopped(m));
+    }
+    let bytes = {
+        let ix = shared.read_index();
+        let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
+        let crc = checkpoint::last_frame_crc(&ix)
+            .map_err(LogError::io("reading the last frame in", &shared.dir))?;
+        checkpoint::encode(&ix, end, crc)
+    };
+    checkpoint::save(&*shared.storage, &shared.dir, &bytes)
+        .map_err(LogError::io("writing the index checkpoint in", &shared.dir))
 }
 
 /// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
