@@ -81,6 +81,35 @@ impl Hasher for FingerprintHasher {
 
 type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
+/// Finds `fp` in fingerprints sorted ascending. Fingerprints are uniformly spread, so
+/// the search starts where `fp` should be and gallops outward: a couple of cache misses
+/// instead of a binary search's twenty.
+fn find_sorted(base: &[(u64, Position)], fp: u64) -> Option<Position> {
+    let n = base.len();
+    if n == 0 {
+        return None;
+    }
+    let guess = ((u128::from(fp) * n as u128) >> 64) as usize;
+    let (mut lo, mut hi) = (guess, guess + 1);
+    let mut step = 1;
+    while lo > 0 && base[lo].0 > fp {
+        hi = lo;
+        lo = lo.saturating_sub(step);
+        step *= 2;
+    }
+    step = 1;
+    while hi < n && base[hi - 1].0 < fp {
+        lo = hi - 1;
+        hi = (hi + step).min(n);
+        step *= 2;
+    }
+    let window = &base[lo..hi.min(n)];
+    window
+        .binary_search_by_key(&fp, |&(f, _)| f)
+        .ok()
+        .map(|i| window[i].1)
+}
+
 fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
     let positions = first..first + n;
     match map.get_mut(key) {
@@ -278,10 +307,7 @@ impl EventIndex for MemoryIndex {
         if let Some(&p) = self.ids_recent.get(&fp) {
             return Some(p);
         }
-        self.ids_base
-            .binary_search_by_key(&fp, |&(f, _)| f)
-            .ok()
-            .map(|i| self.ids_base[i].1)
+        find_sorted(&self.ids_base, fp)
     }
 
     fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]> {
@@ -364,6 +390,21 @@ mod tests {
             limit: 10,
         };
         assert_eq!(names(pa), ["a-2"]);
+    }
+
+    #[test]
+    fn sorted_fingerprints_are_found() {
+        let mut base: Vec<(u64, Position)> = (0..5000u64)
+            .map(|i| (fingerprint(&Uuid::from_u64_pair(i, i * 7)), i))
+            .collect();
+        base.sort_unstable();
+        for &(f, p) in &base {
+            assert_eq!(find_sorted(&base, f), Some(p));
+        }
+        assert_eq!(find_sorted(&base, 12345), None);
+        assert_eq!(find_sorted(&base, u64::MAX), None);
+        assert_eq!(find_sorted(&[], 1), None);
+        assert_eq!(find_sorted(&[(5, 1)], 5), Some(1));
     }
 
     #[test]
