@@ -24,6 +24,19 @@
 //! - `recovery`: torn tails are truncated and reported, damage elsewhere fails the open
 //!   with file and byte offset (or is skipped by read-only salvage);
 //! - [`storage`]: the file-system layer, a trait so tests can simulate power loss.
+//!
+//! What happens to damaged files:
+//!
+//! | found on open                              | result                                               |
+//! |--------------------------------------------|------------------------------------------------------|
+//! | torn write at the end of the last segment  | truncated, synced, reported ([`RecoveryReport::torn_tail`]) |
+//! | bad frame elsewhere, or a cut segment      | [`LogError::Corrupt`] with file and byte offset       |
+//! | the same, with [`LogStoreBuilder::salvage`] | read-only store with every event before the damage   |
+//! | missing, stale or foreign index checkpoint | indexes rebuilt from the log, reported, saved         |
+//! | write or fsync error while running         | the store stops: appends fail with `StoreError::Stopped` |
+//!
+//! Damage inside the part of the log the checkpoint covers is not rescanned on open;
+//! reading it returns `StoreError::Corrupt`, and [`verify`] finds it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
