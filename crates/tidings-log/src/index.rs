@@ -14,7 +14,7 @@
 //!
 //! Event ids are indexed by a 64-bit fingerprint; a hit is only a candidate, confirmed by
 //! reading the event (see `LogStore`'s id lookup), so a fingerprint collision can never
-//! answer a wrong id. See `docs/decisions/0001-log-index.md` for why this is an in-memory
+//! answer a wrong id. See `docs/decisions/0003-log-index.md` for why this is an in-memory
 //! index with a checkpoint rather than an embedded key-value store.
 
 use std::collections::{BTreeMap, HashMap};
