@@ -407,14 +407,9 @@ pub(crate) fn recover(
     }
     let ordinal = index.segments.len() - 1;
     let entry = &index.segments[ordinal];
+    // A last segment smaller than the configured size (written with another setting, or
+    // cut short) is used as it is: the writer rolls over when it is full.
     if let Some(file) = &entry.file {
-        let len = file
-            .len()
-            .map_err(LogError::io("reading the size of", &entry.path))?;
-        if len < opts.segment_size {
-            extend_zeroed(&**file, len, opts.segment_size)
-                .map_err(LogError::io("preallocating", &entry.path))?;
-        }
         if opts.durable {
             file.sync_data()
                 .map_err(LogError::io("syncing", &entry.path))?;
@@ -708,12 +703,6 @@ fn is_torn(file: &dyn StorageFile, offset: u64, expected: Position) -> Result<bo
         base += (last_start + 1) as u64;
     }
     Ok(true)
-}
-
-/// Grows a file from `from` to `to` bytes, writing the zeros (see `segment::create`).
-fn extend_zeroed(file: &dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
-    file.allocate(to)?;
-    crate::storage::write_zeros(file, from, to)
 }
 
 /// Zeroes everything from `offset` to the last non-zero byte, then syncs. Returns the
