@@ -436,4 +436,33 @@ mod tests {
         }
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn arbitrary_and_mutated_images_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+        ) {
+            let _ = decode(&bytes);
+            let mut ix = MemoryIndex::default();
+            ix.segments.push(SegmentEntry { first_position: 0, data_end: 64, path: Default::default(), file: None });
+            ix.add_frame(
+                &StreamId::new("s").unwrap_or_else(|e| panic!("{e}")),
+                0,
+                0,
+                Loc::new(0, 64),
+                &mut std::iter::once(IndexedEvent { id: Uuid::nil(), correlation: Some("c") }),
+            );
+            let mut image = encode(&ix, 64, 1);
+            for (at, v) in edits {
+                let i = at.index(image.len());
+                image[i] = v;
+            }
+            let _ = decode(&image);
+        }
+    }
 }
