@@ -124,7 +124,7 @@ async fn check_after_crash(store: &LogStore, acked: &[Acked]) {
 fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
     let seed = tidings::testing::seed::seed("power_loss_at_random_cut_points");
     let mut rng = Rng(seed);
-    let rounds = tidings::testing::seed::rounds(100);
+    let rounds = tidings::testing::seed::rounds(200);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
