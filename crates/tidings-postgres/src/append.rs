@@ -247,10 +247,12 @@ fn refuse_nul(index: usize, e: &Event) -> Result<(), StoreError> {
         ("causationId", m.causation_id.as_deref()),
         ("userId", m.user_id.as_deref()),
     ];
-    let extra = m
-        .extra
-        .iter()
-        .flat_map(|(k, v)| [("metadata", Some(k.as_str())), ("metadata", Some(v.as_str()))]);
+    let extra = m.extra.iter().flat_map(|(k, v)| {
+        [
+            ("metadata", Some(k.as_str())),
+            ("metadata", Some(v.as_str())),
+        ]
+    });
     match fields
         .into_iter()
         .chain(extra)

@@ -63,9 +63,9 @@ const BUSY_CODES: &[(&str, &str)] = &[
 /// else are [`StoreError::Backend`], saying what happened.
 pub(crate) fn store_error(what: &str, e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::PoolTimedOut => {
-            StoreError::Busy(format!("{what}: no database connection became free in time"))
-        }
+        sqlx::Error::PoolTimedOut => StoreError::Busy(format!(
+            "{what}: no database connection became free in time"
+        )),
         sqlx::Error::PoolClosed => StoreError::Closed,
         sqlx::Error::Io(io) => StoreError::Backend(format!(
             "{what}: connection to PostgreSQL lost ({io}); the outcome of a write in flight is \

@@ -75,7 +75,11 @@ async fn listen(
             Some(n) => match n.payload().parse::<Position>() {
                 Ok(position) => advance(head, position),
                 Err(_) => {
-                    tracing::warn!(channel, payload = n.payload(), "ignoring a foreign notification")
+                    tracing::warn!(
+                        channel,
+                        payload = n.payload(),
+                        "ignoring a foreign notification"
+                    )
                 }
             },
             // The connection dropped and was re-established (LISTEN included): whatever

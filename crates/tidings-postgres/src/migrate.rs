@@ -60,7 +60,12 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<(), PgStoreEr
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        tracing::info!(schema, version = m.version, name = m.name, "applied migration");
+        tracing::info!(
+            schema,
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
     }
     tx.commit().await.map_err(db)
 }
@@ -81,7 +86,12 @@ mod tests {
     #[test]
     fn migrations_are_numbered_in_order() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i32 + 1, "migration {} is out of order", m.name);
+            assert_eq!(
+                m.version,
+                i as i32 + 1,
+                "migration {} is out of order",
+                m.name
+            );
         }
     }
 }

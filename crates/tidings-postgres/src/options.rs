@@ -160,6 +160,9 @@ mod tests {
         let bad_schema = PgStoreBuilder::new("postgres://localhost/x")
             .schema("A")
             .connect_options("pool");
-        assert!(matches!(bad_schema, Err(PgStoreError::InvalidSchema { .. })));
+        assert!(matches!(
+            bad_schema,
+            Err(PgStoreError::InvalidSchema { .. })
+        ));
     }
 }

@@ -11,15 +11,14 @@ use uuid::Uuid;
 /// Reads one row of the event queries (their column order is fixed by the `.sql` files).
 pub(crate) fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position: i64 = get(row, "position")?;
-    let corrupt = |what: String| StoreError::Corrupt(format!("event at position {position}: {what}"));
+    let corrupt =
+        |what: String| StoreError::Corrupt(format!("event at position {position}: {what}"));
     let stream: String = get(row, "stream")?;
     let stream = StreamId::parse_any(&stream).map_err(|e| corrupt(e.to_string()))?;
     let revision: i64 = get(row, "revision")?;
     let extra: Option<String> = get(row, "extra")?;
     let extra: BTreeMap<String, String> = match extra {
-        Some(json) => {
-            serde_json::from_str(&json).map_err(|e| corrupt(format!("metadata: {e}")))?
-        }
+        Some(json) => serde_json::from_str(&json).map_err(|e| corrupt(format!("metadata: {e}")))?,
         None => BTreeMap::new(),
     };
     let data: String = get(row, "data")?;

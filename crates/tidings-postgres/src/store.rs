@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use futures::Stream;
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tidings::event::timestamp_from_micros;
+use tidings::store::EventStreamItem;
 use tidings::store::subscription::{self, HeadWatch};
 use tidings::store::validate_append;
 use tidings::{
@@ -12,8 +14,6 @@ use tidings::{
     Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
     StoreError, StreamId, StreamInfo,
 };
-use tidings::event::timestamp_from_micros;
-use tidings::store::EventStreamItem;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
@@ -194,9 +194,14 @@ impl EventAppender for PgStore {
         );
         async {
             validate_append(stream, &events, &self.inner.limits)?;
-            let result =
-                append::append(&self.inner.pool, &self.inner.channel, stream, expected, &events)
-                    .await?;
+            let result = append::append(
+                &self.inner.pool,
+                &self.inner.channel,
+                stream,
+                expected,
+                &events,
+            )
+            .await?;
             advance(&self.inner.head, result.position);
             Ok(result)
         }
