@@ -79,7 +79,10 @@ async fn main() -> Result<(), Error> {
     }
     let url = url.ok_or("give a URL or set TIDINGS_POSTGRES_URL")?;
     let template: Event = serde_json::from_str(FIXTURE)?;
-    let schema = format!("tidings_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let schema = format!(
+        "tidings_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let store = PgStore::builder(&url)
         .schema(&schema)
         .max_connections(16)
@@ -120,7 +123,12 @@ async fn main() -> Result<(), Error> {
         from = last.position + 1;
         read += page.len();
     }
-    row("read all (pages of 1000)", read, read / 1000, started.elapsed());
+    row(
+        "read all (pages of 1000)",
+        read,
+        read / 1000,
+        started.elapsed(),
+    );
 
     store.drop_schema().await?;
     Ok(())

@@ -31,6 +31,7 @@ mod migrate;
 mod options;
 mod row;
 mod store;
+mod writer;
 
 pub use error::PgStoreError;
 pub use options::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PgStoreBuilder};

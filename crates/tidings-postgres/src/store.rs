@@ -14,15 +14,17 @@ use tidings::{
     Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
     StoreError, StreamId, StreamInfo,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::append::{Append, refuse_nul};
 use crate::error::{PgStoreError, store_error};
-use crate::listener::{self, HeadSender, advance, head_from_next};
+use crate::listener::{self, HeadSender, head_from_next};
+use crate::migrate;
 use crate::options::{PgStoreBuilder, channel};
 use crate::row::{get, recorded_event, signed, unsigned};
-use crate::{append, migrate};
+use crate::writer::{self, Queue, Request};
 
 /// An event store in a PostgreSQL schema. Clones are cheap and share one connection pool,
 /// one head watch and one notification listener.
@@ -56,8 +58,8 @@ pub struct PgStore {
 struct Inner {
     pool: PgPool,
     head: HeadSender,
+    writer: Queue,
     schema: String,
-    channel: String,
     limits: Limits,
     listener: AbortHandle,
 }
@@ -117,12 +119,13 @@ impl PgStore {
             Arc::clone(&head),
         ))
         .abort_handle();
+        let writer = writer::spawn(pool.clone(), channel, Arc::clone(&head), options.limits);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 head,
+                writer,
                 schema: options.schema,
-                channel,
                 limits: options.limits,
                 listener,
             }),
@@ -193,17 +196,24 @@ impl EventAppender for PgStore {
             events = events.len()
         );
         async {
-            validate_append(stream, &events, &self.inner.limits)?;
-            let result = append::append(
-                &self.inner.pool,
-                &self.inner.channel,
-                stream,
-                expected,
-                &events,
-            )
-            .await?;
-            advance(&self.inner.head, result.position);
-            Ok(result)
+            let size = validate_append(stream, &events, &self.inner.limits)?;
+            refuse_nul(&events)?;
+            let (reply, answer) = oneshot::channel();
+            let request = Request {
+                append: Append {
+                    stream: stream.clone(),
+                    expected,
+                    events,
+                },
+                size,
+                reply,
+            };
+            self.inner
+                .writer
+                .send(request)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
         }
         .instrument(span)
         .await
