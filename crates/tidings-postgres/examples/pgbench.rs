@@ -1,5 +1,6 @@
-//! Measures PgStore: single-event appends with 1 and 8 writers, batches of 100 with 4
-//! writers, and reading the whole log. Bounded runs on a fresh schema, dropped at the end.
+//! Measures PgStore: single-event appends with 1 and 8 writers (on one handle, and on 8
+//! handles as 8 processes would), batches of 100 with 4 writers, and reading the whole
+//! log. Bounded runs on a fresh schema, dropped at the end.
 //!
 //! ```text
 //! cargo run --release -p tidings-postgres --example pgbench -- [URL] [--scale N]
@@ -109,6 +110,39 @@ async fn main() -> Result<(), Error> {
     let per = n / 8;
     let took = appends(&store, "single-8w", 8, per, 1, &template).await?;
     row("append 1 event x 8 writers", per * 8, per * 8, took);
+    // Eight handles with their own pools and writers, as eight processes would have:
+    // nothing groups their commits, so they take turns on the position counter.
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        handles.push(
+            PgStore::builder(&url)
+                .schema(&schema)
+                .max_connections(2)
+                .connect()
+                .await?,
+        );
+    }
+    let per = n / 8;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (w, h) in handles.iter().enumerate() {
+        let (h, template) = (h.clone(), template.clone());
+        let label = format!("single-8h-{w}");
+        tasks.push(tokio::spawn(async move {
+            appends(&h, &label, 1, per, 1, &template).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    row(
+        "append 1 event x 8 handles",
+        per * 8,
+        per * 8,
+        started.elapsed(),
+    );
+    drop(handles);
+
     let per = 100 * scale;
     let took = appends(&store, "batch-4w", 4, per, 100, &template).await?;
     row("append 100 events x 4 writers", per * 400, per * 4, took);
