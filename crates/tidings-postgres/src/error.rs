@@ -5,9 +5,10 @@ use tidings::StoreError;
 /// Why [`crate::PgStore`] could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum PgStoreError {
-    /// The connection URL could not be parsed.
+    /// The connection URL was refused (the message never repeats it: it may hold a
+    /// password).
     #[error("invalid PostgreSQL URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
+    InvalidUrl(String),
     /// The schema name was refused.
     #[error(
         "schema name {schema:?} is not usable: {reason} (use 1 to {max} of a-z, 0-9 and _, not starting with a digit)",

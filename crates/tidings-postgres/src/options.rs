@@ -92,8 +92,13 @@ impl PgStoreBuilder {
     pub(crate) fn connect_options(&self, role: &str) -> Result<PgConnectOptions, PgStoreError> {
         check_schema(&self.schema)?;
         let name = format!("{}:{role}", self.application_name);
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(PgStoreError::InvalidUrl(
+                "it must start with postgres:// or postgresql://".to_owned(),
+            ));
+        }
         Ok(PgConnectOptions::from_str(&self.url)
-            .map_err(PgStoreError::InvalidUrl)?
+            .map_err(|e| PgStoreError::InvalidUrl(e.to_string()))?
             .application_name(&name)
             .options([
                 ("search_path", self.schema.as_str()),
