@@ -35,6 +35,13 @@ use crate::writer::{self, Queue, Request};
 /// including events appended by other processes, which the store hears through
 /// `LISTEN`/`NOTIFY`.
 ///
+/// Concurrent appends through one handle are committed together (group commit), each
+/// decided as if it ran alone, in the order it was called. A subscription from
+/// [`Start::End`] starts after the last commit this handle has heard of: its own appends
+/// at once, other processes' a moment after they commit. An append by another process
+/// that committed just before the call but was not yet announced is delivered too (never
+/// missed).
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream,
