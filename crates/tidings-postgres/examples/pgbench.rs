@@ -1,6 +1,6 @@
 //! Measures PgStore: single-event appends with 1 and 8 writers (on one handle, and on 8
 //! handles as 8 processes would), batches of 100 with 4 writers, and reading the whole
-//! log. Bounded runs on a fresh schema, dropped at the end.
+//! log, and how soon a subscription on another handle sees an append. Bounded runs on a fresh schema, dropped at the end.
 //!
 //! ```text
 //! cargo run --release -p tidings-postgres --example pgbench -- [URL] [--scale N]
@@ -11,7 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use tidings::{Event, EventAppender, EventReader, ExpectedVersion, ReadAll, StreamId};
+use futures::StreamExt;
+use tidings::{
+    Event, EventAppender, EventReader, EventSubscriber, ExpectedVersion, Filter, ReadAll, Start,
+    StreamId,
+};
 use tidings_postgres::PgStore;
 
 /// The `OrderCreated` envelope every append carries (542 bytes as compact JSON).
@@ -163,6 +167,40 @@ async fn main() -> Result<(), Error> {
         read / 1000,
         started.elapsed(),
     );
+
+    // Subscription latency: from an append on one handle returning until a subscription
+    // on another handle (another pool, as another process) delivers it via NOTIFY.
+    let other = PgStore::builder(&url).schema(&schema).connect().await?;
+    let mut sub = Box::pin(other.subscribe_all(Start::End, Filter::all()));
+    let watched = StreamId::new("latency")?;
+    let mut latencies = Vec::new();
+    for _ in 0..200 * scale {
+        let r = store
+            .append(
+                &watched,
+                ExpectedVersion::Any,
+                vec![order_created(&template)],
+            )
+            .await?;
+        let appended = Instant::now();
+        loop {
+            let e = sub.next().await.ok_or("subscription ended")??;
+            if e.position == r.position {
+                break;
+            }
+        }
+        latencies.push(appended.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    println!(
+        "subscription latency, other handle: p50 {:?}, p99 {:?}, max {:?} ({} appends)",
+        pct(50),
+        pct(99),
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    drop((sub, other));
 
     store.drop_schema().await?;
     Ok(())
