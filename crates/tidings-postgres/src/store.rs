@@ -27,7 +27,7 @@ use crate::row::{get, recorded_event, signed, unsigned};
 use crate::writer::{self, Queue, Request};
 
 /// An event store in a PostgreSQL schema. Clones are cheap and share one connection pool,
-/// one head watch and one notification listener.
+/// one writer, one head watch and one notification listener.
 ///
 /// Appends are transactions: acknowledged only once committed. Global positions are
 /// gap-free and in commit order (see `docs/decisions/0003-postgres-store.md`), so
