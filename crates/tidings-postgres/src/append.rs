@@ -11,6 +11,10 @@
 //! COMMIT                one WAL flush for the whole batch; releases every lock
 //! ```
 //!
+//! A lone append to a stream that has events, with a version that holds, takes a
+//! shortcut: `append_existing.sql` does the same in one autocommit statement (one round
+//! trip instead of four); whatever it declines runs the transaction above.
+//!
 //! Stream locks make each expected-version check and its write one atomic step; the
 //! counter lock makes position order commit order across streams and processes. Stream
 //! rows are locked before the counter, in name order, so batches cannot deadlock.
@@ -76,6 +80,13 @@ async fn append_one(
     one: &[Append],
 ) -> Result<AppendResult, StoreError> {
     let mut check_ids = false;
+    if let [a] = one {
+        match append_existing(pool, channel, a).await? {
+            OneStatement::Done(result) => return Ok(result),
+            OneStatement::Declined => {}
+            OneStatement::IdsKnown => check_ids = true,
+        }
+    }
     for _ in 0..ATTEMPTS {
         match attempt(pool, channel, one, check_ids).await {
             Ok(mut answers) => {
@@ -92,6 +103,74 @@ async fn append_one(
          stream; retry",
         one.first().map_or("?", |a| a.stream.as_str())
     )))
+}
+
+/// What the one-statement append did.
+enum OneStatement {
+    Done(AppendResult),
+    /// Not its case (new stream, failed version check): nothing written.
+    Declined,
+    /// The unique index refused an id: nothing written.
+    IdsKnown,
+}
+
+/// The common case in one autocommit round trip (`append_existing.sql`): an append to a
+/// stream that has events, with an expected version that holds. Declines the rest.
+async fn append_existing(
+    pool: &PgPool,
+    channel: &str,
+    a: &Append,
+) -> Result<OneStatement, StoreError> {
+    let (kind, revision) = match a.expected {
+        ExpectedVersion::Any => ("any", 0),
+        ExpectedVersion::StreamExists => ("stream-exists", 0),
+        ExpectedVersion::Exact(n) => ("exact", signed(n)),
+        // A repeat of the stream's first append is a common NoStream call: the full
+        // transaction decides those.
+        ExpectedVersion::NoStream => return Ok(OneStatement::Declined),
+    };
+    let write = [Decision::Write { first_revision: 0 }];
+    let columns = Columns::new(std::slice::from_ref(a), &write)?;
+    let row = sqlx::query(include_str!("../sql/queries/append_existing.sql"))
+        .bind(a.stream.as_str())
+        .bind(kind)
+        .bind(revision)
+        .bind(channel)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.event_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.sources)
+        .bind(&columns.data)
+        .bind(&columns.correlation_ids)
+        .bind(&columns.causation_ids)
+        .bind(&columns.user_ids)
+        .bind(&columns.extra)
+        .fetch_optional(pool)
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(OneStatement::Declined),
+        Err(e) if is_duplicate_event_id(&e) => return Ok(OneStatement::IdsKnown),
+        Err(e) => return Err(store_error(&format!("append to {}", a.stream), e)),
+    };
+    let accepted: Option<bool> = get(&row, "accepted")?;
+    let current: Option<i64> = get(&row, "current")?;
+    let first_position: Option<i64> = get(&row, "first_position")?;
+    let (Some(true), Some(current), Some(first_position)) = (accepted, current, first_position)
+    else {
+        return Ok(OneStatement::Declined);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stream {}: {what}", a.stream));
+    let first_revision = unsigned(current).map_err(|_| corrupt("negative version"))? + 1;
+    let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
+    let n = a.events.len() as u64;
+    Ok(OneStatement::Done(AppendResult {
+        first_revision,
+        next_expected_version: first_revision + n - 1,
+        first_position,
+        position: first_position + n - 1,
+    }))
 }
 
 /// What the batch decided for one append.

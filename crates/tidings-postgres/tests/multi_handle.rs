@@ -142,3 +142,72 @@ async fn handles_taking_turns_conform() {
     .await;
     schemas.drop_all(&url).await;
 }
+
+/// One task per handle, so every append runs alone (the one-statement path once the
+/// stream exists): writers racing on one stream with `Exact` still get exactly one winner
+/// per version, and the log stays gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lone_appends_race_across_handles() {
+    let Some(url) = database("lone_appends_race_across_handles").await else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(common::store_in(&url, &schema).await);
+    }
+    let s = tidings::testing::conformance::stream("contended-1");
+    let seed = tidings::testing::conformance::event("Seed", serde_json::json!(0));
+    handles[0]
+        .append(&s, ExpectedVersion::NoStream, vec![seed])
+        .await
+        .unwrap_or_else(|e| panic!("seed: {e}"));
+    let mut tasks = Vec::new();
+    for (w, h) in handles.iter().cloned().enumerate() {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut wins = Vec::new();
+            for i in 0..40 {
+                let current = h.stream_version(&s).await.ok().flatten();
+                let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                // Every fifth try uses Any, which always wins, to mix both kinds.
+                let expected = if i % 5 == 4 {
+                    ExpectedVersion::Any
+                } else {
+                    expected
+                };
+                let e = tidings::testing::conformance::event("Won", serde_json::json!([w, i]));
+                match h.append(&s, expected, vec![e.clone()]).await {
+                    Ok(r) => wins.push((r.next_expected_version, r.position, e.event_id)),
+                    Err(StoreError::WrongExpectedVersion { .. }) => {}
+                    Err(other) => panic!("writer {w}: {other}"),
+                }
+            }
+            wins
+        }));
+    }
+    let mut wins = Vec::new();
+    for t in tasks {
+        wins.extend(t.await.unwrap_or_else(|e| panic!("writer task: {e}")));
+    }
+    wins.sort();
+    let log = handles[0]
+        .read_stream(&s, ReadStream::forward())
+        .await
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    assert_eq!(
+        log.len(),
+        wins.len() + 1,
+        "every win is recorded, nothing else"
+    );
+    for (i, ((rev, pos, id), e)) in wins.iter().zip(&log[1..]).enumerate() {
+        assert_eq!(*rev, i as u64 + 1, "one winner per revision");
+        assert_eq!((e.revision, e.position, e.event_id), (*rev, *pos, *id));
+        assert_eq!(e.position, e.revision, "positions are gap-free");
+    }
+    let last = handles.pop().unwrap_or_else(|| panic!("no handles"));
+    drop(handles);
+    last.drop_schema()
+        .await
+        .unwrap_or_else(|e| panic!("drop schema: {e}"));
+}
