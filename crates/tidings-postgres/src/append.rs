@@ -460,35 +460,3 @@ impl<'a> Columns<'a> {
         Ok(c)
     }
 }
-
-/// PostgreSQL `text` and `jsonb` cannot hold U+0000: refuse it before the append is
-/// queued rather than fail inside a transaction shared with other appends.
-pub(crate) fn refuse_nul(events: &[Event]) -> Result<(), StoreError> {
-    for (index, e) in events.iter().enumerate() {
-        let m = &e.metadata;
-        let fields = [
-            ("eventVersion", Some(e.event_version.as_str())),
-            ("source", Some(e.source.as_str())),
-            ("correlationId", m.correlation_id.as_deref()),
-            ("causationId", m.causation_id.as_deref()),
-            ("userId", m.user_id.as_deref()),
-        ];
-        let extra = m.extra.iter().flat_map(|(k, v)| {
-            [
-                ("metadata", Some(k.as_str())),
-                ("metadata", Some(v.as_str())),
-            ]
-        });
-        if let Some((field, _)) = fields
-            .into_iter()
-            .chain(extra)
-            .find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
-        {
-            return Err(StoreError::Backend(format!(
-                "event {index} was refused: its {field} contains a NUL character, which \
-                 PostgreSQL text cannot hold; nothing was written"
-            )));
-        }
-    }
-    Ok(())
-}

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use crate::append::{Append, refuse_nul};
+use crate::append::Append;
 use crate::error::{PgStoreError, store_error};
 use crate::listener::{self, HeadSender, head_from_next};
 use crate::migrate;
@@ -204,7 +204,6 @@ impl EventAppender for PgStore {
         );
         async {
             let size = validate_append(stream, &events, &self.inner.limits)?;
-            refuse_nul(&events)?;
             let (reply, answer) = oneshot::channel();
             let request = Request {
                 append: Append {
