@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tidings::{Event, StreamId};
 use tidings_log::LogStore;
+use tidings_postgres::PgStore;
 
 const FIXTURE: &str = include_str!("../../../../fixtures/order-created.json");
 
@@ -41,7 +42,7 @@ const STANDARD: [&str; 8] = [
 /// Arguments of `tidings bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Where to run: a directory for the embedded store.
+    /// Where to run: a directory for the embedded store, or a postgres:// URL.
     #[arg(long, default_value = "./tidings-bench")]
     store: String,
     /// append-1, append-concurrent, append-batch, read-all, read-stream,
@@ -90,16 +91,24 @@ struct Row {
     note: Option<String>,
 }
 
-/// Where the workloads run. Only the embedded store so far; a PostgreSQL URL will be
-/// another variant with its own `open`.
+/// Where the workloads run: an embedded store directory, or a PostgreSQL database (each
+/// workload in a fresh schema, dropped afterwards; the disk probe then runs in a scratch
+/// directory of the system's temporary directory, which is the same machine's disk).
 enum Target {
     Log(PathBuf),
+    Postgres { url: String, scratch: PathBuf },
 }
 
 impl Target {
     fn parse(s: &str) -> anyhow::Result<Self> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres {
+                url: s.to_owned(),
+                scratch: std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id())),
+            });
+        }
         if s.contains("://") {
-            bail!("{s}: only embedded store directories are supported by this build");
+            bail!("{s}: use a directory for the embedded store or a postgres:// URL");
         }
         Ok(Self::Log(PathBuf::from(s)))
     }
@@ -107,12 +116,21 @@ impl Target {
     fn label(&self) -> String {
         match self {
             Self::Log(_) => "log".to_owned(),
+            Self::Postgres { .. } => "pg".to_owned(),
         }
     }
 
     fn root(&self) -> &Path {
         match self {
             Self::Log(p) => p,
+            Self::Postgres { scratch, .. } => scratch,
+        }
+    }
+
+    fn embedded_only(&self, workload: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Log(_) => Ok(()),
+            Self::Postgres { .. } => bail!("workload {workload} measures the embedded store only"),
         }
     }
 
@@ -123,12 +141,29 @@ impl Target {
         }
         Ok(dir)
     }
+}
 
-    fn open(&self, workload: &str) -> anyhow::Result<LogStore> {
-        match self {
-            Self::Log(_) => Ok(LogStore::open(self.workdir(workload)?)?),
+/// Runs `$body` (a future using `$store`) on a fresh store of the target's kind.
+macro_rules! on_store {
+    ($rt:expr, $target:expr, $w:expr, |$store:ident| $body:expr) => {
+        match $target {
+            Target::Log(_) => {
+                let $store = LogStore::open($target.workdir($w)?)?;
+                $rt.block_on($body)?
+            }
+            Target::Postgres { url, .. } => {
+                let schema = format!(
+                    "tidings_bench_{}_{}",
+                    $w.replace('-', "_"),
+                    std::process::id()
+                );
+                let $store = $rt.block_on(PgStore::builder(url).schema(schema).connect())?;
+                let result = $rt.block_on($body);
+                $rt.block_on($store.drop_schema())?;
+                result?
+            }
         }
-    }
+    };
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -176,72 +211,65 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 ));
             }),
             "append-1" => {
-                let store = target.open(w)?;
                 let n = args.events.unwrap_or(5_000);
-                rt.block_on(appends(&store, &template, w, n, 1, 1))?
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, 1, 1
+                ))
             }
             "append-concurrent" => {
-                let store = target.open(w)?;
                 let n = args.events.unwrap_or(200_000);
-                rt.block_on(appends(
-                    &store,
-                    &template,
-                    w,
-                    n,
-                    args.writers.unwrap_or(64),
-                    1,
-                ))?
+                let wr = args.writers.unwrap_or(64);
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, wr, 1
+                ))
             }
             "append-batch" => {
-                let store = target.open(w)?;
                 let n = args.events.unwrap_or(2_000_000);
                 let (wr, b) = (args.writers.unwrap_or(8), args.batch.unwrap_or(100));
-                rt.block_on(appends(&store, &template, w, n, wr, b))?
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, wr, b
+                ))
             }
             "read-all" => {
-                let store = target.open(w)?;
-                rt.block_on(read_all(
-                    &store,
-                    &template,
-                    args.events.unwrap_or(2_000_000),
-                ))?
+                let n = args.events.unwrap_or(2_000_000);
+                on_store!(rt, &target, w, |store| read_all(&store, &template, n))
             }
             "read-stream" => {
-                let store = target.open(w)?;
-                rt.block_on(read_stream(
-                    &store,
-                    &template,
-                    args.events.unwrap_or(200_000),
-                    args.batch.unwrap_or(100).clamp(1, 1000) as u64,
-                ))?
+                let n = args.events.unwrap_or(200_000);
+                let b = args.batch.unwrap_or(100).clamp(1, 1000) as u64;
+                on_store!(rt, &target, w, |store| read_stream(&store, &template, n, b))
             }
             "subscribe-latency" => {
-                let store = target.open(w)?;
-                rt.block_on(subscribe_latency(
-                    &store,
-                    &template,
-                    args.events.unwrap_or(5_000),
-                ))?
+                let n = args.events.unwrap_or(5_000);
+                on_store!(rt, &target, w, |store| subscribe_latency(
+                    &store, &template, n
+                ))
             }
             "aggregate-load" => {
-                let store = target.open(w)?;
-                let (plain, snap) = rt.block_on(aggregate_load(&store, &template))?;
+                let (plain, snap) =
+                    on_store!(rt, &target, w, |store| aggregate_load(&store, &template));
                 let mut p = plain;
                 fill(&mut p, &target, &disk, frame_bytes);
                 emit(&p, args.json);
                 rows.push(p);
                 snap
             }
-            "reopen" => rt.block_on(reopen(
-                &target,
-                &template,
-                args.events.unwrap_or(10_000_000),
-            ))?,
-            "memory" => rt.block_on(memory(
-                &target,
-                &template,
-                args.events.unwrap_or(10_000_000),
-            ))?,
+            "reopen" => {
+                target.embedded_only(w)?;
+                rt.block_on(reopen(
+                    &target,
+                    &template,
+                    args.events.unwrap_or(10_000_000),
+                ))?
+            }
+            "memory" => {
+                target.embedded_only(w)?;
+                rt.block_on(memory(
+                    &target,
+                    &template,
+                    args.events.unwrap_or(10_000_000),
+                ))?
+            }
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
@@ -255,6 +283,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if !args.keep {
             let _ = std::fs::remove_dir_all(target.root().join(format!("bench-{w}")));
         }
+    }
+    if let Target::Postgres { scratch, .. } = &target {
+        let _ = std::fs::remove_dir_all(scratch);
     }
     if !args.json {
         println!();
@@ -319,6 +350,10 @@ fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64) {
     row.store = target.label();
     row.disk_fdatasync_us = disk.fdatasync_us;
     row.disk_seq_mb_per_sec = disk.seq_mb_per_sec;
+    if let Target::Postgres { .. } = target {
+        // The figures to reach are the embedded store's; PostgreSQL is measured for comparison.
+        return;
+    }
     let (text, met) = match row.workload.as_str() {
         "append-1" => {
             let t = 0.8 * 1e6 / disk.fdatasync_us.max(1.0);
