@@ -23,11 +23,45 @@ pub struct DemoArgs {
     /// The largest payment the demo's payment gateway accepts.
     #[arg(long, default_value_t = 100.0)]
     pub payment_limit: f64,
+    /// Run on the embedded durable store in this directory (default: a fresh temporary
+    /// directory, removed afterwards).
+    #[arg(long, conflicts_with = "memory")]
+    pub data: Option<std::path::PathBuf>,
+    /// Run on the in-memory store instead of the embedded one.
+    #[arg(long)]
+    pub memory: bool,
 }
 
-/// Runs the demo against the in-memory store and prints the flow.
+/// Runs the demo against the in-memory store (or the embedded store with `--data`) and
+/// prints the flow.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let events = run_flow(InMemoryStore::new(), args.payment_limit).await?;
+    if args.memory {
+        let events = run_flow(InMemoryStore::new(), args.payment_limit).await?;
+        eprintln!("Store: in memory");
+        print!("{}", render(&events));
+        return Ok(());
+    }
+    let temp;
+    let dir = match &args.data {
+        Some(dir) => dir.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("tidings-demo-")
+                .tempdir()
+                .context("creating a temporary directory for the demo's store")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let store = tidings_log::LogStore::open(&dir)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let events = run_flow(store.clone(), args.payment_limit).await?;
+    store.close().await?;
+    let kept = if args.data.is_some() {
+        ""
+    } else {
+        " (temporary, removed on exit)"
+    };
+    eprintln!("Store: embedded log in {}{kept}", dir.display());
     print!("{}", render(&events));
     Ok(())
 }

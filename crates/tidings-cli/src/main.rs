@@ -2,15 +2,24 @@
 //!
 //! Each command lives in its own module; this file only parses and dispatches.
 
+mod bench;
 mod client;
 mod commands;
 mod demo;
 mod serve;
 mod store;
+mod verify;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Tidings: an event store, event bus and event-sourcing toolkit.
+/// Reads build an owned event per record; mimalloc makes those many small allocations
+/// markedly cheaper than the system allocator (see the bench notes in issue 3).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Tidings: an event store, an event bus and an event-sourcing toolkit.
 #[derive(Debug, Parser)]
 #[command(name = "tidings", version, about, propagate_version = true)]
 struct Cli {
@@ -36,40 +45,56 @@ enum Command {
     Export(commands::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
     Import(commands::ImportArgs),
-    /// Runs the order example against the in-memory store and prints the event flow.
+    /// Run the standard workloads against a store and print a table (or JSON).
+    Bench(bench::BenchArgs),
+    /// Check every checksum of an embedded store and its indexes against the log.
+    Verify(verify::VerifyArgs),
+    /// Runs the order example (in memory, or on the embedded store with --data) and prints the event flow.
     Demo(demo::DemoArgs),
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,tidings_log=warn",
+        _ => "error,tidings_log=warn",
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(a) => serve::run(a).await,
-            Command::Append(a) => commands::append(a).await,
-            Command::Read(a) => commands::read(a).await,
-            Command::Tail(a) => commands::tail(a).await,
-            Command::Streams(a) => commands::streams(a).await,
-            Command::Correlation(a) => commands::correlation(a).await,
-            Command::Export(a) => commands::export(a).await,
-            Command::Import(a) => commands::import(a).await,
-            Command::Demo(a) => demo::run(a).await,
-        }
-    });
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // bench and verify run their own runtimes; everything else shares this one.
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
+        Command::Verify(args) => verify::run(args),
+        command => match tokio::runtime::Runtime::new() {
+            Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+            Ok(rt) => rt
+                .block_on(async {
+                    match command {
+                        Command::Serve(a) => serve::run(a).await,
+                        Command::Append(a) => commands::append(a).await,
+                        Command::Read(a) => commands::read(a).await,
+                        Command::Tail(a) => commands::tail(a).await,
+                        Command::Streams(a) => commands::streams(a).await,
+                        Command::Correlation(a) => commands::correlation(a).await,
+                        Command::Export(a) => commands::export(a).await,
+                        Command::Import(a) => commands::import(a).await,
+                        Command::Demo(a) => demo::run(a).await,
+                        Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),
+                    }
+                })
+                .map(|()| ExitCode::SUCCESS),
+        },
+    };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -73,14 +73,6 @@ async fn resolve(listen: &str) -> Result<SocketAddr> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init()
-        .ok();
     let tokens = tokens(&args)?;
     let addr = resolve(&args.listen).await?;
     if !addr.ip().is_loopback() && !tokens.enabled() {
@@ -90,13 +82,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
              on 127.0.0.1"
         );
     }
-    let mut spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
-    if matches!(spec, StoreSpec::Dir(_)) && !crate::store::EMBEDDED_AVAILABLE {
-        eprintln!(
-            "warning: this build has no embedded store yet; serving from memory (nothing is kept)"
-        );
-        spec = StoreSpec::Memory;
-    }
+    let spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_pending_appends: args.max_pending_appends.max(1),

@@ -4,10 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
-
-/// Whether this binary has the embedded store built in.
-pub const EMBEDDED_AVAILABLE: bool = false;
+use anyhow::{Context, Result, bail};
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +13,7 @@ pub enum StoreSpec {
     Memory,
     /// The embedded store in a directory.
     Dir(PathBuf),
-    /// PostgreSQL (not yet available).
+    /// PostgreSQL (`postgres://…`).
     Postgres(String),
 }
 
@@ -73,6 +70,29 @@ fn dir_size(path: &Path) -> Option<u64> {
     Some(total)
 }
 
+/// Opens (or creates) the embedded store in `dir`, reporting what recovery did.
+pub fn open_embedded(dir: &Path) -> Result<tidings_log::LogStore> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let store = tidings_log::LogStore::open(dir).with_context(|| {
+        format!(
+            "cannot open the store in {} (`tidings verify --data {}` tells what is wrong)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    if let Some(torn) = &store.recovery_report().torn_tail {
+        eprintln!(
+            "warning: recovery removed a torn tail of {} bytes at {}:{} ({})",
+            torn.bytes,
+            torn.file.display(),
+            torn.offset,
+            torn.reason
+        );
+    }
+    Ok(store)
+}
+
 /// Opens the store `spec` names and evaluates `$body` with it bound to `$s` (each
 /// backend is its own type, so the body is compiled once per backend).
 macro_rules! with_store {
@@ -83,13 +103,24 @@ macro_rules! with_store {
                 $body
             }
             $crate::store::StoreSpec::Dir(dir) => {
-                let _ = dir;
-                anyhow::bail!(
-                    "the embedded store is not built into this binary yet; use --store memory or --server URL"
-                )
+                let $s = $crate::store::open_embedded(&dir)?;
+                let closer = $s.clone();
+                let result = $body;
+                // Finishes queued appends and checkpoints the indexes so the next open is quick.
+                closer
+                    .close()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("closing the store in {}: {e}", dir.display()))?;
+                result
             }
-            $crate::store::StoreSpec::Postgres(_) => {
-                anyhow::bail!("the PostgreSQL store is not available yet; use a data directory")
+            $crate::store::StoreSpec::Postgres(url) => {
+                let $s = tidings_postgres::PgStore::connect(&url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to the PostgreSQL store: {e}"))?;
+                let closer = $s.clone();
+                let result = $body;
+                closer.close().await;
+                result
             }
         }
     }};

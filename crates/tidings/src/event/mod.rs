@@ -118,6 +118,7 @@ impl Event {
                 version: self.event_version.clone(),
             });
         }
+        self.check_no_nul()?;
         let size = self.encoded_len();
         if size > limits.max_event_bytes {
             return Err(EventError::TooLarge {
@@ -125,6 +126,34 @@ impl Event {
                 size,
                 max: limits.max_event_bytes,
             });
+        }
+        Ok(())
+    }
+
+    /// NUL characters cannot be stored by every backend (PostgreSQL text cannot hold
+    /// them), so no envelope string may contain one. Payloads are JSON, where a NUL is
+    /// always escaped.
+    fn check_no_nul(&self) -> Result<(), EventError> {
+        let m = &self.metadata;
+        let fields = [
+            ("source", Some(self.source.as_str())),
+            ("eventVersion", Some(self.event_version.as_str())),
+            ("metadata.correlationId", m.correlation_id.as_deref()),
+            ("metadata.causationId", m.causation_id.as_deref()),
+            ("metadata.userId", m.user_id.as_deref()),
+        ];
+        let extra = m.extra.iter().flat_map(|(k, v)| {
+            [
+                ("metadata", Some(k.as_str())),
+                ("metadata", Some(v.as_str())),
+            ]
+        });
+        for (field, value) in fields.into_iter().chain(extra) {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(EventError::NulCharacter {
+                    field: field.to_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -327,6 +356,12 @@ pub enum EventError {
     InvalidVersion {
         /// The refused version.
         version: String,
+    },
+    /// An envelope string contains a NUL character.
+    #[error("{field} contains a NUL character")]
+    NulCharacter {
+        /// The field holding it.
+        field: String,
     },
     /// The event is larger than the store accepts.
     #[error("event {event_type} is {size} bytes; the limit is {max}")]
@@ -540,6 +575,16 @@ mod tests {
         assert!(matches!(
             e.enrich(NewEvent::new("A\tB", serde_json::json!(1))),
             Err(EventError::TypeControlCharacter { offset: 1 })
+        ));
+        assert_eq!(
+            e.enrich(NewEvent::new("A", serde_json::json!(1)).with_user_id("a\0b")),
+            Err(EventError::NulCharacter {
+                field: "metadata.userId".into()
+            })
+        );
+        assert!(matches!(
+            e.enrich(NewEvent::new("A", serde_json::json!(1)).with_meta("k", "\0")),
+            Err(EventError::NulCharacter { .. })
         ));
         let small = Enricher::new("svc").with_limits(Limits {
             max_event_bytes: 100,

@@ -17,13 +17,14 @@ pub fn validate_append(
     if events.is_empty() {
         return Err(StoreError::EmptyAppend);
     }
-    let mut seen = HashSet::with_capacity(events.len());
+    // A single event cannot repeat an id; skip the set on the most common append.
+    let mut seen = HashSet::with_capacity(if events.len() > 1 { events.len() } else { 0 });
     let mut total = 0usize;
     for (index, event) in events.iter().enumerate() {
         event
             .validate(limits)
             .map_err(|source| StoreError::InvalidEvent { index, source })?;
-        if !seen.insert(event.event_id) {
+        if events.len() > 1 && !seen.insert(event.event_id) {
             return Err(StoreError::DuplicateEventId {
                 stream: stream.clone(),
                 event_id: event.event_id,

@@ -1,0 +1,448 @@
+//! `tidings bench`: the standard workloads against a store, as a table or JSON lines.
+//!
+//! Every workload runs on a fresh store in its own subdirectory of `--store`
+//! (`bench-<workload>`), removed afterwards unless `--keep`. Each event carries the
+//! `OrderCreated` fixture's data and metadata with a fresh id and stream. The disk's own
+//! limits (fdatasync latency of a 4 KiB overwrite, sequential bandwidth with an fdatasync
+//! per MiB) are measured in the same directory first and printed beside every run.
+
+mod disk;
+mod workloads;
+
+use disk::{Disk, disk_probe};
+use workloads::{
+    aggregate_load, appends, memory, open_existing, read_all, read_stream, reopen,
+    subscribe_latency,
+};
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tidings::{Event, StreamId};
+use tidings_log::LogStore;
+use tidings_postgres::PgStore;
+
+const FIXTURE: &str = include_str!("../../../../fixtures/order-created.json");
+
+/// The standard workloads, in the order `all` runs them.
+const STANDARD: [&str; 8] = [
+    "disk",
+    "append-1",
+    "append-concurrent",
+    "append-batch",
+    "read-all",
+    "read-stream",
+    "subscribe-latency",
+    "aggregate-load",
+];
+
+/// Arguments of `tidings bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Where to run: a directory for the embedded store, or a postgres:// URL.
+    #[arg(long, default_value = "./tidings-bench")]
+    store: String,
+    /// append-1, append-concurrent, append-batch, read-all, read-stream,
+    /// subscribe-latency, aggregate-load, disk; `all` runs these in turn. Also: reopen
+    /// (open time of a cleanly closed store of --events events) and memory (resident
+    /// memory with --events/10 streams of 10 events).
+    #[arg(long, default_value = "all")]
+    workload: String,
+    /// Events to write (or read), per workload; each has its own default.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Concurrent writers.
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Events per append.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Print one JSON object per workload instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Keep each workload's data directory.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One workload's result.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    workload: String,
+    store: String,
+    events: u64,
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+    events_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    durable: bool,
+    disk_fdatasync_us: f64,
+    disk_seq_mb_per_sec: f64,
+    target: String,
+    met: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// Where the workloads run: an embedded store directory, or a PostgreSQL database (each
+/// workload in a fresh schema, dropped afterwards; the disk probe then runs in a scratch
+/// directory of the system's temporary directory, which is the same machine's disk).
+enum Target {
+    Log(PathBuf),
+    Postgres { url: String, scratch: PathBuf },
+}
+
+impl Target {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres {
+                url: s.to_owned(),
+                scratch: std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id())),
+            });
+        }
+        if s.contains("://") {
+            bail!("{s}: use a directory for the embedded store or a postgres:// URL");
+        }
+        Ok(Self::Log(PathBuf::from(s)))
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Log(_) => "log".to_owned(),
+            Self::Postgres { .. } => "pg".to_owned(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        match self {
+            Self::Log(p) => p,
+            Self::Postgres { scratch, .. } => scratch,
+        }
+    }
+
+    fn embedded_only(&self, workload: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Log(_) => Ok(()),
+            Self::Postgres { .. } => bail!("workload {workload} measures the embedded store only"),
+        }
+    }
+
+    fn workdir(&self, workload: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.root().join(format!("bench-{workload}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Runs `$body` (a future using `$store`) on a fresh store of the target's kind.
+macro_rules! on_store {
+    ($rt:expr, $target:expr, $w:expr, |$store:ident| $body:expr) => {
+        match $target {
+            Target::Log(_) => {
+                let $store = LogStore::open($target.workdir($w)?)?;
+                $rt.block_on($body)?
+            }
+            Target::Postgres { url, .. } => {
+                let schema = format!(
+                    "tidings_bench_{}_{}",
+                    $w.replace('-', "_"),
+                    std::process::id()
+                );
+                let $store = $rt.block_on(PgStore::builder(url).schema(schema).connect())?;
+                let result = $rt.block_on($body);
+                $rt.block_on($store.drop_schema())?;
+                result?
+            }
+        }
+    };
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::parse(&args.store)?;
+    std::fs::create_dir_all(target.root())
+        .with_context(|| format!("creating {}", target.root().display()))?;
+    let workloads: Vec<&str> = if args.workload == "all" {
+        STANDARD.to_vec()
+    } else {
+        vec![args.workload.as_str()]
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let template: Event = serde_json::from_str(FIXTURE).context("the bench fixture")?;
+    let frame_bytes = tidings_log::record::frame_len(
+        &StreamId::new("order-b0-000000")?,
+        std::slice::from_ref(&template),
+    ) as f64;
+    let disk = if args.workload == "open-existing" {
+        Disk::default()
+    } else {
+        disk_probe(&target.workdir("disk")?, 400, 128)?
+    };
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(target.root().join("bench-disk"));
+    }
+    let mut rows = Vec::new();
+    for w in workloads {
+        let mut row = match w {
+            "disk" => Row::new(
+                "disk",
+                &target,
+                disk.syncs,
+                1,
+                1,
+                disk.seconds,
+                disk.syncs as f64 / disk.seconds,
+                &[],
+            )
+            .with(|r| {
+                r.p50_us = disk.fdatasync_us;
+                r.p99_us = disk.fdatasync_p99_us;
+                r.note = Some(format!(
+                    "4 KiB overwrite + fdatasync; sequential {:.0} MB/s with an fdatasync per MiB",
+                    disk.seq_mb_per_sec
+                ));
+            }),
+            "append-1" => {
+                let n = args.events.unwrap_or(5_000);
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, 1, 1
+                ))
+            }
+            "append-concurrent" => {
+                let n = args.events.unwrap_or(200_000);
+                let wr = args.writers.unwrap_or(64);
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, wr, 1
+                ))
+            }
+            "append-batch" => {
+                let n = args.events.unwrap_or(2_000_000);
+                let (wr, b) = (args.writers.unwrap_or(8), args.batch.unwrap_or(100));
+                on_store!(rt, &target, w, |store| appends(
+                    &store, &template, w, n, wr, b
+                ))
+            }
+            "read-all" => {
+                let n = args.events.unwrap_or(2_000_000);
+                on_store!(rt, &target, w, |store| read_all(&store, &template, n))
+            }
+            "read-stream" => {
+                let n = args.events.unwrap_or(200_000);
+                let b = args.batch.unwrap_or(100).clamp(1, 1000) as u64;
+                on_store!(rt, &target, w, |store| read_stream(&store, &template, n, b))
+            }
+            "subscribe-latency" => {
+                let n = args.events.unwrap_or(5_000);
+                on_store!(rt, &target, w, |store| subscribe_latency(
+                    &store, &template, n
+                ))
+            }
+            "aggregate-load" => {
+                let (plain, snap) =
+                    on_store!(rt, &target, w, |store| aggregate_load(&store, &template));
+                let mut p = plain;
+                fill(&mut p, &target, &disk, frame_bytes);
+                emit(&p, args.json);
+                rows.push(p);
+                snap
+            }
+            "reopen" => {
+                target.embedded_only(w)?;
+                rt.block_on(reopen(
+                    &target,
+                    &template,
+                    args.events.unwrap_or(10_000_000),
+                ))?
+            }
+            "memory" => {
+                target.embedded_only(w)?;
+                rt.block_on(memory(
+                    &target,
+                    &template,
+                    args.events.unwrap_or(10_000_000),
+                ))?
+            }
+            // Internal: opens the store left in `--store` by `memory`, in a fresh process.
+            "open-existing" => rt.block_on(open_existing(&target))?,
+            other => bail!(
+                "unknown workload {other}; try one of {} or all, reopen, memory",
+                STANDARD.join(", ")
+            ),
+        };
+        fill(&mut row, &target, &disk, frame_bytes);
+        emit(&row, args.json);
+        rows.push(row);
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(target.root().join(format!("bench-{w}")));
+        }
+    }
+    if let Target::Postgres { scratch, .. } = &target {
+        let _ = std::fs::remove_dir_all(scratch);
+    }
+    if !args.json {
+        println!();
+        println!(
+            "disk: fdatasync of a 4 KiB overwrite p50 {:.0} µs (p99 {:.0} µs); sequential write {:.0} MB/s with an fdatasync per MiB; {:.0} bytes per event in the log",
+            disk.fdatasync_us, disk.fdatasync_p99_us, disk.seq_mb_per_sec, frame_bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Row {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        workload: &str,
+        target: &Target,
+        events: u64,
+        writers: usize,
+        batch: usize,
+        seconds: f64,
+        rate: f64,
+        lat: &[u32],
+    ) -> Self {
+        let mut lat = lat.to_vec();
+        lat.sort_unstable();
+        Self {
+            workload: workload.to_owned(),
+            store: target.label(),
+            events,
+            writers,
+            batch,
+            seconds,
+            events_per_sec: rate,
+            p50_us: pct(&lat, 0.50),
+            p99_us: pct(&lat, 0.99),
+            durable: true,
+            disk_fdatasync_us: 0.0,
+            disk_seq_mb_per_sec: 0.0,
+            target: String::new(),
+            met: None,
+            rss_mib: None,
+            note: None,
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+/// Adds the disk figures and the target for the workload.
+fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64) {
+    row.store = target.label();
+    row.disk_fdatasync_us = disk.fdatasync_us;
+    row.disk_seq_mb_per_sec = disk.seq_mb_per_sec;
+    if let Target::Postgres { .. } = target {
+        // The figures to reach are the embedded store's; PostgreSQL is measured for comparison.
+        return;
+    }
+    let (text, met) = match row.workload.as_str() {
+        "append-1" => {
+            let t = 0.8 * 1e6 / disk.fdatasync_us.max(1.0);
+            (
+                format!(">= {t:.0}/s (80% of 1/fdatasync)"),
+                Some(row.events_per_sec >= t),
+            )
+        }
+        "append-concurrent" => (
+            ">= 100000/s at W=64".into(),
+            Some(row.events_per_sec >= 100_000.0),
+        ),
+        "append-batch" => {
+            let bw = 0.6 * disk.seq_mb_per_sec * 1e6 / frame_bytes;
+            let t = bw.min(1_000_000.0);
+            (
+                format!(">= {t:.0}/s (min of 1M, 60% of bandwidth)"),
+                Some(row.events_per_sec >= t),
+            )
+        }
+        "read-all" => (
+            ">= 3000000/s warm".into(),
+            Some(row.events_per_sec >= 3_000_000.0),
+        ),
+        "read-stream" => ("p99 < 1000 µs".into(), Some(row.p99_us < 1000.0)),
+        "subscribe-latency" => ("p99 < 5000 µs".into(), Some(row.p99_us < 5000.0)),
+        "reopen" => ("< 2 s for 10M events".into(), Some(row.seconds < 2.0)),
+        "memory" => ("RSS < 1 GiB for 1M streams x 10".into(), None),
+        _ => (String::new(), None),
+    };
+    row.target = text;
+    if row.met.is_none() {
+        row.met = met;
+    }
+}
+
+fn emit(row: &Row, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(row).unwrap_or_default());
+        return;
+    }
+    static HEADER: std::sync::Once = std::sync::Once::new();
+    HEADER.call_once(|| {
+        println!(
+            "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8} {:>12} {:>9} {:>9} {:>7}  target",
+            "workload",
+            "store",
+            "events",
+            "writers",
+            "batch",
+            "seconds",
+            "events/s",
+            "p50 µs",
+            "p99 µs",
+            "durable"
+        );
+    });
+    let mark = match row.met {
+        Some(true) => "ok  ",
+        Some(false) => "MISS",
+        None => "    ",
+    };
+    println!(
+        "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8.2} {:>12.0} {:>9.0} {:>9.0} {:>7}  {mark} {}{}",
+        row.workload,
+        row.store,
+        row.events,
+        row.writers,
+        row.batch,
+        row.seconds,
+        row.events_per_sec,
+        row.p50_us,
+        row.p99_us,
+        row.durable,
+        row.target,
+        row.note
+            .as_deref()
+            .map(|n| format!(" — {n}"))
+            .unwrap_or_default()
+    );
+}
+
+fn bar(total: u64, label: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(label.to_owned());
+    pb
+}

@@ -1,0 +1,468 @@
+//! The index checkpoint: the derived indexes saved to `index.ckpt`, so reopening a large
+//! store reads one file instead of rescanning the log.
+//!
+//! It is written to `index.ckpt.tmp`, fsynced, renamed over `index.ckpt`, and the
+//! directory fsynced. It only ever describes frames that are already durable, so it stays
+//! a valid prefix of the log however the log grows afterwards. Little-endian:
+//!
+//! ```text
+//! header, 64 bytes
+//! 0   8  magic "TDLOGIX1"
+//! 8   4  format version (1)
+//! 12  4  checksum field of the last covered frame (ties the checkpoint to this log)
+//! 16  8  next_position: events [0, next_position) are indexed
+//! 24  8  end offset: where the covered data ends in the last segment listed
+//! 32  8  body length
+//! 40  4  CRC-32C of the body
+//! 44  16 reserved
+//! 60  4  CRC-32C of header bytes [0, 60)
+//! body
+//!   u64 segment count, then per segment: u64 first_position, u64 data_end
+//!   u64 n, then n × u64 packed locations (position -> segment : offset)
+//!   u64 stream count, then per stream, in name order:
+//!       u16 name length, name, i64 last_written µs, u64 n, n × u64 positions
+//!   u64 id count, then per id, sorted: u64 fingerprint, u64 position
+//!   u64 correlation count, then per id: u32 length, id, u64 n, n × u64 positions
+//! ```
+//!
+//! A checkpoint whose checksums fail, or that does not match the segments found on disk,
+//! is stale: recovery ignores it and rebuilds the indexes from the log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use tidings::{Position, StreamId};
+
+use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, StreamEntry};
+use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
+
+/// The checkpoint's file name.
+pub const FILE_NAME: &str = "index.ckpt";
+const TMP_NAME: &str = "index.ckpt.tmp";
+const MAGIC: &[u8; 8] = b"TDLOGIX1";
+const HEADER_LEN: usize = 64;
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    /// The indexes (segments without open files).
+    pub index: MemoryIndex,
+    /// Where the covered data ends in the last segment.
+    pub end_offset: u64,
+    /// The checksum field of the last covered frame.
+    pub last_crc: u32,
+}
+
+/// Why a checkpoint could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// No checkpoint file.
+    #[error("no index checkpoint")]
+    Missing,
+    /// Reading failed.
+    #[error("reading the index checkpoint: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is damaged or of another format.
+    #[error("the index checkpoint is unusable: {0}")]
+    Bad(&'static str),
+}
+
+/// The checksum field of the frame holding the last indexed event (0 for an empty log).
+pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
+    let Some(last) = index.next_position().checked_sub(1) else {
+        return Ok(0);
+    };
+    let loc = index.loc(last).ok_or(std::io::ErrorKind::NotFound)?;
+    let file = index
+        .segments
+        .get(loc.segment())
+        .and_then(|s| s.file.as_ref())
+        .ok_or(std::io::ErrorKind::NotFound)?;
+    let mut h = [0u8; 8];
+    read_exact_at(&**file, &mut h, loc.offset())?;
+    Ok(le32(&h[4..8]))
+}
+
+/// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
+/// last frame has checksum field `last_crc`.
+pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
+    let ids = index.merged_ids();
+    let mut b = Vec::with_capacity(
+        64 + index.locs.len() * 8 * 3 + ids.len() * 16 + index.streams.len() * 48,
+    );
+    b.resize(HEADER_LEN, 0);
+    put64(&mut b, index.segments.len() as u64);
+    for s in &index.segments {
+        put64(&mut b, s.first_position);
+        put64(&mut b, s.data_end);
+    }
+    put64(&mut b, index.locs.len() as u64);
+    for l in &index.locs {
+        put64(&mut b, l.0);
+    }
+    put64(&mut b, index.streams.len() as u64);
+    for (name, e) in &index.streams {
+        let n = name.as_str().as_bytes();
+        b.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        b.extend_from_slice(n);
+        put64(&mut b, e.last_written as u64);
+        put64(&mut b, e.positions.len() as u64);
+        for &p in &e.positions {
+            put64(&mut b, p);
+        }
+    }
+    put64(&mut b, ids.len() as u64);
+    for (f, p) in ids {
+        put64(&mut b, f);
+        put64(&mut b, p);
+    }
+    put64(&mut b, index.correlations.len() as u64);
+    for (c, ps) in &index.correlations {
+        b.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        b.extend_from_slice(c.as_bytes());
+        put64(&mut b, ps.len() as u64);
+        for &p in ps {
+            put64(&mut b, p);
+        }
+    }
+    let body_len = (b.len() - HEADER_LEN) as u64;
+    let body_crc = crc32c::crc32c(&b[HEADER_LEN..]);
+    b[..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&last_crc.to_le_bytes());
+    b[16..24].copy_from_slice(&(index.locs.len() as u64).to_le_bytes());
+    b[24..32].copy_from_slice(&end_offset.to_le_bytes());
+    b[32..40].copy_from_slice(&body_len.to_le_bytes());
+    b[40..44].copy_from_slice(&body_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn put64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Writes the checkpoint atomically (temp file, fsync, rename, directory fsync).
+pub fn save(storage: &dyn Storage, dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(TMP_NAME);
+    let f = storage.open(&tmp, OpenMode::Truncate)?;
+    f.write_all_at(bytes, 0)?;
+    f.sync_data()?;
+    drop(f);
+    storage.rename(&tmp, &dir.join(FILE_NAME))?;
+    storage.sync_dir(dir)
+}
+
+/// Removes the checkpoint (the next open rebuilds the indexes).
+pub fn remove(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
+    let p = dir.join(FILE_NAME);
+    if storage.exists(&p) {
+        storage.remove(&p)?;
+        storage.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Loads and checks the checkpoint in `dir`.
+pub fn load(storage: &dyn Storage, dir: &Path) -> Result<Checkpoint, CheckpointError> {
+    let path = dir.join(FILE_NAME);
+    if !storage.exists(&path) {
+        return Err(CheckpointError::Missing);
+    }
+    let f = storage.open(&path, OpenMode::Read)?;
+    let len = f.len()?;
+    decode_file(&*f, len)
+}
+
+/// Decodes a checkpoint image.
+pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
+    decode_file(&SliceFile(b), b.len() as u64)
+}
+
+/// Decodes a checkpoint file of `len` bytes, streaming it through a small buffer so that
+/// loading a large index never holds the whole file in memory besides the index.
+fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointError> {
+    let bad = CheckpointError::Bad;
+    if len < HEADER_LEN as u64 {
+        return Err(bad("shorter than its header"));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    read_exact_at(f, &mut h, 0)?;
+    if &h[..8] != MAGIC {
+        return Err(bad("wrong magic"));
+    }
+    if le32(&h[60..64]) != crc32c::crc32c(&h[..60]) {
+        return Err(bad("header checksum mismatch"));
+    }
+    if le32(&h[8..12]) != 1 {
+        return Err(bad("unknown format version"));
+    }
+    let last_crc = le32(&h[12..16]);
+    let next_position = le64(&h[16..24]);
+    let end_offset = le64(&h[24..32]);
+    let body_len = le64(&h[32..40]);
+    if body_len > len - HEADER_LEN as u64 {
+        return Err(bad("body is truncated"));
+    }
+    let mut r = Reader {
+        file: f,
+        next: HEADER_LEN as u64,
+        left: body_len,
+        buf: Vec::new(),
+        at: 0,
+        crc: 0,
+    };
+    let mut index = MemoryIndex::default();
+    let nseg = r.count(16)?;
+    for _ in 0..nseg {
+        let first_position = r.u64()?;
+        let data_end = r.u64()?;
+        index.segments.push(SegmentEntry {
+            first_position,
+            data_end,
+            path: Default::default(),
+            file: None,
+        });
+    }
+    let nlocs = r.count(8)?;
+    if nlocs as u64 != next_position {
+        return Err(bad("location count disagrees with the header"));
+    }
+    index.locs = Vec::with_capacity(nlocs);
+    for _ in 0..nlocs {
+        index.locs.push(Loc(r.u64()?));
+    }
+    let nstreams = r.count(18)?;
+    let mut streams = Vec::with_capacity(nstreams);
+    for _ in 0..nstreams {
+        let n = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(n)?).map_err(|_| bad("stream name is not UTF-8"))?;
+        let name = StreamId::parse_any(name).map_err(|_| bad("invalid stream name"))?;
+        let last_written = r.u64()? as i64;
+        let count = r.count(8)?;
+        let mut positions: Vec<Position> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let p = r.u64()?;
+            if p >= next_position {
+                return Err(bad("a stream position is beyond the covered log"));
+            }
+            positions.push(p);
+        }
+        streams.push((
+            name,
+            StreamEntry {
+                positions,
+                last_written,
+            },
+        ));
+    }
+    if streams.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(bad("streams are not in name order"));
+    }
+    index.streams = BTreeMap::from_iter(streams);
+    let nids = r.count(16)?;
+    index.ids_base = Vec::with_capacity(nids);
+    for _ in 0..nids {
+        let f = r.u64()?;
+        let p = r.u64()?;
+        index.ids_base.push((f, p));
+    }
+    if index.ids_base.windows(2).any(|w| w[0] > w[1]) {
+        return Err(bad("ids are not sorted"));
+    }
+    let ncorr = r.count(12)?;
+    let mut correlations = HashMap::with_capacity(ncorr);
+    for _ in 0..ncorr {
+        let n = r.u32()? as usize;
+        let c = std::str::from_utf8(r.take(n)?).map_err(|_| bad("correlation is not UTF-8"))?;
+        let c: Box<str> = Box::from(c);
+        let count = r.count(8)?;
+        let mut positions: Vec<Position> = Vec::with_capacity(count);
+        for _ in 0..count {
+            positions.push(r.u64()?);
+        }
+        correlations.insert(c, positions);
+    }
+    index.correlations = correlations;
+    if r.remaining() != 0 {
+        return Err(bad("bytes left after the body"));
+    }
+    if r.crc != le32(&h[40..44]) {
+        return Err(bad("body checksum mismatch"));
+    }
+    Ok(Checkpoint {
+        index,
+        end_offset,
+        last_crc,
+    })
+}
+
+/// A byte slice as a read-only file.
+struct SliceFile<'a>(&'a [u8]);
+
+impl StorageFile for SliceFile<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let Some(rest) = usize::try_from(offset).ok().and_then(|o| self.0.get(o..)) else {
+            return Ok(0);
+        };
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+    fn allocate(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+}
+
+fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+const READ_CHUNK: usize = 4 << 20;
+
+/// Reads the body sequentially through a buffer, checksumming what it loads.
+struct Reader<'a> {
+    file: &'a dyn StorageFile,
+    /// File offset of the next byte to load.
+    next: u64,
+    /// Body bytes not loaded yet.
+    left: u64,
+    buf: Vec<u8>,
+    at: usize,
+    crc: u32,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> u64 {
+        self.left + (self.buf.len() - self.at) as u64
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+        if self.buf.len() - self.at < n {
+            if n as u64 > self.remaining() {
+                return Err(CheckpointError::Bad("a field runs past the body"));
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let want = (n - self.buf.len()).max(READ_CHUNK).min(self.left as usize);
+            let have = self.buf.len();
+            self.buf.resize(have + want, 0);
+            read_exact_at(self.file, &mut self.buf[have..], self.next)?;
+            self.crc = crc32c::crc32c_append(self.crc, &self.buf[have..]);
+            self.next += want as u64;
+            self.left -= want as u64;
+        }
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, CheckpointError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, CheckpointError> {
+        Ok(le32(self.take(4)?))
+    }
+    fn u64(&mut self) -> Result<u64, CheckpointError> {
+        Ok(le64(self.take(8)?))
+    }
+    /// A count of items of at least `min_item` bytes each, bounded by what is left.
+    fn count(&mut self, min_item: usize) -> Result<usize, CheckpointError> {
+        let n = self.u64()?;
+        if n > self.remaining() / min_item as u64 {
+            return Err(CheckpointError::Bad("a count exceeds the body"));
+        }
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexedEvent;
+    use uuid::Uuid;
+
+    #[test]
+    fn round_trips_and_refuses_damage() {
+        let mut ix = MemoryIndex::default();
+        ix.segments.push(SegmentEntry {
+            first_position: 0,
+            data_end: 500,
+            path: Default::default(),
+            file: None,
+        });
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        ix.add_frame(
+            &StreamId::new("s").unwrap(),
+            0,
+            9,
+            Loc::new(0, 64),
+            &mut ids.iter().map(|&id| IndexedEvent {
+                id,
+                correlation: Some("c"),
+            }),
+        );
+        let bytes = encode(&ix, 500, 77);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.end_offset, 500);
+        assert_eq!(back.index.locs, ix.locs);
+        assert_eq!(back.index.stream_version("s"), Some(4));
+        assert_eq!(back.index.id_candidate(&ids[3]), Some(3));
+        assert_eq!(back.index.correlation_positions("c").unwrap().len(), 5);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(decode(&b).is_err(), "damage at byte {i} went unnoticed");
+        }
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn arbitrary_and_mutated_images_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                1..6,
+            ),
+        ) {
+            let _ = decode(&bytes);
+            let mut ix = MemoryIndex::default();
+            ix.segments.push(SegmentEntry { first_position: 0, data_end: 64, path: Default::default(), file: None });
+            ix.add_frame(
+                &StreamId::new("s").unwrap_or_else(|e| panic!("{e}")),
+                0,
+                0,
+                Loc::new(0, 64),
+                &mut std::iter::once(IndexedEvent { id: Uuid::nil(), correlation: Some("c") }),
+            );
+            let mut image = encode(&ix, 64, 1);
+            for (at, v) in edits {
+                let i = at.index(image.len());
+                image[i] = v;
+            }
+            let _ = decode(&image);
+        }
+    }
+}

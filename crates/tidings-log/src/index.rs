@@ -1,0 +1,415 @@
+//! Derived indexes: where each position lives, each stream's positions, event ids and
+//! correlation ids. Everything here can be rebuilt from the segments.
+//!
+//! The in-memory shapes (persisted by [`crate::checkpoint`]):
+//!
+//! ```text
+//! locs         Vec<u64>    position -> packed location, [ segment ordinal : 24 | frame offset : 40 ]
+//! streams      BTreeMap    stream name -> { positions: Vec<u64> (index = revision), last_written µs }
+//! ids          sorted Vec<(fingerprint u64, position u64)> loaded from the checkpoint
+//!              + HashMap<fingerprint, position> for ids added since
+//! correlations HashMap     correlation id -> Vec<u64> positions, ascending
+//! segments     Vec         ordinal -> { first_position, data_end, open file }
+//! ```
+//!
+//! Event ids are indexed by a 64-bit fingerprint; a hit is only a candidate, confirmed by
+//! reading the event (see `LogStore`'s id lookup), so a fingerprint collision can never
+//! answer a wrong id. See `docs/decisions/0003-log-index.md` for why this is an in-memory
+//! index with a checkpoint rather than an embedded key-value store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tidings::{ListStreams, Position, Revision, StreamId};
+use uuid::Uuid;
+
+use crate::storage::StorageFile;
+
+/// A frame's location: segment ordinal and byte offset, packed in 64 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc(pub u64);
+
+const OFFSET_BITS: u32 = 40;
+
+impl Loc {
+    /// The frame at `offset` of segment number `segment`.
+    pub fn new(segment: usize, offset: u64) -> Self {
+        debug_assert!(offset < 1 << OFFSET_BITS && segment < 1 << 24);
+        Self(((segment as u64) << OFFSET_BITS) | offset)
+    }
+
+    /// The segment's ordinal.
+    pub fn segment(self) -> usize {
+        (self.0 >> OFFSET_BITS) as usize
+    }
+
+    /// The byte offset in the segment.
+    pub fn offset(self) -> u64 {
+        self.0 & ((1 << OFFSET_BITS) - 1)
+    }
+}
+
+/// The 64-bit fingerprint under which an event id is indexed.
+pub fn fingerprint(id: &Uuid) -> u64 {
+    let (hi, lo) = id.as_u64_pair();
+    let mut z = hi ^ lo.rotate_left(29);
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    z ^ (z >> 33)
+}
+
+/// Fingerprints are already mixed: hash them as they are.
+#[derive(Default)]
+pub struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
+
+/// Finds `fp` in fingerprints sorted ascending. Fingerprints are uniformly spread, so
+/// the search starts where `fp` should be and gallops outward: a couple of cache misses
+/// instead of a binary search's twenty.
+fn find_sorted(base: &[(u64, Position)], fp: u64) -> Option<Position> {
+    let n = base.len();
+    if n == 0 {
+        return None;
+    }
+    let guess = ((u128::from(fp) * n as u128) >> 64) as usize;
+    let (mut lo, mut hi) = (guess, guess + 1);
+    let mut step = 1;
+    while lo > 0 && base[lo].0 > fp {
+        hi = lo;
+        lo = lo.saturating_sub(step);
+        step *= 2;
+    }
+    step = 1;
+    while hi < n && base[hi - 1].0 < fp {
+        lo = hi - 1;
+        hi = (hi + step).min(n);
+        step *= 2;
+    }
+    let window = &base[lo..hi.min(n)];
+    window
+        .binary_search_by_key(&fp, |&(f, _)| f)
+        .ok()
+        .map(|i| window[i].1)
+}
+
+fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
+    let positions = first..first + n;
+    match map.get_mut(key) {
+        Some(v) => v.extend(positions),
+        None => {
+            map.insert(key.into(), positions.collect());
+        }
+    }
+}
+
+/// A stream's entry.
+#[derive(Debug, Clone, Default)]
+pub struct StreamEntry {
+    /// Position of each revision.
+    pub positions: Vec<Position>,
+    /// When its last event was recorded (µs).
+    pub last_written: i64,
+}
+
+/// A segment as the index knows it.
+#[derive(Clone)]
+pub struct SegmentEntry {
+    /// Its first position.
+    pub first_position: Position,
+    /// Where its data ends (committed data, or the footer once sealed).
+    pub data_end: u64,
+    /// Its path (for error messages).
+    pub path: PathBuf,
+    /// The open file, for reads.
+    pub file: Option<Arc<dyn StorageFile>>,
+}
+
+/// One event of a frame being indexed.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexedEvent<'a> {
+    /// Its id.
+    pub id: Uuid,
+    /// Its correlation id.
+    pub correlation: Option<&'a str>,
+}
+
+/// What every index implementation offers the store. One implementation today
+/// ([`MemoryIndex`]); the trait keeps the store independent of it so an embedded
+/// key-value store could replace it (see the decision record).
+pub trait EventIndex: Send + Sync {
+    /// Records a committed frame of `count` events starting at `first_position`.
+    fn add_frame(
+        &mut self,
+        stream: &StreamId,
+        first_position: Position,
+        recorded_at: i64,
+        loc: Loc,
+        events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
+    );
+    /// The position after the last indexed event.
+    fn next_position(&self) -> Position;
+    /// Where the frame holding `position` starts.
+    fn loc(&self, position: Position) -> Option<Loc>;
+    /// A stream's version.
+    fn stream_version(&self, stream: &str) -> Option<Revision>;
+    /// A stream's positions, indexed by revision.
+    fn stream_positions(&self, stream: &str) -> Option<&[Position]>;
+    /// The position an id may have been recorded at (a candidate to confirm).
+    fn id_candidate(&self, id: &Uuid) -> Option<Position>;
+    /// Positions of a correlation id, ascending.
+    fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]>;
+    /// Streams in name order: (stream, last revision, last position, last written µs).
+    fn list_streams(&self, options: &ListStreams) -> Vec<(StreamId, Revision, Position, i64)>;
+}
+
+/// The in-memory index.
+#[derive(Default)]
+pub struct MemoryIndex {
+    /// Segments by ordinal.
+    pub segments: Vec<SegmentEntry>,
+    pub(crate) locs: Vec<Loc>,
+    pub(crate) streams: BTreeMap<StreamId, StreamEntry>,
+    pub(crate) ids_base: Vec<(u64, Position)>,
+    pub(crate) ids_recent: FpMap,
+    pub(crate) correlations: HashMap<Box<str>, Vec<Position>>,
+}
+
+impl MemoryIndex {
+    /// Merges recent ids into the sorted base (done when checkpointing).
+    pub fn merged_ids(&self) -> Vec<(u64, Position)> {
+        let mut recent: Vec<(u64, Position)> =
+            self.ids_recent.iter().map(|(&f, &p)| (f, p)).collect();
+        recent.sort_unstable();
+        let mut out = Vec::with_capacity(self.ids_base.len() + recent.len());
+        let (mut a, mut b) = (self.ids_base.iter().peekable(), recent.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => {
+                    if x <= y {
+                        out.push(**x);
+                        a.next();
+                    } else {
+                        out.push(**y);
+                        b.next();
+                    }
+                }
+                (Some(x), None) => {
+                    out.push(**x);
+                    a.next();
+                }
+                (None, Some(y)) => {
+                    out.push(**y);
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        out
+    }
+
+    /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
+    #[doc(hidden)]
+    pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
+        self.ids_base = ids;
+        self.ids_recent.clear();
+    }
+
+    /// How many streams are indexed.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+impl EventIndex for MemoryIndex {
+    fn add_frame(
+        &mut self,
+        stream: &StreamId,
+        first_position: Position,
+        recorded_at: i64,
+        loc: Loc,
+        events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
+    ) {
+        debug_assert_eq!(
+            first_position,
+            self.locs.len() as u64,
+            "frames arrive in order"
+        );
+        let entry = match self.streams.get_mut(stream.as_str()) {
+            Some(e) => e,
+            None => self.streams.entry(stream.clone()).or_default(),
+        };
+        entry.last_written = recorded_at;
+        // Consecutive events usually share a correlation id: look it up once per run.
+        let mut run: Option<(&str, Position, u64)> = None;
+        for (position, e) in (first_position..).zip(events) {
+            entry.positions.push(position);
+            self.locs.push(loc);
+            self.ids_recent.insert(fingerprint(&e.id), position);
+            match (e.correlation, &mut run) {
+                (Some(c), Some((k, _, n))) if *k == c => *n += 1,
+                (Some(c), _) => {
+                    if let Some(r) = run.take() {
+                        add_run(&mut self.correlations, r);
+                    }
+                    run = Some((c, position, 1));
+                }
+                (None, _) => {
+                    if let Some(r) = run.take() {
+                        add_run(&mut self.correlations, r);
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            add_run(&mut self.correlations, r);
+        }
+    }
+
+    fn next_position(&self) -> Position {
+        self.locs.len() as u64
+    }
+
+    fn loc(&self, position: Position) -> Option<Loc> {
+        self.locs.get(usize::try_from(position).ok()?).copied()
+    }
+
+    fn stream_version(&self, stream: &str) -> Option<Revision> {
+        self.streams
+            .get(stream)
+            .and_then(|e| e.positions.len().checked_sub(1))
+            .map(|r| r as Revision)
+    }
+
+    fn stream_positions(&self, stream: &str) -> Option<&[Position]> {
+        self.streams.get(stream).map(|e| e.positions.as_slice())
+    }
+
+    fn id_candidate(&self, id: &Uuid) -> Option<Position> {
+        let fp = fingerprint(id);
+        if let Some(&p) = self.ids_recent.get(&fp) {
+            return Some(p);
+        }
+        find_sorted(&self.ids_base, fp)
+    }
+
+    fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]> {
+        self.correlations.get(correlation_id).map(Vec::as_slice)
+    }
+
+    fn list_streams(&self, options: &ListStreams) -> Vec<(StreamId, Revision, Position, i64)> {
+        let prefix = options.prefix.as_deref().unwrap_or("");
+        let lower = match (options.after.as_deref(), prefix) {
+            (Some(a), p) if a >= p => Bound::Excluded(a),
+            (_, p) => Bound::Included(p),
+        };
+        self.streams
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take_while(|(s, _)| s.as_str().starts_with(prefix))
+            .filter_map(|(s, e)| {
+                let last = *e.positions.last()?;
+                Some((
+                    s.clone(),
+                    e.positions.len() as u64 - 1,
+                    last,
+                    e.last_written,
+                ))
+            })
+            .take(options.limit)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(ix: &mut MemoryIndex, stream: &str, n: usize, corr: Option<&str>) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let s = StreamId::new(stream).unwrap();
+        let first = ix.next_position();
+        ix.add_frame(
+            &s,
+            first,
+            1,
+            Loc::new(0, 64),
+            &mut ids.iter().map(|&id| IndexedEvent {
+                id,
+                correlation: corr,
+            }),
+        );
+        ids
+    }
+
+    #[test]
+    fn streams_ids_and_correlations() {
+        let mut ix = MemoryIndex::default();
+        let a = add(&mut ix, "a-1", 3, Some("c"));
+        add(&mut ix, "b-1", 1, None);
+        add(&mut ix, "a-2", 2, Some("c"));
+        assert_eq!(ix.stream_version("a-1"), Some(2));
+        assert_eq!(ix.stream_version("zzz"), None);
+        assert_eq!(ix.id_candidate(&a[1]), Some(1));
+        assert_eq!(ix.correlation_positions("c"), Some(&[0, 1, 2, 4, 5][..]));
+        let base = ix.merged_ids();
+        assert!(base.windows(2).all(|w| w[0] <= w[1]));
+        ix.ids_base = base;
+        ix.ids_recent.clear();
+        assert_eq!(ix.id_candidate(&a[2]), Some(2));
+        let names = |o: ListStreams| -> Vec<String> {
+            ix.list_streams(&o)
+                .into_iter()
+                .map(|t| t.0.to_string())
+                .collect()
+        };
+        let all = ListStreams {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(names(all.clone()), ["a-1", "a-2", "b-1"]);
+        let pa = ListStreams {
+            prefix: Some("a-".into()),
+            after: Some("a-1".into()),
+            limit: 10,
+        };
+        assert_eq!(names(pa), ["a-2"]);
+    }
+
+    #[test]
+    fn sorted_fingerprints_are_found() {
+        let mut base: Vec<(u64, Position)> = (0..5000u64)
+            .map(|i| (fingerprint(&Uuid::from_u64_pair(i, i * 7)), i))
+            .collect();
+        base.sort_unstable();
+        for &(f, p) in &base {
+            assert_eq!(find_sorted(&base, f), Some(p));
+        }
+        assert_eq!(find_sorted(&base, 12345), None);
+        assert_eq!(find_sorted(&base, u64::MAX), None);
+        assert_eq!(find_sorted(&[], 1), None);
+        assert_eq!(find_sorted(&[(5, 1)], 5), Some(1));
+    }
+
+    #[test]
+    fn loc_packs() {
+        let l = Loc::new(3, 123_456_789);
+        assert_eq!((l.segment(), l.offset()), (3, 123_456_789));
+    }
+}

@@ -1,0 +1,60 @@
+//! # tidings-log
+//!
+//! The embedded durable event store of Tidings: a segmented, checksummed log with group
+//! commit, crash recovery and derived indexes, implementing the `tidings` store contract.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tidings::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = tidings_log::LogStore::open(dir.path()).unwrap();
+//! let event = Enricher::new("svc").enrich(NewEvent::new("OrderCreated", serde_json::json!({}))).unwrap();
+//! store.append(&StreamId::new("order-1").unwrap(), ExpectedVersion::NoStream, vec![event]).await.unwrap();
+//! # });
+//! ```
+//!
+//! How it is built, one module per on-disk concept:
+//!
+//! - [`record`]: one CRC-32C frame per append (all-or-nothing multi-event appends);
+//! - [`segment`]: preallocated segment files named by first position, header and footer;
+//! - `writer`: one thread, a bounded channel, group commit (one write + one `fdatasync`
+//!   per group), fail-closed on I/O errors;
+//! - [`index`] and [`checkpoint`]: stream, id and correlation indexes kept in memory off
+//!   the acknowledgement path and checkpointed so reopening does not rescan the log;
+//! - `recovery`: torn tails are truncated and reported, damage elsewhere fails the open
+//!   with file and byte offset (or is skipped by read-only salvage);
+//! - [`storage`]: the file-system layer, a trait so tests can simulate power loss.
+//!
+//! What happens to damaged files:
+//!
+//! | found on open                              | result                                               |
+//! |--------------------------------------------|------------------------------------------------------|
+//! | torn write at the end of the last segment  | truncated, synced, reported ([`RecoveryReport::torn_tail`]) |
+//! | bad frame elsewhere, or a cut segment      | [`LogError::Corrupt`] with file and byte offset       |
+//! | the same, with [`LogStoreBuilder::salvage`] | read-only store with every event before the damage   |
+//! | missing, stale or foreign index checkpoint | indexes rebuilt from the log, reported, saved         |
+//! | write or fsync error while running         | the store stops: appends fail with `StoreError::Stopped` |
+//!
+//! Damage inside the part of the log the checkpoint covers is not rescanned on open;
+//! reading it returns `StoreError::Corrupt`, and [`verify`] finds it.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+mod error;
+#[cfg(test)]
+mod fault_tests;
+pub mod index;
+mod reader;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod storage;
+mod store;
+mod verify;
+mod writer;
+
+pub use error::LogError;
+pub use recovery::{Damage, IndexSource, RecoveryReport, TornTail};
+pub use store::{DEFAULT_SEGMENT_SIZE, Durability, LogStore, LogStoreBuilder};
+pub use verify::{IndexCheck, VerifyReport, verify};

@@ -1,0 +1,561 @@
+//! [`LogStore`]: the store contract on top of the log, and [`LogStoreBuilder`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+
+use futures::Stream;
+use tidings::event::timestamp_from_micros;
+use tidings::store::subscription;
+use tidings::store::validate_append;
+use tidings::{
+    AppendResult, Clock, Direction, Event, EventAppender, EventReader, EventSubscriber,
+    ExpectedVersion, Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent,
+    Revision, Start, StoreError, StreamId, StreamInfo, SystemClock,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use crate::error::LogError;
+use crate::index::{EventIndex, MemoryIndex};
+use crate::reader;
+use crate::recovery::{self, RecoverOptions, RecoveryReport};
+use crate::storage::{OsStorage, Storage};
+use crate::writer::{Request, Writer, WriterConfig};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After `fdatasync` of its commit group: survives a crash or power loss.
+    #[default]
+    Fsync,
+    /// As soon as the write reached the operating system, without any fsync. A crash of
+    /// the machine loses acknowledged appends. **For tests only.**
+    NoFsyncTestsOnly,
+}
+
+/// Options for opening a [`LogStore`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), tidings_log::LogError> {
+/// let store = tidings_log::LogStore::builder("./data")
+///     .segment_size(64 << 20)
+///     .limits(tidings::Limits { max_event_bytes: 1 << 20, max_append_bytes: 16 << 20 })
+///     .open()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LogStoreBuilder {
+    dir: PathBuf,
+    segment_size: u64,
+    limits: Limits,
+    durability: Durability,
+    salvage: bool,
+    channel_capacity: usize,
+    max_group_bytes: usize,
+    checkpoint_every: u64,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LogStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStoreBuilder")
+            .field("dir", &self.dir)
+            .field("segment_size", &self.segment_size)
+            .field("limits", &self.limits)
+            .field("durability", &self.durability)
+            .field("salvage", &self.salvage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default segment size: 256 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+
+impl LogStoreBuilder {
+    fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            limits: Limits::default(),
+            durability: Durability::Fsync,
+            salvage: false,
+            channel_capacity: 4096,
+            max_group_bytes: 32 << 20,
+            checkpoint_every: 1_000_000,
+            storage: Arc::new(OsStorage),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Size each segment file is preallocated to (default 256 MiB, at least 4 KiB).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Largest event and largest append (default 1 MiB and 16 MiB).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// When appends are acknowledged (default: after fsync).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Opens a damaged log read-only, with the events before the first damage, instead
+    /// of failing. Appends then fail with `StoreError::Stopped`.
+    pub fn salvage(mut self, salvage: bool) -> Self {
+        self.salvage = salvage;
+        self
+    }
+
+    /// Appends that may wait for the writer before senders are held back (default 4096).
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.channel_capacity = n.max(1);
+        self
+    }
+
+    /// Bytes of events one commit group takes at most (default 32 MiB).
+    pub fn max_group_bytes(mut self, bytes: usize) -> Self {
+        self.max_group_bytes = bytes.max(1);
+        self
+    }
+
+    /// Checkpoints the indexes in the background once this many events (and a quarter
+    /// of the log) were written since the last checkpoint, bounding what recovery after
+    /// a crash has to rescan (default 1,000,000).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.checkpoint_every = events.max(1);
+        self
+    }
+
+    /// Uses another clock for `recorded_at`.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Opens (or creates) the store, recovering from a crash if needed.
+    pub fn open(self) -> Result<LogStore, LogError> {
+        if self.segment_size < 4096 || self.segment_size >= 1 << 40 {
+            return Err(LogError::InvalidOption(format!(
+                "segment size {} is outside 4 KiB..1 TiB",
+                self.segment_size
+            )));
+        }
+        if self.limits.max_append_bytes > 1 << 29 || self.limits.max_event_bytes == 0 {
+            return Err(LogError::InvalidOption(format!(
+                "limits {:?}: an append may be at most 512 MiB",
+                self.limits
+            )));
+        }
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        storage
+            .create_dir_all(&dir)
+            .map_err(LogError::io("creating", &dir))?;
+        let lock = storage.lock(&dir).map_err(LogError::io("locking", &dir))?;
+        let durable = self.durability == Durability::Fsync;
+        let rec = recovery::recover(
+            &*storage,
+            &dir,
+            &RecoverOptions {
+                segment_size: self.segment_size,
+                salvage: self.salvage,
+                durable,
+                now_micros: self.clock.now().as_microsecond(),
+                force_rebuild: false,
+            },
+        )?;
+        if rec.report.frames_scanned > 0
+            && let Some((_, offset)) = rec.active
+        {
+            // The scan's work is saved at once, so the next open does not repeat it.
+            let crc = crate::checkpoint::last_frame_crc(&rec.index)
+                .map_err(LogError::io("reading the last frame in", &dir))?;
+            let bytes = crate::checkpoint::encode(&rec.index, offset, crc);
+            crate::checkpoint::save(&*storage, &dir, &bytes)
+                .map_err(LogError::io("writing the index checkpoint in", &dir))?;
+        }
+        let head = rec.index.next_position().checked_sub(1);
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            storage,
+            index: RwLock::new(rec.index),
+            head: watch::channel(head).0,
+            stopped: Mutex::new(None),
+            limits: self.limits,
+            report: rec.report,
+            _lock: lock,
+        });
+        let Some((ordinal, offset)) = rec.active else {
+            return Ok(LogStore {
+                inner: Arc::new(Inner {
+                    shared,
+                    tx: None,
+                    writer: Mutex::new(None),
+                }),
+            });
+        };
+        let (tx, rx) = mpsc::channel(self.channel_capacity);
+        let writer = Writer::new(
+            shared.clone(),
+            rx,
+            WriterConfig {
+                segment_size: self.segment_size,
+                durable,
+                max_group_bytes: self.max_group_bytes,
+                checkpoint_every: self.checkpoint_every,
+                clock: self.clock.clone(),
+            },
+            ordinal,
+            offset,
+        )?;
+        let handle = std::thread::Builder::new()
+            .name("tidings-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(LogError::io("starting the writer thread for", &dir))?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+}
+
+/// State shared by the handles, the writer and the readers.
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub index: RwLock<MemoryIndex>,
+    pub head: watch::Sender<Option<Position>>,
+    pub stopped: Mutex<Option<String>>,
+    pub limits: Limits,
+    pub report: RecoveryReport,
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl Shared {
+    pub(crate) fn read_index(&self) -> RwLockReadGuard<'_, MemoryIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write_index(&self) -> RwLockWriteGuard<'_, MemoryIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stopped_reason(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn stop(&self, why: &str) {
+        tracing::error!(dir = %self.dir.display(), reason = why, "the store stopped after an I/O failure; reopen it to recover");
+        let mut s = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(why.to_owned());
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish its queue and write a checkpoint;
+        // waiting for it here means a process that drops its store then exits still
+        // leaves a fast-to-open directory.
+        self.tx.take();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The embedded durable event store. Clones are cheap handles to one store.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream, StreamId};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = tidings_log::LogStore::open(dir.path()).unwrap();
+/// let order = StreamId::new("order-123").unwrap();
+/// let created = Enricher::new("order-service")
+///     .enrich(NewEvent::new("OrderCreated", serde_json::json!({"orderId": "order-123"})))
+///     .unwrap();
+/// store.append(&order, ExpectedVersion::NoStream, vec![created]).await.unwrap();
+/// assert_eq!(store.read_stream(&order, ReadStream::forward()).await.unwrap().len(), 1);
+/// store.close().await.unwrap();
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.inner.shared.dir)
+            .field("events", &self.inner.shared.read_index().next_position())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) a store in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, LogError> {
+        Self::builder(dir.as_ref()).open()
+    }
+
+    /// Options for opening a store in `dir`.
+    pub fn builder(dir: impl Into<PathBuf>) -> LogStoreBuilder {
+        LogStoreBuilder::new(dir)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.dir
+    }
+
+    /// What opening the store found (torn tail, index rebuild, salvage damage).
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.shared.report
+    }
+
+    /// Why the store stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.inner.shared.stopped_reason()
+    }
+
+    /// The limits appends are held to.
+    pub fn limits(&self) -> Limits {
+        self.inner.shared.limits
+    }
+
+    /// Number of streams.
+    pub fn stream_count(&self) -> usize {
+        self.inner.shared.read_index().stream_count()
+    }
+
+    /// Finishes queued appends, writes the index checkpoint and stops the writer. Later
+    /// appends fail with `StoreError::Closed`; reads keep working.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let Some(tx) = &self.inner.tx else {
+            return Ok(());
+        };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Request::Close(reply)).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    /// Writes the index checkpoint now (the writer also writes one when it closes).
+    pub async fn checkpoint(&self) -> Result<(), LogError> {
+        let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request::Checkpoint(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    fn closed_error(&self) -> StoreError {
+        match self.inner.shared.stopped_reason() {
+            Some(m) => StoreError::Stopped(m),
+            None => StoreError::Closed,
+        }
+    }
+
+    async fn append_inner(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult, StoreError> {
+        if let Some(m) = self.inner.shared.stopped_reason() {
+            return Err(StoreError::Stopped(m));
+        }
+        let size = validate_append(stream, &events, &self.inner.shared.limits)?;
+        let tx = self.inner.tx.as_ref().ok_or_else(|| {
+            StoreError::Stopped("the store was opened read-only for salvage".to_owned())
+        })?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request::Append {
+            stream: stream.clone(),
+            expected,
+            events,
+            size,
+            reply,
+        })
+        .await
+        .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    fn positions_plan(
+        &self,
+        select: impl FnOnce(&MemoryIndex) -> Vec<Position>,
+    ) -> reader::PositionsPlan {
+        let ix = self.inner.shared.read_index();
+        let positions = select(&ix);
+        reader::plan_positions(&ix, positions.into_iter())
+    }
+}
+
+impl EventAppender for LogStore {
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
+        let span = tracing::debug_span!("append", %stream, %expected, events = events.len());
+        self.append_inner(stream, expected, events).instrument(span)
+    }
+}
+
+fn stream_slice(positions: &[Position], options: &ReadStream) -> Vec<Position> {
+    let n = positions.len() as u64;
+    match options.direction {
+        Direction::Forward => {
+            let from = options.from.unwrap_or(0).min(n) as usize;
+            positions[from..]
+                .iter()
+                .take(options.limit)
+                .copied()
+                .collect()
+        }
+        Direction::Backward => {
+            let Some(last) = n.checked_sub(1) else {
+                return Vec::new();
+            };
+            let from = options.from.unwrap_or(last).min(last) as usize;
+            positions[..=from]
+                .iter()
+                .rev()
+                .take(options.limit)
+                .copied()
+                .collect()
+        }
+    }
+}
+
+impl EventReader for LogStore {
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let plan = self.positions_plan(|ix| {
+            ix.stream_positions(stream.as_str())
+                .map(|p| stream_slice(p, &options))
+                .unwrap_or_default()
+        });
+        reader::read_positions(&plan)
+    }
+
+    async fn read_all(&self, options: ReadAll) -> Result<Vec<RecordedEvent>, StoreError> {
+        if options.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let plan = {
+            let ix = self.inner.shared.read_index();
+            reader::plan_scan(&ix, options.from)
+        };
+        match plan {
+            Some(plan) => reader::scan(&plan, options.from, options.limit, &options.filter),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn read_correlation(
+        &self,
+        correlation_id: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let plan = self.positions_plan(|ix| {
+            ix.correlation_positions(correlation_id)
+                .map(|ps| {
+                    let start = ps.partition_point(|&p| p < from);
+                    ps[start..].iter().take(limit).copied().collect()
+                })
+                .unwrap_or_default()
+        });
+        reader::read_positions(&plan)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<Revision>, StoreError> {
+        Ok(self
+            .inner
+            .shared
+            .read_index()
+            .stream_version(stream.as_str()))
+    }
+
+    async fn list_streams(&self, options: ListStreams) -> Result<Vec<StreamInfo>, StoreError> {
+        let rows = self.inner.shared.read_index().list_streams(&options);
+        Ok(rows
+            .into_iter()
+            .map(|(stream, last_revision, last_position, at)| StreamInfo {
+                stream,
+                last_revision,
+                last_position,
+                last_written: timestamp_from_micros(at),
+            })
+            .collect())
+    }
+
+    async fn head(&self) -> Result<Option<Position>, StoreError> {
+        Ok(*self.inner.shared.head.borrow())
+    }
+}
+
+impl EventSubscriber for LogStore {
+    fn subscribe_all(
+        &self,
+        start: Start,
+        filter: Filter,
+    ) -> impl Stream<Item = tidings::store::EventStreamItem> + Send + 'static {
+        subscription::subscribe_all(
+            self.clone(),
+            self.inner.shared.head.subscribe(),
+            start,
+            filter,
+        )
+    }
+
+    fn subscribe_stream(
+        &self,
+        stream: &StreamId,
+        start: Start,
+    ) -> impl Stream<Item = tidings::store::EventStreamItem> + Send + 'static {
+        subscription::subscribe_stream(
+            self.clone(),
+            self.inner.shared.head.subscribe(),
+            stream.clone(),
+            start,
+        )
+    }
+}

@@ -1,0 +1,539 @@
+//! The writer thread: the only code that writes the log.
+//!
+//! It owns the active segment. Appends arrive on a bounded channel; each turn of its loop
+//! takes every request already waiting (up to a byte budget) as one **commit group**:
+//!
+//! ```text
+//! requests ─► [ check expected versions and ids against heads + this group's pending ]
+//!          ─► [ assign revisions and positions, encode one frame per append into one buffer ]
+//!          ─► one write at the segment's end ─► one fdatasync
+//!          ─► publish to the index, move the committed head (wakes subscribers) ─► acknowledge
+//! ```
+//!
+//! Requests that arrive while it syncs wait in the channel and form the next group, so
+//! groups grow with load and no timer is involved. Frames of a group share `group_first`
+//! (see [`crate::record`]). A write or sync error stops the store for good: nothing in
+//! the group is acknowledged, and every later append fails with `StoreError::Stopped`
+//! — the failed operation is never retried, because after a failed fsync the kernel may
+//! have dropped the dirty pages and a retry could falsely report success.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tidings::event::timestamp_to_micros;
+use tidings::store::{IdLocation, check_idempotent};
+use tidings::{
+    AppendResult, Clock, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::checkpoint;
+use crate::error::LogError;
+use crate::index::{
+    EventIndex, FingerprintHasher, IndexedEvent, Loc, MemoryIndex, SegmentEntry, fingerprint,
+};
+use crate::reader;
+use crate::record::{self, FrameSpec};
+use crate::segment::{self, FOOTER_LEN, HEADER_LEN};
+use crate::storage::StorageFile;
+use crate::store::Shared;
+
+type FpMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<FingerprintHasher>>;
+
+/// A reply channel for an append.
+pub(crate) type AppendReply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+/// What the writer is asked to do.
+pub(crate) enum Request {
+    Append {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+        size: usize,
+        reply: AppendReply,
+    },
+    Checkpoint(oneshot::Sender<Result<(), LogError>>),
+    Close(oneshot::Sender<Result<(), LogError>>),
+}
+
+pub(crate) struct WriterConfig {
+    pub segment_size: u64,
+    pub durable: bool,
+    pub max_group_bytes: usize,
+    pub checkpoint_every: u64,
+    pub clock: Arc<dyn Clock>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    cfg: WriterConfig,
+    ordinal: usize,
+    offset: u64,
+    capacity: u64,
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    buf: Vec<u8>,
+    /// A zero-filled next segment being prepared in the background.
+    preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+    /// A checkpoint being written in the background.
+    checkpointer: Option<std::thread::JoinHandle<Result<(), LogError>>>,
+    /// Events covered by the last checkpoint started.
+    checkpointed: Position,
+}
+
+struct PendingFrame {
+    stream: StreamId,
+    first_position: Position,
+    first_revision: Revision,
+    loc: Loc,
+    events: Vec<Event>,
+}
+
+struct Append {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<Event>,
+    reply: AppendReply,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        cfg: WriterConfig,
+        ordinal: usize,
+        offset: u64,
+    ) -> Result<Self, LogError> {
+        let (file, path) = {
+            let ix = shared.read_index();
+            let seg = ix
+                .segments
+                .get(ordinal)
+                .ok_or_else(|| LogError::InvalidOption("no active segment".into()))?;
+            let file = seg
+                .file
+                .clone()
+                .ok_or_else(|| LogError::InvalidOption("active segment is not open".into()))?;
+            (file, seg.path.clone())
+        };
+        let capacity = file
+            .len()
+            .map_err(LogError::io("reading the size of", &path))?;
+        let checkpointed = shared.read_index().next_position();
+        Ok(Self {
+            shared,
+            rx,
+            cfg,
+            ordinal,
+            offset,
+            capacity,
+            file,
+            path,
+            buf: Vec::with_capacity(1 << 20),
+            preparer: None,
+            checkpointer: None,
+            checkpointed,
+        })
+    }
+
+    /// Waits for the next request: briefly by polling, so a writer that appends again
+    /// right after its acknowledgement does not pay for putting this thread to sleep and
+    /// waking it, then by blocking.
+    fn next_request(&mut self) -> Option<Request> {
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(40);
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if std::time::Instant::now() >= spin_until {
+                return self.rx.blocking_recv();
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        while let Some(first) = self.next_request() {
+            let mut group = Vec::new();
+            let mut bytes = 0usize;
+            let mut control = None;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append {
+                        stream,
+                        expected,
+                        events,
+                        size,
+                        reply,
+                    } => {
+                        bytes += size;
+                        group.push(Append {
+                            stream,
+                            expected,
+                            events,
+                            reply,
+                        });
+                    }
+                    other => {
+                        control = Some(other);
+                        break;
+                    }
+                }
+                if bytes < self.cfg.max_group_bytes {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(group);
+                self.prepare_next();
+                self.maybe_checkpoint();
+            }
+            match control {
+                Some(Request::Close(reply)) => {
+                    let result = self.checkpoint();
+                    if let Some(h) = self.preparer.take() {
+                        let _ = h.join();
+                    }
+                    let _ = reply.send(result);
+                    return;
+                }
+                Some(Request::Checkpoint(reply)) => {
+                    let _ = reply.send(self.checkpoint());
+                }
+                _ => {}
+            }
+        }
+        // Every handle is gone: leave a checkpoint so the next open is fast.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "could not write the index checkpoint on close");
+        }
+        if let Some(h) = self.preparer.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Once the active segment is half full, zero-fills the next one in the background,
+    /// so rolling over costs a rename and a header write.
+    fn prepare_next(&mut self) {
+        if self.preparer.is_some() || self.offset < self.capacity / 2 {
+            return;
+        }
+        let storage = self.shared.storage.clone();
+        let dir = self.shared.dir.clone();
+        let (size, durable) = (self.cfg.segment_size, self.cfg.durable);
+        self.preparer = std::thread::Builder::new()
+            .name("tidings-log-prepare".into())
+            .spawn(move || segment::prepare(&*storage, &dir, size, durable))
+            .ok();
+    }
+
+    /// Writes a checkpoint now, after any running background one.
+    fn checkpoint(&mut self) -> Result<(), LogError> {
+        if let Some(h) = self.checkpointer.take() {
+            let _ = h.join();
+        }
+        let r = checkpoint_now(&self.shared);
+        if r.is_ok() {
+            self.checkpointed = self.shared.read_index().next_position();
+        }
+        r
+    }
+
+    /// Starts a checkpoint in the background once enough has been written since the
+    /// last one (at least `checkpoint_every` events and a quarter of the log), so a
+    /// crash never makes recovery rescan more than that. Only the encoding holds the
+    /// index's read lock (publishing waits for it, writing and syncing do not); the file
+    /// is written and synced outside it.
+    fn maybe_checkpoint(&mut self) {
+        if self.checkpointer.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(h) = self.checkpointer.take()
+            && let Ok(Err(e)) = h.join()
+        {
+            tracing::warn!(error = %e, "a background index checkpoint failed");
+        }
+        let next = self.shared.read_index().next_position();
+        let since = next - self.checkpointed.min(next);
+        if since < self.cfg.checkpoint_every.max(self.checkpointed / 4) {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.checkpointed = next;
+        self.checkpointer = std::thread::Builder::new()
+            .name("tidings-log-checkpoint".into())
+            .spawn(move || checkpoint_now(&shared))
+            .ok();
+    }
+
+    fn commit(&mut self, group: Vec<Append>) {
+        if let Some(m) = self.shared.stopped_reason() {
+            for a in group {
+                let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
+            }
+            return;
+        }
+        let recorded_at = timestamp_to_micros(self.cfg.clock.now());
+        let shared = self.shared.clone();
+        let ix = shared.read_index();
+        let group_first = ix.next_position();
+        let mut next = group_first;
+        let mut heads: HashMap<StreamId, Revision> = HashMap::new();
+        // Ids of this group's frames, by fingerprint: (frame, event) to confirm against.
+        let mut pending_ids: FpMap<(u32, u32)> = FpMap::default();
+        let mut frames: Vec<PendingFrame> = Vec::with_capacity(group.len());
+        let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
+        let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
+        let mut failure: Option<String> = None;
+        let many = group.len() > 1;
+        self.buf.clear();
+        let mut buf_start = self.offset;
+        for a in group {
+            let current = heads
+                .get(a.stream.as_str())
+                .copied()
+                .or_else(|| ix.stream_version(a.stream.as_str()));
+            let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
+                pending_ids
+                    .get(&fingerprint(id))
+                    .and_then(|&(fi, k)| {
+                        let f = frames.get(fi as usize)?;
+                        (f.events.get(k as usize)?.event_id == *id).then(|| IdLocation {
+                            stream: f.stream.clone(),
+                            revision: f.first_revision + u64::from(k),
+                            position: f.first_position + u64::from(k),
+                        })
+                    })
+                    .or_else(|| committed_id(&ix, id))
+            });
+            match replay {
+                Err(e) => {
+                    let _ = a.reply.send(Err(e));
+                    continue;
+                }
+                Ok(Some(result)) if result.position >= group_first => {
+                    waiting.push((a.reply, result));
+                    continue;
+                }
+                Ok(Some(result)) => {
+                    let _ = a.reply.send(Ok(result));
+                    continue;
+                }
+                Ok(None) => {}
+            }
+            if !a.expected.accepts(current) {
+                let _ = a.reply.send(Err(StoreError::WrongExpectedVersion {
+                    stream: a.stream.clone(),
+                    expected: a.expected,
+                    actual: current,
+                }));
+                continue;
+            }
+            if failure.is_none() {
+                let len = record::frame_len(&a.stream, &a.events) as u64;
+                let end = buf_start + self.buf.len() as u64;
+                if end + len + FOOTER_LEN > self.capacity
+                    && let Err(e) = self.roll(&mut buf_start, next, len, &mut new_segments)
+                {
+                    failure = Some(e);
+                }
+            }
+            if let Some(m) = &failure {
+                let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
+                continue;
+            }
+            let first_revision = current.map_or(0, |c| c + 1);
+            let n = a.events.len() as u64;
+            let offset = buf_start + self.buf.len() as u64;
+            record::encode_frame(
+                &mut self.buf,
+                &FrameSpec {
+                    first_position: next,
+                    group_first,
+                    first_revision,
+                    recorded_at,
+                    stream: &a.stream,
+                    events: &a.events,
+                },
+            );
+            if many {
+                let fi = frames.len() as u32;
+                for (k, e) in a.events.iter().enumerate() {
+                    pending_ids.insert(fingerprint(&e.event_id), (fi, k as u32));
+                }
+            }
+            heads.insert(a.stream.clone(), first_revision + n - 1);
+            waiting.push((
+                a.reply,
+                AppendResult {
+                    first_revision,
+                    next_expected_version: first_revision + n - 1,
+                    first_position: next,
+                    position: next + n - 1,
+                },
+            ));
+            frames.push(PendingFrame {
+                stream: a.stream,
+                first_position: next,
+                first_revision,
+                loc: Loc::new(self.ordinal, offset),
+                events: a.events,
+            });
+            next += n;
+        }
+        drop(ix);
+        if failure.is_none() && !self.buf.is_empty() {
+            let r = self
+                .file
+                .write_all_at(&self.buf, buf_start)
+                .map_err(|e| format!("writing {}: {e}", self.path.display()))
+                .and_then(|()| {
+                    if self.cfg.durable {
+                        self.file
+                            .sync_data()
+                            .map_err(|e| format!("syncing {}: {e}", self.path.display()))
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(m) = r {
+                failure = Some(m);
+            }
+        }
+        if let Some(m) = failure {
+            self.shared.stop(&m);
+            for (reply, _) in waiting {
+                let _ = reply.send(Err(StoreError::Stopped(m.clone())));
+            }
+            return;
+        }
+        self.offset = buf_start + self.buf.len() as u64;
+        {
+            let mut ix = shared.write_index();
+            for (sealed, end, entry) in new_segments {
+                if let Some(s) = ix.segments.get_mut(sealed) {
+                    s.data_end = end;
+                }
+                ix.segments.push(entry);
+            }
+            for f in &frames {
+                let mut events = f.events.iter().map(|e| IndexedEvent {
+                    id: e.event_id,
+                    correlation: e.metadata.correlation_id.as_deref(),
+                });
+                ix.add_frame(&f.stream, f.first_position, recorded_at, f.loc, &mut events);
+            }
+            if let Some(s) = ix.segments.get_mut(self.ordinal) {
+                s.data_end = self.offset;
+            }
+        }
+        if next > group_first {
+            shared.head.send_replace(Some(next - 1));
+        }
+        tracing::trace!(
+            events = next - group_first,
+            bytes = self.buf.len(),
+            "group committed"
+        );
+        for (reply, result) in waiting {
+            let _ = reply.send(Ok(result));
+        }
+        drop(frames);
+    }
+
+    /// Writes what the group has so far, seals the active segment and starts a new one
+    /// able to hold a frame of `need` bytes.
+    fn roll(
+        &mut self,
+        buf_start: &mut u64,
+        next: Position,
+        need: u64,
+        new_segments: &mut Vec<(usize, u64, SegmentEntry)>,
+    ) -> Result<(), String> {
+        let data_end = *buf_start + self.buf.len() as u64;
+        let path = self.path.display().to_string();
+        self.buf
+            .extend_from_slice(&segment::encode_footer(next, data_end));
+        self.file
+            .write_all_at(&self.buf, *buf_start)
+            .map_err(|e| format!("writing {path}: {e}"))?;
+        self.file
+            .sync_data()
+            .map_err(|e| format!("syncing {path}: {e}"))?;
+        let size = self.cfg.segment_size.max(HEADER_LEN + need + FOOTER_LEN);
+        let dir = self.shared.dir.clone();
+        let prepared = self
+            .preparer
+            .take()
+            .and_then(|h| h.join().ok())
+            .and_then(Result::ok);
+        let created_at = timestamp_to_micros(self.cfg.clock.now());
+        let storage = &*self.shared.storage;
+        let made = match prepared {
+            Some(ready) if ready >= size => {
+                segment::install(storage, &dir, next, created_at, self.cfg.durable)
+            }
+            _ => segment::create(storage, &dir, next, size, created_at, self.cfg.durable),
+        };
+        let seg = made.map_err(|e| {
+            format!(
+                "creating segment {}: {e}",
+                dir.join(segment::file_name(next)).display()
+            )
+        })?;
+        new_segments.push((
+            self.ordinal,
+            data_end,
+            SegmentEntry {
+                first_position: next,
+                data_end: HEADER_LEN,
+                path: seg.path.clone(),
+                file: Some(seg.file.clone()),
+            },
+        ));
+        tracing::debug!(segment = %seg.path.display(), "started a new segment");
+        self.ordinal += 1;
+        self.file = seg.file;
+        self.path = seg.path;
+        self.capacity = size;
+        self.offset = HEADER_LEN;
+        self.buf.clear();
+        *buf_start = HEADER_LEN;
+        Ok(())
+    }
+}
+
+/// Encodes the index (under its read lock) and saves it (outside the lock). The covered
+/// end is the active segment's published data end, consistent with the index.
+fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
+    if let Some(m) = shared.stopped_reason() {
+        return Err(LogError::Stopped(m));
+    }
+    let bytes = {
+        let ix = shared.read_index();
+        let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
+        let crc = checkpoint::last_frame_crc(&ix)
+            .map_err(LogError::io("reading the last frame in", &shared.dir))?;
+        checkpoint::encode(&ix, end, crc)
+    };
+    checkpoint::save(&*shared.storage, &shared.dir, &bytes)
+        .map_err(LogError::io("writing the index checkpoint in", &shared.dir))
+}
+
+/// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
+fn committed_id(ix: &MemoryIndex, id: &Uuid) -> Option<IdLocation> {
+    let p = ix.id_candidate(id)?;
+    let plan = reader::plan_positions(ix, std::iter::once(p));
+    let e = reader::read_positions(&plan).ok()?.pop()?;
+    (e.event_id == *id).then(|| IdLocation {
+        stream: e.stream.clone(),
+        revision: e.revision,
+        position: e.position,
+    })
+}

@@ -1,0 +1,331 @@
+//! The store contract on real files: appends, reads, idempotency, reopen, segments,
+//! subscriptions and limits.
+
+use futures::StreamExt;
+use tidings::{
+    Enricher, Event, EventAppender, EventReader, EventSubscriber, ExpectedVersion, Filter, Limits,
+    ListStreams, NewEvent, ReadAll, ReadStream, Start, StoreError, StreamId,
+};
+use tidings_log::{IndexSource, LogStore};
+
+fn ev(t: &str, corr: Option<&str>) -> Event {
+    let mut n = NewEvent::new(t, serde_json::json!({"orderId": "order-1", "n": 1}));
+    if let Some(c) = corr {
+        n = n.with_correlation_id(c);
+    }
+    Enricher::new("svc").enrich(n).unwrap()
+}
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn append_read_and_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    let a = sid("order-a");
+    let r = store
+        .append(
+            &a,
+            ExpectedVersion::NoStream,
+            vec![ev("A", Some("c1")), ev("B", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.first_revision,
+            r.next_expected_version,
+            r.first_position,
+            r.position
+        ),
+        (0, 1, 0, 1)
+    );
+    let err = store
+        .append(&a, ExpectedVersion::Exact(0), vec![ev("C", None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let r = store
+        .append(&a, ExpectedVersion::Exact(1), vec![ev("C", Some("c1"))])
+        .await
+        .unwrap();
+    assert_eq!(r.position, 2);
+    store
+        .append(&sid("user-1"), ExpectedVersion::Any, vec![ev("U", None)])
+        .await
+        .unwrap();
+
+    let fwd = store.read_stream(&a, ReadStream::forward()).await.unwrap();
+    assert_eq!(
+        fwd.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(fwd[1].event_type, "B");
+    let back = store
+        .read_stream(&a, ReadStream::backward().from(1).limit(5))
+        .await
+        .unwrap();
+    assert_eq!(back.iter().map(|e| e.revision).collect::<Vec<_>>(), [1, 0]);
+    let from1 = store
+        .read_stream(&a, ReadStream::forward().from(1).limit(1))
+        .await
+        .unwrap();
+    assert_eq!(from1[0].revision, 1);
+    assert!(
+        store
+            .read_stream(&sid("none"), ReadStream::forward())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let all = store.read_all(ReadAll::new(0, 100)).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    let only_c = store
+        .read_all(ReadAll::new(0, 100).filter(Filter::all().event_type("C")))
+        .await
+        .unwrap();
+    assert_eq!(only_c.len(), 1);
+    let users = store
+        .read_all(ReadAll::new(1, 100).filter(Filter::all().stream_prefix("user-")))
+        .await
+        .unwrap();
+    assert_eq!(users[0].position, 3);
+    let corr = store.read_correlation("c1", 0, 10).await.unwrap();
+    assert_eq!(corr.iter().map(|e| e.position).collect::<Vec<_>>(), [0, 2]);
+    assert_eq!(store.stream_version(&a).await.unwrap(), Some(2));
+    assert_eq!(store.head().await.unwrap(), Some(3));
+    let streams = store
+        .list_streams(ListStreams {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        streams
+            .iter()
+            .map(|s| s.stream.as_str())
+            .collect::<Vec<_>>(),
+        ["order-a", "user-1"]
+    );
+    assert_eq!(
+        fwd[0].event,
+        store.read_all(ReadAll::new(0, 1)).await.unwrap()[0].event
+    );
+    store.close().await.unwrap();
+    let err = store
+        .append(&a, ExpectedVersion::Any, vec![ev("D", None)])
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_reappend_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("order-x");
+    let batch = vec![ev("A", None), ev("B", None)];
+    let first = {
+        let store = LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .open()
+            .unwrap();
+        let r = store
+            .append(&s, ExpectedVersion::NoStream, batch.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .append(&s, ExpectedVersion::NoStream, batch.clone())
+                .await
+                .unwrap(),
+            r
+        );
+        r
+    };
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    assert_eq!(store.recovery_report().index, IndexSource::Checkpoint);
+    assert_eq!(store.recovery_report().frames_scanned, 0);
+    assert_eq!(
+        store
+            .append(&s, ExpectedVersion::NoStream, batch.clone())
+            .await
+            .unwrap(),
+        first
+    );
+    let partial = vec![batch[0].clone(), ev("C", None)];
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, partial).await,
+        Err(StoreError::DuplicateEventId { .. })
+    ));
+    assert!(matches!(
+        store
+            .append(&sid("other"), ExpectedVersion::Any, vec![batch[0].clone()])
+            .await,
+        Err(StoreError::DuplicateEventId { .. })
+    ));
+    assert_eq!(store.read_all(ReadAll::new(0, 10)).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_segments_concurrent_writers_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        LogStore::builder(dir.path())
+            .segment_size(8192)
+            .open()
+            .unwrap()
+    };
+    let store = open();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = sid(&format!("w-{w}"));
+            for i in 0..40u64 {
+                let n = 1 + (i % 3) as usize;
+                let events = (0..n).map(|_| ev("E", Some("c"))).collect();
+                store
+                    .append(&s, ExpectedVersion::Any, events)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
+    assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64));
+    let total = all.len();
+    drop(store);
+    let names = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(names > 5, "expected several segments, found {names} files");
+    for reopen in 0..2 {
+        let store = open();
+        let again = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
+        assert_eq!(again, all, "reopen {reopen}");
+        for w in 0..8 {
+            let s = store
+                .read_stream(&sid(&format!("w-{w}")), ReadStream::backward())
+                .await
+                .unwrap();
+            assert!(s.windows(2).all(|p| p[0].revision == p[1].revision + 1));
+        }
+        assert_eq!(
+            store
+                .read_correlation("c", 0, usize::MAX)
+                .await
+                .unwrap()
+                .len(),
+            total
+        );
+    }
+    let report = tidings_log::verify(dir.path()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.events, total as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_catch_up_then_go_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    let s = sid("order-s");
+    store
+        .append(&s, ExpectedVersion::Any, vec![ev("A", None)])
+        .await
+        .unwrap();
+    let mut all = Box::pin(store.subscribe_all(Start::Beginning, Filter::all()));
+    let mut one = Box::pin(store.subscribe_stream(&s, Start::Beginning));
+    assert_eq!(all.next().await.unwrap().unwrap().position, 0);
+    assert_eq!(one.next().await.unwrap().unwrap().revision, 0);
+    let writer = store.clone();
+    let s2 = s.clone();
+    tokio::spawn(async move {
+        for _ in 0..3 {
+            writer
+                .append(&s2, ExpectedVersion::Any, vec![ev("B", None)])
+                .await
+                .unwrap();
+        }
+    });
+    for p in 1..4 {
+        assert_eq!(all.next().await.unwrap().unwrap().position, p);
+        assert_eq!(one.next().await.unwrap().unwrap().revision, p);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .limits(Limits {
+            max_event_bytes: 200,
+            max_append_bytes: 400,
+        })
+        .open()
+        .unwrap();
+    let big = Enricher::new("s")
+        .enrich(NewEvent::new("A", serde_json::json!("x".repeat(300))))
+        .unwrap();
+    let s = sid("l");
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, vec![big]).await,
+        Err(StoreError::InvalidEvent { index: 0, .. })
+    ));
+    let small = || {
+        Enricher::new("s")
+            .enrich(NewEvent::new("A", serde_json::json!("x".repeat(100))))
+            .unwrap()
+    };
+    assert!(matches!(
+        store
+            .append(&s, ExpectedVersion::Any, (0..4).map(|_| small()).collect())
+            .await,
+        Err(StoreError::AppendTooLarge { max: 400, .. })
+    ));
+    assert!(matches!(
+        store.append(&s, ExpectedVersion::Any, vec![]).await,
+        Err(StoreError::EmptyAppend)
+    ));
+    assert_eq!(store.head().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    assert!(
+        LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .open()
+            .is_err()
+    );
+}

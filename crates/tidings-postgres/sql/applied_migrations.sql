@@ -1,0 +1,1 @@
+SELECT version FROM tidings_migrations ORDER BY version

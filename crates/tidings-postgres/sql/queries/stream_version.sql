@@ -1,0 +1,1 @@
+SELECT last_revision FROM tidings_streams WHERE name = $1

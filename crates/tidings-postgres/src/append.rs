@@ -1,0 +1,462 @@
+//! The append transaction, for one append or a batch of concurrent ones (group commit).
+//!
+//! ```text
+//! BEGIN
+//!   lock_streams.sql    lock the batch's existing stream rows in name order; versions
+//!   find_event_ids.sql  only when a version check fails or an id may be recorded:
+//!                       decide with tidings::store::check_idempotent
+//!   create_streams.sql  rows for new streams that are written to
+//!   insert_events.sql   claim positions (locks the counter row), insert every event,
+//!                       move the stream heads, pg_notify
+//! COMMIT                one WAL flush for the whole batch; releases every lock
+//! ```
+//!
+//! A lone append to a stream that has events, with a version that holds, takes a
+//! shortcut: `append_existing.sql` does the same in one autocommit statement (one round
+//! trip instead of four); whatever it declines runs the transaction above.
+//!
+//! Stream locks make each expected-version check and its write one atomic step; the
+//! counter lock makes position order commit order across streams and processes. Stream
+//! rows are locked before the counter, in name order, so batches cannot deadlock.
+//! Appends in a batch are decided in order, as if run one after another; a refused one
+//! writes nothing and does not disturb the others.
+
+use std::collections::{BTreeSet, HashMap};
+
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+use tidings::store::{IdLocation, check_idempotent};
+use tidings::{AppendResult, Event, ExpectedVersion, Revision, StoreError, StreamId};
+use uuid::Uuid;
+
+use crate::error::{is_duplicate_event_id, store_error};
+use crate::row::{get, signed, unsigned};
+
+/// How often an append is retried when a concurrent append recorded one of its ids or
+/// created its stream between its check and its write.
+const ATTEMPTS: usize = 3;
+
+/// One append, validated, waiting for its transaction.
+pub(crate) struct Append {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<Event>,
+}
+
+/// Every append's answer, in order.
+pub(crate) type Answers = Vec<Result<AppendResult, StoreError>>;
+
+/// Why a batch transaction was abandoned.
+enum Abandoned {
+    /// Something changed under it (an id recorded, a stream created): run again, checking
+    /// ids first.
+    Stale,
+    /// The database failed; every append of the batch gets this answer.
+    Failed(StoreError),
+}
+
+/// Runs `batch` in one transaction when it can; when a concurrent change makes that
+/// impossible, runs each append on its own. Answers in the batch's order.
+pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append]) -> Answers {
+    if batch.len() > 1 {
+        // Ids are always checked in a batch: one lookup is cheap next to abandoning the
+        // whole batch when the unique index refuses one repeated id.
+        match attempt(pool, channel, batch, true).await {
+            Ok(answers) => return answers,
+            Err(Abandoned::Failed(e)) => return batch.iter().map(|_| Err(e.clone())).collect(),
+            Err(Abandoned::Stale) => {}
+        }
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for one in batch.chunks(1) {
+        answers.push(append_one(pool, channel, one).await);
+    }
+    answers
+}
+
+async fn append_one(
+    pool: &PgPool,
+    channel: &str,
+    one: &[Append],
+) -> Result<AppendResult, StoreError> {
+    let mut check_ids = false;
+    if let [a] = one {
+        match append_existing(pool, channel, a).await? {
+            OneStatement::Done(result) => return Ok(result),
+            OneStatement::Declined => {}
+            OneStatement::IdsKnown => check_ids = true,
+        }
+    }
+    for _ in 0..ATTEMPTS {
+        match attempt(pool, channel, one, check_ids).await {
+            Ok(mut answers) => {
+                return answers.pop().unwrap_or_else(|| {
+                    Err(StoreError::Backend("an append got no answer".to_owned()))
+                });
+            }
+            Err(Abandoned::Failed(e)) => return Err(e),
+            Err(Abandoned::Stale) => check_ids = true,
+        }
+    }
+    Err(StoreError::Busy(format!(
+        "append to {}: concurrent appends kept recording the same event ids or creating the \
+         stream; retry",
+        one.first().map_or("?", |a| a.stream.as_str())
+    )))
+}
+
+/// What the one-statement append did.
+enum OneStatement {
+    Done(AppendResult),
+    /// Not its case (new stream, failed version check): nothing written.
+    Declined,
+    /// The unique index refused an id: nothing written.
+    IdsKnown,
+}
+
+/// The common case in one autocommit round trip (`append_existing.sql`): an append to a
+/// stream that has events, with an expected version that holds. Declines the rest.
+async fn append_existing(
+    pool: &PgPool,
+    channel: &str,
+    a: &Append,
+) -> Result<OneStatement, StoreError> {
+    let (kind, revision) = match a.expected {
+        ExpectedVersion::Any => ("any", 0),
+        ExpectedVersion::StreamExists => ("stream-exists", 0),
+        ExpectedVersion::Exact(n) => ("exact", signed(n)),
+        // A repeat of the stream's first append is a common NoStream call: the full
+        // transaction decides those.
+        ExpectedVersion::NoStream => return Ok(OneStatement::Declined),
+    };
+    let write = [Decision::Write { first_revision: 0 }];
+    let columns = Columns::new(std::slice::from_ref(a), &write)?;
+    let row = sqlx::query(include_str!("../sql/queries/append_existing.sql"))
+        .bind(a.stream.as_str())
+        .bind(kind)
+        .bind(revision)
+        .bind(channel)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.event_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.sources)
+        .bind(&columns.data)
+        .bind(&columns.correlation_ids)
+        .bind(&columns.causation_ids)
+        .bind(&columns.user_ids)
+        .bind(&columns.extra)
+        .fetch_optional(pool)
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(OneStatement::Declined),
+        Err(e) if is_duplicate_event_id(&e) => return Ok(OneStatement::IdsKnown),
+        Err(e) => return Err(store_error(&format!("append to {}", a.stream), e)),
+    };
+    let accepted: Option<bool> = get(&row, "accepted")?;
+    let current: Option<i64> = get(&row, "current")?;
+    let first_position: Option<i64> = get(&row, "first_position")?;
+    let (Some(true), Some(current), Some(first_position)) = (accepted, current, first_position)
+    else {
+        return Ok(OneStatement::Declined);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stream {}: {what}", a.stream));
+    let first_revision = unsigned(current).map_err(|_| corrupt("negative version"))? + 1;
+    let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
+    let n = a.events.len() as u64;
+    Ok(OneStatement::Done(AppendResult {
+        first_revision,
+        next_expected_version: first_revision + n - 1,
+        first_position,
+        position: first_position + n - 1,
+    }))
+}
+
+/// What the batch decided for one append.
+enum Decision {
+    Write { first_revision: Revision },
+    Answer(Result<AppendResult, StoreError>),
+}
+
+async fn attempt(
+    pool: &PgPool,
+    channel: &str,
+    batch: &[Append],
+    check_ids: bool,
+) -> Result<Answers, Abandoned> {
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |e| Abandoned::Failed(store_error(&what, e))
+    };
+    let mut tx = pool.begin().await.map_err(failed("begin append"))?;
+
+    let names: BTreeSet<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    let rows = sqlx::query(include_str!("../sql/queries/lock_streams.sql"))
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed("lock streams"))?;
+    let mut versions: HashMap<String, Option<Revision>> = HashMap::with_capacity(names.len());
+    for row in &rows {
+        let name: String = get(row, "name").map_err(Abandoned::Failed)?;
+        let version: Option<i64> = get(row, "last_revision").map_err(Abandoned::Failed)?;
+        let version = version.map(unsigned).transpose().map_err(|_| {
+            Abandoned::Failed(StoreError::Corrupt(format!(
+                "stream {name} has a negative version"
+            )))
+        })?;
+        versions.insert(name, version);
+    }
+    let existing: BTreeSet<String> = versions.keys().cloned().collect();
+
+    // Ids are looked up only when some append may be a repeat: its version check fails
+    // (a repeat usually names the version it was first written at), or the unique index
+    // already refused one of its ids (check_ids).
+    let mut simulated = versions.clone();
+    let may_repeat = check_ids
+        || batch.iter().any(|a| {
+            let v = simulated.get(a.stream.as_str()).copied().flatten();
+            let accepted = a.expected.accepts(v);
+            if accepted {
+                simulated.insert(a.stream.as_str().to_owned(), Some(next_version(v, a)));
+            }
+            !accepted
+        });
+    let known = if may_repeat {
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| e.event_id))
+            .collect();
+        recorded_ids(&mut tx, &ids)
+            .await
+            .map_err(Abandoned::Failed)?
+    } else {
+        HashMap::new()
+    };
+
+    let mut decisions = Vec::with_capacity(batch.len());
+    let mut written: BTreeSet<&str> = BTreeSet::new();
+    for a in batch {
+        let current = versions.get(a.stream.as_str()).copied().flatten();
+        let decision = if check_ids || !a.expected.accepts(current) {
+            match check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
+                known.get(id).cloned()
+            }) {
+                Ok(Some(replayed)) => Decision::Answer(Ok(replayed)),
+                Ok(None) if a.expected.accepts(current) => Decision::Write {
+                    first_revision: current.map_or(0, |c| c + 1),
+                },
+                Ok(None) => Decision::Answer(Err(StoreError::WrongExpectedVersion {
+                    stream: a.stream.clone(),
+                    expected: a.expected,
+                    actual: current,
+                })),
+                Err(e) => Decision::Answer(Err(e)),
+            }
+        } else {
+            Decision::Write {
+                first_revision: current.map_or(0, |c| c + 1),
+            }
+        };
+        if matches!(decision, Decision::Write { .. }) {
+            versions.insert(a.stream.as_str().to_owned(), Some(next_version(current, a)));
+            written.insert(a.stream.as_str());
+        }
+        decisions.push(decision);
+    }
+
+    if written.is_empty() {
+        rollback(tx).await;
+        return Ok(answers_without_writes(decisions));
+    }
+
+    let new_streams: Vec<&str> = written
+        .iter()
+        .copied()
+        .filter(|n| !existing.contains(*n))
+        .collect();
+    if !new_streams.is_empty() {
+        let created: Vec<String> =
+            sqlx::query_scalar(include_str!("../sql/queries/create_streams.sql"))
+                .bind(&new_streams)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(failed("create streams"))?;
+        if created.len() != new_streams.len() {
+            rollback(tx).await;
+            return Err(Abandoned::Stale);
+        }
+    }
+
+    let columns = Columns::new(batch, &decisions).map_err(Abandoned::Failed)?;
+    let inserted = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
+        .bind(channel)
+        .bind(&columns.streams)
+        .bind(&columns.revisions)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.event_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.sources)
+        .bind(&columns.data)
+        .bind(&columns.correlation_ids)
+        .bind(&columns.causation_ids)
+        .bind(&columns.user_ids)
+        .bind(&columns.extra)
+        .fetch_one(&mut *tx)
+        .await;
+    let first_position: i64 = match inserted {
+        Ok(row) => get(&row, "first_position").map_err(Abandoned::Failed)?,
+        Err(e) if is_duplicate_event_id(&e) => {
+            rollback(tx).await;
+            return Err(Abandoned::Stale);
+        }
+        Err(e) => {
+            rollback(tx).await;
+            return Err(Abandoned::Failed(store_error("append", e)));
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(failed("commit append (its outcome is unknown)"))?;
+
+    let mut position = unsigned(first_position).map_err(|_| {
+        Abandoned::Failed(StoreError::Corrupt(
+            "the position counter is negative".to_owned(),
+        ))
+    })?;
+    Ok(batch
+        .iter()
+        .zip(decisions)
+        .map(|(a, decision)| match decision {
+            Decision::Answer(answer) => answer,
+            Decision::Write { first_revision } => {
+                let n = a.events.len() as u64;
+                let first_position = position;
+                position += n;
+                Ok(AppendResult {
+                    first_revision,
+                    next_expected_version: first_revision + n - 1,
+                    first_position,
+                    position: first_position + n - 1,
+                })
+            }
+        })
+        .collect())
+}
+
+/// The stream's version after `a` is written on top of `current`.
+fn next_version(current: Option<Revision>, a: &Append) -> Revision {
+    current.map_or(0, |c| c + 1) + a.events.len() as u64 - 1
+}
+
+fn answers_without_writes(decisions: Vec<Decision>) -> Answers {
+    decisions
+        .into_iter()
+        .map(|d| match d {
+            Decision::Answer(answer) => answer,
+            Decision::Write { .. } => Err(StoreError::Backend(
+                "an append decided to write was not written".to_owned(),
+            )),
+        })
+        .collect()
+}
+
+/// Where the given ids are recorded already, if anywhere.
+async fn recorded_ids(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, IdLocation>, StoreError> {
+    let rows = sqlx::query(include_str!("../sql/queries/find_event_ids.sql"))
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| store_error("look up event ids", e))?;
+    let mut known = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let stream: String = get(&row, "stream")?;
+        let revision: i64 = get(&row, "revision")?;
+        let position: i64 = get(&row, "position")?;
+        let corrupt = || StoreError::Corrupt(format!("event id in stream {stream} is unreadable"));
+        let location = IdLocation {
+            stream: StreamId::parse_any(&stream).map_err(|_| corrupt())?,
+            revision: unsigned(revision).map_err(|_| corrupt())?,
+            position: unsigned(position).map_err(|_| corrupt())?,
+        };
+        known.insert(get(&row, "event_id")?, location);
+    }
+    Ok(known)
+}
+
+/// Ends a transaction that must not commit. Dropping it would roll back too, but only
+/// when the connection is next used; saying so now releases the stream locks at once.
+async fn rollback(tx: Transaction<'_, Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "rollback of an append failed; the connection is dropped");
+    }
+}
+
+/// The written events as one array per column, for `unnest` in `insert_events.sql`.
+struct Columns<'a> {
+    streams: Vec<&'a str>,
+    revisions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    event_versions: Vec<&'a str>,
+    occurred_at: Vec<i64>,
+    sources: Vec<&'a str>,
+    data: Vec<&'a str>,
+    correlation_ids: Vec<Option<&'a str>>,
+    causation_ids: Vec<Option<&'a str>>,
+    user_ids: Vec<Option<&'a str>>,
+    extra: Vec<Option<String>>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(batch: &'a [Append], decisions: &[Decision]) -> Result<Self, StoreError> {
+        let n: usize = batch.iter().map(|a| a.events.len()).sum();
+        let mut c = Columns {
+            streams: Vec::with_capacity(n),
+            revisions: Vec::with_capacity(n),
+            event_ids: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            event_versions: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            causation_ids: Vec::with_capacity(n),
+            user_ids: Vec::with_capacity(n),
+            extra: Vec::with_capacity(n),
+        };
+        for (a, decision) in batch.iter().zip(decisions) {
+            let Decision::Write { first_revision } = decision else {
+                continue;
+            };
+            for (i, e) in a.events.iter().enumerate() {
+                let m = &e.metadata;
+                c.streams.push(a.stream.as_str());
+                c.revisions.push(signed(first_revision + i as u64));
+                c.event_ids.push(e.event_id);
+                c.event_types.push(&e.event_type);
+                c.event_versions.push(&e.event_version);
+                c.occurred_at.push(e.timestamp_micros());
+                c.sources.push(&e.source);
+                c.data.push(e.data.as_str());
+                c.correlation_ids.push(m.correlation_id.as_deref());
+                c.causation_ids.push(m.causation_id.as_deref());
+                c.user_ids.push(m.user_id.as_deref());
+                c.extra.push(if m.extra.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::to_string(&m.extra).map_err(|err| {
+                        StoreError::Backend(format!("event {i}: metadata: {err}"))
+                    })?)
+                });
+            }
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,38 @@
+//! # tidings-postgres
+//!
+//! The Tidings event store on PostgreSQL: [`PgStore`] implements
+//! [`tidings::EventAppender`], [`tidings::EventReader`] and [`tidings::EventSubscriber`]
+//! with the semantics of the conformance suite — 0-based revisions, gap-free global
+//! positions in commit order, atomic multi-event appends, optimistic concurrency,
+//! idempotent re-appends — and subscriptions that see other processes' appends through
+//! `LISTEN`/`NOTIFY`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tidings::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
+//! let store = tidings_postgres::PgStore::connect("postgres://postgres@127.0.0.1/test").await?;
+//! let event = Enricher::new("order-service")
+//!     .enrich(NewEvent::new("OrderCreated", serde_json::json!({"orderId": "order-123"})))?;
+//! let r = store.append(&StreamId::new("order-123")?, ExpectedVersion::Any, vec![event]).await?;
+//! println!("recorded at position {}", r.position);
+//! # Ok(()) }
+//! ```
+//!
+//! Each store lives in one schema (default `tidings`), created with its tables on
+//! connect; the SQL is in the crate's `sql/` directory. Timestamps are stored as integer
+//! microseconds, payloads as their exact JSON text.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod append;
+mod error;
+mod listener;
+mod migrate;
+mod options;
+mod row;
+mod store;
+mod writer;
+
+pub use error::PgStoreError;
+pub use options::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PgStoreBuilder};
+pub use store::PgStore;

@@ -1,0 +1,339 @@
+//! [`PgStore`]: the store contract on PostgreSQL.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tidings::event::timestamp_from_micros;
+use tidings::store::EventStreamItem;
+use tidings::store::subscription::{self, HeadWatch};
+use tidings::store::validate_append;
+use tidings::{
+    AppendResult, Direction, Event, EventAppender, EventReader, EventSubscriber, ExpectedVersion,
+    Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
+    StoreError, StreamId, StreamInfo,
+};
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::append::Append;
+use crate::error::{PgStoreError, store_error};
+use crate::listener::{self, HeadSender, head_from_next};
+use crate::migrate;
+use crate::options::{PgStoreBuilder, channel};
+use crate::row::{get, recorded_event, signed, unsigned};
+use crate::writer::{self, Queue, Request};
+
+/// An event store in a PostgreSQL schema. Clones are cheap and share one connection pool,
+/// one writer, one head watch and one notification listener.
+///
+/// Appends are transactions: acknowledged only once committed. Global positions are
+/// gap-free and in commit order (see `docs/decisions/0005-postgres-store.md`), so
+/// subscriptions built on [`tidings::store::subscription`] never skip or repeat an event,
+/// including events appended by other processes, which the store hears through
+/// `LISTEN`/`NOTIFY`.
+///
+/// Concurrent appends through one handle are committed together (group commit), each
+/// decided as if it ran alone, in the order it was called. A subscription from
+/// [`Start::End`] starts after the last commit this handle has heard of: its own appends
+/// at once, other processes' a moment after they commit. An append by another process
+/// that committed just before the call but was not yet announced is delivered too (never
+/// missed).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream,
+///     StreamId};
+/// use tidings_postgres::PgStore;
+///
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+/// let order = StreamId::new("order-123")?;
+/// let created = Enricher::new("order-service")
+///     .enrich(NewEvent::new("OrderCreated", serde_json::json!({"orderId": "order-123"})))?;
+/// store.append(&order, ExpectedVersion::NoStream, vec![created]).await?;
+/// let events = store.read_stream(&order, ReadStream::forward()).await?;
+/// assert_eq!(events[0].event_type, "OrderCreated");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    head: HeadSender,
+    writer: Queue,
+    schema: String,
+    limits: Limits,
+    listener: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.schema)
+            .field("head", &*self.inner.head.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` with default options: schema `tidings`, 10 connections, default
+    /// [`Limits`]. Creates the schema and applies migrations if needed.
+    pub async fn connect(url: &str) -> Result<Self, PgStoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a store at `url` (`postgres://user@host:port/database`).
+    pub fn builder(url: &str) -> PgStoreBuilder {
+        PgStoreBuilder::new(url)
+    }
+
+    pub(crate) async fn open(options: PgStoreBuilder) -> Result<Self, PgStoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(options.connect_options("pool")?)
+            .await
+            .map_err(PgStoreError::Connect)?;
+        migrate::migrate(&pool, &options.schema).await?;
+        let next: i64 = sqlx::query_scalar(include_str!("../sql/queries/head.sql"))
+            .fetch_one(&pool)
+            .await
+            .map_err(PgStoreError::Database)?;
+        let head: HeadSender = Arc::new(watch::channel(head_from_next(next)).0);
+
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(options.connect_options("listener")?);
+        let channel = channel(&options.schema);
+        let listener = tokio::spawn(listener::run(
+            listener_pool,
+            channel.clone(),
+            Arc::clone(&head),
+        ))
+        .abort_handle();
+        let writer = writer::spawn(pool.clone(), channel, Arc::clone(&head), options.limits);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                head,
+                writer,
+                schema: options.schema,
+                limits: options.limits,
+                listener,
+            }),
+        })
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The limits appends are checked against.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// A receiver that sees the committed head move: at once after this process's
+    /// appends, and after a notification for other processes' appends.
+    pub fn head_watch(&self) -> HeadWatch {
+        self.inner.head.subscribe()
+    }
+
+    /// The connection pool (for health checks and operational queries).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Deletes this store's schema and every event in it. For tests and tooling; the
+    /// handle (and its clones) must not be used afterwards.
+    pub async fn drop_schema(self) -> Result<(), PgStoreError> {
+        migrate::drop_schema(&self.inner.pool).await
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    /// Requests made afterwards fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        self.inner.listener.abort();
+        self.inner.pool.close().await;
+    }
+
+    async fn fetch_events(
+        &self,
+        what: &str,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        query
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| store_error(what, e))?
+            .iter()
+            .map(recorded_event)
+            .collect()
+    }
+}
+
+impl EventAppender for PgStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<AppendResult, StoreError> {
+        let span = tracing::debug_span!(
+            "append",
+            schema = %self.inner.schema,
+            %stream,
+            %expected,
+            events = events.len()
+        );
+        async {
+            let size = validate_append(stream, &events, &self.inner.limits)?;
+            let (reply, answer) = oneshot::channel();
+            let request = Request {
+                append: Append {
+                    stream: stream.clone(),
+                    expected,
+                    events,
+                },
+                size,
+                reply,
+            };
+            self.inner
+                .writer
+                .send(request)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl EventReader for PgStore {
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        options: ReadStream,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = signed(options.limit as u64);
+        let query = match options.direction {
+            Direction::Forward => {
+                sqlx::query(include_str!("../sql/queries/read_stream_forward.sql"))
+                    .bind(stream.as_str())
+                    .bind(signed(options.from.unwrap_or(0)))
+            }
+            Direction::Backward => {
+                sqlx::query(include_str!("../sql/queries/read_stream_backward.sql"))
+                    .bind(stream.as_str())
+                    .bind(signed(options.from.unwrap_or(u64::MAX)))
+            }
+        };
+        self.fetch_events("read stream", query.bind(limit)).await
+    }
+
+    async fn read_all(&self, options: ReadAll) -> Result<Vec<RecordedEvent>, StoreError> {
+        let query = sqlx::query(include_str!("../sql/queries/read_all.sql"))
+            .bind(signed(options.from))
+            .bind(options.filter.event_types)
+            .bind(options.filter.stream_prefix)
+            .bind(signed(options.limit as u64));
+        self.fetch_events("read all", query).await
+    }
+
+    async fn read_correlation(
+        &self,
+        correlation_id: &str,
+        from: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let query = sqlx::query(include_str!("../sql/queries/read_correlation.sql"))
+            .bind(correlation_id)
+            .bind(signed(from))
+            .bind(signed(limit as u64));
+        self.fetch_events("read correlation", query).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<Revision>, StoreError> {
+        let version: Option<Option<i64>> =
+            sqlx::query_scalar(include_str!("../sql/queries/stream_version.sql"))
+                .bind(stream.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(|e| store_error("stream version", e))?;
+        version
+            .flatten()
+            .map(unsigned)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt(format!("stream {stream} has a negative version")))
+    }
+
+    async fn list_streams(&self, options: ListStreams) -> Result<Vec<StreamInfo>, StoreError> {
+        let rows = sqlx::query(include_str!("../sql/queries/list_streams.sql"))
+            .bind(options.prefix)
+            .bind(options.after)
+            .bind(signed(options.limit as u64))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| store_error("list streams", e))?;
+        rows.iter()
+            .map(|row| {
+                let name: String = get(row, "name")?;
+                let corrupt = |what: &str| StoreError::Corrupt(format!("stream {name}: {what}"));
+                let revision: i64 = get(row, "last_revision")?;
+                let position: i64 = get(row, "last_position")?;
+                Ok(StreamInfo {
+                    stream: StreamId::parse_any(&name).map_err(|e| corrupt(&e.to_string()))?,
+                    last_revision: unsigned(revision).map_err(|_| corrupt("negative revision"))?,
+                    last_position: unsigned(position).map_err(|_| corrupt("negative position"))?,
+                    last_written: timestamp_from_micros(get(row, "last_written")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn head(&self) -> Result<Option<Position>, StoreError> {
+        let row = sqlx::query(include_str!("../sql/queries/head.sql"))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| store_error("read head", e))?;
+        let next: i64 = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("position counter: {e}")))?;
+        Ok(head_from_next(next))
+    }
+}
+
+impl EventSubscriber for PgStore {
+    fn subscribe_all(
+        &self,
+        start: Start,
+        filter: Filter,
+    ) -> impl Stream<Item = EventStreamItem> + Send + 'static {
+        subscription::subscribe_all(self.clone(), self.head_watch(), start, filter)
+    }
+
+    fn subscribe_stream(
+        &self,
+        stream: &StreamId,
+        start: Start,
+    ) -> impl Stream<Item = EventStreamItem> + Send + 'static {
+        subscription::subscribe_stream(self.clone(), self.head_watch(), stream.clone(), start)
+    }
+}

@@ -1,0 +1,33 @@
+//! PgStore against the shared conformance suite and the model.
+
+mod common;
+
+use common::{Schemas, database, database_blocking, runtime, store_in};
+use tidings::testing::{conformance, model};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_conforms() {
+    let Some(url) = database("postgres_store_conforms").await else {
+        return;
+    };
+    let schemas = Schemas::default();
+    conformance::run_all(|| {
+        let (url, schema) = (url.clone(), schemas.fresh());
+        async move { store_in(&url, &schema).await }
+    })
+    .await;
+    schemas.drop_all(&url).await;
+}
+
+#[test]
+fn postgres_store_matches_the_model() {
+    let Some(url) = database_blocking("postgres_store_matches_the_model") else {
+        return;
+    };
+    let schemas = Schemas::default();
+    model::check_model("postgres_store_matches_the_model", 100, || {
+        let (url, schema) = (url.clone(), schemas.fresh());
+        async move { store_in(&url, &schema).await }
+    });
+    runtime().block_on(schemas.drop_all(&url));
+}
