@@ -14,9 +14,16 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--store", "memory"];
+        args.extend_from_slice(extra);
+        Self::start_on(&args)
+    }
+
+    /// A server with only `--listen` set; `args` choose the store.
+    fn start_on(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--store", "memory", "--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -205,6 +212,117 @@ fn tail_follows_live_events() {
     );
     tail.kill().unwrap();
     tail.wait().unwrap();
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn client_commands_on_a_local_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("TIDINGS_SERVER")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "append",
+        "local-1",
+        "--type",
+        "OrderCreated",
+        "--data",
+        r#"{"n":1}"#,
+        "--data-dir",
+        data,
+    ]);
+    run(&[
+        "append",
+        "local-1",
+        "--type",
+        "OrderPaid",
+        "--data",
+        r#"{"n":2}"#,
+        "--expected",
+        "0",
+        "--data-dir",
+        data,
+    ]);
+    let out = run(&["read", "local-1", "--backward", "--data", data]);
+    let types: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(types, ["OrderPaid", "OrderCreated"]);
+    assert!(run(&["streams", "--data", data]).contains("local-1"));
+    let file = dir.path().join("x.ndjson");
+    run(&["export", "--out", file.to_str().unwrap(), "--data", data]);
+    let copy = dir.path().join("copy");
+    run(&[
+        "import",
+        file.to_str().unwrap(),
+        "--data",
+        copy.to_str().unwrap(),
+    ]);
+    let out = run(&[
+        "read",
+        "local-1",
+        "--json",
+        "--data",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A server on the same directory sees the same events.
+    let s = Server::start_on(&["--data", data]);
+    let (ok, out, _) = tidings(&s, &["read", "local-1", "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn serve_on_postgres() {
+    let Ok(url) = std::env::var("TIDINGS_POSTGRES_URL") else {
+        if std::env::var("TIDINGS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!(
+                "serve_on_postgres: TIDINGS_POSTGRES_URL is unset, and TIDINGS_REQUIRE_SERVICES=1"
+            );
+        }
+        eprintln!("\n*** SKIPPED serve_on_postgres: TIDINGS_POSTGRES_URL is unset ***\n");
+        return;
+    };
+    let s = Server::start_on(&["--store", &url]);
+    let stream = format!("http-pg-{}", std::process::id());
+    let (ok, _, err) = tidings(
+        &s,
+        &["append", &stream, "--type", "OrderCreated", "--data", "{}"],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = tidings(&s, &["read", &stream, "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["eventType"],
+        "OrderCreated"
+    );
     assert!(s.terminate().success());
 }
 
