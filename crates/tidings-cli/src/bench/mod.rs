@@ -7,6 +7,7 @@
 //! per MiB) are measured in the same directory first and printed beside every run.
 
 mod disk;
+mod http;
 mod workloads;
 
 use disk::{Disk, disk_probe};
@@ -66,6 +67,13 @@ pub struct BenchArgs {
     /// Keep each workload's data directory.
     #[arg(long)]
     keep: bool,
+    /// Measure a running `tidings serve` over HTTP instead (batched and concurrent
+    /// appends, Server-Sent Events latency).
+    #[arg(long)]
+    server: Option<String>,
+    /// With --server: seconds per throughput workload.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
 }
 
 /// One workload's result.
@@ -167,6 +175,9 @@ macro_rules! on_store {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(server) = &args.server {
+        return http::run(server, args.seconds, args.json);
+    }
     let target = Target::parse(&args.store)?;
     std::fs::create_dir_all(target.root())
         .with_context(|| format!("creating {}", target.root().display()))?;

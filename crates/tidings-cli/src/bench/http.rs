@@ -1,17 +1,13 @@
-//! A bounded HTTP load generator for a Tidings server: the figures of issue 4.
+//! `tidings bench --server URL`: the HTTP figures, against a running `tidings serve`.
 //!
-//! ```sh
-//! tidings serve --store memory &          # or --data DIR for the embedded store
-//! cargo run --release -p tidings-server --example http_load -- http://127.0.0.1:7400 [SECONDS]
-//! ```
-//!
-//! Workloads (keep-alive connections, the 542-byte `OrderCreated` fixture as payload):
+//! Keep-alive connections, the `OrderCreated` fixture (without its id) as every event:
 //! 1. batches of 100 events, 8 concurrent clients;
 //! 2. single-event appends, 64 concurrent clients;
 //! 3. Server-Sent Events delivery latency: one subscriber on `/subscribe/all`, one writer
 //!    appending single events at 500/s; latency from just before the POST to the event's
-//!    arrival on the subscription (so it includes the durable commit); p50/p99/max over
-//!    every event.
+//!    arrival on the subscription (so it includes the durable commit).
+//!
+//! Each throughput workload runs for `--seconds`; nothing is timed in tests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIXTURE: &str = include_str!("../../../fixtures/order-created.json");
-
 fn event_json(extra: Option<u64>) -> Value {
-    let mut e: Value = serde_json::from_str(FIXTURE).unwrap();
+    let mut e: Value = serde_json::from_str(super::FIXTURE).unwrap();
     let obj = e.as_object_mut().unwrap();
     obj.remove("eventId");
     if let Some(n) = extra {
@@ -136,31 +130,58 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-#[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
-    let base = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:7400".to_owned());
-    let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let stats: Value = reqwest::get(format!("{base}/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    println!("server {base}, store: {}", stats["store"]);
-    let (rate, errors) = throughput(&base, 8, 100, secs).await;
-    println!("append, batches of 100 x 8 clients : {rate:>10.0} events/s  ({errors} errors)");
-    let (rate, errors) = throughput(&base, 64, 1, secs).await;
-    println!("append, 1 event x 64 clients       : {rate:>10.0} events/s  ({errors} errors)");
-    let mut lat = sse_latency(&base, 2000).await;
-    lat.sort();
-    println!(
-        "SSE delivery, append -> subscriber  : p50 {:?}  p99 {:?}  max {:?}  ({} events)",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        lat[lat.len() - 1],
-        lat.len()
-    );
+/// Runs the three HTTP workloads against `base` and prints a table (or JSON lines).
+pub fn run(base: &str, seconds: u64, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let base = base.trim_end_matches('/').to_owned();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let stats: Value = reqwest::get(format!("{base}/stats"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {base} (is `tidings serve` running?): {e}"))?
+            .json()
+            .await?;
+        let store = stats["store"].as_str().unwrap_or("?").to_owned();
+        let (batch_rate, batch_errors) = throughput(&base, 8, 100, seconds).await;
+        let (single_rate, single_errors) = throughput(&base, 64, 1, seconds).await;
+        let mut lat = sse_latency(&base, 2000).await;
+        lat.sort();
+        let (p50, p99, max) = (pct(&lat, 0.5), pct(&lat, 0.99), lat[lat.len() - 1]);
+        if json {
+            for (workload, rate, errors, target) in [
+                ("http-append-batch", batch_rate, batch_errors, 300_000.0),
+                ("http-append-concurrent", single_rate, single_errors, 30_000.0),
+            ] {
+                println!(
+                    "{}",
+                    serde_json::json!({"workload": workload, "server": base, "store": store,
+                        "events_per_sec": rate, "errors": errors, "target": target, "met": rate >= target})
+                );
+            }
+            println!(
+                "{}",
+                serde_json::json!({"workload": "http-subscribe-latency", "server": base, "store": store,
+                    "p50_us": p50.as_secs_f64() * 1e6, "p99_us": p99.as_secs_f64() * 1e6,
+                    "max_us": max.as_secs_f64() * 1e6, "events": lat.len()})
+            );
+        } else {
+            println!("server {base} (store: {store})");
+            println!("WORKLOAD                 CLIENTS  BATCH  RESULT                     TARGET");
+            println!(
+                "http-append-batch        8        100    {:>10.0} events/s ({batch_errors} errors)  >= 300000",
+                batch_rate
+            );
+            println!(
+                "http-append-concurrent   64       1      {:>10.0} events/s ({single_errors} errors)  >= 30000",
+                single_rate
+            );
+            println!(
+                "http-subscribe-latency   1        1      p50 {:.0} us, p99 {:.0} us, max {:.0} us over {} events",
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6,
+                max.as_secs_f64() * 1e6,
+                lat.len()
+            );
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    })
 }
