@@ -158,7 +158,7 @@ async function streamsPage(params) {
       h("tr", { "data-stream": s.stream },
         h("td", {}, streamLink(s.stream)),
         h("td", { class: "num" }, s.lastRevision + 1),
-        h("td", { class: "num mono" }, s.lastPosition),
+        h("td", { class: "num" }, s.lastPosition),
         h("td", { title: s.lastWritten }, ago(s.lastWritten))));
     const pager = h("div", { class: "pager" },
       h("span", { class: "muted" }, after ? `after “${after}”` : ""),
@@ -166,7 +166,7 @@ async function streamsPage(params) {
     body.replaceChildren(
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Stream"), h("th", { class: "num" }, "Events"), h("th", { class: "num" }, "Last position"), h("th", {}, "Last write"))),
         h("tbody", { id: "streams-body" }, rows)),
-      page.next || after ? pager : null);
+      ...(page.next || after ? [pager] : []));
   } catch (e) { body.replaceChildren(errorBox(e)); }
 }
 

@@ -156,7 +156,15 @@ impl Page {
         }
     }
 
+    /// Saves a screenshot, after checking the page shows no rendering junk.
     async fn screenshot(&mut self, name: &str) {
+        let text = self.eval("document.querySelector('main').innerText").await;
+        for junk in ["undefined", "NaN", "[object", "\nnull"] {
+            assert!(
+                !text.as_str().unwrap().contains(junk),
+                "page {name} shows {junk:?}: {text}"
+            );
+        }
         let shot = self
             .cmd("Page.captureScreenshot", json!({"format": "png"}))
             .await;
@@ -338,6 +346,13 @@ async fn console_shows_live_events_and_causation_trees() {
         "document.querySelectorAll('#streams-body tr').length === 2",
     )
     .await;
+    let text = page.eval("document.querySelector('main').innerText").await;
+    for junk in ["null", "undefined", "NaN", "[object"] {
+        assert!(
+            !text.as_str().unwrap().contains(junk),
+            "the stream list shows {junk:?}: {text}"
+        );
+    }
     page.screenshot("streams").await;
 
     // Correlation page: OrderCreated ← (external user action); Payment under it;
