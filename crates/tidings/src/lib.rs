@@ -20,7 +20,9 @@
 
 pub mod aggregate;
 pub mod bus;
+pub mod consumer;
 pub mod event;
+pub mod projection;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
