@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! eventType  $Parked
-//! data       the original RecordedEvent, as JSON (stream, revision, position, envelope)
+//! data       {"stream", "revision", "position", "recordedAt", "event": the envelope}
 //! metadata   parkedReason, parkedAttempts, originalStream, originalPosition,
 //!            originalRevision, originalEventId; correlation id copied from the original,
 //!            causation id = the original's event id
@@ -24,7 +24,9 @@ use serde_json::json;
 
 use super::error::ConsumerError;
 use crate::event::{Clock, Event, Metadata, Payload};
-use crate::store::{EventReader, ReadStream, RecordedEvent, Revision};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{EventReader, Position, ReadStream, RecordedEvent, Revision};
 use crate::stream::StreamId;
 
 /// Event type of a parked record.
@@ -45,6 +47,18 @@ pub struct ParkedEvent {
     pub attempts: u32,
     /// The original event, with its stream, revision and position.
     pub event: RecordedEvent,
+}
+
+/// The original event as a parked record keeps it. (Not `RecordedEvent` itself: its
+/// flattened envelope cannot be read back through the payload's raw JSON.)
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Original {
+    stream: StreamId,
+    revision: Revision,
+    position: Position,
+    recorded_at: Timestamp,
+    event: Event,
 }
 
 /// How a replayed parked event was settled.
@@ -77,9 +91,16 @@ pub(crate) fn parked_record(
     ] {
         metadata.extra.insert(k.to_owned(), v);
     }
-    let data =
-        serde_json::to_value(event).map_or_else(|e| json!({ "unencodable": e.to_string() }), |v| v);
-    system_event(clock, PARKED_EVENT_TYPE, Payload::from(data), metadata)
+    let original = Original {
+        stream: event.stream.clone(),
+        revision: event.revision,
+        position: event.position,
+        recorded_at: event.recorded_at,
+        event: event.event.clone(),
+    };
+    let data = Payload::from_serialize(&original)
+        .unwrap_or_else(|e| Payload::from(json!({ "unencodable": e.to_string() })));
+    system_event(clock, PARKED_EVENT_TYPE, data, metadata)
 }
 
 /// The `$ParkedResolved` record for the parked record at `revision`.
@@ -146,10 +167,17 @@ pub(crate) async fn read_parked<R: EventReader>(
         if r.event_type != PARKED_EVENT_TYPE || resolved.contains(&r.revision) {
             continue;
         }
-        let event: RecordedEvent = r
+        let original: Original = r
             .data
             .deserialize()
             .map_err(|e| corrupt(r.revision, format!("original event: {e}")))?;
+        let event = RecordedEvent {
+            stream: original.stream,
+            revision: original.revision,
+            position: original.position,
+            recorded_at: original.recorded_at,
+            event: original.event,
+        };
         let extra = &r.metadata.extra;
         out.push(ParkedEvent {
             parked_revision: r.revision,

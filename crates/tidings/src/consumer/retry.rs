@@ -7,7 +7,8 @@
 //! - [`Jitter::Full`]: uniform in `[0, d]` (spreads a thundering herd the most);
 //! - [`Jitter::Equal`]: `d/2` plus uniform in `[0, d/2]` (never retries immediately).
 //!
-//! Randomness comes from a [`JitterRng`] the caller seeds, so a test computes the exact
+//! Delays are whole milliseconds, the resolution of Tokio's timer (jitter draws a whole
+//! number of milliseconds). Randomness comes from a [`JitterRng`] the caller seeds, so a test computes the exact
 //! schedule a consumer will follow.
 
 use std::time::Duration;
@@ -113,7 +114,7 @@ impl RetryPolicy {
         Self::new(1)
     }
 
-    /// The delay before the first retry.
+    /// The delay before the first retry (whole milliseconds; less counts as 0).
     pub fn base(mut self, base: Duration) -> Self {
         self.base = base;
         self
@@ -146,15 +147,15 @@ impl RetryPolicy {
     pub fn delay(&self, failed_attempts: u32, rng: &mut JitterRng) -> Duration {
         let exp = failed_attempts.saturating_sub(1).min(63);
         let factor = 1u128 << exp;
-        let nanos = self.base.as_nanos().saturating_mul(factor);
-        let capped = nanos.min(self.cap.as_nanos());
+        let millis = self.base.as_millis().saturating_mul(factor);
+        let capped = millis.min(self.cap.as_millis());
         let capped = u64::try_from(capped).unwrap_or(u64::MAX);
         let jittered = match self.jitter {
             Jitter::None => capped,
             Jitter::Full => rng.up_to(capped),
             Jitter::Equal => capped / 2 + rng.up_to(capped - capped / 2),
         };
-        Duration::from_nanos(jittered)
+        Duration::from_millis(jittered)
     }
 }
 
