@@ -189,6 +189,9 @@ impl<S: EventStore, C: CheckpointStore> Delivery<S, C> {
 
     /// Handled: the event is settled, the breaker closes, and the checkpoint moves past
     /// it once every earlier event is settled too.
+    ///
+    /// The acknowledgement is recorded before anything is written, so an error here is
+    /// about writing the checkpoint (or a replay's resolution), not about the ack.
     pub async fn ack(mut self) -> Result<(), ConsumerError> {
         self.settled = true;
         let origin = {
@@ -200,8 +203,11 @@ impl<S: EventStore, C: CheckpointStore> Delivery<S, C> {
         self.shared.changed.notify_waiters();
         if let Some(Origin::Parked(revision)) = origin {
             let record = resolved_record(self.shared.clock.as_ref(), revision, Resolution::Acked);
-            self.append_parked(vec![record]).await?;
+            let resolved = self.append_parked(vec![record]).await;
+            // Settled either way; if the resolution could not be written the parked
+            // record stays listed and may be replayed again (at-least-once).
             self.shared.lock().replaying.remove(&revision);
+            resolved?;
         }
         self.shared.save_checkpoint(false).await
     }
@@ -238,9 +244,10 @@ impl<S: EventStore, C: CheckpointStore> Delivery<S, C> {
         self.park(reason).await
     }
 
-    /// Parks the event now with `reason`, whatever attempts are left. If the parked
-    /// stream cannot be written, the event stays in the group (released) and the error
-    /// is returned.
+    /// Parks the event now with `reason`, whatever attempts are left — for an event
+    /// the handler knows it can never handle. An explicit park does not count as a
+    /// failure for the circuit breaker. If the parked stream cannot be written, the
+    /// event stays in the group (released) and the error is returned.
     pub async fn park(mut self, reason: &str) -> Result<(), ConsumerError> {
         let origin = self.shared.lock().entries.get(&self.seq).map(|e| e.origin);
         let mut records = vec![parked_record(

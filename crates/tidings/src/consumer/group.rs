@@ -16,7 +16,9 @@
 //! - **Checkpoint after a contiguous prefix.** The checkpoint is the position of the
 //!   oldest unsettled event (or the reader's position when none is): everything before
 //!   it is settled. It is saved after acknowledgements, every `checkpoint_every`
-//!   settled events, and on [`ConsumerGroup::shutdown`]. After a restart the group reads
+//!   settled events, and on [`ConsumerGroup::shutdown`]. If another instance moved
+//!   the checkpoint meanwhile ([`CheckpointError::Conflict`]), the group stops:
+//!   members get the error from [`Member::next`]. After a restart the group reads
 //!   from there, so only unsettled events (and, with `checkpoint_every > 1`, settled
 //!   ones since the last save) are delivered again: at-least-once.
 //! - **Retries and parking.** A nack schedules the event again after the
@@ -28,19 +30,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::breaker::{CircuitBreaker, Permit};
-use super::checkpoint::{CheckpointStore, StoreCheckpoints};
+use super::checkpoint::{CheckpointError, CheckpointStore, StoreCheckpoints};
 use super::delivery::{Delivery, Member};
 use super::error::ConsumerError;
 use super::parked::{ParkedEvent, read_parked};
+use super::reader::{ReaderGuard, read_log};
 use super::retry::{JitterRng, RetryPolicy};
 use super::stats::ConsumerStats;
 use crate::event::{Clock, SystemClock};
-use crate::store::{EventStore, Filter, Position, RecordedEvent, Revision, Start};
+use crate::store::{EventStore, Filter, Position, RecordedEvent, Revision};
 use crate::stream::StreamId;
 
 /// Events buffered by default.
@@ -88,7 +90,7 @@ pub(crate) struct State {
     /// Positions of unsettled log events.
     pub(crate) log_pending: BTreeSet<Position>,
     /// Every log position before this has been read.
-    read_upto: Position,
+    pub(crate) read_upto: Position,
     /// Log events settled in total (for `checkpoint_every`).
     pub(crate) settled: u64,
     pub(crate) breaker: CircuitBreaker,
@@ -99,7 +101,7 @@ pub(crate) struct State {
     pub(crate) members: usize,
     next_member: u64,
     pub(crate) closed: bool,
-    failed: Option<ConsumerError>,
+    pub(crate) failed: Option<ConsumerError>,
     /// The last checkpoint saved.
     saved_checkpoint: Position,
 }
@@ -110,7 +112,7 @@ impl State {
         self.log_pending.first().copied().unwrap_or(self.read_upto)
     }
 
-    fn push(&mut self, event: RecordedEvent, origin: Origin) {
+    pub(crate) fn push(&mut self, event: RecordedEvent, origin: Origin) {
         if origin == Origin::Log {
             self.log_pending.insert(event.position);
         }
@@ -164,19 +166,20 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
         };
         let due = force || settled.saturating_sub(saved.1) >= self.checkpoint_every;
         if checkpoint > saved.0 && due {
-            self.checkpoints.save(&self.name, checkpoint).await?;
+            if let Err(e) = self.checkpoints.save(&self.name, checkpoint).await {
+                if let CheckpointError::Conflict { .. } = e {
+                    // Another instance owns the checkpoint: stop delivering rather than
+                    // handle events twice over with nothing to show for it.
+                    tracing::error!(group = %self.name, error = %e, "consumer group stopped");
+                    self.lock().failed = Some(ConsumerError::Checkpoint(e.clone()));
+                    self.changed.notify_waiters();
+                }
+                return Err(e.into());
+            }
             *saved = (checkpoint, settled);
             self.lock().saved_checkpoint = checkpoint;
         }
         Ok(())
-    }
-}
-
-struct ReaderGuard(tokio::task::JoinHandle<()>);
-
-impl Drop for ReaderGuard {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -315,61 +318,6 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
             shared,
             _reader: Arc::new(ReaderGuard(reader)),
         })
-    }
-}
-
-/// The reader task: buffers matching, non-system events from `from` on.
-async fn read_log<S: EventStore, C: CheckpointStore>(
-    shared: Arc<Shared<S, C>>,
-    from: Position,
-    filter: Filter,
-) {
-    let mut events = std::pin::pin!(shared.store.subscribe_all(Start::At(from), filter));
-    loop {
-        loop {
-            let changed = shared.changed.notified();
-            let mut changed = std::pin::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let st = shared.lock();
-                if st.closed {
-                    return;
-                }
-                if st.log_pending.len() < shared.buffer {
-                    break;
-                }
-            }
-            changed.await;
-        }
-        let item = events.next().await;
-        let mut st = shared.lock();
-        match item {
-            Some(Ok(event)) => {
-                st.read_upto = st.read_upto.max(event.position + 1);
-                if !event.stream.is_system() {
-                    st.push(event, Origin::Log);
-                }
-            }
-            Some(Err(source)) => {
-                tracing::error!(group = %shared.name, error = %source, "consumer group subscription failed");
-                st.failed = Some(ConsumerError::Subscription {
-                    group: shared.name.clone(),
-                    source,
-                });
-            }
-            None => {
-                st.failed = Some(ConsumerError::Subscription {
-                    group: shared.name.clone(),
-                    source: crate::store::StoreError::Closed,
-                });
-            }
-        }
-        let stop = st.failed.is_some();
-        drop(st);
-        shared.changed.notify_waiters();
-        if stop {
-            return;
-        }
     }
 }
 

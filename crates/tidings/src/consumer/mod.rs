@@ -31,7 +31,6 @@
 //!     .await
 //!     .unwrap();
 //! let handler = Idempotent::new(handler_fn(|_e| async { Err(HandlerError::new("smtp down")) }));
-//! let member = group.join();
 //! let worker = tokio::spawn({ let group = group.clone(); async move {
 //!     let member = group.join();
 //!     member.run(&handler).await
@@ -41,7 +40,6 @@
 //! worker.await.unwrap().unwrap();
 //! let parked = group.parked().await.unwrap();
 //! assert_eq!((parked[0].attempts, parked[0].reason.as_str()), (3, "smtp down"));
-//! # drop(member);
 //! # });
 //! ```
 
@@ -52,6 +50,7 @@ mod error;
 mod group;
 mod idempotent;
 pub mod parked;
+mod reader;
 mod retry;
 mod stats;
 
