@@ -15,8 +15,8 @@ use tidings::consumer::{
 };
 use tidings::testing::seed::{TestRng, rounds, seed};
 use tidings::{
-    Enricher, EventAppender, EventReader, ExpectedVersion, InMemoryStore, NewEvent, ReadStream,
-    StreamId,
+    Enricher, EventAppender, EventReader, ExpectedVersion, InMemoryStore, ManualClock, NewEvent,
+    ReadStream, StreamId,
 };
 use tokio::time::Instant;
 
@@ -236,6 +236,7 @@ async fn nack_retries_on_the_backoff_schedule_then_parks_with_metadata() {
         .retry(policy)
         .breaker(CircuitBreaker::disabled())
         .seed(seed)
+        .clock(ManualClock::new(jiff::Timestamp::UNIX_EPOCH))
         .checkpoints(InMemoryCheckpoints::new())
         .start()
         .await
@@ -270,6 +271,7 @@ async fn nack_retries_on_the_backoff_schedule_then_parks_with_metadata() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].attempts, 4);
     assert_eq!(list[0].reason, "carrier timeout #4");
+    assert_eq!(list[0].parked_at, jiff::Timestamp::UNIX_EPOCH);
     assert_eq!(list[0].event.stream.as_str(), "order-7");
     assert_eq!((list[0].event.position, list[0].event.revision), (0, 0));
     let raw = store

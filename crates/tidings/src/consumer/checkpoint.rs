@@ -66,6 +66,18 @@ pub enum CheckpointError {
     },
 }
 
+/// The system stream `$checkpoint-<name>` that [`StoreCheckpoints`] keeps checkpoint
+/// `name` in. Consumer groups and projections share this namespace: give them distinct
+/// names.
+pub fn checkpoint_stream(name: &str) -> Result<StreamId, CheckpointError> {
+    StreamId::system(&format!("$checkpoint-{name}")).map_err(|source| {
+        CheckpointError::InvalidName {
+            name: name.to_owned(),
+            source,
+        }
+    })
+}
+
 /// Loads and saves named checkpoints.
 pub trait CheckpointStore: Send + Sync + 'static {
     /// The saved checkpoint of `name` (None: never saved).
@@ -193,16 +205,6 @@ impl<S: EventStore> StoreCheckpoints<S> {
         self
     }
 
-    /// The stream that holds checkpoint `name`.
-    pub fn stream_for(name: &str) -> Result<StreamId, CheckpointError> {
-        StreamId::system(&format!("$checkpoint-{name}")).map_err(|source| {
-            CheckpointError::InvalidName {
-                name: name.to_owned(),
-                source,
-            }
-        })
-    }
-
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Revision>>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -217,7 +219,7 @@ impl<S: EventStore> StoreCheckpoints<S> {
 
 impl<S: EventStore> CheckpointStore for StoreCheckpoints<S> {
     async fn load(&self, name: &str) -> Result<Option<Position>, CheckpointError> {
-        let stream = Self::stream_for(name)?;
+        let stream = checkpoint_stream(name)?;
         let last = self
             .store
             .read_stream(&stream, ReadStream::backward().limit(1))
@@ -242,7 +244,7 @@ impl<S: EventStore> CheckpointStore for StoreCheckpoints<S> {
     }
 
     async fn save(&self, name: &str, next: Position) -> Result<(), CheckpointError> {
-        let stream = Self::stream_for(name)?;
+        let stream = checkpoint_stream(name)?;
         let known = self.seen().get(name).copied();
         let version = match known {
             Some(v) => v,
