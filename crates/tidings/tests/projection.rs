@@ -96,7 +96,11 @@ async fn resumes_from_its_checkpoint_and_reapplies_only_what_followed_it() {
     );
     // Saved after 4 and 8 events; the last two are not checkpointed yet.
     assert_eq!(
-        checkpoints.load("orders-per-customer").await.unwrap(),
+        checkpoints
+            .load("orders-per-customer")
+            .await
+            .unwrap()
+            .map(|c| c.next),
         Some(8)
     );
     drop(runner); // crash
@@ -109,7 +113,11 @@ async fn resumes_from_its_checkpoint_and_reapplies_only_what_followed_it() {
     assert_eq!(*model.applied.lock().unwrap(), [8, 9]);
     runner.save_checkpoint().await.unwrap();
     assert_eq!(
-        checkpoints.load("orders-per-customer").await.unwrap(),
+        checkpoints
+            .load("orders-per-customer")
+            .await
+            .unwrap()
+            .map(|c| c.next),
         Some(10)
     );
     assert_eq!(runner.catch_up().await.unwrap(), 0);
@@ -134,7 +142,8 @@ async fn rebuild_resets_and_replays_everything() {
     let saved = StoreCheckpoints::new(store.clone())
         .load("opc")
         .await
-        .unwrap();
+        .unwrap()
+        .map(|c| c.next);
     assert!(
         saved.unwrap() >= 7,
         "checkpointed past the last order: {saved:?}"
@@ -170,7 +179,10 @@ async fn a_failing_apply_stops_before_the_event() {
         matches!(&err, ProjectionError::Apply { position: 1, stream, .. } if stream.as_str() == "order-1"),
         "{err}"
     );
-    assert_eq!(checkpoints.load("opc").await.unwrap(), Some(1));
+    assert_eq!(
+        checkpoints.load("opc").await.unwrap().map(|c| c.next),
+        Some(1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -198,7 +210,10 @@ async fn runs_live_and_checkpoints_per_batch() {
         model.snapshot(),
         BTreeMap::from([("alice".into(), 1), ("bob".into(), 4)])
     );
-    assert_eq!(checkpoints.load("live").await.unwrap(), Some(5));
+    assert_eq!(
+        checkpoints.load("live").await.unwrap().map(|c| c.next),
+        Some(5)
+    );
 }
 
 /// An idempotent read model (keyed by position) that "crashes" once at a chosen position.
@@ -258,7 +273,11 @@ async fn randomized_crashes_resume_from_the_checkpoint_and_lose_nothing() {
         let ledger = Ledger::default();
         let mut expected_applied = Vec::new();
         loop {
-            let from = checkpoints.load("ledger").await.unwrap().unwrap_or(0);
+            let from = checkpoints
+                .load("ledger")
+                .await
+                .unwrap()
+                .map_or(0, |c| c.next);
             let crash = rng.chance(60).then(|| rng.below(events));
             *ledger.crash_at.lock().unwrap() = crash.filter(|&p| p >= from);
             let mut runner = ProjectionRunner::new("ledger", store.clone(), ledger.clone())

@@ -1,11 +1,13 @@
 //! Checkpoints: how far a consumer or projection has got, kept across restarts.
 //!
-//! A checkpoint is the **next global position to consider**: every event before it has
-//! been handled (acknowledged, parked or filtered out). `None` means "never saved", which
-//! a consumer treats as "start from the beginning".
+//! A [`Checkpoint`] is the **next global position to consider** — every event before it
+//! has been handled (acknowledged, parked or filtered out) — plus, for consumers that
+//! settle events out of order, the positions after it that are already settled. `None`
+//! means "never saved", which a consumer treats as "start from the beginning".
 //!
 //! [`StoreCheckpoints`] keeps each checkpoint in a system stream `$checkpoint-<name>` of
-//! any [`EventStore`], one `$Checkpoint` event per save, written with the expected version
+//! any [`EventStore`], one `$Checkpoint {"next": n, "settled": [..]}` event per save
+//! (`settled` left out when empty), written with the expected version
 //! the instance last saw — so two instances that both believe they own a checkpoint
 //! cannot both advance it: the second gets [`CheckpointError::Conflict`].
 
@@ -66,6 +68,26 @@ pub enum CheckpointError {
     },
 }
 
+/// How far a consumer has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The next position to consider: every event before it is settled.
+    pub next: Position,
+    /// Positions after `next` that are settled too (ascending; may be a subset — a
+    /// missing one is only delivered again).
+    pub settled: Vec<Position>,
+}
+
+impl Checkpoint {
+    /// Everything before `next` is settled, nothing after it.
+    pub fn at(next: Position) -> Self {
+        Self {
+            next,
+            settled: Vec::new(),
+        }
+    }
+}
+
 /// The system stream `$checkpoint-<name>` that [`StoreCheckpoints`] keeps checkpoint
 /// `name` in. Consumer groups and projections share this namespace: give them distinct
 /// names.
@@ -84,13 +106,13 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn load(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Position>, CheckpointError>> + Send;
+    ) -> impl Future<Output = Result<Option<Checkpoint>, CheckpointError>> + Send;
 
-    /// Saves `next` (the next position to consider) as the checkpoint of `name`.
+    /// Saves `checkpoint` as the checkpoint of `name`.
     fn save(
         &self,
         name: &str,
-        next: Position,
+        checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
 }
 
@@ -98,16 +120,16 @@ impl<C: CheckpointStore> CheckpointStore for Arc<C> {
     fn load(
         &self,
         name: &str,
-    ) -> impl Future<Output = Result<Option<Position>, CheckpointError>> + Send {
+    ) -> impl Future<Output = Result<Option<Checkpoint>, CheckpointError>> + Send {
         (**self).load(name)
     }
 
     fn save(
         &self,
         name: &str,
-        next: Position,
+        checkpoint: &Checkpoint,
     ) -> impl Future<Output = Result<(), CheckpointError>> + Send {
-        (**self).save(name, next)
+        (**self).save(name, checkpoint)
     }
 }
 
@@ -116,15 +138,15 @@ impl<C: CheckpointStore> CheckpointStore for Arc<C> {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use tidings::consumer::{CheckpointStore, InMemoryCheckpoints};
+/// use tidings::consumer::{Checkpoint, CheckpointStore, InMemoryCheckpoints};
 /// let checkpoints = InMemoryCheckpoints::new();
 /// assert_eq!(checkpoints.load("billing").await.unwrap(), None);
-/// checkpoints.save("billing", 42).await.unwrap();
-/// assert_eq!(checkpoints.load("billing").await.unwrap(), Some(42));
+/// checkpoints.save("billing", &Checkpoint::at(42)).await.unwrap();
+/// assert_eq!(checkpoints.load("billing").await.unwrap(), Some(Checkpoint::at(42)));
 /// # });
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct InMemoryCheckpoints(Arc<Mutex<HashMap<String, Position>>>);
+pub struct InMemoryCheckpoints(Arc<Mutex<HashMap<String, Checkpoint>>>);
 
 impl InMemoryCheckpoints {
     /// No checkpoints.
@@ -134,20 +156,20 @@ impl InMemoryCheckpoints {
 }
 
 impl CheckpointStore for InMemoryCheckpoints {
-    async fn load(&self, name: &str) -> Result<Option<Position>, CheckpointError> {
+    async fn load(&self, name: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         Ok(self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .copied())
+            .cloned())
     }
 
-    async fn save(&self, name: &str, next: Position) -> Result<(), CheckpointError> {
+    async fn save(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), next);
+            .insert(name.to_owned(), checkpoint.clone());
         Ok(())
     }
 }
@@ -163,16 +185,17 @@ impl CheckpointStore for InMemoryCheckpoints {
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use tidings::InMemoryStore;
-/// use tidings::consumer::{CheckpointError, CheckpointStore, StoreCheckpoints};
+/// use tidings::consumer::{Checkpoint, CheckpointError, CheckpointStore, StoreCheckpoints};
 /// let store = InMemoryStore::new();
 /// let a = StoreCheckpoints::new(store.clone());
 /// let b = StoreCheckpoints::new(store.clone());
 /// a.load("billing").await.unwrap();
 /// b.load("billing").await.unwrap();
-/// a.save("billing", 10).await.unwrap();
+/// a.save("billing", &Checkpoint::at(10)).await.unwrap();
 /// // b did not see a's save: it may not overwrite it silently.
-/// assert!(matches!(b.save("billing", 5).await, Err(CheckpointError::Conflict { .. })));
-/// assert_eq!(b.load("billing").await.unwrap(), Some(10));
+/// let late = b.save("billing", &Checkpoint::at(5)).await;
+/// assert!(matches!(late, Err(CheckpointError::Conflict { .. })));
+/// assert_eq!(b.load("billing").await.unwrap(), Some(Checkpoint::at(10)));
 /// # });
 /// ```
 #[derive(Clone)]
@@ -218,7 +241,7 @@ impl<S: EventStore> StoreCheckpoints<S> {
 }
 
 impl<S: EventStore> CheckpointStore for StoreCheckpoints<S> {
-    async fn load(&self, name: &str) -> Result<Option<Position>, CheckpointError> {
+    async fn load(&self, name: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         let stream = checkpoint_stream(name)?;
         let last = self
             .store
@@ -229,21 +252,26 @@ impl<S: EventStore> CheckpointStore for StoreCheckpoints<S> {
             self.seen().insert(name.to_owned(), None);
             return Ok(None);
         };
-        let next = record
-            .data
-            .to_value()
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            name: name.to_owned(),
+            revision: record.revision,
+            reason,
+        };
+        let value = record.data.to_value();
+        let next = value
             .get("next")
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| CheckpointError::Corrupt {
-                name: name.to_owned(),
-                revision: record.revision,
-                reason: format!("no integer \"next\" in {}", record.data.as_str()),
-            })?;
+            .ok_or_else(|| corrupt(format!("no integer \"next\" in {}", record.data)))?;
+        let settled = match value.get("settled") {
+            None => Vec::new(),
+            Some(list) => serde_json::from_value(list.clone())
+                .map_err(|e| corrupt(format!("\"settled\" is not a list of positions: {e}")))?,
+        };
         self.seen().insert(name.to_owned(), Some(record.revision));
-        Ok(Some(next))
+        Ok(Some(Checkpoint { next, settled }))
     }
 
-    async fn save(&self, name: &str, next: Position) -> Result<(), CheckpointError> {
+    async fn save(&self, name: &str, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let stream = checkpoint_stream(name)?;
         let known = self.seen().get(name).copied();
         let version = match known {
@@ -261,7 +289,11 @@ impl<S: EventStore> CheckpointStore for StoreCheckpoints<S> {
             event_version: "1.0".to_owned(),
             timestamp: self.clock.now(),
             source: "tidings-consumer".to_owned(),
-            data: Payload::from(serde_json::json!({ "next": next })),
+            data: Payload::from(if checkpoint.settled.is_empty() {
+                serde_json::json!({ "next": checkpoint.next })
+            } else {
+                serde_json::json!({ "next": checkpoint.next, "settled": checkpoint.settled })
+            }),
             metadata: Metadata::default(),
         };
         match self.store.append(&stream, expected, vec![record]).await {

@@ -289,8 +289,7 @@ impl<S: EventStore, C: CheckpointStore> Delivery<S, C> {
     fn remove(&self, st: &mut super::group::State) -> Option<Origin> {
         let entry = st.entries.remove(&self.seq)?;
         if entry.origin == Origin::Log {
-            st.log_pending.remove(&entry.event.position);
-            st.settled += 1;
+            st.settle(entry.event.position, self.shared.buffer);
         }
         Some(entry.origin)
     }

@@ -15,12 +15,14 @@
 //!   holds streams it is not working on.)
 //! - **Checkpoint after a contiguous prefix.** The checkpoint is the position of the
 //!   oldest unsettled event (or the reader's position when none is): everything before
-//!   it is settled. It is saved after acknowledgements, every `checkpoint_every`
-//!   settled events, and on [`ConsumerGroup::shutdown`]. If another instance moved
+//!   it is settled. It is saved with the settled positions after it (up to `buffer`
+//!   of them) after acknowledgements, every `checkpoint_every` settled events, and on
+//!   [`ConsumerGroup::shutdown`]. If another instance moved
 //!   the checkpoint meanwhile ([`CheckpointError::Conflict`]), the group stops:
 //!   members get the error from [`Member::next`]. After a restart the group reads
-//!   from there, so only unsettled events (and, with `checkpoint_every > 1`, settled
-//!   ones since the last save) are delivered again: at-least-once.
+//!   from there and skips the saved settled positions, so only unsettled events are
+//!   delivered again — plus, with `checkpoint_every > 1`, those settled since the last
+//!   save, and settled ones beyond the `buffer` positions kept: at-least-once.
 //! - **Retries and parking.** A nack schedules the event again after the
 //!   [`RetryPolicy`]'s delay; after the last attempt it is parked in `$parked-<group>`
 //!   (see [`parked`](super::parked)) and the stream moves on.
@@ -34,7 +36,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::breaker::{CircuitBreaker, Permit};
-use super::checkpoint::{CheckpointError, CheckpointStore, StoreCheckpoints};
+use super::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, StoreCheckpoints};
 use super::delivery::{Delivery, Member};
 use super::error::ConsumerError;
 use super::parked::{ParkedEvent, read_parked};
@@ -93,6 +95,9 @@ pub(crate) struct State {
     pub(crate) read_upto: Position,
     /// Log events settled in total (for `checkpoint_every`).
     pub(crate) settled: u64,
+    /// Settled log positions after the checkpoint (at most `buffer` of them, the
+    /// lowest): saved with it so a restart skips them.
+    pub(crate) settled_above: BTreeSet<Position>,
     pub(crate) breaker: CircuitBreaker,
     pub(crate) rng: JitterRng,
     /// Parked revisions queued by a replay and not yet settled.
@@ -110,6 +115,18 @@ impl State {
     /// Everything before this position is settled.
     pub(crate) fn checkpoint(&self) -> Position {
         self.log_pending.first().copied().unwrap_or(self.read_upto)
+    }
+
+    /// Records that the log event at `position` is settled.
+    pub(crate) fn settle(&mut self, position: Position, keep: usize) {
+        self.log_pending.remove(&position);
+        self.settled += 1;
+        self.settled_above.insert(position);
+        let checkpoint = self.checkpoint();
+        self.settled_above = self.settled_above.split_off(&checkpoint);
+        while self.settled_above.len() > keep {
+            self.settled_above.pop_last();
+        }
     }
 
     pub(crate) fn push(&mut self, event: RecordedEvent, origin: Origin) {
@@ -162,11 +179,16 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
         let mut saved = self.saved.lock().await;
         let (checkpoint, settled) = {
             let st = self.lock();
-            (st.checkpoint(), st.settled)
+            let checkpoint = Checkpoint {
+                next: st.checkpoint(),
+                settled: st.settled_above.iter().copied().collect(),
+            };
+            (checkpoint, st.settled)
         };
         let due = force || settled.saturating_sub(saved.1) >= self.checkpoint_every;
-        if checkpoint > saved.0 && due {
-            if let Err(e) = self.checkpoints.save(&self.name, checkpoint).await {
+        let changed = checkpoint.next != saved.0 || settled != saved.1;
+        if due && changed {
+            if let Err(e) = self.checkpoints.save(&self.name, &checkpoint).await {
                 if let CheckpointError::Conflict { .. } = e {
                     // Another instance owns the checkpoint: stop delivering rather than
                     // handle events twice over with nothing to show for it.
@@ -176,8 +198,8 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
                 }
                 return Err(e.into());
             }
-            *saved = (checkpoint, settled);
-            self.lock().saved_checkpoint = checkpoint;
+            *saved = (checkpoint.next, settled);
+            self.lock().saved_checkpoint = checkpoint.next;
         }
         Ok(())
     }
@@ -280,7 +302,13 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
         };
         let parked_stream = StreamId::system(&format!("$parked-{}", self.name)).map_err(invalid)?;
         StreamId::system(&format!("$checkpoint-{}", self.name)).map_err(invalid)?;
-        let from = self.checkpoints.load(&self.name).await?.unwrap_or(0);
+        let loaded = self.checkpoints.load(&self.name).await?.unwrap_or_default();
+        let from = loaded.next;
+        let mut settled_above: BTreeSet<Position> =
+            loaded.settled.into_iter().filter(|&p| p > from).collect();
+        while settled_above.len() > self.buffer {
+            settled_above.pop_last();
+        }
         let rng = self
             .seed
             .map_or_else(JitterRng::from_entropy, JitterRng::new);
@@ -299,6 +327,7 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
                 log_pending: BTreeSet::new(),
                 read_upto: from,
                 settled: 0,
+                settled_above,
                 breaker: self.breaker,
                 rng,
                 replaying: HashSet::new(),

@@ -56,8 +56,8 @@ mod stats;
 
 pub use breaker::{BreakerState, CircuitBreaker, Permit};
 pub use checkpoint::{
-    CHECKPOINT_EVENT_TYPE, CheckpointError, CheckpointStore, InMemoryCheckpoints, StoreCheckpoints,
-    checkpoint_stream,
+    CHECKPOINT_EVENT_TYPE, Checkpoint, CheckpointError, CheckpointStore, InMemoryCheckpoints,
+    StoreCheckpoints, checkpoint_stream,
 };
 pub use delivery::{Delivery, Member};
 pub use error::ConsumerError;

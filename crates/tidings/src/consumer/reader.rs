@@ -47,7 +47,9 @@ pub(crate) async fn read_log<S: EventStore, C: CheckpointStore>(
         match item {
             Some(Ok(event)) => {
                 st.read_upto = st.read_upto.max(event.position + 1);
-                if !event.stream.is_system() {
+                // Settled before a restart (saved with the checkpoint): skip.
+                let settled = st.settled_above.contains(&event.position);
+                if !event.stream.is_system() && !settled {
                     st.push(event, Origin::Log);
                 }
             }

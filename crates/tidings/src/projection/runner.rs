@@ -4,7 +4,7 @@ use futures::StreamExt;
 
 use super::Projection;
 use crate::bus::HandlerError;
-use crate::consumer::{CheckpointError, CheckpointStore, StoreCheckpoints};
+use crate::consumer::{Checkpoint, CheckpointError, CheckpointStore, StoreCheckpoints};
 use crate::store::subscription::PAGE;
 use crate::store::{EventStore, Filter, Position, ReadAll, RecordedEvent, Start, StoreError};
 use crate::stream::StreamId;
@@ -210,7 +210,7 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
         if let Some(next) = self.next {
             return Ok(next);
         }
-        let loaded = self.checkpoints.load(&self.name).await?;
+        let loaded = self.checkpoints.load(&self.name).await?.map(|c| c.next);
         self.saved = loaded;
         let next = loaded.unwrap_or(0);
         self.next = Some(next);
@@ -287,7 +287,9 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
                 projection: self.name.clone(),
                 source,
             })?;
-        self.checkpoints.save(&self.name, 0).await?;
+        self.checkpoints
+            .save(&self.name, &Checkpoint::at(0))
+            .await?;
         self.saved = Some(0);
         self.next = Some(0);
         self.since_save = 0;
@@ -298,7 +300,9 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
     pub async fn save_checkpoint(&mut self) -> Result<(), ProjectionError> {
         if let Some(next) = self.next {
             if self.saved != Some(next) {
-                self.checkpoints.save(&self.name, next).await?;
+                self.checkpoints
+                    .save(&self.name, &Checkpoint::at(next))
+                    .await?;
                 self.saved = Some(next);
                 self.since_save = 0;
             }
