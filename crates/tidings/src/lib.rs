@@ -20,18 +20,22 @@
 
 pub mod aggregate;
 pub mod bus;
+pub mod consumer;
 pub mod event;
+pub mod projection;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use consumer::{CheckpointStore, ConsumerGroup, RetryPolicy};
 pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
 pub use event::upcast::{UpcastError, Upcaster, Upcasters};
 pub use event::{
     Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
     SystemClock,
 };
+pub use projection::{Projection, ProjectionRunner};
 pub use store::{
     AppendResult, Direction, EventAppender, EventReader, EventStore, EventSubscriber,
     ExpectedVersion, Filter, InMemoryStore, ListStreams, Position, ReadAll, ReadStream,
