@@ -114,9 +114,10 @@ pub struct AppendResult {
     pub position: Position,
 }
 
-/// An event as a store recorded it.
+/// An event as a store recorded it. Its JSON is the envelope's fields plus `stream`,
+/// `revision`, `position` and `recordedAt`, side by side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "RecordedEventJson")]
 pub struct RecordedEvent {
     /// The event's stream.
     pub stream: StreamId,
@@ -129,6 +130,46 @@ pub struct RecordedEvent {
     /// The envelope.
     #[serde(flatten)]
     pub event: Event,
+}
+
+/// The JSON form of [`RecordedEvent`], spelled out field by field: serde's `flatten`
+/// buffers values, and a buffered value can no longer be read as the raw JSON text a
+/// [`crate::Payload`] keeps.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordedEventJson {
+    stream: StreamId,
+    revision: Revision,
+    position: Position,
+    recorded_at: Timestamp,
+    event_id: uuid::Uuid,
+    event_type: String,
+    event_version: String,
+    timestamp: Timestamp,
+    source: String,
+    data: crate::Payload,
+    #[serde(default)]
+    metadata: crate::Metadata,
+}
+
+impl From<RecordedEventJson> for RecordedEvent {
+    fn from(j: RecordedEventJson) -> Self {
+        Self {
+            stream: j.stream,
+            revision: j.revision,
+            position: j.position,
+            recorded_at: j.recorded_at,
+            event: Event {
+                event_id: j.event_id,
+                event_type: j.event_type,
+                event_version: j.event_version,
+                timestamp: j.timestamp,
+                source: j.source,
+                data: j.data,
+                metadata: j.metadata,
+            },
+        }
+    }
 }
 
 impl std::ops::Deref for RecordedEvent {
@@ -494,5 +535,33 @@ mod tests {
         assert!(!f.matches("order-1", "B"));
         assert!(!f.matches("user-1", "A"));
         assert!(Filter::all().matches("x", "y"));
+    }
+}
+
+#[cfg(test)]
+mod recorded_json_tests {
+    use super::*;
+
+    #[test]
+    fn recorded_event_json_round_trips() {
+        let event: Event =
+            serde_json::from_str(include_str!("../../../../fixtures/order-created.json")).unwrap();
+        let recorded = RecordedEvent {
+            stream: StreamId::new("order-123").unwrap(),
+            revision: 3,
+            position: 7,
+            recorded_at: "2024-01-15T10:30:01Z".parse().unwrap(),
+            event,
+        };
+        let json = serde_json::to_string(&recorded).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["stream"], "order-123");
+        assert_eq!(value["eventType"], "OrderCreated");
+        assert_eq!(value["data"]["orderId"], "order-123");
+        assert_eq!(value["recordedAt"], "2024-01-15T10:30:01Z");
+        let back: RecordedEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, recorded);
+        let from_value: RecordedEvent = serde_json::from_value(value).unwrap();
+        assert_eq!(from_value, recorded);
     }
 }
