@@ -168,52 +168,9 @@ pub struct Remote {
     token: Option<String>,
 }
 
-/// A recorded event as JSON. `RecordedEvent` flattens its envelope, and serde cannot
-/// deserialize a raw JSON payload through `flatten`, so the wire form spells it out.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireEvent {
-    stream: StreamId,
-    revision: u64,
-    position: Position,
-    recorded_at: jiff::Timestamp,
-    event_id: uuid::Uuid,
-    event_type: String,
-    event_version: String,
-    timestamp: jiff::Timestamp,
-    source: String,
-    data: tidings::Payload,
-    #[serde(default)]
-    metadata: tidings::Metadata,
-}
-
-impl From<WireEvent> for RecordedEvent {
-    fn from(w: WireEvent) -> Self {
-        RecordedEvent {
-            stream: w.stream,
-            revision: w.revision,
-            position: w.position,
-            recorded_at: w.recorded_at,
-            event: Event {
-                event_id: w.event_id,
-                event_type: w.event_type,
-                event_version: w.event_version,
-                timestamp: w.timestamp,
-                source: w.source,
-                data: w.data,
-                metadata: w.metadata,
-            },
-        }
-    }
-}
-
 /// Parses one recorded event from JSON text.
 pub fn parse_recorded(text: &str) -> serde_json::Result<RecordedEvent> {
-    serde_json::from_str::<WireEvent>(text).map(RecordedEvent::from)
-}
-
-fn recorded(page: Vec<WireEvent>) -> Vec<RecordedEvent> {
-    page.into_iter().map(RecordedEvent::from).collect()
+    serde_json::from_str(text)
 }
 
 #[derive(Deserialize)]
@@ -328,20 +285,20 @@ impl Client for Remote {
             path.push_str(&format!("&from={f}"));
         }
         match self.send(self.get(&path)).await {
-            Ok(r) => Ok(recorded(r.json::<Page<WireEvent>>().await?.events)),
+            Ok(r) => Ok(r.json::<Page<RecordedEvent>>().await?.events),
             Err(ClientError::Refused { slug, .. }) if slug == "stream-not-found" => Ok(Vec::new()),
             Err(e) => Err(anyhow!(e)),
         }
     }
 
     async fn read_all(&self, from: Position, limit: usize) -> Result<Vec<RecordedEvent>> {
-        let page: Page<WireEvent> = self
+        let page: Page<RecordedEvent> = self
             .get_json(&format!(
                 "/all?from={from}&limit={}",
                 limit.min(tidings_server_max_limit())
             ))
             .await?;
-        Ok(recorded(page.events))
+        Ok(page.events)
     }
 
     async fn list_streams(
@@ -366,7 +323,7 @@ impl Client for Remote {
             .send(self.get(&format!("/correlations/{}", enc(id))))
             .await
         {
-            Ok(r) => Ok(recorded(r.json::<Page<WireEvent>>().await?.events)),
+            Ok(r) => Ok(r.json::<Page<RecordedEvent>>().await?.events),
             Err(ClientError::Refused { slug, .. }) if slug == "correlation-not-found" => {
                 Ok(Vec::new())
             }
