@@ -197,7 +197,7 @@ impl LogStoreBuilder {
             stopped: Mutex::new(None),
             limits: self.limits,
             report: rec.report,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let Some((ordinal, offset)) = rec.active else {
             return Ok(LogStore {
@@ -245,7 +245,9 @@ pub(crate) struct Shared {
     pub stopped: Mutex<Option<String>>,
     pub limits: Limits,
     pub report: RecoveryReport,
-    _lock: Box<dyn Send + Sync>,
+    /// The directory lock; released by [`LogStore::close`] so the directory can be
+    /// opened again while stray handles (a finished subscription's, say) linger.
+    lock: Mutex<Option<Box<dyn Send + Sync>>>,
 }
 
 impl Shared {
@@ -358,7 +360,8 @@ impl LogStore {
     }
 
     /// Finishes queued appends, writes the index checkpoint and stops the writer. Later
-    /// appends fail with `StoreError::Closed`; reads keep working.
+    /// appends fail with `StoreError::Closed`; reads keep working. The directory lock is
+    /// released, so the store can be opened again even while other handles linger.
     pub async fn close(&self) -> Result<(), LogError> {
         let Some(tx) = &self.inner.tx else {
             return Ok(());
@@ -367,7 +370,16 @@ impl LogStore {
         if tx.send(Request::Close(reply)).await.is_err() {
             return Ok(());
         }
-        rx.await.unwrap_or(Err(LogError::Closed))
+        let closed = rx.await.unwrap_or(Err(LogError::Closed));
+        if closed.is_ok() {
+            self.inner
+                .shared
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        closed
     }
 
     /// Writes the index checkpoint now (the writer also writes one when it closes).
@@ -377,7 +389,16 @@ impl LogStore {
         tx.send(Request::Checkpoint(reply))
             .await
             .map_err(|_| LogError::Closed)?;
-        rx.await.unwrap_or(Err(LogError::Closed))
+        let closed = rx.await.unwrap_or(Err(LogError::Closed));
+        if closed.is_ok() {
+            self.inner
+                .shared
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        closed
     }
 
     fn closed_error(&self) -> StoreError {
