@@ -54,6 +54,16 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A failed test must not leave its server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn tidings(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .args(args)
