@@ -21,6 +21,7 @@
 pub mod aggregate;
 pub mod bus;
 pub mod event;
+pub mod saga;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
