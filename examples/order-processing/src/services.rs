@@ -240,7 +240,10 @@ pub fn services<S: EventStore>(
                 config.out_of_stock.iter().cloned(),
             )),
         ),
-        (SCHEDULE_SHIPPING, Arc::new(ShippingService::new(store.clone()))),
+        (
+            SCHEDULE_SHIPPING,
+            Arc::new(ShippingService::new(store.clone())),
+        ),
     ]
 }
 

@@ -1,7 +1,7 @@
 //! [`SagaRuntime`]: feeds a saga its events and timers, keeps its instances in the store,
 //! and carries out what it decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -76,6 +76,8 @@ pub struct SagaRuntime<S, G: Saga> {
     clock: Arc<dyn Clock>,
     handlers: HashMap<String, Arc<dyn CommandHandler>>,
     live: Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>,
+    /// Instances whose last step's commands failed and wait for another try.
+    stalled: Mutex<BTreeSet<String>>,
     steps: tokio::sync::Mutex<()>,
     timer_interval: Duration,
     max_attempts: u32,
@@ -157,8 +159,9 @@ impl<S: EventStore, G: Saga> SagaRuntimeBuilder<S, G> {
     }
 
     /// Builds the runtime and recovers: every instance of the saga in the store is
-    /// loaded, commands a crash left pending are carried out, and live instances' timers
-    /// are scheduled.
+    /// loaded, live instances' timers are scheduled, and commands a crash left pending
+    /// are carried out (when that fails again the instance stays stalled, see
+    /// [`SagaRuntime::flush_pending`]; only a failing store fails the build).
     pub async fn build(self) -> Result<SagaRuntime<S, G>, SagaError> {
         let runtime = SagaRuntime {
             store: self.store,
@@ -167,12 +170,16 @@ impl<S: EventStore, G: Saga> SagaRuntimeBuilder<S, G> {
             clock: self.clock,
             handlers: self.handlers,
             live: Mutex::default(),
+            stalled: Mutex::default(),
             steps: tokio::sync::Mutex::new(()),
             timer_interval: self.timer_interval,
             max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
         };
         runtime.recover().await?;
+        if let Err(e) = runtime.flush_pending().await {
+            tracing::warn!(saga = G::NAME, error = %e, "commands left pending by a crash failed again; will retry");
+        }
         Ok(runtime)
     }
 }
@@ -447,7 +454,50 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
                 live.insert(step.instance.to_owned(), record.timers.clone());
             }
         }
-        self.flush(step.stream, revision, &record).await
+        self.flush_marking(step.instance, step.stream, revision, &record)
+            .await
+    }
+
+    fn stalled_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`flush`](Self::flush), remembering the instance as stalled while it fails.
+    async fn flush_marking(
+        &self,
+        instance: &str,
+        stream: &StreamId,
+        revision: Revision,
+        record: &StepRecord,
+    ) -> Result<(), SagaError> {
+        if record.outbox.is_empty() {
+            return Ok(());
+        }
+        self.stalled_lock().insert(instance.to_owned());
+        self.flush(stream, revision, record).await?;
+        self.stalled_lock().remove(instance);
+        Ok(())
+    }
+
+    /// The ids of instances whose last commands failed and have not been carried out
+    /// yet (they are retried by [`flush_pending`](Self::flush_pending), by the next event
+    /// for the instance, and by [`run`](Self::run) on every timer tick).
+    pub fn stalled_instances(&self) -> Vec<String> {
+        self.stalled_lock().iter().cloned().collect()
+    }
+
+    /// Tries again to carry out the commands of every stalled instance; returns how many
+    /// instances it finished, or the first error.
+    pub async fn flush_pending(&self) -> Result<usize, SagaError> {
+        let mut done = 0;
+        for id in self.stalled_instances() {
+            let stream = self.stream_of(&id)?;
+            let _step = self.steps.lock().await;
+            self.load_and_flush(&stream).await?;
+            self.stalled_lock().remove(&id);
+            done += 1;
+        }
+        Ok(done)
     }
 
     async fn append_record<T: serde::Serialize>(
@@ -558,15 +608,18 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
             return Ok(None);
         };
         if inst.pending {
-            self.flush(stream, inst.version, &inst.step).await?;
+            self.flush_marking(&inst.id, stream, inst.version, &inst.step)
+                .await?;
             inst.version += 1;
             inst.pending = false;
         }
         Ok(Some(inst))
     }
 
-    /// Finds every instance of the saga in the store, finishes pending commands and
-    /// schedules live instances' timers. [`build`](SagaRuntimeBuilder::build) calls it.
+    /// Finds every instance of the saga in the store, schedules live instances' timers
+    /// and notes the instances whose commands a crash left pending (see
+    /// [`flush_pending`](Self::flush_pending)). [`build`](SagaRuntimeBuilder::build)
+    /// calls it.
     async fn recover(&self) -> Result<(), SagaError> {
         let prefix = instance_prefix(G::NAME);
         let mut after = None;
@@ -585,16 +638,21 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
             };
             after = Some(last.stream.to_string());
             for info in page {
-                let _step = self.steps.lock().await;
-                let Some(inst) = self.load_and_flush(&info.stream).await? else {
+                let Some(inst) = load::<G::State, _>(G::NAME, &self.store, &info.stream).await?
+                else {
                     continue;
                 };
                 // A saga whose name extends this one's shares the prefix.
-                if inst.step.saga != G::NAME || inst.is_completed() {
+                if inst.step.saga != G::NAME {
                     continue;
                 }
-                self.live_lock()
-                    .insert(inst.id.clone(), inst.step.timers.clone());
+                if !inst.is_completed() {
+                    self.live_lock()
+                        .insert(inst.id.clone(), inst.step.timers.clone());
+                }
+                if inst.pending {
+                    self.stalled_lock().insert(inst.id.clone());
+                }
             }
         }
     }
@@ -701,6 +759,9 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 _ = tick.tick() => {
+                    if let Err(e) = self.flush_pending().await {
+                        tracing::warn!(saga = G::NAME, error = %e, "pending saga commands failed again; will retry");
+                    }
                     if let Err(e) = self.fire_due_timers().await {
                         tracing::warn!(saga = G::NAME, error = %e, "firing due timers failed; will retry");
                     }
