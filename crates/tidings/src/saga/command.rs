@@ -26,8 +26,8 @@ pub enum SagaCommand {
     Publish {
         /// Where.
         stream: StreamId,
-        /// What.
-        event: NewEvent,
+        /// What (boxed: an envelope is much larger than the other commands).
+        event: Box<NewEvent>,
     },
     /// Send a command to the [`CommandHandler`] registered under its name.
     Send(Command),
@@ -52,7 +52,10 @@ pub enum SagaCommand {
 impl SagaCommand {
     /// Publish `event` to `stream`.
     pub fn publish(stream: StreamId, event: NewEvent) -> Self {
-        Self::Publish { stream, event }
+        Self::Publish {
+            stream,
+            event: Box::new(event),
+        }
     }
 
     /// Send the command `name` with `payload`.

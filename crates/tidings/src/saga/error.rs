@@ -54,6 +54,18 @@ pub enum SagaError {
         /// What was wrong.
         reason: String,
     },
+    /// An instance stream belongs to another saga whose name extends this one's
+    /// (`$saga-order-x-1` is saga `order-x`, instance `1`, not saga `order`, instance
+    /// `x-1`). Give sagas names that are not a prefix of one another plus `-`.
+    #[error("stream {stream} belongs to saga {found}, not to saga {saga}")]
+    ForeignInstance {
+        /// The stream.
+        stream: StreamId,
+        /// The saga that looked.
+        saga: &'static str,
+        /// The saga that wrote it.
+        found: String,
+    },
     /// The saga's own code refused the event or timeout.
     #[error("saga {saga} instance {instance} failed on {input}: {source}")]
     Handler {

@@ -124,6 +124,13 @@ pub(crate) async fn load<T: DeserializeOwned, R: EventReader>(
         (last, true)
     };
     let step = decode_step(stream, step_event)?;
+    if step.saga != saga {
+        return Err(SagaError::ForeignInstance {
+            stream: stream.clone(),
+            saga,
+            found: step.saga,
+        });
+    }
     let state = serde_json::from_value(step.state.clone())
         .map_err(|err| corrupt(stream, step_event, format!("state: {err}")))?;
     Ok(Some(SagaInstance {

@@ -407,7 +407,10 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
                     event
                         .event_id
                         .get_or_insert_with(|| outbox_id(step.stream, revision, index));
-                    outbox.push(OutboxEntry::Publish { stream, event });
+                    outbox.push(OutboxEntry::Publish {
+                        stream,
+                        event: *event,
+                    });
                 }
                 SagaCommand::Send(command) => outbox.push(OutboxEntry::Send {
                     command_id: outbox_id(step.stream, revision, index),
@@ -638,14 +641,12 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
             };
             after = Some(last.stream.to_string());
             for info in page {
-                let Some(inst) = load::<G::State, _>(G::NAME, &self.store, &info.stream).await?
-                else {
-                    continue;
+                let inst = match load::<G::State, _>(G::NAME, &self.store, &info.stream).await {
+                    Ok(Some(inst)) => inst,
+                    // A saga whose name extends this one's shares the prefix.
+                    Ok(None) | Err(SagaError::ForeignInstance { .. }) => continue,
+                    Err(e) => return Err(e),
                 };
-                // A saga whose name extends this one's shares the prefix.
-                if inst.step.saga != G::NAME {
-                    continue;
-                }
                 if !inst.is_completed() {
                     self.live_lock()
                         .insert(inst.id.clone(), inst.step.timers.clone());
