@@ -1,6 +1,6 @@
 //! The order domain on Tidings: the seed's events, an event-sourced [`Order`], the
 //! payment handlers that react to a confirmed order, and the seed's order saga
-//! ([`saga`]) with the in-process services it drives ([`services`]).
+//! ([`saga`]) with the in-process services it drives ([`services`](mod@services)).
 //!
 //! [`wire`] connects everything to a store: a [`Dispatcher`] behind a [`Publisher`], the
 //! payment handlers registered on it, and a [`Repository`] of orders that publishes what
