@@ -379,3 +379,97 @@ async fn two_runtimes_racing_on_one_event_record_one_step() {
     );
     assert_eq!(events_of(&store, "mail").await.len(), 1);
 }
+
+mod counter {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "eventType", content = "data")]
+    pub enum CounterEvent {
+        Incremented { by: u32 },
+    }
+    tidings::domain_event!(CounterEvent { Incremented => "1.0" });
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the counter would overflow")]
+    pub struct Overflow;
+
+    #[derive(Default, Serialize, Deserialize)]
+    pub struct Counter {
+        pub value: u32,
+    }
+
+    impl tidings::aggregate::Aggregate for Counter {
+        const TYPE: &'static str = "Counter";
+        type Command = u32;
+        type Event = CounterEvent;
+        type Error = Overflow;
+        fn handle(&self, by: u32) -> Result<Vec<CounterEvent>, Overflow> {
+            self.value.checked_add(by).ok_or(Overflow)?;
+            Ok(vec![CounterEvent::Incremented { by }])
+        }
+        fn apply(&mut self, CounterEvent::Incremented { by }: &CounterEvent) {
+            self.value += by;
+        }
+    }
+}
+
+#[tokio::test]
+async fn commands_reach_an_aggregate_once_per_command_id() {
+    use tidings::aggregate::Repository;
+    use tidings::saga::{AggregateCommandHandler, COMMAND_ID_KEY, CommandHandler};
+
+    let store = InMemoryStore::new();
+    let repository =
+        Repository::<counter::Counter, _>::new(store.clone(), Enricher::new("counter"));
+    let counters = Arc::new(AggregateCommandHandler::new(
+        repository.clone(),
+        |c: &CommandEnvelope| {
+            let ticket = c.command.payload.to_value()["ticketId"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| HandlerError::new("no ticketId"))?;
+            Ok((StreamId::new(&format!("counter-{ticket}"))?, 1))
+        },
+    ));
+    // The first attempt does the work, then reports a failure (a lost acknowledgement).
+    let attempts = Arc::new(Mutex::new(0));
+    let flaky = {
+        let attempts = Arc::clone(&attempts);
+        command_fn(move |c: CommandEnvelope| {
+            let counters = Arc::clone(&counters);
+            let attempts = Arc::clone(&attempts);
+            async move {
+                counters.handle(&c).await?;
+                let mut n = attempts.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    return Err(HandlerError::new("acknowledgement lost"));
+                }
+                Ok(())
+            }
+        })
+    };
+    let saga = SagaRuntime::builder(store.clone(), Tickets("Count"))
+        .command_handler("Count", flaky)
+        .build()
+        .await
+        .unwrap();
+    let opened = append(&store, "tickets", "TicketOpened", "t-6").await;
+    assert!(saga.handle_event(&opened).await.is_err());
+    assert_eq!(saga.flush_pending().await.unwrap(), 1);
+    assert_eq!(*attempts.lock().unwrap(), 2);
+
+    let counter = repository
+        .load(&StreamId::new("counter-t-6").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(counter.state().value, 1, "executed once");
+    let events = events_of(&store, "counter-t-6").await;
+    assert_eq!(events.len(), 1);
+    assert!(events[0].metadata.extra.contains_key(COMMAND_ID_KEY));
+    assert_eq!(
+        events[0].metadata.causation_id,
+        Some(opened.event_id.to_string())
+    );
+}

@@ -58,6 +58,7 @@
 //! # });
 //! ```
 
+mod aggregate;
 mod command;
 mod error;
 mod instance;
@@ -70,6 +71,7 @@ use serde::de::DeserializeOwned;
 use crate::bus::HandlerError;
 use crate::store::RecordedEvent;
 
+pub use aggregate::{AggregateCommandHandler, COMMAND_ID_KEY, DEDUPE_WINDOW};
 pub use command::{
     Command, CommandEnvelope, CommandHandler, FnCommandHandler, SagaCommand, command_fn,
 };
