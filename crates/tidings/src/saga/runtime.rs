@@ -259,6 +259,11 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
     /// records the step, then carries out its commands. Safe to call again with the
     /// same event (see [`StepOutcome::Duplicate`]); an error leaves nothing half done
     /// that a later call or a restart does not finish.
+    ///
+    /// Steps of one runtime run one at a time, command handlers included, so a command
+    /// handler (or a dispatch it triggers) must not call back into the same runtime:
+    /// let the runtime pick the answer up from the store ([`catch_up`](Self::catch_up),
+    /// [`run`](Self::run)).
     pub async fn handle_event(&self, event: &RecordedEvent) -> Result<StepOutcome, SagaError> {
         if event.stream.as_str().starts_with('$')
             || !G::EVENT_TYPES.contains(&event.event_type.as_str())
