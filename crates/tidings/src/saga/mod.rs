@@ -59,6 +59,7 @@
 //! ```
 
 mod aggregate;
+mod checkpoint;
 mod command;
 mod error;
 mod instance;

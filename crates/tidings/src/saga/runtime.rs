@@ -3,30 +3,25 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
 use super::command::{CommandEnvelope, CommandHandler, SagaCommand};
 use super::instance::{SagaInstance, load};
 use super::record::{
-    CHECKPOINT, COMMANDS_DONE, Checkpoint, CommandsDone, OutboxEntry, RecordedCause, STEP_RECORDED,
-    StepInput, StepRecord, checkpoint_stream, instance_prefix, instance_stream, outbox_id,
+    COMMANDS_DONE, CommandsDone, OutboxEntry, RecordedCause, STEP_RECORDED, StepInput, StepRecord,
+    instance_prefix, instance_stream, outbox_id,
 };
 use super::{Saga, SagaError};
 use crate::bus::{Cause, with_cause};
 use crate::event::{Clock, Enricher, NewEvent, Payload, SystemClock};
-use crate::store::{
-    EventStore, ExpectedVersion, Filter, ListStreams, Position, ReadAll, ReadStream, RecordedEvent,
-    Revision, Start,
-};
+use crate::store::{EventStore, ExpectedVersion, Filter, ListStreams, RecordedEvent, Revision};
 use crate::stream::StreamId;
 
-/// Events read per store call while catching up or recovering.
+/// Instance streams listed per store call while recovering.
 const PAGE: usize = 256;
 
 /// What [`SagaRuntime::handle_event`] did with one event.
@@ -70,18 +65,18 @@ pub enum StepOutcome {
 /// stream stays (the store is append-only) as the record that later events for them are
 /// to be ignored.
 pub struct SagaRuntime<S, G: Saga> {
-    store: S,
+    pub(super) store: S,
     saga: Arc<G>,
-    enricher: Enricher,
+    pub(super) enricher: Enricher,
     clock: Arc<dyn Clock>,
     handlers: HashMap<String, Arc<dyn CommandHandler>>,
     live: Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>,
     /// Instances whose last step's commands failed and wait for another try.
     stalled: Mutex<BTreeSet<String>>,
     steps: tokio::sync::Mutex<()>,
-    timer_interval: Duration,
-    max_attempts: u32,
-    retry_delay: Duration,
+    pub(super) timer_interval: Duration,
+    pub(super) max_attempts: u32,
+    pub(super) retry_delay: Duration,
 }
 
 impl<S, G: Saga> fmt::Debug for SagaRuntime<S, G> {
@@ -658,151 +653,6 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
                 }
                 if inst.pending {
                     self.stalled_lock().insert(inst.id.clone());
-                }
-            }
-        }
-    }
-
-    /// The first global position this runtime has not handled (0 when it never
-    /// checkpointed).
-    pub async fn checkpoint(&self) -> Result<Position, SagaError> {
-        let stream = checkpoint_stream(G::NAME).map_err(|source| SagaError::InvalidInstanceId {
-            saga: G::NAME,
-            instance: String::new(),
-            source,
-        })?;
-        let last = self
-            .store
-            .read_stream(&stream, ReadStream::backward().limit(1))
-            .await
-            .map_err(SagaError::store(G::NAME))?;
-        match last.first() {
-            None => Ok(0),
-            Some(e) if e.event_type == CHECKPOINT => e
-                .data
-                .deserialize::<Checkpoint>()
-                .map(|c| c.next)
-                .map_err(|err| SagaError::CorruptRecord {
-                    stream,
-                    revision: e.revision,
-                    reason: err.to_string(),
-                }),
-            Some(e) => Err(SagaError::CorruptRecord {
-                stream,
-                revision: e.revision,
-                reason: format!("expected {CHECKPOINT}, found {}", e.event_type),
-            }),
-        }
-    }
-
-    async fn save_checkpoint(&self, next: Position) -> Result<(), SagaError> {
-        let stream = checkpoint_stream(G::NAME).map_err(|source| SagaError::InvalidInstanceId {
-            saga: G::NAME,
-            instance: String::new(),
-            source,
-        })?;
-        let data =
-            Payload::from_serialize(&Checkpoint { next }).map_err(|e| SagaError::EncodeState {
-                saga: G::NAME,
-                instance: stream.to_string(),
-                reason: e.to_string(),
-            })?;
-        let event = self
-            .enricher
-            .enrich(NewEvent::new(CHECKPOINT, data))
-            .map_err(|source| SagaError::InvalidEvent {
-                saga: G::NAME,
-                instance: stream.to_string(),
-                index: 0,
-                source,
-            })?;
-        self.store
-            .append(&stream, ExpectedVersion::Any, vec![event])
-            .await
-            .map_err(SagaError::store(G::NAME))?;
-        Ok(())
-    }
-
-    /// Handles every event of the saga's types from the checkpoint to the store's head,
-    /// checkpointing after each page, and returns how many were read. Stops at the
-    /// first error (the checkpoint stays before the failed event, so it is delivered
-    /// again).
-    pub async fn catch_up(&self) -> Result<usize, SagaError> {
-        let mut next = self.checkpoint().await?;
-        let mut read = 0;
-        loop {
-            let page = self
-                .store
-                .read_all(ReadAll::new(next, PAGE).filter(self.filter()))
-                .await
-                .map_err(SagaError::store(G::NAME))?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                return Ok(read);
-            };
-            for event in &page {
-                self.handle_event(event).await?;
-                read += 1;
-            }
-            next = last + 1;
-            self.save_checkpoint(next).await?;
-        }
-    }
-
-    /// Follows the store from the checkpoint until `shutdown` completes: handles each
-    /// event (retrying failures as configured with
-    /// [`retries`](SagaRuntimeBuilder::retries)), checkpoints after it, and fires due
-    /// timers every [`timer_interval`](SagaRuntimeBuilder::timer_interval). Returns an
-    /// error when an event still fails after the last try or the store fails; the
-    /// checkpoint then stays before that event.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
-        let start = self.checkpoint().await?;
-        let events = self.store.subscribe_all(Start::At(start), self.filter());
-        let mut events = std::pin::pin!(events);
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut tick = tokio::time::interval(self.timer_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                _ = tick.tick() => {
-                    if let Err(e) = self.flush_pending().await {
-                        tracing::warn!(saga = G::NAME, error = %e, "pending saga commands failed again; will retry");
-                    }
-                    if let Err(e) = self.fire_due_timers().await {
-                        tracing::warn!(saga = G::NAME, error = %e, "firing due timers failed; will retry");
-                    }
-                }
-                item = events.next() => {
-                    let event = match item {
-                        None => return Err(SagaError::SubscriptionEnded { saga: G::NAME }),
-                        Some(Err(e)) => return Err(SagaError::Store { saga: G::NAME, source: e }),
-                        Some(Ok(e)) => e,
-                    };
-                    self.handle_with_retries(&event).await?;
-                    self.save_checkpoint(event.position + 1).await?;
-                }
-            }
-        }
-    }
-
-    async fn handle_with_retries(&self, event: &RecordedEvent) -> Result<StepOutcome, SagaError> {
-        let mut delay = self.retry_delay;
-        let mut attempt = 1;
-        loop {
-            match self.handle_event(event).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if attempt >= self.max_attempts => return Err(e),
-                Err(e) => {
-                    tracing::warn!(
-                        saga = G::NAME,
-                        event_id = %event.event_id,
-                        attempt,
-                        error = %e,
-                        "saga step failed; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
-                    attempt += 1;
                 }
             }
         }
