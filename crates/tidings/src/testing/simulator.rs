@@ -454,6 +454,33 @@ impl<S: EventStore, G: Saga> SimTarget for SagaTarget<S, G> {
 pub struct Outcome(pub BTreeMap<String, Vec<(String, serde_json::Value)>>);
 
 impl Outcome {
+    /// One line per stream whose events differ between `self` and `other` (empty when
+    /// the outcomes are equal), for an assertion message that shows only what matters.
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        let streams: std::collections::BTreeSet<&String> =
+            self.0.keys().chain(other.0.keys()).collect();
+        streams
+            .into_iter()
+            .filter_map(|stream| {
+                let (a, b) = (self.0.get(stream), other.0.get(stream));
+                (a != b).then(|| {
+                    let show = |events: Option<&Vec<(String, serde_json::Value)>>| {
+                        events.map_or_else(
+                            || "(no stream)".to_owned(),
+                            |es| {
+                                es.iter()
+                                    .map(|(t, d)| format!("{t} {d}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            },
+                        )
+                    };
+                    format!("{stream}: [{}] vs [{}]", show(a), show(b))
+                })
+            })
+            .collect()
+    }
+
     /// Reads the outcome of `reader`.
     pub async fn read<R: EventReader>(reader: &R) -> Result<Self, StoreError> {
         let mut out = BTreeMap::new();
