@@ -13,6 +13,9 @@
 //! resumes every in-flight instance and fires its timers, and a completed instance is
 //! dropped from the live set (the seed's `processStore.delete`).
 //!
+//! With the `testing` feature, `SagaScenario` tests a saga given/when/then, without a
+//! store or a runtime.
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use tidings::bus::HandlerError;
@@ -65,6 +68,8 @@ mod error;
 mod instance;
 pub mod record;
 mod runtime;
+#[cfg(feature = "testing")]
+mod scenario;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -79,6 +84,8 @@ pub use command::{
 pub use error::SagaError;
 pub use instance::SagaInstance;
 pub use runtime::{SagaRuntime, SagaRuntimeBuilder, StepOutcome};
+#[cfg(feature = "testing")]
+pub use scenario::{SagaScenario, SagaThen};
 
 /// A long-running business transaction that reacts to events with commands.
 ///
