@@ -1,6 +1,7 @@
 //! The test kit (feature `testing`): the store conformance suite, a property-test model
 //! of the store, seeded randomness for tests, given/when/then scenarios for aggregates,
-//! the event recorder and the delivery simulator.
+//! given/when/then for sagas ([`SagaScenario`]), the event recorder and the delivery
+//! simulator.
 
 pub mod conformance;
 pub mod model;
@@ -11,3 +12,4 @@ pub mod simulator;
 
 pub use recorder::{EventRecorder, ExpectationFailed, RecordingHandler};
 pub use scenario::{Scenario, Then};
+pub use crate::saga::{SagaScenario, SagaThen};
