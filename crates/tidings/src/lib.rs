@@ -23,6 +23,7 @@ pub mod bus;
 pub mod consumer;
 pub mod event;
 pub mod projection;
+pub mod saga;
 pub mod store;
 mod stream;
 #[cfg(feature = "testing")]

@@ -1,5 +1,6 @@
-//! The order domain on Tidings: the seed's events, an event-sourced [`Order`], and the
-//! payment handlers that react to a confirmed order.
+//! The order domain on Tidings: the seed's events, an event-sourced [`Order`], the
+//! payment handlers that react to a confirmed order, and the seed's order saga
+//! ([`saga`]) with the in-process services it drives ([`services`](mod@services)).
 //!
 //! [`wire`] connects everything to a store: a [`Dispatcher`] behind a [`Publisher`], the
 //! payment handlers registered on it, and a [`Repository`] of orders that publishes what
@@ -8,6 +9,8 @@
 pub mod events;
 pub mod order;
 pub mod payment;
+pub mod saga;
+pub mod services;
 
 use tidings::aggregate::{InMemorySnapshotStore, Repository, SnapshotPolicy};
 use tidings::bus::{Dispatcher, LoggingMiddleware, Publisher};
@@ -19,6 +22,10 @@ pub use events::{
 };
 pub use order::{Order, OrderCommand, OrderError};
 pub use payment::{PaymentGateway, PaymentOutcomeHandler, payment_stream};
+pub use saga::{OrderProcessingSaga, OrderSagaState, SagaStatus, Steps, fulfilment_stream};
+pub use services::{
+    InventoryService, PaymentService, ServiceConfig, ShippingService, order_saga, services,
+};
 
 /// The name the order service publishes under.
 pub const SERVICE: &str = "order-service";

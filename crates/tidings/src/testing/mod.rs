@@ -1,12 +1,15 @@
 //! The test kit (feature `testing`): the store conformance suite, a property-test model
-//! of the store, seeded randomness for tests, given/when/then scenarios for aggregates
-//! and the event recorder.
+//! of the store, seeded randomness for tests, given/when/then scenarios for aggregates,
+//! given/when/then for sagas ([`SagaScenario`]), the event recorder and the delivery
+//! simulator.
 
 pub mod conformance;
 pub mod model;
 pub mod recorder;
 pub mod scenario;
 pub mod seed;
+pub mod simulator;
 
 pub use recorder::{EventRecorder, ExpectationFailed, RecordingHandler};
 pub use scenario::{Scenario, Then};
+pub use crate::saga::{SagaScenario, SagaThen};
