@@ -10,6 +10,6 @@ pub mod scenario;
 pub mod seed;
 pub mod simulator;
 
+pub use crate::saga::{SagaScenario, SagaThen};
 pub use recorder::{EventRecorder, ExpectationFailed, RecordingHandler};
 pub use scenario::{Scenario, Then};
-pub use crate::saga::{SagaScenario, SagaThen};
