@@ -1,12 +1,13 @@
 //! The test kit (feature `testing`): the store conformance suite, a property-test model
 //! of the store, seeded randomness for tests, given/when/then scenarios for aggregates
-//! and the event recorder.
+//! and the event recorder, and the transport conformance suite.
 
 pub mod conformance;
 pub mod model;
 pub mod recorder;
 pub mod scenario;
 pub mod seed;
+pub mod transport_conformance;
 
 pub use recorder::{EventRecorder, ExpectationFailed, RecordingHandler};
 pub use scenario::{Scenario, Then};
