@@ -1,0 +1,73 @@
+//! The RabbitMQ transport passes the transport conformance suite.
+//!
+//! Needs `TIDINGS_AMQP_URL` (such as `amqp://guest:guest@127.0.0.1:5672/%2f`); without it, or when the
+//! server is unreachable, the test says SKIP loudly and passes, unless
+//! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
+
+use std::io::Write as _;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tidings::testing::transport_conformance::{self, unique};
+use tidings_rabbitmq::{RabbitConfig, RabbitTransport};
+
+fn skip(reason: &str) {
+    if std::env::var("TIDINGS_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("RabbitMQ is required (TIDINGS_REQUIRE_SERVICES=1) but {reason}");
+    }
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIP tidings-rabbitmq conformance: {reason} !!!\n"
+    );
+}
+
+fn config(url: &str) -> RabbitConfig {
+    RabbitConfig::new(url)
+        .exchange(unique("conformance"))
+        .prefetch(1)
+        .connect_timeout(Duration::from_secs(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_transport_conformance() {
+    let Ok(url) = std::env::var("TIDINGS_AMQP_URL") else {
+        return skip("TIDINGS_AMQP_URL is not set");
+    };
+    match RabbitTransport::connect(config(&url)).await {
+        Ok(probe) => {
+            if let Err(e) = probe.delete_topology().await {
+                eprintln!("cleanup: deleting exchange {}: {e}", probe.exchange_name());
+            }
+        }
+        Err(e) => return skip(&format!("{url} is unreachable: {e}")),
+    }
+    let made: Arc<Mutex<Vec<RabbitTransport>>> = Arc::default();
+    let factory_made = made.clone();
+    let run = AssertUnwindSafe(transport_conformance::run_all(move || {
+        let made = factory_made.clone();
+        let url = url.clone();
+        async move {
+            let t = RabbitTransport::connect(config(&url))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            made.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t.clone());
+            t
+        }
+    }))
+    .catch_unwind()
+    .await;
+    let made = made.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for t in made {
+        if let Err(e) = t.delete_topology().await {
+            eprintln!("cleanup: deleting exchange {}: {e}", t.exchange_name());
+        }
+    }
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
+}
