@@ -71,3 +71,53 @@ async fn rabbitmq_transport_conformance() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A rejected message goes to the queue's dead-letter exchange, routing key and
+/// envelope intact (the seed's dead-letter queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_are_dead_lettered() {
+    use tidings::transport::{Message, Subscription, Transport};
+
+    let Ok(url) = std::env::var("TIDINGS_AMQP_URL") else {
+        return skip("TIDINGS_AMQP_URL is not set");
+    };
+    let dlx_name = unique("dlx");
+    let dead = match RabbitTransport::connect(config(&url).exchange(&dlx_name)).await {
+        Ok(t) => t,
+        Err(e) => return skip(&format!("{url} is unreachable: {e}")),
+    };
+    let live = RabbitTransport::connect(config(&url).dead_letter_exchange(&dlx_name))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let run = AssertUnwindSafe(async {
+        let topic = unique("orders");
+        let mut dead_letters = dead
+            .subscribe(Subscription::new("parked", &topic))
+            .await
+            .unwrap_or_else(|e| panic!("subscribe dead letters: {e}"));
+        let mut work = live
+            .subscribe(Subscription::new("work", &topic))
+            .await
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        let event = transport_conformance::event("Poison", serde_json::json!({"bad": true}));
+        live.publish(Message::new(&topic, event.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("publish: {e}"));
+        let d = transport_conformance::next(&mut work, "work").await;
+        d.reject().await.unwrap_or_else(|e| panic!("reject: {e}"));
+        let parked = transport_conformance::next(&mut dead_letters, "dead letters").await;
+        assert_eq!(parked.event(), &event);
+        assert_eq!(parked.topic(), topic);
+        parked.ack().await.unwrap_or_else(|e| panic!("ack: {e}"));
+    })
+    .catch_unwind()
+    .await;
+    for t in [&live, &dead] {
+        if let Err(e) = t.delete_topology().await {
+            eprintln!("cleanup: deleting exchange {}: {e}", t.exchange_name());
+        }
+    }
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
+}
