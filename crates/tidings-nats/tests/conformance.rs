@@ -29,7 +29,9 @@ fn config(url: &str) -> NatsConfig {
     NatsConfig::new(url)
         .stream(name.to_uppercase())
         .subject_prefix(name)
-        .ack_wait(Duration::from_secs(3))
+        // Short, so the dropped-subscriber check does not wait long; long enough that
+        // a message held for a moment in the competing-consumers check is not redelivered.
+        .ack_wait(Duration::from_secs(5))
         .batch(4)
         .connect_timeout(Duration::from_secs(3))
 }
