@@ -328,7 +328,7 @@ impl NatsTransport {
             .unwrap_or(1);
         let (message, acker) = message.split();
         let topic = self.topic_of(message.subject.as_str()).to_owned();
-        let span = tracing::info_span!("transport.deliver", backend = "nats", group,
+        let span = tracing::info_span!("transport.receive", backend = "nats", group,
             topic = %topic, attempt);
         let _entered = span.enter();
         let headers: Vec<(String, String)> = message

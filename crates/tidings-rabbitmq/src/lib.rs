@@ -329,7 +329,7 @@ fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<Delivery, Tra
         .and_then(header_count)
         .unwrap_or(u32::from(d.redelivered));
     let attempt = earlier.saturating_add(1);
-    let span = tracing::info_span!("transport.deliver", backend = "rabbitmq", group,
+    let span = tracing::info_span!("transport.receive", backend = "rabbitmq", group,
         topic = %topic, attempt);
     let _entered = span.enter();
     let mut headers: Vec<(String, String)> = table

@@ -136,7 +136,7 @@ impl Transport for InMemoryTransport {
                             .and_then(|g| g.ready.pop_front());
                         if let Some(mut pending) = next {
                             pending.deliveries += 1;
-                            let span = tracing::info_span!("transport.deliver", group = %group,
+                            let span = tracing::info_span!("transport.receive", group = %group,
                                 topic = %pending.message.topic,
                                 event_id = %pending.message.event.event_id,
                                 attempt = pending.deliveries);

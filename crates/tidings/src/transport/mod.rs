@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 
 use crate::event::Event;
 use crate::event::cloudevents::CloudEventError;
@@ -208,6 +209,7 @@ pub struct Delivery {
     topic: String,
     attempt: u32,
     settle: Box<dyn Settle>,
+    span: tracing::Span,
 }
 
 impl fmt::Debug for Delivery {
@@ -224,13 +226,27 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery of `event` from `topic`, the `attempt`-th time (from 1), settled
     /// through `settle`. For backends.
+    /// Opens the delivery's `transport.deliver` span (a child of the current span).
     pub fn new(event: Event, topic: impl Into<String>, attempt: u32, settle: impl Settle) -> Self {
+        let topic = topic.into();
+        let attempt = attempt.max(1);
+        let span = tracing::info_span!("transport.deliver", topic = %topic,
+            event_id = %event.event_id, event_type = %event.event_type, attempt,
+            outcome = tracing::field::Empty);
         Self {
             event,
-            topic: topic.into(),
-            attempt: attempt.max(1),
+            topic,
+            attempt,
             settle: Box::new(settle),
+            span,
         }
+    }
+
+    /// The delivery's `transport.deliver` span (topic, event id and type, attempt, and
+    /// the outcome once settled). Run the handler in it:
+    /// `handle(delivery.event()).instrument(delivery.span().clone())`.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The event.
@@ -258,8 +274,10 @@ impl Delivery {
     /// Acknowledges the message: it is done for this group.
     pub async fn ack(self) -> Result<(), TransportError> {
         let event_id = self.event.event_id;
+        self.span.record("outcome", "ack");
         self.settle
             .ack()
+            .instrument(self.span)
             .await
             .map_err(|source| TransportError::Settle { event_id, source })
     }
@@ -267,8 +285,10 @@ impl Delivery {
     /// Asks for the message again, no sooner than `delay` (zero: at once).
     pub async fn nack(self, delay: Duration) -> Result<(), TransportError> {
         let event_id = self.event.event_id;
+        self.span.record("outcome", "nack");
         self.settle
             .nack(delay)
+            .instrument(self.span)
             .await
             .map_err(|source| TransportError::Settle { event_id, source })
     }
@@ -276,8 +296,10 @@ impl Delivery {
     /// Gives the message up for this group (the broker may dead-letter it).
     pub async fn reject(self) -> Result<(), TransportError> {
         let event_id = self.event.event_id;
+        self.span.record("outcome", "reject");
         self.settle
             .reject()
+            .instrument(self.span)
             .await
             .map_err(|source| TransportError::Settle { event_id, source })
     }
