@@ -28,6 +28,7 @@ pub mod store;
 mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
 
 pub use consumer::{CheckpointStore, ConsumerGroup, RetryPolicy};
 pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
@@ -48,3 +49,4 @@ pub use store::{
 pub struct ReadmeDoctests;
 
 pub use stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};
+pub use transport::{Transport, TransportError};

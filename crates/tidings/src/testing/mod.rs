@@ -1,7 +1,7 @@
 //! The test kit (feature `testing`): the store conformance suite, a property-test model
 //! of the store, seeded randomness for tests, given/when/then scenarios for aggregates,
-//! given/when/then for sagas ([`SagaScenario`]), the event recorder and the delivery
-//! simulator.
+//! given/when/then for sagas ([`SagaScenario`]), the event recorder, the delivery
+//! simulator and the transport conformance suite.
 
 pub mod conformance;
 pub mod model;
@@ -9,6 +9,7 @@ pub mod recorder;
 pub mod scenario;
 pub mod seed;
 pub mod simulator;
+pub mod transport_conformance;
 
 pub use crate::saga::{SagaScenario, SagaThen};
 pub use recorder::{EventRecorder, ExpectationFailed, RecordingHandler};

@@ -1,0 +1,78 @@
+//! The NATS JetStream transport passes the transport conformance suite.
+//!
+//! Needs `TIDINGS_NATS_URL` (such as `nats://127.0.0.1:4222`); without it, or when the
+//! server is unreachable, the test says SKIP loudly and passes, unless
+//! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
+
+use std::io::Write as _;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tidings::testing::transport_conformance::{self, unique};
+use tidings_nats::{NatsConfig, NatsTransport};
+
+fn skip(reason: &str) {
+    if std::env::var("TIDINGS_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("NATS is required (TIDINGS_REQUIRE_SERVICES=1) but {reason}");
+    }
+    // Straight to stderr: the test harness captures eprintln! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!! SKIP tidings-nats conformance: {reason} !!!\n"
+    );
+}
+
+fn config(url: &str) -> NatsConfig {
+    let name = unique("conformance").replace('-', "_");
+    NatsConfig::new(url)
+        .stream(name.to_uppercase())
+        .subject_prefix(name)
+        // Short, so the dropped-subscriber check does not wait long; long enough that
+        // a message held for a moment in the competing-consumers check is not redelivered.
+        .ack_wait(Duration::from_secs(5))
+        .batch(4)
+        .connect_timeout(Duration::from_secs(3))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_transport_conformance() {
+    let Ok(url) = std::env::var("TIDINGS_NATS_URL") else {
+        return skip("TIDINGS_NATS_URL is not set");
+    };
+    match NatsTransport::connect(config(&url)).await {
+        Ok(probe) => {
+            if let Err(e) = probe.delete_stream().await {
+                eprintln!("cleanup: deleting stream {}: {e}", probe.stream_name());
+            }
+        }
+        Err(e) => return skip(&format!("{url} is unreachable: {e}")),
+    }
+    let made: Arc<Mutex<Vec<NatsTransport>>> = Arc::default();
+    let factory_made = made.clone();
+    let run = AssertUnwindSafe(transport_conformance::run_all(move || {
+        let made = factory_made.clone();
+        let url = url.clone();
+        async move {
+            let t = NatsTransport::connect(config(&url))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            made.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t.clone());
+            t
+        }
+    }))
+    .catch_unwind()
+    .await;
+    let made = made.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for t in made {
+        if let Err(e) = t.delete_stream().await {
+            eprintln!("cleanup: deleting stream {}: {e}", t.stream_name());
+        }
+    }
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
+}
