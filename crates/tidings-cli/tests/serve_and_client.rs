@@ -311,13 +311,9 @@ fn client_commands_on_a_local_data_directory() {
 
 #[test]
 fn serve_on_postgres() {
-    let Ok(url) = std::env::var("TIDINGS_POSTGRES_URL") else {
-        if std::env::var("TIDINGS_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!(
-                "serve_on_postgres: TIDINGS_POSTGRES_URL is unset, and TIDINGS_REQUIRE_SERVICES=1"
-            );
-        }
-        eprintln!("\n*** SKIPPED serve_on_postgres: TIDINGS_POSTGRES_URL is unset ***\n");
+    let Some(url) =
+        tidings::testing::services::service_url("serve_on_postgres", "TIDINGS_POSTGRES_URL")
+    else {
         return;
     };
     let s = Server::start_on(&["--store", &url]);

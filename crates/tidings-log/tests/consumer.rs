@@ -16,7 +16,10 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_resumes_from_its_checkpoint_after_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = LogStore::open(dir.path()).expect("open");
+    let store = LogStore::builder(dir.path().to_path_buf())
+        .segment_size(1 << 20)
+        .open()
+        .expect("open");
     let mut ids = Vec::new();
     for i in 0..10 {
         let e = event("OrderCreated", json!({ "i": i }));
@@ -59,7 +62,10 @@ async fn a_group_resumes_from_its_checkpoint_after_reopen() {
     drop(group);
     store.close().await.expect("close");
 
-    let store = LogStore::open(dir.path()).expect("reopen");
+    let store = LogStore::builder(dir.path().to_path_buf())
+        .segment_size(1 << 20)
+        .open()
+        .expect("reopen");
     let group = ConsumerGroup::builder("emails", store.clone())
         .start()
         .await

@@ -4,7 +4,6 @@
 //! server is unreachable, the test says SKIP loudly and passes, unless
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
 
-use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,14 +13,7 @@ use tidings::testing::transport_conformance::{self, unique};
 use tidings_nats::{NatsConfig, NatsTransport};
 
 fn skip(reason: &str) {
-    if std::env::var("TIDINGS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("NATS is required (TIDINGS_REQUIRE_SERVICES=1) but {reason}");
-    }
-    // Straight to stderr: the test harness captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIP tidings-nats conformance: {reason} !!!\n"
-    );
+    tidings::testing::services::skip_or_fail("tidings-nats conformance", reason);
 }
 
 fn config(url: &str) -> NatsConfig {

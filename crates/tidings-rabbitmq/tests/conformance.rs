@@ -4,7 +4,6 @@
 //! server is unreachable, the test says SKIP loudly and passes, unless
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
 
-use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,14 +13,7 @@ use tidings::testing::transport_conformance::{self, unique};
 use tidings_rabbitmq::{RabbitConfig, RabbitTransport};
 
 fn skip(reason: &str) {
-    if std::env::var("TIDINGS_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("RabbitMQ is required (TIDINGS_REQUIRE_SERVICES=1) but {reason}");
-    }
-    // Straight to stderr: the test harness captures eprintln! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!! SKIP tidings-rabbitmq conformance: {reason} !!!\n"
-    );
+    tidings::testing::services::skip_or_fail("tidings-rabbitmq conformance", reason);
 }
 
 fn config(url: &str) -> RabbitConfig {

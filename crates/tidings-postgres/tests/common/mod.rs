@@ -1,7 +1,6 @@
 //! Shared by the integration tests: finding the database, and fresh isolated stores.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,24 +9,12 @@ use tidings_postgres::PgStore;
 
 /// Where the tests find PostgreSQL.
 pub const URL_VAR: &str = "TIDINGS_POSTGRES_URL";
-/// When "1", a missing database fails the tests instead of skipping them.
-pub const REQUIRE_VAR: &str = "TIDINGS_REQUIRE_SERVICES";
 
 /// The database URL, or None after a loud SKIP message when the database is not
 /// configured or not reachable. Panics instead when `TIDINGS_REQUIRE_SERVICES=1`.
 pub async fn database(test: &str) -> Option<String> {
-    let required = std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1");
     let unavailable = |why: String| {
-        if required {
-            panic!("{test}: PostgreSQL is required ({REQUIRE_VAR}=1) but {why}");
-        }
-        // Straight to stderr, not eprintln!: the test harness would capture that and
-        // hide it for a passing test.
-        let banner = "*".repeat(72);
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n{banner}\nSKIP {test}: {why}; set {URL_VAR} to run it\n{banner}"
-        );
+        tidings::testing::services::skip_or_fail(test, &format!("{why}; set {URL_VAR} to run it"));
         None
     };
     let Ok(url) = std::env::var(URL_VAR) else {

@@ -86,20 +86,8 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-/// True when missing services must fail the test instead of skipping it.
-pub fn services_required() -> bool {
-    std::env::var("TIDINGS_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
-}
-
-/// Skips loudly, or panics when `TIDINGS_REQUIRE_SERVICES=1`.
-pub fn skip_or_fail(test: &str, why: &str) {
-    if services_required() {
-        panic!("{test}: {why}, and TIDINGS_REQUIRE_SERVICES=1");
-    }
-    eprintln!(
-        "\n*** SKIPPED {test}: {why} (set TIDINGS_REQUIRE_SERVICES=1 to make this fail) ***\n"
-    );
-}
+#[allow(unused_imports)] // Not every test binary that includes this module needs them.
+pub use tidings::testing::services::{services_required, skip_or_fail};
 
 /// An in-memory store whose appends wait for a permit: lets tests hold appends in flight.
 #[derive(Clone)]

@@ -1,13 +1,15 @@
 //! The test kit (feature `testing`): the store conformance suite, a property-test model
 //! of the store, seeded randomness for tests, given/when/then scenarios for aggregates,
 //! given/when/then for sagas ([`SagaScenario`]), the event recorder, the delivery
-//! simulator and the transport conformance suite.
+//! simulator, the transport conformance suite and the skip-or-fail rule for tests that
+//! need outside services.
 
 pub mod conformance;
 pub mod model;
 pub mod recorder;
 pub mod scenario;
 pub mod seed;
+pub mod services;
 pub mod simulator;
 pub mod transport_conformance;
 
