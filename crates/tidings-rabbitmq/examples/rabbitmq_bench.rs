@@ -1,7 +1,7 @@
 //! Publish-with-ack throughput and publish→delivery latency on RabbitMQ.
 //!
 //! ```text
-//! TIDINGS_AMQP_URL=nats://127.0.0.1:4222 cargo run --release -p tidings-rabbitmq --example rabbitmq_bench
+//! TIDINGS_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run --release -p tidings-rabbitmq --example rabbitmq_bench
 //! ```
 //!
 //! `BENCH_N` messages are published one at a time (each waits for its publisher confirm),
