@@ -11,6 +11,7 @@ pub mod scenario;
 pub mod seed;
 pub mod services;
 pub mod simulator;
+pub mod transport_bench;
 pub mod transport_conformance;
 
 pub use crate::saga::{SagaScenario, SagaThen};
