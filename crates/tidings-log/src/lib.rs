@@ -56,5 +56,5 @@ mod writer;
 
 pub use error::LogError;
 pub use recovery::{Damage, IndexSource, RecoveryReport, TornTail};
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, LogStore, LogStoreBuilder};
+pub use store::{DEFAULT_SEGMENT_SIZE, Durability, LogStore, LogStoreBuilder, WriteStats};
 pub use verify::{IndexCheck, VerifyReport, verify};

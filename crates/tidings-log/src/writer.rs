@@ -19,7 +19,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use tidings::event::timestamp_to_micros;
 use tidings::store::{IdLocation, check_idempotent};
@@ -68,14 +69,19 @@ pub(crate) struct WriterConfig {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Request>,
     cfg: WriterConfig,
+    /// Set once a `Close` request was handled: later appends are refused.
+    closed: bool,
     ordinal: usize,
     offset: u64,
     capacity: u64,
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     buf: Vec<u8>,
+    /// The committed bytes of the page `offset` falls in, from the page's start: every
+    /// write starts with them and is padded with zeros to whole pages (see
+    /// [`Writer::write_pages`]).
+    tail: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     /// A checkpoint being written in the background.
@@ -92,17 +98,16 @@ struct PendingFrame {
     events: Vec<Event>,
 }
 
-struct Append {
-    stream: StreamId,
-    expected: ExpectedVersion,
-    events: Vec<Event>,
-    reply: AppendReply,
+pub(crate) struct Append {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<Event>,
+    pub reply: AppendReply,
 }
 
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        rx: mpsc::Receiver<Request>,
         cfg: WriterConfig,
         ordinal: usize,
         offset: u64,
@@ -123,99 +128,33 @@ impl Writer {
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
         let checkpointed = shared.read_index().next_position();
+        let mut tail = vec![0u8; (offset - page_start(offset)) as usize];
+        crate::storage::read_exact_at(&*file, &mut tail, page_start(offset))
+            .map_err(LogError::io("reading the last page of", &path))?;
         Ok(Self {
             shared,
-            rx,
             cfg,
+            closed: false,
             ordinal,
             offset,
             capacity,
             file,
             path,
             buf: Vec::with_capacity(1 << 20),
+            tail,
             preparer: None,
             checkpointer: None,
             checkpointed,
         })
     }
 
-    /// Waits for the next request: briefly by polling, so a writer that appends again
-    /// right after its acknowledgement does not pay for putting this thread to sleep and
-    /// waking it, then by blocking.
-    fn next_request(&mut self) -> Option<Request> {
-        let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(40);
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => return Some(r),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            if std::time::Instant::now() >= spin_until {
-                return self.rx.blocking_recv();
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    pub(crate) fn run(mut self) {
-        while let Some(first) = self.next_request() {
-            let mut group = Vec::new();
-            let mut bytes = 0usize;
-            let mut control = None;
-            let mut next = Some(first);
-            while let Some(req) = next.take() {
-                match req {
-                    Request::Append {
-                        stream,
-                        expected,
-                        events,
-                        size,
-                        reply,
-                    } => {
-                        bytes += size;
-                        group.push(Append {
-                            stream,
-                            expected,
-                            events,
-                            reply,
-                        });
-                    }
-                    other => {
-                        control = Some(other);
-                        break;
-                    }
-                }
-                if bytes < self.cfg.max_group_bytes {
-                    next = self.rx.try_recv().ok();
-                }
-            }
-            if !group.is_empty() {
-                self.commit(group);
-                self.prepare_next();
-                self.maybe_checkpoint();
-            }
-            match control {
-                Some(Request::Close(reply)) => {
-                    let result = self.checkpoint();
-                    if let Some(h) = self.preparer.take() {
-                        let _ = h.join();
-                    }
-                    let _ = reply.send(result);
-                    return;
-                }
-                Some(Request::Checkpoint(reply)) => {
-                    let _ = reply.send(self.checkpoint());
-                }
-                _ => {}
-            }
-        }
-        // Every handle is gone: leave a checkpoint so the next open is fast.
-        if let Err(e) = self.checkpoint() {
-            tracing::warn!(error = %e, "could not write the index checkpoint on close");
-        }
-        if let Some(h) = self.preparer.take() {
-            let _ = h.join();
-        }
+    /// Commits one group and does the upkeep that follows a commit. True when frames
+    /// were written.
+    pub(crate) fn commit_group(&mut self, group: Vec<Append>) -> bool {
+        let wrote = self.commit(group);
+        self.prepare_next();
+        self.maybe_checkpoint();
+        wrote
     }
 
     /// Once the active segment is half full, zero-fills the next one in the background,
@@ -272,12 +211,19 @@ impl Writer {
             .ok();
     }
 
-    fn commit(&mut self, group: Vec<Append>) {
+    /// Commits a group: true when frames were written and acknowledged.
+    fn commit(&mut self, group: Vec<Append>) -> bool {
         if let Some(m) = self.shared.stopped_reason() {
             for a in group {
                 let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
             }
-            return;
+            return false;
+        }
+        if self.closed {
+            for a in group {
+                let _ = a.reply.send(Err(StoreError::Closed));
+            }
+            return false;
         }
         let recorded_at = timestamp_to_micros(self.cfg.clock.now());
         let shared = self.shared.clone();
@@ -292,8 +238,10 @@ impl Writer {
         let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
         let mut failure: Option<String> = None;
         let many = group.len() > 1;
+        let mut frame_bytes = 0u64;
         self.buf.clear();
-        let mut buf_start = self.offset;
+        self.buf.extend_from_slice(&self.tail);
+        let mut buf_start = page_start(self.offset);
         for a in group {
             let current = heads
                 .get(a.stream.as_str())
@@ -351,6 +299,7 @@ impl Writer {
             let first_revision = current.map_or(0, |c| c + 1);
             let n = a.events.len() as u64;
             let offset = buf_start + self.buf.len() as u64;
+            let before = self.buf.len();
             record::encode_frame(
                 &mut self.buf,
                 &FrameSpec {
@@ -362,6 +311,7 @@ impl Writer {
                     events: &a.events,
                 },
             );
+            frame_bytes += (self.buf.len() - before) as u64;
             if many {
                 let fi = frames.len() as u32;
                 for (k, e) in a.events.iter().enumerate() {
@@ -388,20 +338,17 @@ impl Writer {
             next += n;
         }
         drop(ix);
-        if failure.is_none() && !self.buf.is_empty() {
-            let r = self
-                .file
-                .write_all_at(&self.buf, buf_start)
-                .map_err(|e| format!("writing {}: {e}", self.path.display()))
-                .and_then(|()| {
-                    if self.cfg.durable {
-                        self.file
-                            .sync_data()
-                            .map_err(|e| format!("syncing {}: {e}", self.path.display()))
-                    } else {
-                        Ok(())
-                    }
-                });
+        let data_len = self.buf.len();
+        if failure.is_none() && next > group_first {
+            let r = self.write_pages(buf_start).and_then(|()| {
+                if self.cfg.durable {
+                    self.file
+                        .sync_data()
+                        .map_err(|e| format!("syncing {}: {e}", self.path.display()))
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(m) = r {
                 failure = Some(m);
             }
@@ -411,9 +358,14 @@ impl Writer {
             for (reply, _) in waiting {
                 let _ = reply.send(Err(StoreError::Stopped(m.clone())));
             }
-            return;
+            return false;
         }
-        self.offset = buf_start + self.buf.len() as u64;
+        self.buf.truncate(data_len);
+        self.offset = buf_start + data_len as u64;
+        let keep = (self.offset - page_start(self.offset)) as usize;
+        self.tail.clear();
+        self.tail
+            .extend_from_slice(&self.buf[data_len - keep..data_len]);
         {
             let mut ix = shared.write_index();
             for (sealed, end, entry) in new_segments {
@@ -438,13 +390,22 @@ impl Writer {
         }
         tracing::trace!(
             events = next - group_first,
-            bytes = self.buf.len(),
+            bytes = data_len,
             "group committed"
         );
+        let wrote = next > group_first;
+        if wrote {
+            let c = &self.shared.stats;
+            c.groups.fetch_add(1, Ordering::Relaxed);
+            c.appends.fetch_add(frames.len() as u64, Ordering::Relaxed);
+            c.events.fetch_add(next - group_first, Ordering::Relaxed);
+            c.bytes.fetch_add(frame_bytes, Ordering::Relaxed);
+        }
         for (reply, result) in waiting {
             let _ = reply.send(Ok(result));
         }
         drop(frames);
+        wrote
     }
 
     /// Writes what the group has so far, seals the active segment and starts a new one
@@ -460,9 +421,7 @@ impl Writer {
         let path = self.path.display().to_string();
         self.buf
             .extend_from_slice(&segment::encode_footer(next, data_end));
-        self.file
-            .write_all_at(&self.buf, *buf_start)
-            .map_err(|e| format!("writing {path}: {e}"))?;
+        self.write_pages(*buf_start)?;
         self.file
             .sync_data()
             .map_err(|e| format!("syncing {path}: {e}"))?;
@@ -503,10 +462,126 @@ impl Writer {
         self.path = seg.path;
         self.capacity = size;
         self.offset = HEADER_LEN;
+        // The header `install` or `create` wrote starts the new segment's first page.
         self.buf.clear();
-        *buf_start = HEADER_LEN;
+        self.buf
+            .extend_from_slice(&segment::encode_header(next, created_at));
+        *buf_start = 0;
         Ok(())
     }
+
+    /// Writes `buf` at `start` (a page boundary) padded with zeros to whole pages, never
+    /// past the segment's end. Past the committed data a segment holds zeros, so the
+    /// padding changes nothing on disk; what it saves is the kernel reading a page that
+    /// is not in the page cache (segments are zero-filled around it) before it can
+    /// change part of it — a synchronous disk read inside the append's latency.
+    fn write_pages(&mut self, start: u64) -> Result<(), String> {
+        let len = self.buf.len() as u64;
+        let padded = (start + len)
+            .next_multiple_of(PAGE)
+            .min(self.capacity.max(start + len));
+        self.buf.resize((padded - start) as usize, 0);
+        self.file
+            .write_all_at(&self.buf, start)
+            .map_err(|e| format!("writing {}: {e}", self.path.display()))
+    }
+}
+
+fn lock(core: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits for the next request: briefly by polling, so a writer that appends again right
+/// after its acknowledgement does not pay for putting this thread to sleep and waking
+/// it, then by blocking.
+fn next_request(rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
+    let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(40);
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return Some(r),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if std::time::Instant::now() >= spin_until {
+            return rx.blocking_recv();
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The writer thread's loop: takes the waiting requests as one group and commits it
+/// under the writer's lock (which an append on an otherwise idle store may also take,
+/// to commit inline: see `LogStore::append`).
+pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
+    while let Some(first) = next_request(&mut rx) {
+        let mut group = Vec::new();
+        let mut bytes = 0usize;
+        let mut control = None;
+        let mut next = Some(first);
+        let max_group_bytes = lock(&core).cfg.max_group_bytes;
+        while let Some(req) = next.take() {
+            match req {
+                Request::Append {
+                    stream,
+                    expected,
+                    events,
+                    size,
+                    reply,
+                } => {
+                    bytes += size;
+                    group.push(Append {
+                        stream,
+                        expected,
+                        events,
+                        reply,
+                    });
+                }
+                other => {
+                    control = Some(other);
+                    break;
+                }
+            }
+            if bytes < max_group_bytes {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut w = lock(&core);
+        if !group.is_empty() {
+            w.commit_group(group);
+        }
+        match control {
+            Some(Request::Close(reply)) => {
+                let result = w.checkpoint();
+                w.closed = true;
+                if let Some(h) = w.preparer.take() {
+                    let _ = h.join();
+                }
+                let _ = reply.send(result);
+                return;
+            }
+            Some(Request::Checkpoint(reply)) => {
+                let _ = reply.send(w.checkpoint());
+            }
+            _ => {}
+        }
+    }
+    // Every handle is gone: leave a checkpoint so the next open is fast.
+    let mut w = lock(&core);
+    w.closed = true;
+    if let Err(e) = w.checkpoint() {
+        tracing::warn!(error = %e, "could not write the index checkpoint on close");
+    }
+    if let Some(h) = w.preparer.take() {
+        let _ = h.join();
+    }
+}
+
+/// The page size writes are aligned to.
+const PAGE: u64 = 4096;
+
+/// The start of the page `offset` falls in.
+fn page_start(offset: u64) -> u64 {
+    offset - offset % PAGE
 }
 
 /// Encodes the index (under its read lock) and saves it (outside the lock). The covered

@@ -329,3 +329,150 @@ async fn a_second_process_cannot_open_the_same_directory() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_keeps_the_directory_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    store
+        .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
+        .await
+        .unwrap();
+    store.checkpoint().await.unwrap();
+    assert!(
+        LogStore::open(dir.path()).is_err(),
+        "a checkpoint must not release the directory lock"
+    );
+    store.close().await.unwrap();
+    let reopened = LogStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.head().await.unwrap(), Some(0));
+}
+
+/// Appends alone on an idle store are committed on the appending thread; concurrent
+/// ones go through the writer thread. Mixed, they keep one gap-free order, and both
+/// survive a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_queued_commits_share_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(64 << 10)
+        .open()
+        .unwrap();
+    let mut expected_events = 0u64;
+    for round in 0..6u64 {
+        for i in 0..20u64 {
+            let r = store
+                .append(
+                    &sid(&format!("alone-{round}")),
+                    ExpectedVersion::Any,
+                    vec![ev("Alone", None)],
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.first_position, expected_events);
+            assert_eq!(r.first_revision, i);
+            expected_events += 1;
+        }
+        let mut tasks = Vec::new();
+        for w in 0..16u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = sid(&format!("burst-{round}-{w}"));
+                for _ in 0..5 {
+                    store
+                        .append(
+                            &s,
+                            ExpectedVersion::Any,
+                            (0..3).map(|_| ev("Burst", None)).collect(),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        expected_events += 16 * 5 * 3;
+    }
+    let stats = store.write_stats();
+    assert_eq!(stats.events, expected_events);
+    assert!(
+        stats.inline_groups >= 6 * 20,
+        "lone appends commit inline: {stats:?}"
+    );
+    assert!(
+        stats.groups > stats.inline_groups,
+        "bursts go through the writer thread: {stats:?}"
+    );
+    let check = |all: Vec<tidings::RecordedEvent>| {
+        assert_eq!(all.len() as u64, expected_events);
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.position, i as u64);
+        }
+    };
+    check(store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap());
+    store.close().await.unwrap();
+    drop(store);
+    let reopened = LogStore::open(dir.path()).unwrap();
+    check(
+        reopened
+            .read_all(ReadAll::new(0, usize::MAX))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(reopened.stream_count(), 6 + 6 * 16);
+}
+
+/// On a current-thread runtime (or outside Tokio) nothing may block the only thread:
+/// every append goes through the writer thread.
+#[test]
+fn a_current_thread_runtime_never_commits_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = LogStore::open(dir.path()).unwrap();
+        for i in 0..10u64 {
+            let r = store
+                .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
+                .await
+                .unwrap();
+            assert_eq!(r.position, i);
+        }
+        let stats = store.write_stats();
+        assert_eq!((stats.inline_groups, stats.events), (0, 10));
+        store.close().await.unwrap();
+    });
+    let store = LogStore::open(dir.path()).unwrap();
+    let r = futures::executor::block_on(store.append(
+        &sid("s-1"),
+        ExpectedVersion::Exact(9),
+        vec![ev("B", None)],
+    ))
+    .unwrap();
+    assert_eq!(r.position, 10);
+    assert_eq!(store.write_stats().inline_groups, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    store
+        .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let err = store
+        .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("B", None)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Closed), "{err}");
+    assert_eq!(store.write_stats().events, 1);
+}

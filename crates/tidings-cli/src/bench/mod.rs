@@ -195,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let disk = if args.workload == "open-existing" {
         Disk::default()
     } else {
-        disk_probe(&target.workdir("disk")?, 400, 128)?
+        disk_probe(&target.workdir("disk")?, 1000, 128)?
     };
     if !args.keep {
         let _ = std::fs::remove_dir_all(target.root().join("bench-disk"));
