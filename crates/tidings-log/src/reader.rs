@@ -43,23 +43,47 @@ fn io_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("reading {}: {e}", path.display()))
 }
 
-/// A window of one segment's bytes.
+/// A window of one segment's bytes: read into memory, or the segment's committed bytes
+/// in its mapping.
 struct Window {
     seg: usize,
     start: u64,
-    bytes: Vec<u8>,
+    end: u64,
+    bytes: WindowBytes,
+}
+
+enum WindowBytes {
+    Read(Vec<u8>),
+    Mapped(Arc<dyn StorageFile>),
 }
 
 impl Window {
     fn holds(&self, seg: usize, offset: u64, len: usize) -> bool {
-        self.seg == seg
-            && offset >= self.start
-            && offset + len as u64 <= self.start + self.bytes.len() as u64
+        self.seg == seg && offset >= self.start && offset + len as u64 <= self.end
     }
 
+    /// The bytes from `offset` to the window's end (empty if outside it).
     fn at(&self, offset: u64) -> &[u8] {
-        &self.bytes[(offset - self.start) as usize..]
+        let all = match &self.bytes {
+            WindowBytes::Read(v) => v.as_slice(),
+            WindowBytes::Mapped(f) => f.mapped().unwrap_or_default(),
+        };
+        let from = offset.saturating_sub(self.start) as usize;
+        let to = (self.end - self.start) as usize;
+        all.get(from..to).unwrap_or_default()
     }
+}
+
+/// The segment's committed bytes through its mapping, when it has one covering them.
+fn mapped_window(seg: &SegRef, segno: usize) -> Option<Window> {
+    let file = seg.file.as_ref()?;
+    let map = file.mapped()?;
+    (seg.data_end <= map.len() as u64).then(|| Window {
+        seg: segno,
+        start: 0,
+        end: seg.data_end,
+        bytes: WindowBytes::Mapped(file.clone()),
+    })
 }
 
 fn read_window(seg: &SegRef, segno: usize, start: u64, end: u64) -> Result<Window, StoreError> {
@@ -72,7 +96,8 @@ fn read_window(seg: &SegRef, segno: usize, start: u64, end: u64) -> Result<Windo
     Ok(Window {
         seg: segno,
         start,
-        bytes,
+        end,
+        bytes: WindowBytes::Read(bytes),
     })
 }
 
@@ -90,6 +115,11 @@ fn load_frame(
     let needs = |w: &Option<Window>, len: usize| {
         w.as_ref().is_none_or(|w| !w.holds(loc.segment(), off, len))
     };
+    if needs(w, 4)
+        && let Some(m) = mapped_window(seg, loc.segment())
+    {
+        *w = Some(m);
+    }
     if needs(w, 4) {
         let end = hint_end.clamp(off + 4, seg.data_end.max(off + 4));
         *w = Some(read_window(seg, loc.segment(), off, end)?);

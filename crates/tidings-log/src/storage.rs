@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,12 @@ pub trait StorageFile: Send + Sync {
     fn allocate(&self, len: u64) -> io::Result<()>;
     /// Sets the file's length.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The whole file mapped into memory, for reads without a system call, or `None`
+    /// where the storage cannot map (the default). Callers only read bytes the writer
+    /// will never change again (a segment's committed frames).
+    fn mapped(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// A directory of files.
@@ -118,11 +124,35 @@ pub fn read_full_at(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsStorage;
 
-struct OsFile(File);
+struct OsFile(File, OnceLock<Option<memmap2::Mmap>>);
+
+impl OsFile {
+    fn new(file: File) -> Self {
+        Self(file, OnceLock::new())
+    }
+}
+
+/// Maps `file` read-only, or `None` if the system refuses.
+#[allow(unsafe_code)]
+fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
+    // SAFETY: a mapping is undefined behaviour if the bytes under it change or vanish
+    // while they are read. Readers only read a segment's committed frames, which the
+    // store never writes again: the writer writes past the committed end only (its
+    // padding too), recovery repairs a torn tail before anything is read, and `set_len`
+    // below refuses to shrink a mapped file. The directory lock keeps other tidings
+    // processes out. What the store cannot prevent is another program truncating a
+    // segment under it, which would end the process with SIGBUS; the operations guide
+    // says never to do that.
+    unsafe { memmap2::MmapOptions::new().map(file) }.ok()
+}
 
 impl StorageFile for OsFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.0.read_at(buf, offset)
+    }
+
+    fn mapped(&self) -> Option<&[u8]> {
+        self.1.get_or_init(|| map_read_only(&self.0)).as_deref()
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -153,6 +183,13 @@ impl StorageFile for OsFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if let Some(Some(map)) = self.1.get()
+            && len < map.len() as u64
+        {
+            return Err(io::Error::other(
+                "refusing to shrink a file that is mapped for reads",
+            ));
+        }
         self.0.set_len(len)
     }
 }
@@ -182,7 +219,7 @@ impl Storage for OsStorage {
             OpenMode::CreateNew => o.read(true).write(true).create_new(true),
             OpenMode::Truncate => o.read(true).write(true).create(true).truncate(true),
         };
-        Ok(Arc::new(OsFile(o.open(path)?)))
+        Ok(Arc::new(OsFile::new(o.open(path)?)))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -216,7 +253,7 @@ impl Storage for OsStorage {
             file.allocate(size)?;
             return write_zeros(&*file, 0, size);
         };
-        let f = OsFile(file);
+        let f = OsFile::new(file);
         f.allocate(size)?;
         const ALIGN: usize = 4096;
         let mut raw = vec![0u8; (4 << 20) + ALIGN];

@@ -78,10 +78,6 @@ pub(crate) struct Writer {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     buf: Vec<u8>,
-    /// The committed bytes of the page `offset` falls in, from the page's start: every
-    /// write starts with them and is padded with zeros to whole pages (see
-    /// [`Writer::write_pages`]).
-    tail: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     /// A checkpoint being written in the background.
@@ -128,9 +124,6 @@ impl Writer {
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
         let checkpointed = shared.read_index().next_position();
-        let mut tail = vec![0u8; (offset - page_start(offset)) as usize];
-        crate::storage::read_exact_at(&*file, &mut tail, page_start(offset))
-            .map_err(LogError::io("reading the last page of", &path))?;
         Ok(Self {
             shared,
             cfg,
@@ -141,7 +134,6 @@ impl Writer {
             file,
             path,
             buf: Vec::with_capacity(1 << 20),
-            tail,
             preparer: None,
             checkpointer: None,
             checkpointed,
@@ -240,8 +232,7 @@ impl Writer {
         let many = group.len() > 1;
         let mut frame_bytes = 0u64;
         self.buf.clear();
-        self.buf.extend_from_slice(&self.tail);
-        let mut buf_start = page_start(self.offset);
+        let mut buf_start = self.offset;
         for a in group {
             let current = heads
                 .get(a.stream.as_str())
@@ -362,10 +353,6 @@ impl Writer {
         }
         self.buf.truncate(data_len);
         self.offset = buf_start + data_len as u64;
-        let keep = (self.offset - page_start(self.offset)) as usize;
-        self.tail.clear();
-        self.tail
-            .extend_from_slice(&self.buf[data_len - keep..data_len]);
         {
             let mut ix = shared.write_index();
             for (sealed, end, entry) in new_segments {
@@ -462,19 +449,18 @@ impl Writer {
         self.path = seg.path;
         self.capacity = size;
         self.offset = HEADER_LEN;
-        // The header `install` or `create` wrote starts the new segment's first page.
         self.buf.clear();
-        self.buf
-            .extend_from_slice(&segment::encode_header(next, created_at));
-        *buf_start = 0;
+        *buf_start = HEADER_LEN;
         Ok(())
     }
 
-    /// Writes `buf` at `start` (a page boundary) padded with zeros to whole pages, never
-    /// past the segment's end. Past the committed data a segment holds zeros, so the
-    /// padding changes nothing on disk; what it saves is the kernel reading a page that
-    /// is not in the page cache (segments are zero-filled around it) before it can
-    /// change part of it — a synchronous disk read inside the append's latency.
+    /// Writes `buf` at `start`, padded with zeros to the end of its last page (never
+    /// past the segment's end). Past the committed data a segment holds zeros, so the
+    /// padding changes nothing on disk; what it saves is the next write's kernel reading
+    /// that page back from the disk (segments are zero-filled around the page cache)
+    /// before it can change part of it — a synchronous read inside an append's latency.
+    /// The write starts at `start`, never before: committed bytes are never rewritten,
+    /// so readers may map them.
     fn write_pages(&mut self, start: u64) -> Result<(), String> {
         let len = self.buf.len() as u64;
         let padded = (start + len)
@@ -576,13 +562,8 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
-/// The page size writes are aligned to.
+/// The page size writes are padded to.
 const PAGE: u64 = 4096;
-
-/// The start of the page `offset` falls in.
-fn page_start(offset: u64) -> u64 {
-    offset - offset % PAGE
-}
 
 /// Encodes the index (under its read lock) and saves it (outside the lock). The covered
 /// end is the active segment's published data end, consistent with the index.
