@@ -292,6 +292,7 @@ pub(crate) struct StatsCounters {
     pub appends: AtomicU64,
     pub events: AtomicU64,
     pub bytes: AtomicU64,
+    pub io_micros: AtomicU64,
 }
 
 /// What the store has written since it was opened: see [`LogStore::write_stats`].
@@ -307,6 +308,9 @@ pub struct WriteStats {
     pub events: u64,
     /// Bytes of frames committed.
     pub bytes: u64,
+    /// Time spent writing and syncing groups, in microseconds (the rest of a group's
+    /// time is checks, encoding and indexing).
+    pub io_micros: u64,
 }
 
 struct Inner {
@@ -421,6 +425,7 @@ impl LogStore {
             appends: c.appends.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+            io_micros: c.io_micros.load(Ordering::Relaxed),
         }
     }
 

@@ -330,6 +330,7 @@ impl Writer {
         }
         drop(ix);
         let data_len = self.buf.len();
+        let io_started = std::time::Instant::now();
         if failure.is_none() && next > group_first {
             let r = self.write_pages(buf_start).and_then(|()| {
                 if self.cfg.durable {
@@ -387,6 +388,9 @@ impl Writer {
             c.appends.fetch_add(frames.len() as u64, Ordering::Relaxed);
             c.events.fetch_add(next - group_first, Ordering::Relaxed);
             c.bytes.fetch_add(frame_bytes, Ordering::Relaxed);
+            let io = io_started.elapsed().as_micros();
+            c.io_micros
+                .fetch_add(u64::try_from(io).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         for (reply, result) in waiting {
             let _ = reply.send(Ok(result));

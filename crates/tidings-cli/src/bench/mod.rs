@@ -74,6 +74,27 @@ pub struct BenchArgs {
     /// With --server: seconds per throughput workload.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Diagnosis only: acknowledge appends without fsync, to see what the CPU alone
+    /// allows. Rows then say `durable: false` and no target is judged.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+/// The embedded store's write counters after the last workload.
+static LAST_WRITE_STATS: std::sync::Mutex<Option<tidings_log::WriteStats>> =
+    std::sync::Mutex::new(None);
+
+/// Set by `--no-fsync` for the whole run.
+static NO_FSYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens the embedded store for a workload, durable unless `--no-fsync`.
+pub(super) fn open_log(dir: impl Into<PathBuf>) -> anyhow::Result<LogStore> {
+    let durability = if NO_FSYNC.load(std::sync::atomic::Ordering::Relaxed) {
+        tidings_log::Durability::NoFsyncTestsOnly
+    } else {
+        tidings_log::Durability::Fsync
+    };
+    Ok(LogStore::builder(dir).durability(durability).open()?)
 }
 
 /// One workload's result.
@@ -156,8 +177,11 @@ macro_rules! on_store {
     ($rt:expr, $target:expr, $w:expr, |$store:ident| $body:expr) => {
         match $target {
             Target::Log(_) => {
-                let $store = LogStore::open($target.workdir($w)?)?;
-                $rt.block_on($body)?
+                let $store = open_log($target.workdir($w)?)?;
+                let result = $rt.block_on($body)?;
+                *LAST_WRITE_STATS.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some($store.write_stats());
+                result
             }
             Target::Postgres { url, .. } => {
                 let schema = format!(
@@ -178,6 +202,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(server) = &args.server {
         return http::run(server, args.seconds, args.json);
     }
+    NO_FSYNC.store(args.no_fsync, std::sync::atomic::Ordering::Relaxed);
     let target = Target::parse(&args.store)?;
     std::fs::create_dir_all(target.root())
         .with_context(|| format!("creating {}", target.root().display()))?;
@@ -289,6 +314,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ),
         };
         fill(&mut row, &target, &disk, frame_bytes);
+        let stats = LAST_WRITE_STATS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(st) = stats.filter(|st| w.starts_with("append") && st.groups > 0) {
+            let g = st.groups as f64;
+            row.note = Some(format!(
+                "{:.1} events per commit group ({} of {} groups inline); write+fsync {:.0} µs per group, {:.0}% of the run",
+                st.events as f64 / g,
+                st.inline_groups,
+                st.groups,
+                st.io_micros as f64 / g,
+                st.io_micros as f64 / 1e4 / row.seconds
+            ));
+        }
         emit(&row, args.json);
         rows.push(row);
         if !args.keep {
@@ -361,6 +401,11 @@ fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64) {
     row.store = target.label();
     row.disk_fdatasync_us = disk.fdatasync_us;
     row.disk_seq_mb_per_sec = disk.seq_mb_per_sec;
+    if NO_FSYNC.load(std::sync::atomic::Ordering::Relaxed) && row.workload != "disk" {
+        row.durable = false;
+        row.target = "not judged (--no-fsync)".into();
+        return;
+    }
     if let Target::Postgres { .. } = target {
         // The figures to reach are the embedded store's; PostgreSQL is measured for comparison.
         return;

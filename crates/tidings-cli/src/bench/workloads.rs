@@ -11,7 +11,6 @@ use indicatif::ProgressBar;
 use tidings::{
     Event, EventReader, EventStore, ExpectedVersion, Filter, ReadAll, ReadStream, Start, StreamId,
 };
-use tidings_log::LogStore;
 
 use super::disk::rss_mib;
 use super::{Row, Target, bar};
@@ -425,12 +424,12 @@ pub(super) async fn aggregate_load<S: EventStore>(
 pub(super) async fn reopen(target: &Target, template: &Event, n: u64) -> anyhow::Result<Row> {
     let dir = target.workdir("reopen")?;
     {
-        let store = LogStore::open(&dir)?;
+        let store = super::open_log(&dir)?;
         populate(&store, template, "populating", n, 8, 100, true).await?;
         store.close().await?;
     }
     let start = Instant::now();
-    let store = LogStore::open(&dir)?;
+    let store = super::open_log(&dir)?;
     let secs = start.elapsed().as_secs_f64();
     let head = store.head().await?.map_or(0, |h| h + 1);
     let report = store.recovery_report().clone();
@@ -458,7 +457,7 @@ pub(super) async fn memory(target: &Target, template: &Event, n: u64) -> anyhow:
     let dir = target.workdir("memory")?;
     let streams = n / 10;
     let (secs, _) = {
-        let store = LogStore::open(&dir)?;
+        let store = super::open_log(&dir)?;
         let r = populate(&store, template, "populating", n, 8, 10, true).await?;
         store.close().await?;
         r
@@ -487,7 +486,7 @@ pub(super) async fn memory(target: &Target, template: &Event, n: u64) -> anyhow:
 
 pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
     let start = Instant::now();
-    let store = LogStore::open(target.root())?;
+    let store = super::open_log(target.root())?;
     let secs = start.elapsed().as_secs_f64();
     let events = store.head().await?.map_or(0, |h| h + 1);
     Ok(Row::new(
