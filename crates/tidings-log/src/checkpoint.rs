@@ -85,7 +85,17 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
 /// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
 /// last frame has checksum field `last_crc`.
 pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
-    let ids = index.merged_ids();
+    encode_with_ids(index, end_offset, last_crc, &index.merged_ids())
+}
+
+/// [`encode`] with the index's ids already merged and sorted ([`MemoryIndex::merged_ids`]),
+/// so a caller can keep them.
+pub fn encode_with_ids(
+    index: &MemoryIndex,
+    end_offset: u64,
+    last_crc: u32,
+    ids: &[(u64, tidings::Position)],
+) -> Vec<u8> {
     let mut b = Vec::with_capacity(
         64 + index.locs.len() * 8 * 3 + ids.len() * 16 + index.streams.len() * 48,
     );
@@ -111,7 +121,7 @@ pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
         }
     }
     put64(&mut b, ids.len() as u64);
-    for (f, p) in ids {
+    for &(f, p) in ids {
         put64(&mut b, f);
         put64(&mut b, p);
     }

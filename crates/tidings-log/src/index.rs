@@ -225,6 +225,15 @@ impl MemoryIndex {
         out
     }
 
+    /// Makes `merged` (every id below position `covered`, sorted: [`Self::merged_ids`]
+    /// taken when `covered` was the next position) the base table, keeping in the
+    /// recent table only ids recorded since. The recent table keeps its capacity, so it
+    /// does not grow again from nothing.
+    pub fn rebase_ids(&mut self, merged: Vec<(u64, Position)>, covered: Position) {
+        self.ids_base = merged;
+        self.ids_recent.retain(|_, p| *p >= covered);
+    }
+
     /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
     #[doc(hidden)]
     pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
@@ -373,6 +382,7 @@ mod tests {
         ix.ids_base = base;
         ix.ids_recent.clear();
         assert_eq!(ix.id_candidate(&a[2]), Some(2));
+
         let names = |o: ListStreams| -> Vec<String> {
             ix.list_streams(&o)
                 .into_iter()
@@ -390,6 +400,21 @@ mod tests {
             limit: 10,
         };
         assert_eq!(names(pa), ["a-2"]);
+    }
+
+    #[test]
+    fn rebasing_keeps_ids_added_after_the_merge() {
+        let mut ix = MemoryIndex::default();
+        let a = add(&mut ix, "a-1", 3, None);
+        let merged = ix.merged_ids();
+        let covered = ix.next_position();
+        let late = add(&mut ix, "c-1", 2, None);
+        ix.rebase_ids(merged, covered);
+        assert_eq!(ix.ids_recent.len(), 2);
+        assert_eq!(ix.ids_base.len(), 3);
+        assert_eq!(ix.id_candidate(&late[1]), Some(covered + 1));
+        assert_eq!(ix.id_candidate(&a[0]), Some(0));
+        assert_eq!(ix.merged_ids().len(), 5);
     }
 
     #[test]

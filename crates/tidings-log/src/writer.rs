@@ -575,13 +575,19 @@ fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
     if let Some(m) = shared.stopped_reason() {
         return Err(LogError::Stopped(m));
     }
-    let bytes = {
+    let (bytes, ids, covered) = {
         let ix = shared.read_index();
         let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
         let crc = checkpoint::last_frame_crc(&ix)
             .map_err(LogError::io("reading the last frame in", &shared.dir))?;
-        checkpoint::encode(&ix, end, crc)
+        let ids = ix.merged_ids();
+        let bytes = checkpoint::encode_with_ids(&ix, end, crc, &ids);
+        (bytes, ids, ix.next_position())
     };
+    // The merged, sorted ids become the index's base table: the hash table of recent
+    // ids keeps only those added since, so it stays as small as a checkpoint interval
+    // instead of growing (and rehashing) with every id since the store was opened.
+    shared.write_index().rebase_ids(ids, covered);
     checkpoint::save(&*shared.storage, &shared.dir, &bytes)
         .map_err(LogError::io("writing the index checkpoint in", &shared.dir))
 }

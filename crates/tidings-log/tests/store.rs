@@ -476,3 +476,43 @@ async fn appends_after_close_are_refused() {
     assert!(matches!(err, StoreError::Closed), "{err}");
     assert_eq!(store.write_stats().events, 1);
 }
+
+/// A checkpoint moves the ids it covers into the sorted base table; re-appends of ids on
+/// either side of it are still recognised.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_stay_idempotent_across_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .segment_size(64 << 10)
+        .checkpoint_every(7)
+        .open()
+        .unwrap();
+    let mut sent = Vec::new();
+    for i in 0..60u64 {
+        let e = ev("E", None);
+        let r = store
+            .append(
+                &sid(&format!("s-{}", i % 4)),
+                ExpectedVersion::Any,
+                vec![e.clone()],
+            )
+            .await
+            .unwrap();
+        sent.push((i % 4, e, r));
+        if i == 30 {
+            store.checkpoint().await.unwrap();
+        }
+    }
+    for (s, e, r) in &sent {
+        let again = store
+            .append(
+                &sid(&format!("s-{s}")),
+                ExpectedVersion::Any,
+                vec![e.clone()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, *r, "re-append of {}", e.event_id);
+    }
+    assert_eq!(store.head().await.unwrap(), Some(59));
+}
