@@ -112,6 +112,7 @@ struct Row {
     durable: bool,
     disk_fdatasync_us: f64,
     disk_seq_mb_per_sec: f64,
+    cpu_reference_ns: f64,
     target: String,
     met: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +226,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !args.keep {
         let _ = std::fs::remove_dir_all(target.root().join("bench-disk"));
     }
+    let cpu_ns = cpu_reference(&template)?;
     let mut rows = Vec::new();
     for w in workloads {
         let mut row = match w {
@@ -286,6 +288,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     on_store!(rt, &target, w, |store| aggregate_load(&store, &template));
                 let mut p = plain;
                 fill(&mut p, &target, &disk, frame_bytes);
+                p.cpu_reference_ns = cpu_ns;
                 emit(&p, args.json);
                 rows.push(p);
                 snap
@@ -314,6 +317,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             ),
         };
         fill(&mut row, &target, &disk, frame_bytes);
+        row.cpu_reference_ns = cpu_ns;
         let stats = LAST_WRITE_STATS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -343,6 +347,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!(
             "disk: fdatasync of a 4 KiB overwrite p50 {:.0} µs (p99 {:.0} µs); sequential write {:.0} MB/s with an fdatasync per MiB; {:.0} bytes per event in the log",
             disk.fdatasync_us, disk.fdatasync_p99_us, disk.seq_mb_per_sec, frame_bytes
+        );
+        println!(
+            "cpu: {cpu_ns:.0} ns to encode one event's frame and decode it back to an owned event, one thread (the machine's speed, to compare runs across machines)"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -375,6 +382,7 @@ impl Row {
             durable: true,
             disk_fdatasync_us: 0.0,
             disk_seq_mb_per_sec: 0.0,
+            cpu_reference_ns: 0.0,
             target: String::new(),
             met: None,
             rss_mib: None,
@@ -394,6 +402,42 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+/// Nanoseconds to encode the fixture's frame and decode it back into a recorded event,
+/// on one thread: a fixed piece of the store's CPU work, printed beside every run so
+/// figures from different machines (or different days of one virtual machine) can be
+/// compared.
+fn cpu_reference(template: &Event) -> anyhow::Result<f64> {
+    use tidings_log::record::{FrameSpec, decode_frame, encode_frame};
+    let stream = StreamId::new("order-cpu-reference")?;
+    let events = std::slice::from_ref(template);
+    let mut buf = Vec::with_capacity(4096);
+    let rounds = 200_000u32;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        for i in 0..rounds {
+            buf.clear();
+            encode_frame(
+                &mut buf,
+                &FrameSpec {
+                    first_position: u64::from(i),
+                    group_first: u64::from(i),
+                    first_revision: 0,
+                    recorded_at: 0,
+                    stream: &stream,
+                    events,
+                },
+            );
+            let view = decode_frame(&buf)?;
+            for e in view.events() {
+                std::hint::black_box(e?.to_recorded(&stream, &view.header, 0)?);
+            }
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / f64::from(rounds));
+    }
+    Ok(best)
 }
 
 /// Adds the disk figures and the target for the workload.
