@@ -288,6 +288,9 @@ fn a_failed_fsync_stops_the_store_and_is_never_retried() {
                 ids,
             });
         }
+        // Lone appends on a multi-threaded runtime commit inline: the failing fsync
+        // below happens on the appending thread, not the writer thread.
+        assert_eq!(store.write_stats().inline_groups, 10);
         disk.fail_syncs();
         let e = store
             .append(&sid("f"), ExpectedVersion::Any, vec![event("bad", 1)])
