@@ -541,7 +541,7 @@ impl LogStore {
             reply,
         };
         tokio::task::block_in_place(|| {
-            if writer.commit_group(vec![append]) {
+            if writer.commit_group(vec![append], &mut || None) {
                 let c = &self.inner.shared.stats;
                 c.inline_groups.fetch_add(1, Ordering::Relaxed);
             }

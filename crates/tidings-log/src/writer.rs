@@ -142,8 +142,16 @@ impl Writer {
 
     /// Commits one group and does the upkeep that follows a commit. True when frames
     /// were written.
-    pub(crate) fn commit_group(&mut self, group: Vec<Append>) -> bool {
-        let wrote = self.commit(group);
+    ///
+    /// `more` is asked for further appends once the group's own are checked and encoded,
+    /// just before the write: appends that arrived meanwhile join this group instead of
+    /// waiting for the next one (see `run`).
+    pub(crate) fn commit_group(
+        &mut self,
+        group: Vec<Append>,
+        more: &mut dyn FnMut() -> Option<Append>,
+    ) -> bool {
+        let wrote = self.commit(group, more);
         self.prepare_next();
         self.maybe_checkpoint();
         wrote
@@ -204,7 +212,7 @@ impl Writer {
     }
 
     /// Commits a group: true when frames were written and acknowledged.
-    fn commit(&mut self, group: Vec<Append>) -> bool {
+    fn commit(&mut self, group: Vec<Append>, more: &mut dyn FnMut() -> Option<Append>) -> bool {
         if let Some(m) = self.shared.stopped_reason() {
             for a in group {
                 let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
@@ -229,11 +237,11 @@ impl Writer {
         let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
         let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
         let mut failure: Option<String> = None;
-        let many = group.len() > 1;
         let mut frame_bytes = 0u64;
         self.buf.clear();
         let mut buf_start = self.offset;
-        for a in group {
+        let mut group = group.into_iter();
+        while let Some(a) = group.next().or_else(&mut *more) {
             let current = heads
                 .get(a.stream.as_str())
                 .copied()
@@ -303,11 +311,11 @@ impl Writer {
                 },
             );
             frame_bytes += (self.buf.len() - before) as u64;
-            if many {
-                let fi = frames.len() as u32;
-                for (k, e) in a.events.iter().enumerate() {
-                    pending_ids.insert(fingerprint(&e.event_id), (fi, k as u32));
-                }
+            // Later appends of this group (its own, or ones the last call brings) must
+            // see these ids as taken.
+            let fi = frames.len() as u32;
+            for (k, e) in a.events.iter().enumerate() {
+                pending_ids.insert(fingerprint(&e.event_id), (fi, k as u32));
             }
             heads.insert(a.stream.clone(), first_revision + n - 1);
             waiting.push((
@@ -537,7 +545,36 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
         }
         let mut w = lock(&core);
         if !group.is_empty() {
-            w.commit_group(group);
+            // The last call: appends that arrived while this group was being checked
+            // and encoded join it (up to the byte budget), so under load a group takes
+            // in the writers acknowledged by the previous group as they come back.
+            let mut more = || {
+                if control.is_some() || bytes >= max_group_bytes {
+                    return None;
+                }
+                match rx.try_recv().ok()? {
+                    Request::Append {
+                        stream,
+                        expected,
+                        events,
+                        size,
+                        reply,
+                    } => {
+                        bytes += size;
+                        Some(Append {
+                            stream,
+                            expected,
+                            events,
+                            reply,
+                        })
+                    }
+                    other => {
+                        control = Some(other);
+                        None
+                    }
+                }
+            };
+            w.commit_group(group, &mut more);
         }
         match control {
             Some(Request::Close(reply)) => {
