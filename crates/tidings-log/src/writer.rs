@@ -230,9 +230,11 @@ impl Writer {
         let ix = shared.read_index();
         let group_first = ix.next_position();
         let mut next = group_first;
-        let mut heads: HashMap<StreamId, Revision> = HashMap::new();
+        let mut heads: HashMap<StreamId, Revision> = HashMap::with_capacity(group.len());
         // Ids of this group's frames, by fingerprint: (frame, event) to confirm against.
-        let mut pending_ids: FpMap<(u32, u32)> = FpMap::default();
+        let group_events: usize = group.iter().map(|a| a.events.len()).sum();
+        let mut pending_ids: FpMap<(u32, u32)> =
+            FpMap::with_capacity_and_hasher(group_events, Default::default());
         let mut frames: Vec<PendingFrame> = Vec::with_capacity(group.len());
         let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
         let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
