@@ -509,6 +509,32 @@ fn next_request(rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
     }
 }
 
+/// An append request as a member of a group (adding its size to `bytes`), or `None`
+/// after putting a control request in `control`.
+fn as_append(req: Request, bytes: &mut usize, control: &mut Option<Request>) -> Option<Append> {
+    match req {
+        Request::Append {
+            stream,
+            expected,
+            events,
+            size,
+            reply,
+        } => {
+            *bytes += size;
+            Some(Append {
+                stream,
+                expected,
+                events,
+                reply,
+            })
+        }
+        other => {
+            *control = Some(other);
+            None
+        }
+    }
+}
+
 /// The writer thread's loop: takes the waiting requests as one group and commits it
 /// under the writer's lock (which an append on an otherwise idle store may also take,
 /// to commit inline: see `LogStore::append`).
@@ -520,27 +546,10 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
         let mut next = Some(first);
         let max_group_bytes = lock(&core).cfg.max_group_bytes;
         while let Some(req) = next.take() {
-            match req {
-                Request::Append {
-                    stream,
-                    expected,
-                    events,
-                    size,
-                    reply,
-                } => {
-                    bytes += size;
-                    group.push(Append {
-                        stream,
-                        expected,
-                        events,
-                        reply,
-                    });
-                }
-                other => {
-                    control = Some(other);
-                    break;
-                }
-            }
+            let Some(append) = as_append(req, &mut bytes, &mut control) else {
+                break;
+            };
+            group.push(append);
             if bytes < max_group_bytes {
                 next = rx.try_recv().ok();
             }
@@ -554,27 +563,7 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
                 if control.is_some() || bytes >= max_group_bytes {
                     return None;
                 }
-                match rx.try_recv().ok()? {
-                    Request::Append {
-                        stream,
-                        expected,
-                        events,
-                        size,
-                        reply,
-                    } => {
-                        bytes += size;
-                        Some(Append {
-                            stream,
-                            expected,
-                            events,
-                            reply,
-                        })
-                    }
-                    other => {
-                        control = Some(other);
-                        None
-                    }
-                }
+                as_append(rx.try_recv().ok()?, &mut bytes, &mut control)
             };
             w.commit_group(group, &mut more);
         }
