@@ -55,6 +55,7 @@ pub struct LogStoreBuilder {
     channel_capacity: usize,
     max_group_bytes: usize,
     checkpoint_every: u64,
+    inline_commits: bool,
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
 }
@@ -85,6 +86,7 @@ impl LogStoreBuilder {
             channel_capacity: 4096,
             max_group_bytes: 32 << 20,
             checkpoint_every: 1_000_000,
+            inline_commits: true,
             storage: Arc::new(OsStorage),
             clock: Arc::new(SystemClock),
         }
@@ -132,6 +134,15 @@ impl LogStoreBuilder {
     /// a crash has to rescan (default 1,000,000).
     pub fn checkpoint_every(mut self, events: u64) -> Self {
         self.checkpoint_every = events.max(1);
+        self
+    }
+
+    /// Whether an append alone on an idle store may commit on its own thread (default
+    /// true). It then blocks its Tokio worker for one `fdatasync`, inside
+    /// `block_in_place`, instead of paying two thread wake-ups; turn this off to keep
+    /// every append's I/O on the writer thread (see decision record 0004).
+    pub fn inline_commits(mut self, on: bool) -> Self {
+        self.inline_commits = on;
         self
     }
 
@@ -209,6 +220,7 @@ impl LogStoreBuilder {
                     core: None,
                     writer: Mutex::new(None),
                     in_flight: AtomicUsize::new(0),
+                    inline_commits: false,
                 }),
             });
         };
@@ -238,6 +250,7 @@ impl LogStoreBuilder {
                 core: Some(core),
                 writer: Mutex::new(Some(handle)),
                 in_flight: AtomicUsize::new(0),
+                inline_commits: self.inline_commits,
             }),
         })
     }
@@ -322,6 +335,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Appends started and not yet finished, on every handle.
     in_flight: AtomicUsize,
+    /// Whether an idle append may commit inline.
+    inline_commits: bool,
 }
 
 /// Counts an append as in flight until it finishes or is dropped.
@@ -525,7 +540,8 @@ impl LogStore {
     ) -> Result<Result<AppendResult, StoreError>, Vec<Event>> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let Some(core) = self.inner.core.as_ref().filter(|_| multi_thread) else {
+        let allowed = multi_thread && self.inner.inline_commits;
+        let Some(core) = self.inner.core.as_ref().filter(|_| allowed) else {
             return Err(events);
         };
         let mut writer = match core.try_lock() {

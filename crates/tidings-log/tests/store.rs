@@ -461,6 +461,24 @@ fn a_current_thread_runtime_never_commits_inline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn inline_commits_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::builder(dir.path())
+        .inline_commits(false)
+        .open()
+        .unwrap();
+    for i in 0..5u64 {
+        let r = store
+            .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
+            .await
+            .unwrap();
+        assert_eq!(r.position, i);
+    }
+    let stats = store.write_stats();
+    assert_eq!((stats.inline_groups, stats.groups, stats.events), (0, 5, 5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn appends_after_close_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path()).unwrap();
