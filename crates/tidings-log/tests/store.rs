@@ -427,6 +427,18 @@ async fn inline_and_queued_commits_share_one_order() {
     assert_eq!(reopened.stream_count(), 6 + 6 * 16);
 }
 
+/// Appends `n` single events one after another to stream `s-1` of a fresh store,
+/// checking their positions.
+async fn append_lone(store: &LogStore, n: u64) {
+    for i in 0..n {
+        let r = store
+            .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
+            .await
+            .unwrap();
+        assert_eq!(r.position, i);
+    }
+}
+
 /// On a current-thread runtime (or outside Tokio) nothing may block the only thread:
 /// every append goes through the writer thread.
 #[test]
@@ -438,13 +450,7 @@ fn a_current_thread_runtime_never_commits_inline() {
         .unwrap();
     rt.block_on(async {
         let store = LogStore::open(dir.path()).unwrap();
-        for i in 0..10u64 {
-            let r = store
-                .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
-                .await
-                .unwrap();
-            assert_eq!(r.position, i);
-        }
+        append_lone(&store, 10).await;
         let stats = store.write_stats();
         assert_eq!((stats.inline_groups, stats.events), (0, 10));
         store.close().await.unwrap();
@@ -467,13 +473,7 @@ async fn inline_commits_can_be_turned_off() {
         .inline_commits(false)
         .open()
         .unwrap();
-    for i in 0..5u64 {
-        let r = store
-            .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
-            .await
-            .unwrap();
-        assert_eq!(r.position, i);
-    }
+    append_lone(&store, 5).await;
     let stats = store.write_stats();
     assert_eq!((stats.inline_groups, stats.groups, stats.events), (0, 5, 5));
 }
