@@ -4,11 +4,8 @@
 //! server is unreachable, the test says SKIP loudly and passes, unless
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use tidings::testing::transport_conformance::{self, unique};
 use tidings_nats::{NatsConfig, NatsTransport};
 
@@ -41,30 +38,20 @@ async fn nats_transport_conformance() {
         }
         Err(e) => return skip(&format!("{url} is unreachable: {e}")),
     }
-    let made: Arc<Mutex<Vec<NatsTransport>>> = Arc::default();
-    let factory_made = made.clone();
-    let run = AssertUnwindSafe(transport_conformance::run_all(move || {
-        let made = factory_made.clone();
-        let url = url.clone();
-        async move {
-            let t = NatsTransport::connect(config(&url))
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e}"));
-            made.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(t.clone());
-            t
-        }
-    }))
-    .catch_unwind()
+    transport_conformance::run_all_cleaning_up(
+        || {
+            let url = url.clone();
+            async move {
+                NatsTransport::connect(config(&url))
+                    .await
+                    .unwrap_or_else(|e| panic!("connect: {e}"))
+            }
+        },
+        |t| async move {
+            if let Err(e) = t.delete_stream().await {
+                eprintln!("cleanup: deleting stream {}: {e}", t.stream_name());
+            }
+        },
+    )
     .await;
-    let made = made.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for t in made {
-        if let Err(e) = t.delete_stream().await {
-            eprintln!("cleanup: deleting stream {}: {e}", t.stream_name());
-        }
-    }
-    if let Err(panic) = run {
-        std::panic::resume_unwind(panic);
-    }
 }

@@ -5,7 +5,6 @@
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -36,32 +35,22 @@ async fn rabbitmq_transport_conformance() {
         }
         Err(e) => return skip(&format!("{url} is unreachable: {e}")),
     }
-    let made: Arc<Mutex<Vec<RabbitTransport>>> = Arc::default();
-    let factory_made = made.clone();
-    let run = AssertUnwindSafe(transport_conformance::run_all(move || {
-        let made = factory_made.clone();
-        let url = url.clone();
-        async move {
-            let t = RabbitTransport::connect(config(&url))
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e}"));
-            made.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(t.clone());
-            t
-        }
-    }))
-    .catch_unwind()
+    transport_conformance::run_all_cleaning_up(
+        || {
+            let url = url.clone();
+            async move {
+                RabbitTransport::connect(config(&url))
+                    .await
+                    .unwrap_or_else(|e| panic!("connect: {e}"))
+            }
+        },
+        |t| async move {
+            if let Err(e) = t.delete_topology().await {
+                eprintln!("cleanup: deleting exchange {}: {e}", t.exchange_name());
+            }
+        },
+    )
     .await;
-    let made = made.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for t in made {
-        if let Err(e) = t.delete_topology().await {
-            eprintln!("cleanup: deleting exchange {}: {e}", t.exchange_name());
-        }
-    }
-    if let Err(panic) = run {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// A rejected message goes to the queue's dead-letter exchange, routing key and

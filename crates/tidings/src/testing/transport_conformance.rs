@@ -55,6 +55,41 @@ where
     }
 }
 
+/// [`run_all`] on transports made by `connect`, then `cleanup` on every one of them —
+/// also when a check fails, whose panic is raised again afterwards. For backends whose
+/// tests create server-side topology (streams, exchanges) that must not outlive them.
+pub async fn run_all_cleaning_up<T, C, CFut, D, DFut>(connect: C, cleanup: D)
+where
+    T: Transport + Clone + 'static,
+    C: Fn() -> CFut,
+    CFut: Future<Output = T>,
+    D: Fn(T) -> DFut,
+    DFut: Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let made: Arc<Mutex<Vec<T>>> = Arc::default();
+    let run = std::panic::AssertUnwindSafe(run_all(|| {
+        let made = made.clone();
+        let t = connect();
+        async move {
+            let t = t.await;
+            made.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(t.clone());
+            t
+        }
+    }))
+    .catch_unwind()
+    .await;
+    let made = std::mem::take(&mut *made.lock().unwrap_or_else(|p| p.into_inner()));
+    for t in made {
+        cleanup(t).await;
+    }
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// A name no other check or run uses: `prefix` and a random suffix.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..12])
