@@ -30,10 +30,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use tidings::{Position, StreamId};
 
-use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, StreamEntry};
+use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, SortedIds, StreamEntry, merge_ids};
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 
 /// The checkpoint's file name.
@@ -85,67 +86,104 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
 /// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
 /// last frame has checksum field `last_crc`.
 pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
-    encode_with_ids(index, end_offset, last_crc, &index.merged_ids())
+    Draft::new(index, end_offset, last_crc).finish().0
 }
 
-/// [`encode`] with the index's ids already merged and sorted ([`MemoryIndex::merged_ids`]),
-/// so a caller can keep them.
-pub fn encode_with_ids(
-    index: &MemoryIndex,
+/// A checkpoint in two steps, so that little of it holds the index's lock: [`Draft::new`]
+/// (under the read lock) encodes everything but the id table and copies the ids
+/// recorded since the last checkpoint; [`Draft::finish`] (outside it) sorts and merges
+/// them with the shared base table and assembles the file.
+pub struct Draft {
+    /// Header space, segments, locations and streams.
+    head: Vec<u8>,
+    /// Correlations.
+    tail: Vec<u8>,
+    base: Arc<SortedIds>,
+    recent: Vec<(u64, tidings::Position)>,
+    frames: u64,
     end_offset: u64,
     last_crc: u32,
-    ids: &[(u64, tidings::Position)],
-) -> Vec<u8> {
-    let mut b = Vec::with_capacity(
-        64 + index.locs.len() * 8 * 3 + ids.len() * 16 + index.streams.len() * 48,
-    );
-    b.resize(HEADER_LEN, 0);
-    put64(&mut b, index.segments.len() as u64);
-    for s in &index.segments {
-        put64(&mut b, s.first_position);
-        put64(&mut b, s.data_end);
-    }
-    put64(&mut b, index.locs.len() as u64);
-    for l in &index.locs {
-        put64(&mut b, l.0);
-    }
-    put64(&mut b, index.streams.len() as u64);
-    for (name, e) in &index.streams {
-        let n = name.as_str().as_bytes();
-        b.extend_from_slice(&(n.len() as u16).to_le_bytes());
-        b.extend_from_slice(n);
-        put64(&mut b, e.last_written as u64);
-        put64(&mut b, e.positions.len() as u64);
-        for &p in &e.positions {
-            put64(&mut b, p);
+}
+
+impl Draft {
+    /// Takes what the checkpoint needs from `index`.
+    pub fn new(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Self {
+        let positions: usize = index.streams.values().map(|e| e.positions.len()).sum();
+        let mut b = Vec::with_capacity(
+            HEADER_LEN
+                + 16
+                + index.segments.len() * 16
+                + index.locs.len() * 8
+                + positions * 8
+                + index.streams.len() * 40,
+        );
+        b.resize(HEADER_LEN, 0);
+        put64(&mut b, index.segments.len() as u64);
+        for s in &index.segments {
+            put64(&mut b, s.first_position);
+            put64(&mut b, s.data_end);
+        }
+        put64(&mut b, index.locs.len() as u64);
+        for l in &index.locs {
+            put64(&mut b, l.0);
+        }
+        put64(&mut b, index.streams.len() as u64);
+        for (name, e) in &index.streams {
+            let n = name.as_str().as_bytes();
+            b.extend_from_slice(&(n.len() as u16).to_le_bytes());
+            b.extend_from_slice(n);
+            put64(&mut b, e.last_written as u64);
+            put64(&mut b, e.positions.len() as u64);
+            for &p in &e.positions {
+                put64(&mut b, p);
+            }
+        }
+        let mut t = Vec::new();
+        put64(&mut t, index.correlations.len() as u64);
+        for (c, ps) in &index.correlations {
+            t.extend_from_slice(&(c.len() as u32).to_le_bytes());
+            t.extend_from_slice(c.as_bytes());
+            put64(&mut t, ps.len() as u64);
+            for &p in ps {
+                put64(&mut t, p);
+            }
+        }
+        Self {
+            head: b,
+            tail: t,
+            base: index.ids_base.clone(),
+            recent: index.recent_ids(),
+            frames: index.locs.len() as u64,
+            end_offset,
+            last_crc,
         }
     }
-    put64(&mut b, ids.len() as u64);
-    for &(f, p) in ids {
-        put64(&mut b, f);
-        put64(&mut b, p);
-    }
-    put64(&mut b, index.correlations.len() as u64);
-    for (c, ps) in &index.correlations {
-        b.extend_from_slice(&(c.len() as u32).to_le_bytes());
-        b.extend_from_slice(c.as_bytes());
-        put64(&mut b, ps.len() as u64);
-        for &p in ps {
+
+    /// The checkpoint's bytes, and the merged id table (which becomes the index's base).
+    pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings::Position)>) {
+        let ids = merge_ids(&self.base, self.recent);
+        drop(self.base);
+        let mut b = self.head;
+        b.reserve(8 + ids.len() * 16 + self.tail.len());
+        put64(&mut b, ids.len() as u64);
+        for &(f, p) in &ids {
+            put64(&mut b, f);
             put64(&mut b, p);
         }
+        b.extend_from_slice(&self.tail);
+        let body_len = (b.len() - HEADER_LEN) as u64;
+        let body_crc = crc32c::crc32c(&b[HEADER_LEN..]);
+        b[..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[12..16].copy_from_slice(&self.last_crc.to_le_bytes());
+        b[16..24].copy_from_slice(&self.frames.to_le_bytes());
+        b[24..32].copy_from_slice(&self.end_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&body_len.to_le_bytes());
+        b[40..44].copy_from_slice(&body_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        (b, ids)
     }
-    let body_len = (b.len() - HEADER_LEN) as u64;
-    let body_crc = crc32c::crc32c(&b[HEADER_LEN..]);
-    b[..8].copy_from_slice(MAGIC);
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    b[12..16].copy_from_slice(&last_crc.to_le_bytes());
-    b[16..24].copy_from_slice(&(index.locs.len() as u64).to_le_bytes());
-    b[24..32].copy_from_slice(&end_offset.to_le_bytes());
-    b[32..40].copy_from_slice(&body_len.to_le_bytes());
-    b[40..44].copy_from_slice(&body_crc.to_le_bytes());
-    let crc = crc32c::crc32c(&b[..60]);
-    b[60..64].copy_from_slice(&crc.to_le_bytes());
-    b
 }
 
 fn put64(b: &mut Vec<u8>, v: u64) {
@@ -271,15 +309,16 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointEr
     }
     index.streams = BTreeMap::from_iter(streams);
     let nids = r.count(16)?;
-    index.ids_base = Vec::with_capacity(nids);
+    let mut ids = Vec::with_capacity(nids);
     for _ in 0..nids {
         let f = r.u64()?;
         let p = r.u64()?;
-        index.ids_base.push((f, p));
+        ids.push((f, p));
     }
-    if index.ids_base.windows(2).any(|w| w[0] > w[1]) {
+    if ids.windows(2).any(|w| w[0] > w[1]) {
         return Err(bad("ids are not sorted"));
     }
+    index.ids_base = Arc::new(SortedIds::new(ids));
     let ncorr = r.count(12)?;
     let mut correlations = HashMap::with_capacity(ncorr);
     for _ in 0..ncorr {

@@ -339,3 +339,142 @@ fn a_segment_whose_creation_was_cut_short_is_removed() {
         "the unwritten segment is gone"
     );
 }
+
+/// A store whose appends all go through the writer thread (and so through the sync
+/// thread), never inline.
+fn open_queued(disk: &SimStorage) -> LogStore {
+    LogStore::builder(DIR)
+        .segment_size(1 << 20)
+        .inline_commits(false)
+        .storage(disk.clone())
+        .open()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Releases held syncs when dropped, so a failing assertion ends the test instead of
+/// leaving the store's threads waiting at the gate.
+struct ReleaseSyncs(SimStorage);
+
+impl Drop for ReleaseSyncs {
+    fn drop(&mut self) {
+        self.0.release_syncs();
+    }
+}
+
+/// Lets the writer thread take whatever was sent to it (there is no signal for "taken
+/// and waiting"; if it has not, the checks after this pass without testing anything,
+/// never fail wrongly).
+async fn let_the_writer_run() {
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+#[test]
+fn a_group_is_written_only_after_the_one_being_synced_and_answers_wait_for_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let disk = SimStorage::new();
+    let store = open_queued(&disk);
+    rt.block_on(async {
+        let first = event("first", 1);
+        let retry = first.clone();
+        disk.hold_syncs();
+        let _release = ReleaseSyncs(disk.clone());
+        let s = store.clone();
+        let a = tokio::spawn(async move {
+            s.append(&sid("p"), ExpectedVersion::NoStream, vec![first])
+                .await
+        });
+        let d = disk.clone();
+        tokio::task::spawn_blocking(move || d.wait_for_held_syncs(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let written = disk.unsynced_bytes();
+        assert!(written > 0, "the first group is written before its sync");
+        // Both are checked against the group being synced: the stream's next revision,
+        // and a retry of its event (an idempotent replay).
+        let s = store.clone();
+        let b = tokio::spawn(async move {
+            s.append(
+                &sid("p"),
+                ExpectedVersion::Exact(0),
+                vec![event("second", 2)],
+            )
+            .await
+        });
+        let s = store.clone();
+        let c =
+            tokio::spawn(
+                async move { s.append(&sid("p"), ExpectedVersion::Any, vec![retry]).await },
+            );
+        let_the_writer_run().await;
+        assert_eq!(
+            disk.unsynced_bytes(),
+            written,
+            "the next group was written before the previous one was synced"
+        );
+        assert!(!a.is_finished(), "acknowledged before its sync");
+        assert!(
+            !c.is_finished(),
+            "a replay of an event not yet durable was acknowledged"
+        );
+        assert!(!b.is_finished());
+        disk.release_syncs();
+        let a = a.await.unwrap_or_else(|e| panic!("{e}"));
+        let b = b.await.unwrap_or_else(|e| panic!("{e}"));
+        let c = c.await.unwrap_or_else(|e| panic!("{e}"));
+        let a = a.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.first_revision, a.first_position), (0, 0));
+        let b = b.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((b.first_revision, b.first_position), (1, 1));
+        assert_eq!(c.unwrap_or_else(|e| panic!("{e}")), a);
+        assert_eq!(disk.unsynced_bytes(), 0);
+    });
+    let after = disk.power_loss(&mut Rng(3));
+    drop(store);
+    let store = open(&after).unwrap_or_else(|e| panic!("{e}"));
+    let all = rt
+        .block_on(store.read_all(ReadAll::new(0, 10)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.len(), 2);
+}
+
+#[test]
+fn a_failed_sync_fails_the_group_waiting_behind_it_unwritten() {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let disk = SimStorage::new();
+    let store = open_queued(&disk);
+    rt.block_on(async {
+        disk.hold_syncs();
+        let _release = ReleaseSyncs(disk.clone());
+        let s = store.clone();
+        let a = tokio::spawn(async move {
+            s.append(&sid("a"), ExpectedVersion::Any, vec![event("a", 1)])
+                .await
+        });
+        let d = disk.clone();
+        tokio::task::spawn_blocking(move || d.wait_for_held_syncs(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let behind = event("b", 2);
+        let behind_id = behind.event_id;
+        let s = store.clone();
+        let b = tokio::spawn(async move {
+            s.append(&sid("b"), ExpectedVersion::Any, vec![behind])
+                .await
+        });
+        let_the_writer_run().await;
+        disk.fail_syncs();
+        disk.release_syncs();
+        for r in [a, b] {
+            let r = r.await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(r, Err(StoreError::Stopped(_))), "{r:?}");
+        }
+        assert!(
+            !disk.contains(behind_id.as_bytes()),
+            "a group was written after a failed sync"
+        );
+        let r = store
+            .append(&sid("c"), ExpectedVersion::Any, vec![event("c", 3)])
+            .await;
+        assert!(matches!(r, Err(StoreError::Stopped(m)) if m.contains("syncing")));
+    });
+}

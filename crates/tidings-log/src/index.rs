@@ -81,33 +81,92 @@ impl Hasher for FingerprintHasher {
 
 type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
-/// Finds `fp` in fingerprints sorted ascending. Fingerprints are uniformly spread, so
-/// the search starts where `fp` should be and gallops outward: a couple of cache misses
-/// instead of a binary search's twenty.
-fn find_sorted(base: &[(u64, Position)], fp: u64) -> Option<Position> {
-    let n = base.len();
-    if n == 0 {
-        return None;
+/// The ids covered by the last checkpoint: (fingerprint, position) sorted by fingerprint,
+/// with a directory of where each bucket of leading fingerprint bits starts.
+/// Fingerprints are uniformly spread, so a bucket holds a few entries: a lookup reads
+/// one directory slot and one or two cache lines of entries, where a binary search over
+/// millions of entries would take twenty cache misses. (Most lookups are of new ids,
+/// which are absent, so the whole bucket is read.)
+#[derive(Default)]
+pub(crate) struct SortedIds {
+    entries: Vec<(u64, Position)>,
+    /// `dir[k]..dir[k + 1]` are the entries whose fingerprint starts with the bits of `k`.
+    dir: Vec<usize>,
+    /// How many leading bits pick a bucket.
+    bits: u32,
+}
+
+impl SortedIds {
+    /// Entries sorted by fingerprint (the caller checks the order).
+    pub(crate) fn new(entries: Vec<(u64, Position)>) -> Self {
+        // About four entries per bucket: two bytes of directory per id.
+        let bits = entries.len().max(1).ilog2().saturating_sub(2);
+        let mut dir = vec![0usize; (1usize << bits) + 1];
+        for &(f, _) in &entries {
+            dir[bucket(f, bits) + 1] += 1;
+        }
+        for k in 1..dir.len() {
+            dir[k] += dir[k - 1];
+        }
+        Self { entries, dir, bits }
     }
-    let guess = ((u128::from(fp) * n as u128) >> 64) as usize;
-    let (mut lo, mut hi) = (guess, guess + 1);
-    let mut step = 1;
-    while lo > 0 && base[lo].0 > fp {
-        hi = lo;
-        lo = lo.saturating_sub(step);
-        step *= 2;
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
-    step = 1;
-    while hi < n && base[hi - 1].0 < fp {
-        lo = hi - 1;
-        hi = (hi + step).min(n);
-        step *= 2;
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, (u64, Position)> {
+        self.entries.iter()
     }
-    let window = &base[lo..hi.min(n)];
-    window
-        .binary_search_by_key(&fp, |&(f, _)| f)
-        .ok()
-        .map(|i| window[i].1)
+
+    pub(crate) fn find(&self, fp: u64) -> Option<Position> {
+        let k = bucket(fp, self.bits);
+        let (lo, hi) = (*self.dir.get(k)?, *self.dir.get(k + 1)?);
+        self.entries
+            .get(lo..hi)?
+            .iter()
+            .take_while(|&&(f, _)| f <= fp)
+            .find(|&&(f, _)| f == fp)
+            .map(|&(_, p)| p)
+    }
+}
+
+/// The bucket of a fingerprint: its leading `bits` bits.
+fn bucket(fp: u64, bits: u32) -> usize {
+    fp.checked_shr(64 - bits).unwrap_or(0) as usize
+}
+
+/// `base` (sorted) and `recent` (any order) as one sorted table.
+pub(crate) fn merge_ids(
+    base: &SortedIds,
+    mut recent: Vec<(u64, Position)>,
+) -> Vec<(u64, Position)> {
+    recent.sort_unstable();
+    let mut out = Vec::with_capacity(base.len() + recent.len());
+    let (mut a, mut b) = (base.iter().peekable(), recent.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => {
+                if x <= y {
+                    out.push(**x);
+                    a.next();
+                } else {
+                    out.push(**y);
+                    b.next();
+                }
+            }
+            (Some(x), None) => {
+                out.push(**x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                out.push(**y);
+                b.next();
+            }
+            (None, None) => break,
+        }
+    }
+    out
 }
 
 fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
@@ -187,7 +246,8 @@ pub struct MemoryIndex {
     pub segments: Vec<SegmentEntry>,
     pub(crate) locs: Vec<Loc>,
     pub(crate) streams: BTreeMap<StreamId, StreamEntry>,
-    pub(crate) ids_base: Vec<(u64, Position)>,
+    /// Shared, so a checkpoint can merge it outside the index's lock.
+    pub(crate) ids_base: Arc<SortedIds>,
     pub(crate) ids_recent: FpMap,
     pub(crate) correlations: HashMap<Box<str>, Vec<Position>>,
 }
@@ -195,34 +255,12 @@ pub struct MemoryIndex {
 impl MemoryIndex {
     /// Merges recent ids into the sorted base (done when checkpointing).
     pub fn merged_ids(&self) -> Vec<(u64, Position)> {
-        let mut recent: Vec<(u64, Position)> =
-            self.ids_recent.iter().map(|(&f, &p)| (f, p)).collect();
-        recent.sort_unstable();
-        let mut out = Vec::with_capacity(self.ids_base.len() + recent.len());
-        let (mut a, mut b) = (self.ids_base.iter().peekable(), recent.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => {
-                    if x <= y {
-                        out.push(**x);
-                        a.next();
-                    } else {
-                        out.push(**y);
-                        b.next();
-                    }
-                }
-                (Some(x), None) => {
-                    out.push(**x);
-                    a.next();
-                }
-                (None, Some(y)) => {
-                    out.push(**y);
-                    b.next();
-                }
-                (None, None) => break,
-            }
-        }
-        out
+        merge_ids(&self.ids_base, self.recent_ids())
+    }
+
+    /// The ids recorded since the last checkpoint, unsorted.
+    pub(crate) fn recent_ids(&self) -> Vec<(u64, Position)> {
+        self.ids_recent.iter().map(|(&f, &p)| (f, p)).collect()
     }
 
     /// Makes `merged` (every id below position `covered`, sorted: [`Self::merged_ids`]
@@ -230,14 +268,14 @@ impl MemoryIndex {
     /// recent table only ids recorded since. The recent table keeps its capacity, so it
     /// does not grow again from nothing.
     pub fn rebase_ids(&mut self, merged: Vec<(u64, Position)>, covered: Position) {
-        self.ids_base = merged;
+        self.ids_base = Arc::new(SortedIds::new(merged));
         self.ids_recent.retain(|_, p| *p >= covered);
     }
 
     /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
     #[doc(hidden)]
     pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
-        self.ids_base = ids;
+        self.ids_base = Arc::new(SortedIds::new(ids));
         self.ids_recent.clear();
     }
 
@@ -316,7 +354,7 @@ impl EventIndex for MemoryIndex {
         if let Some(&p) = self.ids_recent.get(&fp) {
             return Some(p);
         }
-        find_sorted(&self.ids_base, fp)
+        self.ids_base.find(fp)
     }
 
     fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]> {
@@ -379,7 +417,7 @@ mod tests {
         assert_eq!(ix.correlation_positions("c"), Some(&[0, 1, 2, 4, 5][..]));
         let base = ix.merged_ids();
         assert!(base.windows(2).all(|w| w[0] <= w[1]));
-        ix.ids_base = base;
+        ix.ids_base = Arc::new(SortedIds::new(base));
         ix.ids_recent.clear();
         assert_eq!(ix.id_candidate(&a[2]), Some(2));
 
@@ -403,6 +441,37 @@ mod tests {
     }
 
     #[test]
+    fn sorted_ids_find_every_entry_and_nothing_else() {
+        for n in [0usize, 1, 2, 3, 5, 64, 1000, 4099] {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
+            let mut entries: Vec<(u64, Position)> = (0..n as u64)
+                .map(|p| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (fingerprint(&Uuid::from_u64_pair(x, p)), p)
+                })
+                .collect();
+            // The extremes of the fingerprint range land in the first and last buckets.
+            if n >= 2 {
+                entries[0].0 = 0;
+                entries[1].0 = u64::MAX;
+            }
+            entries.sort_unstable();
+            let ids = SortedIds::new(entries.clone());
+            assert_eq!(ids.len(), n);
+            for &(f, p) in &entries {
+                assert_eq!(ids.find(f), Some(p), "n={n} fp={f:#x}");
+            }
+            for probe in [1u64, u64::MAX - 1, 0x8000_0000_0000_0000, x] {
+                if entries.iter().all(|&(f, _)| f != probe) {
+                    assert_eq!(ids.find(probe), None, "n={n} probe={probe:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn rebasing_keeps_ids_added_after_the_merge() {
         let mut ix = MemoryIndex::default();
         let a = add(&mut ix, "a-1", 3, None);
@@ -415,21 +484,6 @@ mod tests {
         assert_eq!(ix.id_candidate(&late[1]), Some(covered + 1));
         assert_eq!(ix.id_candidate(&a[0]), Some(0));
         assert_eq!(ix.merged_ids().len(), 5);
-    }
-
-    #[test]
-    fn sorted_fingerprints_are_found() {
-        let mut base: Vec<(u64, Position)> = (0..5000u64)
-            .map(|i| (fingerprint(&Uuid::from_u64_pair(i, i * 7)), i))
-            .collect();
-        base.sort_unstable();
-        for &(f, p) in &base {
-            assert_eq!(find_sorted(&base, f), Some(p));
-        }
-        assert_eq!(find_sorted(&base, 12345), None);
-        assert_eq!(find_sorted(&base, u64::MAX), None);
-        assert_eq!(find_sorted(&[], 1), None);
-        assert_eq!(find_sorted(&[(5, 1)], 5), Some(1));
     }
 
     #[test]

@@ -557,7 +557,7 @@ impl LogStore {
             reply,
         };
         tokio::task::block_in_place(|| {
-            if writer.commit_group(vec![append], &mut || None) {
+            if writer.commit_group(vec![append], &mut || None, true) {
                 let c = &self.inner.shared.stats;
                 c.inline_groups.fetch_add(1, Ordering::Relaxed);
             }

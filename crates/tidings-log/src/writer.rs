@@ -84,6 +84,147 @@ pub(crate) struct Writer {
     checkpointer: Option<std::thread::JoinHandle<Result<(), LogError>>>,
     /// Events covered by the last checkpoint started.
     checkpointed: Position,
+    /// The position the next group starts at.
+    next: Position,
+    /// The last group handed to the sync thread: the next group is checked against it
+    /// until it is published (its heads and ids agree with the index once it is).
+    syncing: Option<Arc<Pending>>,
+    /// Whether the sync thread has a group it has not reported back on.
+    outstanding: bool,
+    /// The sync thread, started with the first group it is given.
+    syncer: Option<Syncer>,
+}
+
+/// A group's frames, with what later appends are checked against until it is published.
+struct Pending {
+    /// The group's first position.
+    first: Position,
+    frames: Vec<PendingFrame>,
+    /// The streams' heads after this group.
+    heads: HashMap<StreamId, Revision>,
+    /// Ids of the group's events, by fingerprint: (frame, event) to confirm against.
+    ids: FpMap<(u32, u32)>,
+}
+
+impl Pending {
+    /// Where this group records `id`, if it does.
+    fn pending_id(&self, id: &Uuid) -> Option<IdLocation> {
+        let &(fi, k) = self.ids.get(&fingerprint(id))?;
+        let f = self.frames.get(fi as usize)?;
+        (f.events.get(k as usize)?.event_id == *id).then(|| IdLocation {
+            stream: f.stream.clone(),
+            revision: f.first_revision + u64::from(k),
+            position: f.first_position + u64::from(k),
+        })
+    }
+}
+
+/// A group written to its segment and not yet synced: what finishing it takes.
+struct Staged {
+    pending: Arc<Pending>,
+    /// The segment the group ends in, and its path (for messages).
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    durable: bool,
+    ordinal: usize,
+    /// The segment's data end after the group.
+    end: u64,
+    /// The position after the group.
+    next: Position,
+    recorded_at: i64,
+    waiting: Vec<(AppendReply, AppendResult)>,
+    /// Segments sealed and started while writing the group.
+    new_segments: Vec<(usize, u64, SegmentEntry)>,
+    frame_bytes: u64,
+    write_micros: u64,
+}
+
+/// The sync thread: syncs, publishes and acknowledges written groups, one at a time,
+/// reporting each on `done`.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<Staged>,
+    done: std::sync::mpsc::Receiver<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    fn spawn(shared: Arc<Shared>) -> Option<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Staged>(1);
+        let (done_tx, done) = std::sync::mpsc::sync_channel::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("tidings-log-sync".into())
+            .spawn(move || {
+                while let Ok(staged) = rx.recv() {
+                    finish(&shared, staged);
+                    if done_tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self { tx, done, handle })
+    }
+}
+
+/// Finishes a written group: `fdatasync` (when durable), then publishes it to the index,
+/// moves the committed head (waking subscribers) and acknowledges its appends. A failed
+/// sync stops the store and fails every append in the group. True when acknowledged.
+fn finish(shared: &Shared, s: Staged) -> bool {
+    let started = std::time::Instant::now();
+    if s.durable
+        && let Err(e) = s.file.sync_data()
+    {
+        let m = format!("syncing {}: {e}", s.path.display());
+        shared.stop(&m);
+        for (reply, _) in s.waiting {
+            let _ = reply.send(Err(StoreError::Stopped(m.clone())));
+        }
+        return false;
+    }
+    let sync_micros = micros_since(started);
+    let p = &*s.pending;
+    {
+        let mut ix = shared.write_index();
+        for (sealed, end, entry) in s.new_segments {
+            if let Some(seg) = ix.segments.get_mut(sealed) {
+                seg.data_end = end;
+            }
+            ix.segments.push(entry);
+        }
+        for f in &p.frames {
+            let mut events = f.events.iter().map(|e| IndexedEvent {
+                id: e.event_id,
+                correlation: e.metadata.correlation_id.as_deref(),
+            });
+            ix.add_frame(
+                &f.stream,
+                f.first_position,
+                s.recorded_at,
+                f.loc,
+                &mut events,
+            );
+        }
+        if let Some(seg) = ix.segments.get_mut(s.ordinal) {
+            seg.data_end = s.end;
+        }
+    }
+    shared.head.send_replace(Some(s.next - 1));
+    let c = &shared.stats;
+    c.groups.fetch_add(1, Ordering::Relaxed);
+    c.appends
+        .fetch_add(p.frames.len() as u64, Ordering::Relaxed);
+    c.events.fetch_add(s.next - p.first, Ordering::Relaxed);
+    c.bytes.fetch_add(s.frame_bytes, Ordering::Relaxed);
+    c.io_micros
+        .fetch_add(s.write_micros + sync_micros, Ordering::Relaxed);
+    for (reply, result) in s.waiting {
+        let _ = reply.send(Ok(result));
+    }
+    true
+}
+
+fn micros_since(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 struct PendingFrame {
@@ -137,6 +278,10 @@ impl Writer {
             preparer: None,
             checkpointer: None,
             checkpointed,
+            next: checkpointed,
+            syncing: None,
+            outstanding: false,
+            syncer: None,
         })
     }
 
@@ -146,12 +291,16 @@ impl Writer {
     /// `more` is asked for further appends once the group's own are checked and encoded,
     /// just before the write: appends that arrived meanwhile join this group instead of
     /// waiting for the next one (see `run`).
+    ///
+    /// With `finish_here` the group is synced, published and acknowledged before this
+    /// returns (an inline commit); otherwise a durable group goes to the sync thread.
     pub(crate) fn commit_group(
         &mut self,
         group: Vec<Append>,
         more: &mut dyn FnMut() -> Option<Append>,
+        finish_here: bool,
     ) -> bool {
-        let wrote = self.commit(group, more);
+        let wrote = self.commit(group, more, finish_here);
         self.prepare_next();
         self.maybe_checkpoint();
         wrote
@@ -174,6 +323,7 @@ impl Writer {
 
     /// Writes a checkpoint now, after any running background one.
     fn checkpoint(&mut self) -> Result<(), LogError> {
+        self.wait_for_sync();
         if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
@@ -211,8 +361,17 @@ impl Writer {
             .ok();
     }
 
-    /// Commits a group: true when frames were written and acknowledged.
-    fn commit(&mut self, group: Vec<Append>, more: &mut dyn FnMut() -> Option<Append>) -> bool {
+    /// Commits a group: checks and encodes it against the published index and the group
+    /// still being synced (if any), waits for that group's sync, writes this one, then
+    /// either finishes it here (sync, publish, acknowledge) or hands it to the sync
+    /// thread and returns, so the next group's checks and encoding overlap this group's
+    /// `fdatasync`. True when frames were written (and, when finished here, acknowledged).
+    fn commit(
+        &mut self,
+        group: Vec<Append>,
+        more: &mut dyn FnMut() -> Option<Append>,
+        finish_here: bool,
+    ) -> bool {
         if let Some(m) = self.shared.stopped_reason() {
             for a in group {
                 let _ = a.reply.send(Err(StoreError::Stopped(m.clone())));
@@ -226,47 +385,49 @@ impl Writer {
             return false;
         }
         let recorded_at = timestamp_to_micros(self.cfg.clock.now());
-        let shared = self.shared.clone();
-        let ix = shared.read_index();
-        let group_first = ix.next_position();
+        let group_first = self.next;
         let mut next = group_first;
-        let mut heads: HashMap<StreamId, Revision> = HashMap::with_capacity(group.len());
-        // Ids of this group's frames, by fingerprint: (frame, event) to confirm against.
         let group_events: usize = group.iter().map(|a| a.events.len()).sum();
-        let mut pending_ids: FpMap<(u32, u32)> =
-            FpMap::with_capacity_and_hasher(group_events, Default::default());
-        let mut frames: Vec<PendingFrame> = Vec::with_capacity(group.len());
+        let mut pending = Pending {
+            first: group_first,
+            frames: Vec::with_capacity(group.len()),
+            heads: HashMap::with_capacity(group.len()),
+            ids: FpMap::with_capacity_and_hasher(group_events, Default::default()),
+        };
         let mut waiting: Vec<(AppendReply, AppendResult)> = Vec::with_capacity(group.len());
         let mut new_segments: Vec<(usize, u64, SegmentEntry)> = Vec::new();
-        let mut failure: Option<String> = None;
         let mut frame_bytes = 0u64;
+        let mut failure: Option<String> = None;
         self.buf.clear();
         let mut buf_start = self.offset;
         let mut group = group.into_iter();
         while let Some(a) = group.next().or_else(&mut *more) {
-            let current = heads
-                .get(a.stream.as_str())
-                .copied()
-                .or_else(|| ix.stream_version(a.stream.as_str()));
-            let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
-                pending_ids
-                    .get(&fingerprint(id))
-                    .and_then(|&(fi, k)| {
-                        let f = frames.get(fi as usize)?;
-                        (f.events.get(k as usize)?.event_id == *id).then(|| IdLocation {
-                            stream: f.stream.clone(),
-                            revision: f.first_revision + u64::from(k),
-                            position: f.first_position + u64::from(k),
-                        })
-                    })
-                    .or_else(|| committed_id(&ix, id))
-            });
+            // The lock is taken per append, not across the group: the sync thread needs
+            // the write lock to publish the group before this one.
+            let (current, replay) = {
+                let ix = self.shared.read_index();
+                let current = pending
+                    .heads
+                    .get(a.stream.as_str())
+                    .or_else(|| self.syncing.as_ref()?.heads.get(a.stream.as_str()))
+                    .copied()
+                    .or_else(|| ix.stream_version(a.stream.as_str()));
+                let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
+                    pending
+                        .pending_id(id)
+                        .or_else(|| self.syncing.as_ref()?.pending_id(id))
+                        .or_else(|| committed_id(&ix, id))
+                });
+                (current, replay)
+            };
             match replay {
                 Err(e) => {
                     let _ = a.reply.send(Err(e));
                     continue;
                 }
-                Ok(Some(result)) if result.position >= group_first => {
+                // Recorded by this group or by one not yet known to be durable: answered
+                // once this group is.
+                Ok(Some(result)) if result.position >= self.durable_next() => {
                     waiting.push((a.reply, result));
                     continue;
                 }
@@ -315,11 +476,13 @@ impl Writer {
             frame_bytes += (self.buf.len() - before) as u64;
             // Later appends of this group (its own, or ones the last call brings) must
             // see these ids as taken.
-            let fi = frames.len() as u32;
+            let fi = pending.frames.len() as u32;
             for (k, e) in a.events.iter().enumerate() {
-                pending_ids.insert(fingerprint(&e.event_id), (fi, k as u32));
+                pending.ids.insert(fingerprint(&e.event_id), (fi, k as u32));
             }
-            heads.insert(a.stream.clone(), first_revision + n - 1);
+            pending
+                .heads
+                .insert(a.stream.clone(), first_revision + n - 1);
             waiting.push((
                 a.reply,
                 AppendResult {
@@ -329,7 +492,7 @@ impl Writer {
                     position: next + n - 1,
                 },
             ));
-            frames.push(PendingFrame {
+            pending.frames.push(PendingFrame {
                 stream: a.stream,
                 first_position: next,
                 first_revision,
@@ -338,25 +501,26 @@ impl Writer {
             });
             next += n;
         }
-        drop(ix);
+        // The group before this one must be durable before this one is written (recovery
+        // relies on it: see `crate::recovery`), and before anything this group answers
+        // from it is acknowledged.
+        self.wait_for_sync();
+        if failure.is_none() {
+            failure = self.shared.stopped_reason();
+        }
         let data_len = self.buf.len();
-        let io_started = std::time::Instant::now();
+        let mut write_micros = 0;
         if failure.is_none() && next > group_first {
-            let r = self.write_pages(buf_start).and_then(|()| {
-                if self.cfg.durable {
-                    self.file
-                        .sync_data()
-                        .map_err(|e| format!("syncing {}: {e}", self.path.display()))
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(m) = r {
+            let io_started = std::time::Instant::now();
+            if let Err(m) = self.write_pages(buf_start) {
                 failure = Some(m);
             }
+            write_micros = micros_since(io_started);
         }
         if let Some(m) = failure {
-            self.shared.stop(&m);
+            if self.shared.stopped_reason().is_none() {
+                self.shared.stop(&m);
+            }
             for (reply, _) in waiting {
                 let _ = reply.send(Err(StoreError::Stopped(m.clone())));
             }
@@ -364,49 +528,95 @@ impl Writer {
         }
         self.buf.truncate(data_len);
         self.offset = buf_start + data_len as u64;
-        {
-            let mut ix = shared.write_index();
-            for (sealed, end, entry) in new_segments {
-                if let Some(s) = ix.segments.get_mut(sealed) {
-                    s.data_end = end;
-                }
-                ix.segments.push(entry);
+        self.next = next;
+        if next == group_first {
+            // Nothing new: every answer refers to durable events now.
+            for (reply, result) in waiting {
+                let _ = reply.send(Ok(result));
             }
-            for f in &frames {
-                let mut events = f.events.iter().map(|e| IndexedEvent {
-                    id: e.event_id,
-                    correlation: e.metadata.correlation_id.as_deref(),
-                });
-                ix.add_frame(&f.stream, f.first_position, recorded_at, f.loc, &mut events);
-            }
-            if let Some(s) = ix.segments.get_mut(self.ordinal) {
-                s.data_end = self.offset;
-            }
-        }
-        if next > group_first {
-            shared.head.send_replace(Some(next - 1));
+            return false;
         }
         tracing::trace!(
             events = next - group_first,
             bytes = data_len,
-            "group committed"
+            "group written"
         );
-        let wrote = next > group_first;
-        if wrote {
-            let c = &self.shared.stats;
-            c.groups.fetch_add(1, Ordering::Relaxed);
-            c.appends.fetch_add(frames.len() as u64, Ordering::Relaxed);
-            c.events.fetch_add(next - group_first, Ordering::Relaxed);
-            c.bytes.fetch_add(frame_bytes, Ordering::Relaxed);
-            let io = io_started.elapsed().as_micros();
-            c.io_micros
-                .fetch_add(u64::try_from(io).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let staged = Staged {
+            pending: Arc::new(pending),
+            file: self.file.clone(),
+            path: self.path.clone(),
+            durable: self.cfg.durable,
+            ordinal: self.ordinal,
+            end: self.offset,
+            next,
+            recorded_at,
+            waiting,
+            new_segments,
+            frame_bytes,
+            write_micros,
+        };
+        if finish_here || !self.cfg.durable {
+            self.syncing = None;
+            return finish(&self.shared, staged);
         }
-        for (reply, result) in waiting {
-            let _ = reply.send(Ok(result));
+        self.hand_to_syncer(staged)
+    }
+
+    /// The first position not known to be durable: the group with the sync thread, if
+    /// it has not reported back, else the next to be written.
+    fn durable_next(&self) -> Position {
+        match &self.syncing {
+            Some(p) if self.outstanding => p.first,
+            _ => self.next,
         }
-        drop(frames);
-        wrote
+    }
+
+    /// Gives a written group to the sync thread (started on first use), which syncs,
+    /// publishes and acknowledges it while this thread goes on with the next group.
+    /// Without a sync thread the group is finished here.
+    fn hand_to_syncer(&mut self, staged: Staged) -> bool {
+        if self.syncer.is_none() {
+            self.syncer = Syncer::spawn(self.shared.clone());
+        }
+        let pending = staged.pending.clone();
+        let Some(syncer) = &self.syncer else {
+            self.syncing = None;
+            return finish(&self.shared, staged);
+        };
+        match syncer.tx.send(staged) {
+            Ok(()) => {
+                self.outstanding = true;
+                self.syncing = Some(pending);
+                true
+            }
+            Err(std::sync::mpsc::SendError(staged)) => {
+                self.syncer = None;
+                self.syncing = None;
+                finish(&self.shared, staged)
+            }
+        }
+    }
+
+    /// Waits until the group with the sync thread (if any) is synced, published and
+    /// acknowledged — or has stopped the store.
+    fn wait_for_sync(&mut self) {
+        if !std::mem::take(&mut self.outstanding) {
+            return;
+        }
+        let reported = self.syncer.as_ref().is_some_and(|s| s.done.recv().is_ok());
+        if !reported {
+            self.syncer = None;
+            self.shared.stop("the log's sync thread ended unexpectedly");
+        }
+    }
+
+    /// Waits for the sync thread's group, then ends the thread.
+    fn stop_syncer(&mut self) {
+        self.wait_for_sync();
+        if let Some(s) = self.syncer.take() {
+            drop(s.tx);
+            let _ = s.handle.join();
+        }
     }
 
     /// Writes what the group has so far, seals the active segment and starts a new one
@@ -418,6 +628,12 @@ impl Writer {
         need: u64,
         new_segments: &mut Vec<(usize, u64, SegmentEntry)>,
     ) -> Result<(), String> {
+        // The footer and the frames before it are a write of their own, after the group
+        // being synced.
+        self.wait_for_sync();
+        if let Some(m) = self.shared.stopped_reason() {
+            return Err(m);
+        }
         let data_end = *buf_start + self.buf.len() as u64;
         let path = self.path.display().to_string();
         self.buf
@@ -565,10 +781,11 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
                 }
                 as_append(rx.try_recv().ok()?, &mut bytes, &mut control)
             };
-            w.commit_group(group, &mut more);
+            w.commit_group(group, &mut more, false);
         }
         match control {
             Some(Request::Close(reply)) => {
+                w.stop_syncer();
                 let result = w.checkpoint();
                 w.closed = true;
                 if let Some(h) = w.preparer.take() {
@@ -585,6 +802,7 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
     }
     // Every handle is gone: leave a checkpoint so the next open is fast.
     let mut w = lock(&core);
+    w.stop_syncer();
     w.closed = true;
     if let Err(e) = w.checkpoint() {
         tracing::warn!(error = %e, "could not write the index checkpoint on close");
@@ -603,15 +821,20 @@ fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
     if let Some(m) = shared.stopped_reason() {
         return Err(LogError::Stopped(m));
     }
-    let (bytes, ids, covered) = {
+    let (draft, covered) = {
         let ix = shared.read_index();
         let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
         let crc = checkpoint::last_frame_crc(&ix)
             .map_err(LogError::io("reading the last frame in", &shared.dir))?;
-        let ids = ix.merged_ids();
-        let bytes = checkpoint::encode_with_ids(&ix, end, crc, &ids);
-        (bytes, ids, ix.next_position())
+        let started = std::time::Instant::now();
+        let draft = checkpoint::Draft::new(&ix, end, crc);
+        tracing::debug!(
+            micros = micros_since(started),
+            "checkpoint drafted under the index's read lock"
+        );
+        (draft, ix.next_position())
     };
+    let (bytes, ids) = draft.finish();
     // The merged, sorted ids become the index's base table: the hash table of recent
     // ids keeps only those added since, so it stays as small as a checkpoint interval
     // instead of growing (and rehashing) with every id since the store was opened.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{OpenMode, Storage, StorageFile};
 
@@ -53,9 +53,17 @@ struct Capture {
     images: Vec<(SimStorage, usize)>,
 }
 
+/// Syncs held back by [`SimStorage::hold_syncs`].
+#[derive(Default)]
+struct Gate {
+    held: bool,
+    /// Syncs waiting at the gate.
+    waiting: usize,
+}
+
 /// The simulated disk. Clones share it.
 #[derive(Clone, Default)]
-pub(crate) struct SimStorage(Arc<Mutex<State>>);
+pub(crate) struct SimStorage(Arc<Mutex<State>>, Arc<(Mutex<Gate>, Condvar)>);
 
 impl SimStorage {
     pub(crate) fn new() -> Self {
@@ -69,6 +77,49 @@ impl SimStorage {
     /// From now on, growing files by more than `bytes` in total fails with ENOSPC.
     pub(crate) fn set_space_left(&self, bytes: Option<u64>) {
         self.state().space_left = bytes;
+    }
+
+    /// From now on, every fsync waits until [`Self::release_syncs`].
+    pub(crate) fn hold_syncs(&self) {
+        self.gate().held = true;
+    }
+
+    /// Lets held syncs (and later ones) go.
+    pub(crate) fn release_syncs(&self) {
+        self.gate().held = false;
+        self.1.1.notify_all();
+    }
+
+    /// Blocks until `n` syncs wait at the gate.
+    pub(crate) fn wait_for_held_syncs(&self, n: usize) {
+        let mut g = self.gate();
+        while g.waiting < n {
+            g = self.1.1.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.1.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes written to files and not yet synced.
+    pub(crate) fn unsynced_bytes(&self) -> usize {
+        self.state()
+            .files
+            .values()
+            .map(|f| {
+                let (d, e) = dirty_range(f);
+                e - d
+            })
+            .sum()
+    }
+
+    /// Whether any file's written data contains `needle`.
+    pub(crate) fn contains(&self, needle: &[u8]) -> bool {
+        self.state()
+            .files
+            .values()
+            .any(|f| f.data.windows(needle.len()).any(|w| w == needle))
     }
 
     /// From now on, every fsync fails with EIO.
@@ -140,15 +191,18 @@ fn image(st: &State, rng: &mut Rng) -> SimStorage {
             },
         );
     }
-    SimStorage(Arc::new(Mutex::new(State {
-        files,
-        names: st.durable_names.clone(),
-        durable_names: st.durable_names.clone(),
-        next_ino: st.next_ino,
-        space_left: None,
-        fail_sync: false,
-        capture: None,
-    })))
+    SimStorage(
+        Arc::new(Mutex::new(State {
+            files,
+            names: st.durable_names.clone(),
+            durable_names: st.durable_names.clone(),
+            next_ino: st.next_ino,
+            space_left: None,
+            fail_sync: false,
+            capture: None,
+        })),
+        Arc::default(),
+    )
 }
 
 fn dirty_range(f: &FileData) -> (usize, usize) {
@@ -218,6 +272,17 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        {
+            let mut g = self.disk.gate();
+            if g.held {
+                g.waiting += 1;
+                self.disk.1.1.notify_all();
+                while g.held {
+                    g = self.disk.1.1.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                g.waiting -= 1;
+            }
+        }
         let mut st = self.disk.state();
         if st.fail_sync {
             return Err(io::Error::from_raw_os_error(5)); // EIO
