@@ -34,7 +34,9 @@ use std::sync::Arc;
 
 use tidings::{Position, StreamId};
 
-use crate::index::{EventIndex, Loc, MemoryIndex, SegmentEntry, SortedIds, StreamEntry, merge_ids};
+use crate::index::{
+    EventIndex, FpMap, IdsToMerge, Loc, MemoryIndex, SegmentEntry, SortedIds, StreamEntry,
+};
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 
 /// The checkpoint's file name.
@@ -86,7 +88,9 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
 /// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
 /// last frame has checksum field `last_crc`.
 pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
-    Draft::new(index, end_offset, last_crc).finish().0
+    Draft::new(index, end_offset, last_crc, index.ids_snapshot())
+        .finish()
+        .0
 }
 
 /// A checkpoint in two steps, so that little of it holds the index's lock: [`Draft::new`]
@@ -98,16 +102,20 @@ pub struct Draft {
     head: Vec<u8>,
     /// Correlations.
     tail: Vec<u8>,
-    base: Arc<SortedIds>,
-    recent: Vec<(u64, tidings::Position)>,
+    ids: IdsToMerge,
     frames: u64,
     end_offset: u64,
     last_crc: u32,
 }
 
 impl Draft {
-    /// Takes what the checkpoint needs from `index`.
-    pub fn new(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Self {
+    /// Takes what the checkpoint needs from `index`, whose ids are `ids`.
+    pub(crate) fn new(
+        index: &MemoryIndex,
+        end_offset: u64,
+        last_crc: u32,
+        ids: IdsToMerge,
+    ) -> Self {
         let positions: usize = index.streams.values().map(|e| e.positions.len()).sum();
         let mut b = Vec::with_capacity(
             HEADER_LEN
@@ -151,18 +159,22 @@ impl Draft {
         Self {
             head: b,
             tail: t,
-            base: index.ids_base.clone(),
-            recent: index.recent_ids(),
+            ids,
             frames: index.locs.len() as u64,
             end_offset,
             last_crc,
         }
     }
 
+    /// The table of ids recorded since the base table (frozen for this checkpoint).
+    pub(crate) fn frozen(&self) -> Arc<FpMap> {
+        self.ids.rest.clone()
+    }
+
     /// The checkpoint's bytes, and the merged id table (which becomes the index's base).
     pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings::Position)>) {
-        let ids = merge_ids(&self.base, self.recent);
-        drop(self.base);
+        let ids = self.ids.merge();
+        drop(self.ids);
         let mut b = self.head;
         b.reserve(8 + ids.len() * 16 + self.tail.len());
         put64(&mut b, ids.len() as u64);

@@ -79,7 +79,7 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
+pub(crate) type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
 /// The ids covered by the last checkpoint: (fingerprint, position) sorted by fingerprint,
 /// with a directory of where each bucket of leading fingerprint bits starts.
@@ -136,37 +136,43 @@ fn bucket(fp: u64, bits: u32) -> usize {
     fp.checked_shr(64 - bits).unwrap_or(0) as usize
 }
 
-/// `base` (sorted) and `recent` (any order) as one sorted table.
-pub(crate) fn merge_ids(
-    base: &SortedIds,
-    mut recent: Vec<(u64, Position)>,
-) -> Vec<(u64, Position)> {
-    recent.sort_unstable();
-    let mut out = Vec::with_capacity(base.len() + recent.len());
-    let (mut a, mut b) = (base.iter().peekable(), recent.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => {
-                if x <= y {
+/// The ids a checkpoint records: the base table and the ids recorded since it.
+pub(crate) struct IdsToMerge {
+    pub base: Arc<SortedIds>,
+    pub rest: Arc<FpMap>,
+}
+
+impl IdsToMerge {
+    /// Every id, sorted by fingerprint.
+    pub(crate) fn merge(&self) -> Vec<(u64, Position)> {
+        let mut rest: Vec<(u64, Position)> = self.rest.iter().map(|(&f, &p)| (f, p)).collect();
+        rest.sort_unstable();
+        let mut out = Vec::with_capacity(self.base.len() + rest.len());
+        let (mut a, mut b) = (self.base.iter().peekable(), rest.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => {
+                    if x <= y {
+                        out.push(**x);
+                        a.next();
+                    } else {
+                        out.push(**y);
+                        b.next();
+                    }
+                }
+                (Some(x), None) => {
                     out.push(**x);
                     a.next();
-                } else {
+                }
+                (None, Some(y)) => {
                     out.push(**y);
                     b.next();
                 }
+                (None, None) => break,
             }
-            (Some(x), None) => {
-                out.push(**x);
-                a.next();
-            }
-            (None, Some(y)) => {
-                out.push(**y);
-                b.next();
-            }
-            (None, None) => break,
         }
+        out
     }
-    out
 }
 
 fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
@@ -246,36 +252,89 @@ pub struct MemoryIndex {
     pub segments: Vec<SegmentEntry>,
     pub(crate) locs: Vec<Loc>,
     pub(crate) streams: BTreeMap<StreamId, StreamEntry>,
-    /// Shared, so a checkpoint can merge it outside the index's lock.
+    /// Ids covered by the last checkpoint whose merge was installed. Shared, so a
+    /// checkpoint can merge it outside the index's lock.
     pub(crate) ids_base: Arc<SortedIds>,
+    /// Ids frozen for a checkpoint being merged in the background, until its merged
+    /// table is installed as the base.
+    pub(crate) ids_frozen: Option<Arc<FpMap>>,
+    /// Ids recorded since the last freeze.
     pub(crate) ids_recent: FpMap,
     pub(crate) correlations: HashMap<Box<str>, Vec<Position>>,
 }
 
 impl MemoryIndex {
-    /// Merges recent ids into the sorted base (done when checkpointing).
+    /// Every id, sorted (what a checkpoint records).
     pub fn merged_ids(&self) -> Vec<(u64, Position)> {
-        merge_ids(&self.ids_base, self.recent_ids())
+        self.ids_snapshot().merge()
     }
 
-    /// The ids recorded since the last checkpoint, unsorted.
-    pub(crate) fn recent_ids(&self) -> Vec<(u64, Position)> {
-        self.ids_recent.iter().map(|(&f, &p)| (f, p)).collect()
+    /// Every id, as the base table and the rest, without changing the index.
+    pub(crate) fn ids_snapshot(&self) -> IdsToMerge {
+        let mut rest = FpMap::with_capacity_and_hasher(
+            self.ids_recent.len() + self.ids_frozen.as_ref().map_or(0, |f| f.len()),
+            Default::default(),
+        );
+        rest.extend(self.ids_frozen.iter().flat_map(|f| f.iter()));
+        rest.extend(self.ids_recent.iter());
+        IdsToMerge {
+            base: self.ids_base.clone(),
+            rest: Arc::new(rest),
+        }
     }
 
-    /// Makes `merged` (every id below position `covered`, sorted: [`Self::merged_ids`]
-    /// taken when `covered` was the next position) the base table, keeping in the
-    /// recent table only ids recorded since. The recent table keeps its capacity, so it
-    /// does not grow again from nothing.
-    pub fn rebase_ids(&mut self, merged: Vec<(u64, Position)>, covered: Position) {
-        self.ids_base = Arc::new(SortedIds::new(merged));
-        self.ids_recent.retain(|_, p| *p >= covered);
+    /// Freezes the ids recorded since the last checkpoint, for one to merge outside the
+    /// lock: lookups then read the recent table, the frozen one, then the base, until
+    /// [`Self::install_ids`]. Constant time (unless an earlier freeze was never
+    /// installed, which only a failed checkpoint leaves). The recent table starts again
+    /// at the old one's capacity.
+    pub(crate) fn freeze_ids(&mut self) -> IdsToMerge {
+        let capacity = self.ids_recent.capacity();
+        let recent = std::mem::replace(
+            &mut self.ids_recent,
+            FpMap::with_capacity_and_hasher(capacity, Default::default()),
+        );
+        let frozen = match self.ids_frozen.take() {
+            None => recent,
+            Some(older) => {
+                let mut all = FpMap::clone(&older);
+                all.extend(recent);
+                all
+            }
+        };
+        let frozen = Arc::new(frozen);
+        self.ids_frozen = Some(frozen.clone());
+        IdsToMerge {
+            base: self.ids_base.clone(),
+            rest: frozen,
+        }
+    }
+
+    /// Makes `merged` (the merge of what [`Self::freeze_ids`] returned) the base table
+    /// and drops the frozen one — unless another freeze happened since, which makes
+    /// `merged` stale. Returns what was replaced, for the caller to drop after releasing
+    /// the lock.
+    pub(crate) fn install_ids(
+        &mut self,
+        merged: Arc<SortedIds>,
+        frozen: &Arc<FpMap>,
+    ) -> Option<(Arc<SortedIds>, Arc<FpMap>)> {
+        if !self
+            .ids_frozen
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, frozen))
+        {
+            return None;
+        }
+        let old_base = std::mem::replace(&mut self.ids_base, merged);
+        self.ids_frozen.take().map(|f| (old_base, f))
     }
 
     /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
     #[doc(hidden)]
     pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
         self.ids_base = Arc::new(SortedIds::new(ids));
+        self.ids_frozen = None;
         self.ids_recent.clear();
     }
 
@@ -352,6 +411,9 @@ impl EventIndex for MemoryIndex {
     fn id_candidate(&self, id: &Uuid) -> Option<Position> {
         let fp = fingerprint(id);
         if let Some(&p) = self.ids_recent.get(&fp) {
+            return Some(p);
+        }
+        if let Some(&p) = self.ids_frozen.as_ref().and_then(|f| f.get(&fp)) {
             return Some(p);
         }
         self.ids_base.find(fp)
@@ -472,18 +534,33 @@ mod tests {
     }
 
     #[test]
-    fn rebasing_keeps_ids_added_after_the_merge() {
+    fn frozen_ids_stay_found_until_their_merge_is_installed() {
         let mut ix = MemoryIndex::default();
         let a = add(&mut ix, "a-1", 3, None);
-        let merged = ix.merged_ids();
-        let covered = ix.next_position();
+        let first = ix.freeze_ids();
         let late = add(&mut ix, "c-1", 2, None);
-        ix.rebase_ids(merged, covered);
-        assert_eq!(ix.ids_recent.len(), 2);
-        assert_eq!(ix.ids_base.len(), 3);
-        assert_eq!(ix.id_candidate(&late[1]), Some(covered + 1));
-        assert_eq!(ix.id_candidate(&a[0]), Some(0));
-        assert_eq!(ix.merged_ids().len(), 5);
+        let all: Vec<Uuid> = a.iter().chain(&late).copied().collect();
+        let found = |ix: &MemoryIndex| {
+            for (k, id) in all.iter().enumerate() {
+                assert_eq!(ix.id_candidate(id), Some(k as Position));
+            }
+            assert_eq!(ix.merged_ids().len(), 5);
+        };
+        found(&ix);
+        let stale = Arc::new(SortedIds::new(first.merge()));
+        // A second freeze before the first merge is installed takes both tables.
+        let second = ix.freeze_ids();
+        assert_eq!(second.rest.len(), 5);
+        assert!(
+            ix.install_ids(stale, &first.rest).is_none(),
+            "a stale merge"
+        );
+        found(&ix);
+        let merged = Arc::new(SortedIds::new(second.merge()));
+        assert!(ix.install_ids(merged, &second.rest).is_some());
+        assert!(ix.ids_frozen.is_none());
+        assert_eq!((ix.ids_base.len(), ix.ids_recent.len()), (5, 0));
+        found(&ix);
     }
 
     #[test]

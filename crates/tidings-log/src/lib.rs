@@ -41,6 +41,7 @@
 #![deny(unsafe_code)] // one exception: mapping segments for reads (storage.rs)
 
 pub mod checkpoint;
+mod checkpointer;
 mod error;
 #[cfg(test)]
 mod fault_tests;

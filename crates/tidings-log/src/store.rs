@@ -1,6 +1,8 @@
 //! [`LogStore`]: the store contract on top of the log, and [`LogStoreBuilder`].
 
 use std::path::{Path, PathBuf};
+
+use crate::checkpointer::Checkpoints;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -210,6 +212,7 @@ impl LogStoreBuilder {
             limits: self.limits,
             report: rec.report,
             stats: StatsCounters::default(),
+            checkpoints: Checkpoints::default(),
             lock: Mutex::new(Some(lock)),
         });
         let Some((ordinal, offset)) = rec.active else {
@@ -267,6 +270,8 @@ pub(crate) struct Shared {
     pub report: RecoveryReport,
     /// Counters of the write path.
     pub stats: StatsCounters,
+    /// Background index checkpoints.
+    pub checkpoints: Checkpoints,
     /// The directory lock; released by [`LogStore::close`] so the directory can be
     /// opened again while stray handles (a finished subscription's, say) linger.
     lock: Mutex<Option<Box<dyn Send + Sync>>>,

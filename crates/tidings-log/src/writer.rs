@@ -30,7 +30,7 @@ use tidings::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::checkpoint;
+use crate::checkpointer;
 use crate::error::LogError;
 use crate::index::{
     EventIndex, FingerprintHasher, IndexedEvent, Loc, MemoryIndex, SegmentEntry, fingerprint,
@@ -80,8 +80,6 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
-    /// A checkpoint being written in the background.
-    checkpointer: Option<std::thread::JoinHandle<Result<(), LogError>>>,
     /// Events covered by the last checkpoint started.
     checkpointed: Position,
     /// The position the next group starts at.
@@ -169,7 +167,7 @@ impl Syncer {
 /// Finishes a written group: `fdatasync` (when durable), then publishes it to the index,
 /// moves the committed head (waking subscribers) and acknowledges its appends. A failed
 /// sync stops the store and fails every append in the group. True when acknowledged.
-fn finish(shared: &Shared, s: Staged) -> bool {
+fn finish(shared: &Arc<Shared>, s: Staged) -> bool {
     let started = std::time::Instant::now();
     if s.durable
         && let Err(e) = s.file.sync_data()
@@ -183,7 +181,7 @@ fn finish(shared: &Shared, s: Staged) -> bool {
     }
     let sync_micros = micros_since(started);
     let p = &*s.pending;
-    {
+    let replaced = {
         let mut ix = shared.write_index();
         for (sealed, end, entry) in s.new_segments {
             if let Some(seg) = ix.segments.get_mut(sealed) {
@@ -207,7 +205,9 @@ fn finish(shared: &Shared, s: Staged) -> bool {
         if let Some(seg) = ix.segments.get_mut(s.ordinal) {
             seg.data_end = s.end;
         }
-    }
+        shared.checkpoints.install(&mut ix)
+    };
+    drop(replaced);
     shared.head.send_replace(Some(s.next - 1));
     let c = &shared.stats;
     c.groups.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +220,7 @@ fn finish(shared: &Shared, s: Staged) -> bool {
     for (reply, result) in s.waiting {
         let _ = reply.send(Ok(result));
     }
+    checkpointer::after_publish(shared);
     true
 }
 
@@ -276,7 +277,6 @@ impl Writer {
             path,
             buf: Vec::with_capacity(1 << 20),
             preparer: None,
-            checkpointer: None,
             checkpointed,
             next: checkpointed,
             syncing: None,
@@ -324,41 +324,25 @@ impl Writer {
     /// Writes a checkpoint now, after any running background one.
     fn checkpoint(&mut self) -> Result<(), LogError> {
         self.wait_for_sync();
-        if let Some(h) = self.checkpointer.take() {
-            let _ = h.join();
-        }
-        let r = checkpoint_now(&self.shared);
+        let r = checkpointer::checkpoint_now(&self.shared);
         if r.is_ok() {
-            self.checkpointed = self.shared.read_index().next_position();
+            self.checkpointed = self.next;
         }
         r
     }
 
-    /// Starts a checkpoint in the background once enough has been written since the
-    /// last one (at least `checkpoint_every` events and a quarter of the log), so a
-    /// crash never makes recovery rescan more than that. Only the encoding holds the
-    /// index's read lock (publishing waits for it, writing and syncing do not); the file
-    /// is written and synced outside it.
+    /// Asks for a background checkpoint once enough has been written since the last one
+    /// (at least `checkpoint_every` events and a quarter of the log), so a crash never
+    /// makes recovery rescan more than that. See [`crate::checkpointer`].
     fn maybe_checkpoint(&mut self) {
-        if self.checkpointer.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        if let Some(h) = self.checkpointer.take()
-            && let Ok(Err(e)) = h.join()
+        let since = self.next - self.checkpointed.min(self.next);
+        if since < self.cfg.checkpoint_every.max(self.checkpointed / 4)
+            || self.shared.checkpoints.busy()
         {
-            tracing::warn!(error = %e, "a background index checkpoint failed");
-        }
-        let next = self.shared.read_index().next_position();
-        let since = next - self.checkpointed.min(next);
-        if since < self.cfg.checkpoint_every.max(self.checkpointed / 4) {
             return;
         }
-        let shared = self.shared.clone();
-        self.checkpointed = next;
-        self.checkpointer = std::thread::Builder::new()
-            .name("tidings-log-checkpoint".into())
-            .spawn(move || checkpoint_now(&shared))
-            .ok();
+        self.checkpointed = self.next;
+        self.shared.checkpoints.request();
     }
 
     /// Commits a group: checks and encodes it against the published index and the group
@@ -814,34 +798,6 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
 
 /// The page size writes are padded to.
 const PAGE: u64 = 4096;
-
-/// Encodes the index (under its read lock) and saves it (outside the lock). The covered
-/// end is the active segment's published data end, consistent with the index.
-fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
-    if let Some(m) = shared.stopped_reason() {
-        return Err(LogError::Stopped(m));
-    }
-    let (draft, covered) = {
-        let ix = shared.read_index();
-        let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
-        let crc = checkpoint::last_frame_crc(&ix)
-            .map_err(LogError::io("reading the last frame in", &shared.dir))?;
-        let started = std::time::Instant::now();
-        let draft = checkpoint::Draft::new(&ix, end, crc);
-        tracing::debug!(
-            micros = micros_since(started),
-            "checkpoint drafted under the index's read lock"
-        );
-        (draft, ix.next_position())
-    };
-    let (bytes, ids) = draft.finish();
-    // The merged, sorted ids become the index's base table: the hash table of recent
-    // ids keeps only those added since, so it stays as small as a checkpoint interval
-    // instead of growing (and rehashing) with every id since the store was opened.
-    shared.write_index().rebase_ids(ids, covered);
-    checkpoint::save(&*shared.storage, &shared.dir, &bytes)
-        .map_err(LogError::io("writing the index checkpoint in", &shared.dir))
-}
 
 /// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
 fn committed_id(ix: &MemoryIndex, id: &Uuid) -> Option<IdLocation> {
