@@ -306,18 +306,23 @@ impl Shared {
 #[derive(Debug, Default)]
 pub(crate) struct StatsCounters {
     pub groups: AtomicU64,
+    pub syncs: AtomicU64,
     pub inline_groups: AtomicU64,
     pub appends: AtomicU64,
     pub events: AtomicU64,
     pub bytes: AtomicU64,
-    pub io_micros: AtomicU64,
+    pub write_micros: AtomicU64,
+    pub sync_micros: AtomicU64,
 }
 
 /// What the store has written since it was opened: see [`LogStore::write_stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriteStats {
-    /// Commit groups written (each one write and, when durable, one `fdatasync`).
+    /// Commit groups written (each one write).
     pub groups: u64,
+    /// `fdatasync` calls that made groups durable (groups that queued up while one ran
+    /// share the next; 0 when not durable).
+    pub syncs: u64,
     /// Of those, groups committed on the appending thread because the store was idle.
     pub inline_groups: u64,
     /// Appends committed.
@@ -326,9 +331,11 @@ pub struct WriteStats {
     pub events: u64,
     /// Bytes of frames committed.
     pub bytes: u64,
-    /// Time spent writing and syncing groups, in microseconds (the rest of a group's
-    /// time is checks, encoding and indexing).
-    pub io_micros: u64,
+    /// Time spent writing groups (on the writer thread), in microseconds.
+    pub write_micros: u64,
+    /// Time spent in `fdatasync` (on the sync thread, overlapping the writes of the
+    /// groups behind), in microseconds.
+    pub sync_micros: u64,
 }
 
 struct Inner {
@@ -441,11 +448,13 @@ impl LogStore {
         let c = &self.inner.shared.stats;
         WriteStats {
             groups: c.groups.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
             inline_groups: c.inline_groups.load(Ordering::Relaxed),
             appends: c.appends.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
-            io_micros: c.io_micros.load(Ordering::Relaxed),
+            write_micros: c.write_micros.load(Ordering::Relaxed),
+            sync_micros: c.sync_micros.load(Ordering::Relaxed),
         }
     }
 

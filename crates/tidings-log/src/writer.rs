@@ -17,7 +17,7 @@
 //! — the failed operation is never retried, because after a failed fsync the kernel may
 //! have dropped the dirty pages and a retry could falsely report success.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -84,11 +84,9 @@ pub(crate) struct Writer {
     checkpointed: Position,
     /// The position the next group starts at.
     next: Position,
-    /// The last group handed to the sync thread: the next group is checked against it
-    /// until it is published (its heads and ids agree with the index once it is).
-    syncing: Option<Arc<Pending>>,
-    /// Whether the sync thread has a group it has not reported back on.
-    outstanding: bool,
+    /// Groups handed to the sync thread and not yet reported published, oldest first:
+    /// later groups are checked against them as well as against the index.
+    unpublished: VecDeque<Arc<Pending>>,
     /// The sync thread, started with the first group it is given.
     syncer: Option<Syncer>,
 }
@@ -137,8 +135,9 @@ struct Staged {
     write_micros: u64,
 }
 
-/// The sync thread: syncs, publishes and acknowledges written groups, one at a time,
-/// reporting each on `done`.
+/// The sync thread: syncs, publishes and acknowledges written groups in order, reporting
+/// each group on `done`. Groups that queued up while it was syncing share its next
+/// `fdatasync`.
 struct Syncer {
     tx: std::sync::mpsc::SyncSender<Staged>,
     done: std::sync::mpsc::Receiver<()>,
@@ -147,15 +146,20 @@ struct Syncer {
 
 impl Syncer {
     fn spawn(shared: Arc<Shared>) -> Option<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Staged>(1);
-        let (done_tx, done) = std::sync::mpsc::sync_channel::<()>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Staged>(2);
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("tidings-log-sync".into())
             .spawn(move || {
-                while let Ok(staged) = rx.recv() {
-                    finish(&shared, staged);
-                    if done_tx.send(()).is_err() {
-                        return;
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let n = batch.len();
+                    finish(&shared, batch);
+                    for _ in 0..n {
+                        if done_tx.send(()).is_err() {
+                            return;
+                        }
                     }
                 }
             })
@@ -164,64 +168,94 @@ impl Syncer {
     }
 }
 
-/// Finishes a written group: `fdatasync` (when durable), then publishes it to the index,
-/// moves the committed head (waking subscribers) and acknowledges its appends. A failed
-/// sync stops the store and fails every append in the group. True when acknowledged.
-fn finish(shared: &Arc<Shared>, s: Staged) -> bool {
+/// Finishes written groups, in order: one `fdatasync` of the segment they end in (when
+/// durable; a group that rolled over synced the sealed segment itself), then publishes
+/// them to the index, moves the committed head (waking subscribers) and acknowledges
+/// their appends. A failed sync — or a store already stopped — fails every append in
+/// them, and a failed sync stops the store. True when acknowledged.
+fn finish(shared: &Arc<Shared>, batch: Vec<Staged>) -> bool {
     let started = std::time::Instant::now();
-    if s.durable
-        && let Err(e) = s.file.sync_data()
-    {
-        let m = format!("syncing {}: {e}", s.path.display());
-        shared.stop(&m);
-        for (reply, _) in s.waiting {
-            let _ = reply.send(Err(StoreError::Stopped(m.clone())));
+    let mut failure = shared.stopped_reason();
+    if failure.is_none() {
+        let mut synced: Option<&Arc<dyn StorageFile>> = None;
+        for s in batch.iter().rev().filter(|s| s.durable) {
+            if synced.is_some_and(|f| Arc::ptr_eq(f, &s.file)) {
+                continue;
+            }
+            if let Err(e) = s.file.sync_data() {
+                let m = format!("syncing {}: {e}", s.path.display());
+                shared.stop(&m);
+                failure = Some(m);
+                break;
+            }
+            synced = Some(&s.file);
+        }
+    }
+    if let Some(m) = failure {
+        for s in batch {
+            for (reply, _) in s.waiting {
+                let _ = reply.send(Err(StoreError::Stopped(m.clone())));
+            }
         }
         return false;
     }
     let sync_micros = micros_since(started);
-    let p = &*s.pending;
     let replaced = {
         let mut ix = shared.write_index();
-        for (sealed, end, entry) in s.new_segments {
-            if let Some(seg) = ix.segments.get_mut(sealed) {
-                seg.data_end = end;
-            }
-            ix.segments.push(entry);
-        }
-        for f in &p.frames {
-            let mut events = f.events.iter().map(|e| IndexedEvent {
-                id: e.event_id,
-                correlation: e.metadata.correlation_id.as_deref(),
-            });
-            ix.add_frame(
-                &f.stream,
-                f.first_position,
-                s.recorded_at,
-                f.loc,
-                &mut events,
-            );
-        }
-        if let Some(seg) = ix.segments.get_mut(s.ordinal) {
-            seg.data_end = s.end;
+        for s in &batch {
+            publish(&mut ix, s);
         }
         shared.checkpoints.install(&mut ix)
     };
     drop(replaced);
-    shared.head.send_replace(Some(s.next - 1));
+    if let Some(last) = batch.last() {
+        shared.head.send_replace(Some(last.next - 1));
+    }
     let c = &shared.stats;
-    c.groups.fetch_add(1, Ordering::Relaxed);
-    c.appends
-        .fetch_add(p.frames.len() as u64, Ordering::Relaxed);
-    c.events.fetch_add(s.next - p.first, Ordering::Relaxed);
-    c.bytes.fetch_add(s.frame_bytes, Ordering::Relaxed);
-    c.io_micros
-        .fetch_add(s.write_micros + sync_micros, Ordering::Relaxed);
-    for (reply, result) in s.waiting {
-        let _ = reply.send(Ok(result));
+    if batch.iter().any(|s| s.durable) {
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    c.sync_micros.fetch_add(sync_micros, Ordering::Relaxed);
+    for s in batch {
+        let p = &*s.pending;
+        c.groups.fetch_add(1, Ordering::Relaxed);
+        c.appends
+            .fetch_add(p.frames.len() as u64, Ordering::Relaxed);
+        c.events.fetch_add(s.next - p.first, Ordering::Relaxed);
+        c.bytes.fetch_add(s.frame_bytes, Ordering::Relaxed);
+        c.write_micros.fetch_add(s.write_micros, Ordering::Relaxed);
+        for (reply, result) in s.waiting {
+            let _ = reply.send(Ok(result));
+        }
     }
     checkpointer::after_publish(shared);
     true
+}
+
+/// Adds a synced group to the index.
+fn publish(ix: &mut MemoryIndex, s: &Staged) {
+    for (sealed, end, entry) in &s.new_segments {
+        if let Some(seg) = ix.segments.get_mut(*sealed) {
+            seg.data_end = *end;
+        }
+        ix.segments.push(entry.clone());
+    }
+    for f in &s.pending.frames {
+        let mut events = f.events.iter().map(|e| IndexedEvent {
+            id: e.event_id,
+            correlation: e.metadata.correlation_id.as_deref(),
+        });
+        ix.add_frame(
+            &f.stream,
+            f.first_position,
+            s.recorded_at,
+            f.loc,
+            &mut events,
+        );
+    }
+    if let Some(seg) = ix.segments.get_mut(s.ordinal) {
+        seg.data_end = s.end;
+    }
 }
 
 fn micros_since(t: std::time::Instant) -> u64 {
@@ -279,8 +313,7 @@ impl Writer {
             preparer: None,
             checkpointed,
             next: checkpointed,
-            syncing: None,
-            outstanding: false,
+            unpublished: VecDeque::new(),
             syncer: None,
         })
     }
@@ -368,8 +401,11 @@ impl Writer {
             }
             return false;
         }
+        self.reap();
         let recorded_at = timestamp_to_micros(self.cfg.clock.now());
         let group_first = self.next;
+        // Everything before this is synced; frames record it for recovery.
+        let durable_next = self.durable_next();
         let mut next = group_first;
         let group_events: usize = group.iter().map(|a| a.events.len()).sum();
         let mut pending = Pending {
@@ -393,13 +429,18 @@ impl Writer {
                 let current = pending
                     .heads
                     .get(a.stream.as_str())
-                    .or_else(|| self.syncing.as_ref()?.heads.get(a.stream.as_str()))
+                    .or_else(|| {
+                        self.unpublished
+                            .iter()
+                            .rev()
+                            .find_map(|p| p.heads.get(a.stream.as_str()))
+                    })
                     .copied()
                     .or_else(|| ix.stream_version(a.stream.as_str()));
                 let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
                     pending
                         .pending_id(id)
-                        .or_else(|| self.syncing.as_ref()?.pending_id(id))
+                        .or_else(|| self.unpublished.iter().rev().find_map(|p| p.pending_id(id)))
                         .or_else(|| committed_id(&ix, id))
                 });
                 (current, replay)
@@ -411,7 +452,7 @@ impl Writer {
                 }
                 // Recorded by this group or by one not yet known to be durable: answered
                 // once this group is.
-                Ok(Some(result)) if result.position >= self.durable_next() => {
+                Ok(Some(result)) if result.position >= durable_next => {
                     waiting.push((a.reply, result));
                     continue;
                 }
@@ -450,7 +491,7 @@ impl Writer {
                 &mut self.buf,
                 &FrameSpec {
                     first_position: next,
-                    group_first,
+                    group_first: durable_next,
                     first_revision,
                     recorded_at,
                     stream: &a.stream,
@@ -485,10 +526,10 @@ impl Writer {
             });
             next += n;
         }
-        // The group before this one must be durable before this one is written (recovery
-        // relies on it: see `crate::recovery`), and before anything this group answers
-        // from it is acknowledged.
-        self.wait_for_sync();
+        // The groups before this one may still be syncing: this one is written now (its
+        // frames say which positions were durable before it, for recovery) and
+        // acknowledged after them, by the sync thread, which works in order. Nothing is
+        // written once the store has stopped.
         if failure.is_none() {
             failure = self.shared.stopped_reason();
         }
@@ -514,9 +555,16 @@ impl Writer {
         self.offset = buf_start + data_len as u64;
         self.next = next;
         if next == group_first {
-            // Nothing new: every answer refers to durable events now.
+            // Nothing new: the answers may refer to groups still syncing.
+            if !waiting.is_empty() {
+                self.wait_for_sync();
+            }
+            let stopped = self.shared.stopped_reason();
             for (reply, result) in waiting {
-                let _ = reply.send(Ok(result));
+                let _ = reply.send(match &stopped {
+                    Some(m) => Err(StoreError::Stopped(m.clone())),
+                    None => Ok(result),
+                });
             }
             return false;
         }
@@ -540,19 +588,17 @@ impl Writer {
             write_micros,
         };
         if finish_here || !self.cfg.durable {
-            self.syncing = None;
-            return finish(&self.shared, staged);
+            return self.finish_here(staged);
         }
         self.hand_to_syncer(staged)
     }
 
-    /// The first position not known to be durable: the group with the sync thread, if
-    /// it has not reported back, else the next to be written.
+    /// The first position not known to be durable: that of the oldest group the sync
+    /// thread has not reported published, else the next to be written. Frames record it
+    /// (as `group_first`) for recovery: every position before it was synced before they
+    /// were written.
     fn durable_next(&self) -> Position {
-        match &self.syncing {
-            Some(p) if self.outstanding => p.first,
-            _ => self.next,
-        }
+        self.unpublished.front().map_or(self.next, |p| p.first)
     }
 
     /// Gives a written group to the sync thread (started on first use), which syncs,
@@ -564,37 +610,65 @@ impl Writer {
         }
         let pending = staged.pending.clone();
         let Some(syncer) = &self.syncer else {
-            self.syncing = None;
-            return finish(&self.shared, staged);
+            return self.finish_here(staged);
         };
         match syncer.tx.send(staged) {
             Ok(()) => {
-                self.outstanding = true;
-                self.syncing = Some(pending);
+                self.unpublished.push_back(pending);
                 true
             }
             Err(std::sync::mpsc::SendError(staged)) => {
                 self.syncer = None;
-                self.syncing = None;
-                finish(&self.shared, staged)
+                self.unpublished.clear();
+                self.shared.stop("the log's sync thread ended unexpectedly");
+                finish(&self.shared, vec![staged])
             }
         }
     }
 
-    /// Waits until the group with the sync thread (if any) is synced, published and
-    /// acknowledged — or has stopped the store.
-    fn wait_for_sync(&mut self) {
-        if !std::mem::take(&mut self.outstanding) {
-            return;
-        }
-        let reported = self.syncer.as_ref().is_some_and(|s| s.done.recv().is_ok());
-        if !reported {
-            self.syncer = None;
-            self.shared.stop("the log's sync thread ended unexpectedly");
+    /// Finishes a group on this thread, after the groups before it.
+    fn finish_here(&mut self, staged: Staged) -> bool {
+        self.wait_for_sync();
+        finish(&self.shared, vec![staged])
+    }
+
+    /// Forgets the groups the sync thread reported published (without waiting).
+    fn reap(&mut self) {
+        let Some(s) = &self.syncer else { return };
+        while !self.unpublished.is_empty() {
+            match s.done.try_recv() {
+                Ok(()) => {
+                    self.unpublished.pop_front();
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.sync_thread_lost();
+                    return;
+                }
+            }
         }
     }
 
-    /// Waits for the sync thread's group, then ends the thread.
+    /// Waits until every group given to the sync thread is synced, published and
+    /// acknowledged — or has failed.
+    fn wait_for_sync(&mut self) {
+        while !self.unpublished.is_empty() {
+            let reported = self.syncer.as_ref().is_some_and(|s| s.done.recv().is_ok());
+            if !reported {
+                self.sync_thread_lost();
+                return;
+            }
+            self.unpublished.pop_front();
+        }
+    }
+
+    fn sync_thread_lost(&mut self) {
+        self.syncer = None;
+        self.unpublished.clear();
+        self.shared.stop("the log's sync thread ended unexpectedly");
+    }
+
+    /// Waits for the sync thread's groups, then ends the thread.
     fn stop_syncer(&mut self) {
         self.wait_for_sync();
         if let Some(s) = self.syncer.take() {

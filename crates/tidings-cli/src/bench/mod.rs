@@ -325,12 +325,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(st) = stats.filter(|st| w.starts_with("append") && st.groups > 0) {
             let g = st.groups as f64;
             row.note = Some(format!(
-                "{:.1} events per commit group ({} of {} groups inline); write+fsync {:.0} µs per group, {:.0}% of the run",
+                "{:.1} events per commit group ({} of {} groups inline, {} fdatasyncs); write {:.0} µs per group; fdatasync {:.0} µs each, {:.0}% of the run",
                 st.events as f64 / g,
                 st.inline_groups,
                 st.groups,
-                st.io_micros as f64 / g,
-                st.io_micros as f64 / 1e4 / row.seconds
+                st.syncs,
+                st.write_micros as f64 / g,
+                st.sync_micros as f64 / st.syncs.max(1) as f64,
+                st.sync_micros as f64 / 1e4 / row.seconds
             ));
         }
         emit(&row, args.json);

@@ -114,14 +114,6 @@ impl SimStorage {
             .sum()
     }
 
-    /// Whether any file's written data contains `needle`.
-    pub(crate) fn contains(&self, needle: &[u8]) -> bool {
-        self.state()
-            .files
-            .values()
-            .any(|f| f.data.windows(needle.len()).any(|w| w == needle))
-    }
-
     /// From now on, every fsync fails with EIO.
     pub(crate) fn fail_syncs(&self) {
         self.state().fail_sync = true;
