@@ -17,8 +17,10 @@
 //!
 //! - [`record`]: one CRC-32C frame per append (all-or-nothing multi-event appends);
 //! - [`segment`]: preallocated segment files named by first position, header and footer;
-//! - `writer`: one thread, a bounded channel, group commit (one write + one `fdatasync`
-//!   per group), fail-closed on I/O errors;
+//! - `writer`: one thread, a bounded channel, group commit (one write per group, written
+//!   while the groups before it sync on a second thread, which covers every group
+//!   waiting with one `fdatasync`), fail-closed on I/O errors;
+//! - `checkpointer`: background checkpoints that hold the index's locks only briefly;
 //! - [`index`] and [`checkpoint`]: stream, id and correlation indexes kept in memory off
 //!   the acknowledgement path and checkpointed so reopening does not rescan the log;
 //! - `recovery`: torn tails are truncated and reported, damage elsewhere fails the open

@@ -9,7 +9,7 @@
 //! 0       4     len            whole frame in bytes, this header included
 //! 4       4     crc            CRC-32C (Castagnoli) of bytes [8, len)
 //! 8       8     first_position global position of the first event
-//! 16      8     group_first    first position of the commit group the frame was written in
+//! 16      8     group_first    first position not yet synced when the frame was written
 //! 24      8     first_revision stream revision of the first event
 //! 32      8     recorded_at    commit time, microseconds since the Unix epoch (i64)
 //! 40      4     event_count    at least 1
@@ -29,8 +29,11 @@
 //!
 //! A `len` of 0 marks the end of written data (segments are preallocated with zeros);
 //! a `len` of `u32::MAX` marks a segment footer (see [`crate::segment`]). `group_first`
-//! lets recovery tell a torn tail (a bad frame in the last, unsynced group) from damage to
-//! data that was already synced (see [`crate::recovery`]).
+//! (the durable point) lets recovery tell a torn tail (a bad frame among the groups not yet
+//! synced) from damage to data that was already synced (see [`crate::recovery`]). When
+//! nothing is being synced as a group is written, it is the group's own first position;
+//! when earlier groups are still syncing (the writer runs ahead of the sync), it is the first
+//! position of the oldest of them.
 
 use std::collections::BTreeMap;
 

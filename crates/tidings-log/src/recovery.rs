@@ -16,9 +16,9 @@
 //!    or stale checkpoint is reported and the indexes are rebuilt from the first segment.
 //! 3. Scan from where the checkpoint ends. A bad frame in a sealed segment is corruption.
 //!    In the last segment, a bad frame is a **torn tail** unless a later valid frame
-//!    belongs to a later commit group (its `group_first` lies after the bad frame): the
-//!    writer syncs a group before writing the next, so that proves the bad frame had been
-//!    synced, and the damage is **corruption**. A torn tail is zeroed, synced and
+//!    records a durable point (`group_first`) after the bad frame: everything before a
+//!    frame's durable point was synced before the frame was written, so that proves the
+//!    bad frame had been synced, and the damage is **corruption**. A torn tail is zeroed, synced and
 //!    reported; corruption fails the open, naming file and byte offset, unless read-only
 //!    salvage was asked for, which opens the log up to the damage.
 

@@ -1,21 +1,30 @@
-//! The writer thread: the only code that writes the log.
+//! The writer thread: the only code that writes the log, and the sync thread behind it.
 //!
-//! It owns the active segment. Appends arrive on a bounded channel; each turn of its loop
-//! takes every request already waiting (up to a byte budget) as one **commit group**:
+//! The writer owns the active segment. Appends arrive on a bounded channel; each turn of
+//! its loop takes every request already waiting (up to a byte budget) as one **commit
+//! group**:
 //!
 //! ```text
-//! requests ─► [ check expected versions and ids against heads + this group's pending ]
-//!          ─► [ assign revisions and positions, encode one frame per append into one buffer ]
-//!          ─► one write at the segment's end ─► one fdatasync
-//!          ─► publish to the index, move the committed head (wakes subscribers) ─► acknowledge
+//! writer:  requests ─► [ check expected versions and ids against the index, the groups
+//!                        still syncing and this group's own appends ]
+//!                   ─► [ assign revisions and positions, encode one frame per append ]
+//!                   ─► one write at the segment's end ─► hand to the sync thread ─► next group
+//! sync:    groups handed over ─► one fdatasync for all of them
+//!                   ─► publish to the index, move the committed head (wakes subscribers)
+//!                   ─► acknowledge, in order
 //! ```
 //!
-//! Requests that arrive while it syncs wait in the channel and form the next group, so
-//! groups grow with load and no timer is involved. Frames of a group share `group_first`
-//! (see [`crate::record`]). A write or sync error stops the store for good: nothing in
-//! the group is acknowledged, and every later append fails with `StoreError::Stopped`
-//! — the failed operation is never retried, because after a failed fsync the kernel may
-//! have dropped the dirty pages and a retry could falsely report success.
+//! Requests that arrive while a group is being encoded, written or synced wait in the
+//! channel and form the next group, so groups grow with load and no timer is involved.
+//! The writer does not wait for a group's sync before writing the next: each frame
+//! records the first position not yet known to be synced (`group_first`, see
+//! [`crate::record`]), which is what recovery needs to tell a torn tail from damage. An
+//! append is acknowledged only after an `fdatasync` that began after its write, and
+//! after every group before it. A write or sync error stops the store for good: nothing
+//! not yet synced is acknowledged, and every later append fails with
+//! `StoreError::Stopped` — the failed operation is never retried, because after a failed
+//! fsync the kernel may have dropped the dirty pages and a retry could falsely report
+//! success.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
