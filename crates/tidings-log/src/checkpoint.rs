@@ -29,6 +29,7 @@
 //! is stale: recovery ignores it and rebuilds the indexes from the log.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, Deref};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -85,18 +86,96 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
     Ok(le32(&h[4..8]))
 }
 
-/// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
-/// last frame has checksum field `last_crc`.
-pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> Vec<u8> {
-    Draft::new(index, end_offset, last_crc, index.ids_snapshot())
-        .finish()
-        .0
+/// When the frame holding `position` was recorded (its header's `recorded_at`).
+fn frame_recorded_at(index: &MemoryIndex, position: tidings::Position) -> std::io::Result<i64> {
+    let loc = index.loc(position).ok_or(std::io::ErrorKind::NotFound)?;
+    let file = index
+        .segments
+        .get(loc.segment())
+        .and_then(|s| s.file.as_ref())
+        .ok_or(std::io::ErrorKind::NotFound)?;
+    let mut h = [0u8; 40];
+    read_exact_at(&**file, &mut h, loc.offset())?;
+    Ok(le64(&h[32..40]) as i64)
 }
 
-/// A checkpoint in two steps, so that little of it holds the index's lock: [`Draft::new`]
-/// (under the read lock) encodes everything but the id table and copies the ids
-/// recorded since the last checkpoint; [`Draft::finish`] (outside it) sorts and merges
-/// them with the shared base table and assembles the file.
+/// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
+/// last frame has checksum field `last_crc`. (Reading the log, which this may do for a
+/// stream extended after a cut, cannot happen here: the index does not change.)
+pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> std::io::Result<Vec<u8>> {
+    let cut = Cut::new(index, end_offset, last_crc, index.ids_snapshot());
+    Ok(Draft::new(cut, || index, Chunks::WHOLE)?.finish().0)
+}
+
+/// The instant a checkpoint records, taken under the index's lock in constant time
+/// (plus the segment list): the next position, where the covered data ends, the last
+/// frame's checksum, and the ids (frozen, see [`MemoryIndex::freeze_ids`]). Everything
+/// else a checkpoint records is append-only — event locations, a stream's or a
+/// correlation's positions — so [`Draft::new`] can read it later, a prefix at a time,
+/// while the index grows.
+pub(crate) struct Cut {
+    covered: tidings::Position,
+    end_offset: u64,
+    last_crc: u32,
+    segments: Vec<(tidings::Position, u64)>,
+    ids: IdsToMerge,
+}
+
+impl Cut {
+    pub(crate) fn new(
+        index: &MemoryIndex,
+        end_offset: u64,
+        last_crc: u32,
+        ids: IdsToMerge,
+    ) -> Self {
+        Self {
+            covered: index.next_position(),
+            end_offset,
+            last_crc,
+            segments: index
+                .segments
+                .iter()
+                .map(|s| (s.first_position, s.data_end))
+                .collect(),
+            ids,
+        }
+    }
+
+    /// The next position when the cut was taken.
+    pub(crate) fn covered(&self) -> tidings::Position {
+        self.covered
+    }
+
+    /// Where the covered data ends, and the last covered frame's checksum field.
+    #[cfg(test)]
+    pub(crate) fn end(&self) -> (u64, u32) {
+        (self.end_offset, self.last_crc)
+    }
+}
+
+/// How much [`Draft::new`] reads per hold of the index's lock.
+#[derive(Clone, Copy)]
+pub(crate) struct Chunks {
+    pub locs: usize,
+    pub streams: usize,
+}
+
+impl Chunks {
+    /// Everything at once (for an index nobody else holds).
+    pub(crate) const WHOLE: Self = Self {
+        locs: usize::MAX,
+        streams: usize::MAX,
+    };
+    /// About a millisecond of work per hold.
+    pub(crate) const SHORT: Self = Self {
+        locs: 1 << 16,
+        streams: 512,
+    };
+}
+
+/// A checkpoint in two steps: [`Draft::new`] encodes everything but the id table,
+/// reading the index through `read` in short holds of its lock; [`Draft::finish`]
+/// (holding nothing) sorts and merges the ids and assembles the file.
 pub struct Draft {
     /// Header space, segments, locations and streams.
     head: Vec<u8>,
@@ -109,61 +188,112 @@ pub struct Draft {
 }
 
 impl Draft {
-    /// Takes what the checkpoint needs from `index`, whose ids are `ids`.
-    pub(crate) fn new(
-        index: &MemoryIndex,
-        end_offset: u64,
-        last_crc: u32,
-        ids: IdsToMerge,
-    ) -> Self {
-        let positions: usize = index.streams.values().map(|e| e.positions.len()).sum();
+    /// Encodes the index as it was at `cut`. `read` gives access to the index (a lock
+    /// guard, taken and released per chunk). Positions at or after the cut — appended
+    /// since — are left out: a stream or correlation with none before it is skipped,
+    /// and a stream extended since gets the time of its last frame before the cut (read
+    /// from the log).
+    pub(crate) fn new<G: Deref<Target = MemoryIndex>>(
+        cut: Cut,
+        read: impl Fn() -> G,
+        chunks: Chunks,
+    ) -> std::io::Result<Self> {
+        let covered = cut.covered;
+        let events = usize::try_from(covered).unwrap_or(usize::MAX);
         let mut b = Vec::with_capacity(
             HEADER_LEN
-                + 16
-                + index.segments.len() * 16
-                + index.locs.len() * 8
-                + positions * 8
-                + index.streams.len() * 40,
+                .saturating_add(16 + cut.segments.len() * 16)
+                .saturating_add(events.saturating_mul(24)),
         );
         b.resize(HEADER_LEN, 0);
-        put64(&mut b, index.segments.len() as u64);
-        for s in &index.segments {
-            put64(&mut b, s.first_position);
-            put64(&mut b, s.data_end);
+        put64(&mut b, cut.segments.len() as u64);
+        for &(first, end) in &cut.segments {
+            put64(&mut b, first);
+            put64(&mut b, end);
         }
-        put64(&mut b, index.locs.len() as u64);
-        for l in &index.locs {
-            put64(&mut b, l.0);
-        }
-        put64(&mut b, index.streams.len() as u64);
-        for (name, e) in &index.streams {
-            let n = name.as_str().as_bytes();
-            b.extend_from_slice(&(n.len() as u16).to_le_bytes());
-            b.extend_from_slice(n);
-            put64(&mut b, e.last_written as u64);
-            put64(&mut b, e.positions.len() as u64);
-            for &p in &e.positions {
-                put64(&mut b, p);
+        put64(&mut b, covered);
+        let mut at = 0usize;
+        while at < events {
+            let ix = read();
+            let end = at.saturating_add(chunks.locs.max(1)).min(events);
+            let part = ix.locs.get(at..end).ok_or_else(|| {
+                std::io::Error::other("the index has fewer locations than the cut")
+            })?;
+            for l in part {
+                put64(&mut b, l.0);
             }
+            at = end;
         }
+        let count_at = b.len();
+        put64(&mut b, 0);
+        let mut streams = 0u64;
+        let mut after: Option<StreamId> = None;
+        loop {
+            let ix = read();
+            let range = match &after {
+                None => ix.streams.range::<StreamId, _>(..),
+                Some(k) => ix
+                    .streams
+                    .range::<StreamId, _>((Bound::Excluded(k), Bound::Unbounded)),
+            };
+            let mut taken = 0usize;
+            let mut last = None;
+            for (name, e) in range.take(chunks.streams.max(1)) {
+                taken += 1;
+                last = Some(name);
+                let k = e.positions.partition_point(|&p| p < covered);
+                let Some(&last_position) = e.positions[..k].last() else {
+                    continue;
+                };
+                let written = if k == e.positions.len() {
+                    e.last_written
+                } else {
+                    frame_recorded_at(&ix, last_position)?
+                };
+                let n = name.as_str().as_bytes();
+                b.extend_from_slice(&(n.len() as u16).to_le_bytes());
+                b.extend_from_slice(n);
+                put64(&mut b, written as u64);
+                put64(&mut b, k as u64);
+                for &p in &e.positions[..k] {
+                    put64(&mut b, p);
+                }
+                streams += 1;
+            }
+            if taken < chunks.streams.max(1) {
+                break;
+            }
+            after = last.cloned();
+        }
+        b[count_at..count_at + 8].copy_from_slice(&streams.to_le_bytes());
         let mut t = Vec::new();
-        put64(&mut t, index.correlations.len() as u64);
-        for (c, ps) in &index.correlations {
-            t.extend_from_slice(&(c.len() as u32).to_le_bytes());
-            t.extend_from_slice(c.as_bytes());
-            put64(&mut t, ps.len() as u64);
-            for &p in ps {
-                put64(&mut t, p);
+        put64(&mut t, 0);
+        let mut correlations = 0u64;
+        {
+            let ix = read();
+            for (c, ps) in &ix.correlations {
+                let k = ps.partition_point(|&p| p < covered);
+                if k == 0 {
+                    continue;
+                }
+                t.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                t.extend_from_slice(c.as_bytes());
+                put64(&mut t, k as u64);
+                for &p in &ps[..k] {
+                    put64(&mut t, p);
+                }
+                correlations += 1;
             }
         }
-        Self {
+        t[..8].copy_from_slice(&correlations.to_le_bytes());
+        Ok(Self {
             head: b,
             tail: t,
-            ids,
-            frames: index.locs.len() as u64,
-            end_offset,
-            last_crc,
-        }
+            ids: cut.ids,
+            frames: covered,
+            end_offset: cut.end_offset,
+            last_crc: cut.last_crc,
+        })
     }
 
     /// The table of ids recorded since the base table (frozen for this checkpoint).
@@ -483,7 +613,7 @@ mod tests {
                 correlation: Some("c"),
             }),
         );
-        let bytes = encode(&ix, 500, 77);
+        let bytes = encode(&ix, 500, 77).unwrap_or_else(|e| panic!("{e}"));
         let back = decode(&bytes).unwrap();
         assert_eq!(back.end_offset, 500);
         assert_eq!(back.index.locs, ix.locs);
@@ -518,7 +648,7 @@ mod tests {
                 Loc::new(0, 64),
                 &mut std::iter::once(IndexedEvent { id: Uuid::nil(), correlation: Some("c") }),
             );
-            let mut image = encode(&ix, 64, 1);
+            let mut image = encode(&ix, 64, 1).unwrap_or_else(|e| panic!("{e}"));
             for (at, v) in edits {
                 let i = at.index(image.len());
                 image[i] = v;

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::checkpoint::{self, Draft};
+use crate::checkpoint::{self, Chunks, Cut, Draft};
 use crate::error::LogError;
-use crate::index::{EventIndex, FpMap, MemoryIndex, SortedIds};
+use crate::index::{FpMap, MemoryIndex, SortedIds};
 use crate::segment::HEADER_LEN;
 use crate::store::Shared;
 
@@ -81,9 +81,8 @@ pub(crate) fn after_publish(shared: &Arc<Shared>) {
     if !shared.checkpoints.due.swap(false, Ordering::AcqRel) {
         return;
     }
-    let draft = match draft(shared) {
-        Ok(Some(d)) => d,
-        Ok(None) => return,
+    let cut = match cut(shared) {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "could not start an index checkpoint");
             return;
@@ -94,7 +93,7 @@ pub(crate) fn after_publish(shared: &Arc<Shared>) {
         .name("tidings-log-checkpoint".into())
         .spawn(move || {
             lower_priority();
-            if let Err(e) = complete(&bg, draft, false) {
+            if let Err(e) = draft(&bg, cut).and_then(|d| complete(&bg, d, false)) {
                 tracing::warn!(error = %e, "a background index checkpoint failed");
             }
         });
@@ -112,38 +111,40 @@ pub(crate) fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
         return Err(LogError::Stopped(m));
     }
     shared.checkpoints.join();
-    let draft = draft(shared)?.ok_or_else(|| {
-        LogError::InvalidOption("the index changed while a checkpoint was drafted".into())
-    })?;
-    complete(shared, draft, true)
+    let cut = cut(shared)?;
+    complete(shared, draft(shared, cut)?, true)
 }
 
-/// Freezes the recent ids (write lock, constant time) and drafts the checkpoint (read
-/// lock). `None` when a publication slipped in between (the frozen ids then wait for
-/// the next checkpoint).
-fn draft(shared: &Shared) -> Result<Option<Draft>, LogError> {
-    let (ids, covered, replaced) = {
+/// Freezes the recent ids and takes the checkpoint's cut, under the write lock, in
+/// constant time (plus the segment list and one read of the last frame's header).
+fn cut(shared: &Shared) -> Result<Cut, LogError> {
+    let (cut, replaced) = {
         let mut ix = shared.write_index();
         let replaced = shared.checkpoints.install(&mut ix);
-        (ix.freeze_ids(), ix.next_position(), replaced)
+        let ids = ix.freeze_ids();
+        let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
+        let crc = checkpoint::last_frame_crc(&ix)
+            .map_err(LogError::io("reading the last frame in", &shared.dir))?;
+        (Cut::new(&ix, end, crc, ids), replaced)
     };
     drop(replaced);
-    let ix = shared.read_index();
-    if ix.next_position() != covered {
-        tracing::debug!("a publication came between freezing ids and drafting a checkpoint");
-        return Ok(None);
-    }
-    let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
-    let crc = checkpoint::last_frame_crc(&ix)
-        .map_err(LogError::io("reading the last frame in", &shared.dir))?;
+    Ok(cut)
+}
+
+/// Encodes the index as it was at `cut`, holding its read lock a chunk at a time.
+fn draft(shared: &Shared, cut: Cut) -> Result<Draft, LogError> {
     let started = std::time::Instant::now();
-    let draft = Draft::new(&ix, end, crc, ids);
+    let covered = cut.covered();
+    let draft = Draft::new(cut, || shared.read_index(), Chunks::SHORT).map_err(LogError::io(
+        "reading the log for a checkpoint in",
+        &shared.dir,
+    ))?;
     tracing::debug!(
         micros = started.elapsed().as_micros() as u64,
         covered,
-        "checkpoint drafted under the index's read lock"
+        "checkpoint drafted, a chunk per hold of the index's read lock"
     );
-    Ok(Some(draft))
+    Ok(draft)
 }
 
 /// Merges the ids, installs the merged table (now, or by the next publication) and saves
@@ -178,5 +179,110 @@ fn lower_priority() {
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), 10) {
         tracing::debug!(error = %e, "could not lower the checkpoint thread's priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tidings::{
+        Enricher, EventAppender, ExpectedVersion, ManualClock, NewEvent, Position, StreamId,
+    };
+
+    use super::*;
+    use crate::LogStore;
+
+    type Shape = (
+        Vec<u64>,
+        BTreeMap<String, (Vec<Position>, i64)>,
+        BTreeMap<String, Vec<Position>>,
+        Vec<(u64, Position)>,
+        (u64, u32),
+        Vec<(Position, u64)>,
+    );
+
+    /// What a checkpoint records, in comparable form.
+    fn shape(bytes: &[u8]) -> Shape {
+        let c = checkpoint::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
+        let ix = &c.index;
+        (
+            ix.locs.iter().map(|l| l.0).collect(),
+            ix.streams
+                .iter()
+                .map(|(k, e)| (k.to_string(), (e.positions.clone(), e.last_written)))
+                .collect(),
+            ix.correlations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ix.merged_ids(),
+            (c.end_offset, c.last_crc),
+            ix.segments
+                .iter()
+                .map(|s| (s.first_position, s.data_end))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_draft_read_while_the_index_grows_records_the_index_at_its_cut() {
+        let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let clock = ManualClock::new(jiff::Timestamp::UNIX_EPOCH);
+        let store = LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .clock(clock.clone())
+            .open()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let append = |stream: &str, n: usize, corr: Option<&str>| {
+            clock.advance(std::time::Duration::from_secs(1));
+            let events = (0..n)
+                .map(|_| {
+                    let mut e = NewEvent::new("Tested", serde_json::json!({}));
+                    if let Some(c) = corr {
+                        e = e.with_correlation_id(c);
+                    }
+                    Enricher::new("test")
+                        .enrich(e)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                })
+                .collect();
+            let stream = StreamId::new(stream).unwrap_or_else(|e| panic!("{e}"));
+            rt.block_on(store.append(&stream, ExpectedVersion::Any, events))
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        for s in ["a", "b", "c", "d", "e"] {
+            append(s, 2, Some("c1"));
+        }
+        append("b", 3, None);
+        append("f", 1, Some("c2"));
+        let shared = store.shared();
+        let cut = cut(shared).unwrap_or_else(|e| panic!("{e}"));
+        let expected = {
+            let ix = shared.read_index();
+            let (end, crc) = cut.end();
+            checkpoint::encode(&ix, end, crc).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // The index grows after the cut: old streams and correlations get more
+        // positions (and a later time), new ones appear, before and after the old
+        // ones in name order.
+        append("b", 2, Some("c1"));
+        append("0-first", 1, Some("c3"));
+        append("z-last", 2, None);
+        append("d", 1, Some("c2"));
+        // A chunk per stream and two locations per hold: every resumption is exercised.
+        let tiny = Chunks {
+            locs: 2,
+            streams: 1,
+        };
+        let drafted = Draft::new(cut, || shared.read_index(), tiny)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .finish()
+            .0;
+        let (got, want) = (shape(&drafted), shape(&expected));
+        assert_eq!(got.1.len(), 6, "streams at the cut: {:?}", got.1.keys());
+        assert_eq!(got.1["b"].0.len(), 5);
+        assert_eq!(got, want);
     }
 }

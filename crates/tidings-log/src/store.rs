@@ -198,7 +198,8 @@ impl LogStoreBuilder {
             // The scan's work is saved at once, so the next open does not repeat it.
             let crc = crate::checkpoint::last_frame_crc(&rec.index)
                 .map_err(LogError::io("reading the last frame in", &dir))?;
-            let bytes = crate::checkpoint::encode(&rec.index, offset, crc);
+            let bytes = crate::checkpoint::encode(&rec.index, offset, crc)
+                .map_err(LogError::io("reading the log in", &dir))?;
             crate::checkpoint::save(&*storage, &dir, &bytes)
                 .map_err(LogError::io("writing the index checkpoint in", &dir))?;
         }
@@ -419,6 +420,12 @@ impl LogStore {
     /// Options for opening a store in `dir`.
     pub fn builder(dir: impl Into<PathBuf>) -> LogStoreBuilder {
         LogStoreBuilder::new(dir)
+    }
+
+    /// The state shared by the store's threads (for tests inside the crate).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// The store's directory.

@@ -697,7 +697,9 @@ impl Writer {
     ) -> Result<(), String> {
         // The footer and the frames before it are a write of their own, after the group
         // being synced.
+        let started = std::time::Instant::now();
         self.wait_for_sync();
+        let drained = micros_since(started);
         if let Some(m) = self.shared.stopped_reason() {
             return Err(m);
         }
@@ -711,11 +713,13 @@ impl Writer {
             .map_err(|e| format!("syncing {path}: {e}"))?;
         let size = self.cfg.segment_size.max(HEADER_LEN + need + FOOTER_LEN);
         let dir = self.shared.dir.clone();
+        let sealed = micros_since(started);
         let prepared = self
             .preparer
             .take()
             .and_then(|h| h.join().ok())
             .and_then(Result::ok);
+        let joined = micros_since(started);
         let created_at = timestamp_to_micros(self.cfg.clock.now());
         let storage = &*self.shared.storage;
         let made = match prepared {
@@ -740,7 +744,14 @@ impl Writer {
                 file: Some(seg.file.clone()),
             },
         ));
-        tracing::debug!(segment = %seg.path.display(), "started a new segment");
+        tracing::debug!(
+            segment = %seg.path.display(),
+            drained,
+            sealed,
+            joined,
+            installed = micros_since(started),
+            "started a new segment (µs since the roll began)"
+        );
         self.ordinal += 1;
         self.file = seg.file;
         self.path = seg.path;
