@@ -1,22 +1,22 @@
 //! When and where index checkpoints are written ([`crate::checkpoint`] is what they are).
 //!
-//! A checkpoint records the whole index, so it costs time in proportion to the log. Only
-//! the constant-time part holds the index's write lock, and only the encoding of streams,
-//! locations and correlations holds its read lock; the rest runs on a low-priority
-//! background thread:
+//! A checkpoint records the whole index, so it costs time in proportion to the log. The
+//! write path never waits for more than a constant-time step of it:
 //!
 //! ```text
 //! writer:     enough written since the last one ─► request()
-//! publisher:  after publishing a group ─► write lock: freeze the recent ids (O(1))
-//!                                      ─► read lock: draft (streams, locations, correlations)
-//! background: merge the frozen ids into the base table, encode, save  (nice 10)
-//! publisher:  next group ─► write lock: install the merged table (O(1))
+//! publisher:  after publishing a group ─► write lock: freeze the recent ids and take
+//!                                         the cut (next position, segment ends)   O(1)
+//! background: (nice 10) read the index as it was at the cut, a chunk per hold of the
+//!             read lock ─► merge the frozen ids into the base table ─► encode, save
+//! publisher:  next group ─► write lock: install the merged table                  O(1)
 //! ```
 //!
-//! The publisher is whichever thread publishes a group (the sync thread, or an inline
-//! commit); publications are serial, so nothing is published between the freeze and the
-//! draft, which the draft checks. Until its merged table is installed, lookups read the
-//! frozen table as well (see [`MemoryIndex::freeze_ids`]).
+//! What the cut leaves to the background is append-only — event locations, a stream's
+//! or a correlation's positions — so reading it later, a prefix at a time, gives the
+//! index as it was at the cut (see [`Draft::new`]). The publisher is whichever thread
+//! publishes a group (the sync thread, or an inline commit). Until the merged table is
+//! installed, lookups read the frozen table as well (see [`MemoryIndex::freeze_ids`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
