@@ -94,7 +94,20 @@ pub(super) fn open_log(dir: impl Into<PathBuf>) -> anyhow::Result<LogStore> {
     } else {
         tidings_log::Durability::Fsync
     };
-    Ok(LogStore::builder(dir).durability(durability).open()?)
+    let dir = dir.into();
+    let store = LogStore::builder(&dir).durability(durability).open()?;
+    settle(&dir);
+    Ok(store)
+}
+
+/// Waits until the file system has finished what came before — the last workload's
+/// store being deleted (on a disk mounted with `discard`, that sends the device a discard
+/// of every freed block at the next journal commit), the new store's first segment — so
+/// that it is not timed as part of the next workload. Best effort.
+fn settle(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = rustix::fs::syncfs(&f);
+    }
 }
 
 /// One workload's result.
