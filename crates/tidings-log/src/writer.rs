@@ -223,8 +223,8 @@ fn finish(shared: &Arc<Shared>, batch: Vec<Staged>) -> bool {
     let c = &shared.stats;
     if batch.iter().any(|s| s.durable) {
         c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.sync_micros.fetch_add(sync_micros, Ordering::Relaxed);
     }
-    c.sync_micros.fetch_add(sync_micros, Ordering::Relaxed);
     for s in batch {
         let p = &*s.pending;
         c.groups.fetch_add(1, Ordering::Relaxed);

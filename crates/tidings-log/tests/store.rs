@@ -408,6 +408,10 @@ async fn inline_and_queued_commits_share_one_order() {
         stats.groups > stats.inline_groups,
         "bursts go through the writer thread: {stats:?}"
     );
+    assert!(
+        stats.syncs > 0 && stats.syncs <= stats.groups,
+        "one fdatasync makes one or more groups durable: {stats:?}"
+    );
     let check = |all: Vec<tidings::RecordedEvent>| {
         assert_eq!(all.len() as u64, expected_events);
         for (i, e) in all.iter().enumerate() {
