@@ -173,7 +173,7 @@ impl Chunks {
     };
 }
 
-/// A checkpoint in two steps: [`Draft::new`] encodes everything but the id table,
+/// A checkpoint in two steps: `Draft::new` encodes everything but the id table,
 /// reading the index through `read` in short holds of its lock; [`Draft::finish`]
 /// (holding nothing) sorts and merges the ids and assembles the file.
 pub struct Draft {
