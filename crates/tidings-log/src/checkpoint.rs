@@ -28,7 +28,7 @@
 //! A checkpoint whose checksums fail, or that does not match the segments found on disk,
 //! is stale: recovery ignores it and rebuilds the indexes from the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::{Bound, Deref};
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ use std::sync::Arc;
 use tidings::{Position, StreamId};
 
 use crate::index::{
-    EventIndex, FpMap, IdsToMerge, Loc, MemoryIndex, SegmentEntry, SortedIds, StreamEntry,
+    Correlations, EventIndex, FpMap, IdsToMerge, Loc, MemoryIndex, SegmentEntry, SortedIds,
+    StreamEntry,
 };
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 
@@ -158,6 +159,7 @@ impl Cut {
 pub(crate) struct Chunks {
     pub locs: usize,
     pub streams: usize,
+    pub correlations: usize,
 }
 
 impl Chunks {
@@ -165,11 +167,13 @@ impl Chunks {
     pub(crate) const WHOLE: Self = Self {
         locs: usize::MAX,
         streams: usize::MAX,
+        correlations: usize::MAX,
     };
     /// About a millisecond of work per hold.
     pub(crate) const SHORT: Self = Self {
         locs: 1 << 16,
         streams: 512,
+        correlations: 4096,
     };
 }
 
@@ -269,9 +273,12 @@ impl Draft {
         let mut t = Vec::new();
         put64(&mut t, 0);
         let mut correlations = 0u64;
-        {
+        let mut at = 0usize;
+        loop {
             let ix = read();
-            for (c, ps) in &ix.correlations {
+            let mut taken = 0usize;
+            for (c, ps) in ix.correlations.chunk(at, chunks.correlations.max(1)) {
+                taken += 1;
                 let k = ps.partition_point(|&p| p < covered);
                 if k == 0 {
                     continue;
@@ -283,6 +290,10 @@ impl Draft {
                     put64(&mut t, p);
                 }
                 correlations += 1;
+            }
+            at += taken;
+            if taken < chunks.correlations.max(1) {
+                break;
             }
         }
         t[..8].copy_from_slice(&correlations.to_le_bytes());
@@ -462,7 +473,7 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointEr
     }
     index.ids_base = Arc::new(SortedIds::new(ids));
     let ncorr = r.count(12)?;
-    let mut correlations = HashMap::with_capacity(ncorr);
+    let mut correlations = Correlations::with_capacity(ncorr);
     for _ in 0..ncorr {
         let n = r.u32()? as usize;
         let c = std::str::from_utf8(r.take(n)?).map_err(|_| bad("correlation is not UTF-8"))?;
@@ -472,7 +483,10 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointEr
         for _ in 0..count {
             positions.push(r.u64()?);
         }
-        correlations.insert(c, positions);
+        if correlations.get(&c).is_some() {
+            return Err(bad("a correlation is listed twice"));
+        }
+        correlations.extend(&c, positions);
     }
     index.correlations = correlations;
     if r.remaining() != 0 {

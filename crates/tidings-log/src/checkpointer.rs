@@ -214,7 +214,7 @@ mod tests {
                 .collect(),
             ix.correlations
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect(),
             ix.merged_ids(),
             (c.end_offset, c.last_crc),
@@ -275,6 +275,7 @@ mod tests {
         let tiny = Chunks {
             locs: 2,
             streams: 1,
+            correlations: 1,
         };
         let drafted = Draft::new(cut, || shared.read_index(), tiny)
             .unwrap_or_else(|e| panic!("{e}"))

@@ -8,7 +8,8 @@
 //! streams      BTreeMap    stream name -> { positions: Vec<u64> (index = revision), last_written µs }
 //! ids          sorted Vec<(fingerprint u64, position u64)> loaded from the checkpoint
 //!              + HashMap<fingerprint, position> for ids added since
-//! correlations HashMap     correlation id -> Vec<u64> positions, ascending
+//! correlations Correlations correlation id -> Vec<u64> positions, ascending (ids kept in
+//!                          first-appearance order)
 //! segments     Vec         ordinal -> { first_position, data_end, open file }
 //! ```
 //!
@@ -175,14 +176,67 @@ impl IdsToMerge {
     }
 }
 
-fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
-    let positions = first..first + n;
-    match map.get_mut(key) {
-        Some(v) => v.extend(positions),
-        None => {
-            map.insert(key.into(), positions.collect());
+/// Positions by correlation id, in the order the ids first appeared. The order is
+/// stable as the index grows (new ids are only appended), so a checkpoint can read the
+/// table a chunk of ids at a time (see [`crate::checkpoint`]).
+#[derive(Default)]
+pub(crate) struct Correlations {
+    slots: HashMap<Box<str>, usize>,
+    lists: Vec<(Box<str>, Vec<Position>)>,
+}
+
+impl Correlations {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            slots: HashMap::with_capacity(n),
+            lists: Vec::with_capacity(n),
         }
     }
+
+    /// A correlation id's positions, ascending.
+    pub(crate) fn get(&self, id: &str) -> Option<&[Position]> {
+        let &k = self.slots.get(id)?;
+        self.lists.get(k).map(|(_, v)| v.as_slice())
+    }
+
+    /// How many correlation ids there are.
+    pub(crate) fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// Every id with its positions, in first-appearance order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &[Position])> {
+        self.lists.iter().map(|(c, v)| (&**c, v.as_slice()))
+    }
+
+    /// Ids `from..` (in first-appearance order), at most `n`.
+    pub(crate) fn chunk(&self, from: usize, n: usize) -> impl Iterator<Item = (&str, &[Position])> {
+        self.lists
+            .iter()
+            .skip(from)
+            .take(n)
+            .map(|(c, v)| (&**c, v.as_slice()))
+    }
+
+    /// Adds positions (ascending, after the id's earlier ones).
+    pub(crate) fn extend(&mut self, id: &str, positions: impl IntoIterator<Item = Position>) {
+        match self.slots.get(id) {
+            Some(&k) => {
+                if let Some((_, v)) = self.lists.get_mut(k) {
+                    v.extend(positions);
+                }
+            }
+            None => {
+                self.slots.insert(id.into(), self.lists.len());
+                self.lists
+                    .push((id.into(), positions.into_iter().collect()));
+            }
+        }
+    }
+}
+
+fn add_run(map: &mut Correlations, (key, first, n): (&str, Position, u64)) {
+    map.extend(key, first..first + n);
 }
 
 /// A stream's entry.
@@ -260,7 +314,7 @@ pub struct MemoryIndex {
     pub(crate) ids_frozen: Option<Arc<FpMap>>,
     /// Ids recorded since the last freeze.
     pub(crate) ids_recent: FpMap,
-    pub(crate) correlations: HashMap<Box<str>, Vec<Position>>,
+    pub(crate) correlations: Correlations,
 }
 
 impl MemoryIndex {
@@ -420,7 +474,7 @@ impl EventIndex for MemoryIndex {
     }
 
     fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]> {
-        self.correlations.get(correlation_id).map(Vec::as_slice)
+        self.correlations.get(correlation_id)
     }
 
     fn list_streams(&self, options: &ListStreams) -> Vec<(StreamId, Revision, Position, i64)> {

@@ -133,7 +133,7 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
         return IndexCheck::Mismatch("event ids differ".into());
     }
     let mut corr: HashMap<&str, Vec<Position>> = HashMap::new();
-    for (c, ps) in &log.correlations {
+    for (c, ps) in log.correlations.iter() {
         let v = covered(ps);
         if !v.is_empty() {
             corr.insert(c, v);
@@ -143,7 +143,7 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
         || ck
             .correlations
             .iter()
-            .any(|(c, ps)| corr.get(&**c) != Some(ps))
+            .any(|(c, ps)| corr.get(c).map(Vec::as_slice) != Some(ps))
     {
         return IndexCheck::Mismatch("correlation ids differ".into());
     }
