@@ -76,19 +76,16 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
     let Some(last) = index.next_position().checked_sub(1) else {
         return Ok(0);
     };
-    let loc = index.loc(last).ok_or(std::io::ErrorKind::NotFound)?;
-    let file = index
-        .segments
-        .get(loc.segment())
-        .and_then(|s| s.file.as_ref())
-        .ok_or(std::io::ErrorKind::NotFound)?;
-    let mut h = [0u8; 8];
-    read_exact_at(&**file, &mut h, loc.offset())?;
-    Ok(le32(&h[4..8]))
+    Ok(le32(&frame_header(index, last)?[4..8]))
 }
 
 /// When the frame holding `position` was recorded (its header's `recorded_at`).
 fn frame_recorded_at(index: &MemoryIndex, position: tidings::Position) -> std::io::Result<i64> {
+    Ok(le64(&frame_header(index, position)?[32..40]) as i64)
+}
+
+/// The first 40 bytes of the header of the frame holding `position`, read from the log.
+fn frame_header(index: &MemoryIndex, position: tidings::Position) -> std::io::Result<[u8; 40]> {
     let loc = index.loc(position).ok_or(std::io::ErrorKind::NotFound)?;
     let file = index
         .segments
@@ -97,7 +94,7 @@ fn frame_recorded_at(index: &MemoryIndex, position: tidings::Position) -> std::i
         .ok_or(std::io::ErrorKind::NotFound)?;
     let mut h = [0u8; 40];
     read_exact_at(&**file, &mut h, loc.offset())?;
-    Ok(le64(&h[32..40]) as i64)
+    Ok(h)
 }
 
 /// Serializes `index`, whose last segment's covered data ends at `end_offset`, and whose
