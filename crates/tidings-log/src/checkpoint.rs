@@ -101,7 +101,12 @@ fn frame_header(index: &MemoryIndex, position: tidings::Position) -> std::io::Re
 /// last frame has checksum field `last_crc`. (Reading the log, which this may do for a
 /// stream extended after a cut, cannot happen here: the index does not change.)
 pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> std::io::Result<Vec<u8>> {
-    let cut = Cut::new(index, end_offset, last_crc, index.ids_snapshot());
+    let cut = Cut::new(
+        index,
+        end_offset,
+        last_crc,
+        CutIds::Merged(index.merged_ids()),
+    );
     Ok(Draft::new(cut, || index, Chunks::WHOLE)?.finish().0)
 }
 
@@ -116,16 +121,19 @@ pub(crate) struct Cut {
     end_offset: u64,
     last_crc: u32,
     segments: Vec<(tidings::Position, u64)>,
-    ids: IdsToMerge,
+    ids: CutIds,
+}
+
+/// The ids a cut records.
+pub(crate) enum CutIds {
+    /// Frozen in the index, to be merged outside its lock (and the merge installed).
+    Frozen(IdsToMerge),
+    /// Already merged (the cut of an index that does not change).
+    Merged(Vec<(u64, tidings::Position)>),
 }
 
 impl Cut {
-    pub(crate) fn new(
-        index: &MemoryIndex,
-        end_offset: u64,
-        last_crc: u32,
-        ids: IdsToMerge,
-    ) -> Self {
+    pub(crate) fn new(index: &MemoryIndex, end_offset: u64, last_crc: u32, ids: CutIds) -> Self {
         Self {
             covered: index.next_position(),
             end_offset,
@@ -182,7 +190,7 @@ pub struct Draft {
     head: Vec<u8>,
     /// Correlations.
     tail: Vec<u8>,
-    ids: IdsToMerge,
+    ids: CutIds,
     frames: u64,
     end_offset: u64,
     last_crc: u32,
@@ -304,15 +312,20 @@ impl Draft {
         })
     }
 
-    /// The table of ids recorded since the base table (frozen for this checkpoint).
-    pub(crate) fn frozen(&self) -> Arc<FpMap> {
-        self.ids.rest.clone()
+    /// The table of ids frozen for this checkpoint, if they were.
+    pub(crate) fn frozen(&self) -> Option<Arc<FpMap>> {
+        match &self.ids {
+            CutIds::Frozen(ids) => Some(ids.rest.clone()),
+            CutIds::Merged(_) => None,
+        }
     }
 
     /// The checkpoint's bytes, and the merged id table (which becomes the index's base).
     pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings::Position)>) {
-        let ids = self.ids.merge();
-        drop(self.ids);
+        let ids = match self.ids {
+            CutIds::Frozen(ids) => ids.merge(),
+            CutIds::Merged(ids) => ids,
+        };
         let mut b = self.head;
         b.reserve(8 + ids.len() * 16 + self.tail.len());
         put64(&mut b, ids.len() as u64);

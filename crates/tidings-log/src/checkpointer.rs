@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::checkpoint::{self, Chunks, Cut, Draft};
+use crate::checkpoint::{self, Chunks, Cut, CutIds, Draft};
 use crate::error::LogError;
 use crate::index::{FpMap, MemoryIndex, SortedIds};
 use crate::segment::HEADER_LEN;
 use crate::store::Shared;
+use crate::writer::micros_since;
 
 /// A merged id table and the frozen table it replaces.
 type Merged = (Arc<SortedIds>, Arc<FpMap>);
@@ -125,7 +126,7 @@ fn cut(shared: &Shared) -> Result<Cut, LogError> {
         let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
         let crc = checkpoint::last_frame_crc(&ix)
             .map_err(LogError::io("reading the last frame in", &shared.dir))?;
-        (Cut::new(&ix, end, crc, ids), replaced)
+        (Cut::new(&ix, end, crc, CutIds::Frozen(ids)), replaced)
     };
     drop(replaced);
     Ok(cut)
@@ -140,7 +141,7 @@ fn draft(shared: &Shared, cut: Cut) -> Result<Draft, LogError> {
         &shared.dir,
     ))?;
     tracing::debug!(
-        micros = started.elapsed().as_micros() as u64,
+        micros = micros_since(started),
         covered,
         "checkpoint drafted, a chunk per hold of the index's read lock"
     );
@@ -153,18 +154,20 @@ fn complete(shared: &Shared, draft: Draft, install_now: bool) -> Result<(), LogE
     let started = std::time::Instant::now();
     let frozen = draft.frozen();
     let (bytes, ids) = draft.finish();
-    let merged = (Arc::new(SortedIds::new(ids)), frozen);
-    if install_now {
-        let replaced = {
-            let mut ix = shared.write_index();
-            ix.install_ids(merged.0, &merged.1)
-        };
-        drop(replaced);
-    } else {
-        *lock(&shared.checkpoints.merged) = Some(merged);
+    if let Some(frozen) = frozen {
+        let merged = (Arc::new(SortedIds::new(ids)), frozen);
+        if install_now {
+            let replaced = {
+                let mut ix = shared.write_index();
+                ix.install_ids(merged.0, &merged.1)
+            };
+            drop(replaced);
+        } else {
+            *lock(&shared.checkpoints.merged) = Some(merged);
+        }
     }
     tracing::debug!(
-        micros = started.elapsed().as_micros() as u64,
+        micros = micros_since(started),
         bytes = bytes.len(),
         "checkpoint encoded"
     );

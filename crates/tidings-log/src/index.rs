@@ -146,34 +146,41 @@ pub(crate) struct IdsToMerge {
 impl IdsToMerge {
     /// Every id, sorted by fingerprint.
     pub(crate) fn merge(&self) -> Vec<(u64, Position)> {
-        let mut rest: Vec<(u64, Position)> = self.rest.iter().map(|(&f, &p)| (f, p)).collect();
-        rest.sort_unstable();
-        let mut out = Vec::with_capacity(self.base.len() + rest.len());
-        let (mut a, mut b) = (self.base.iter().peekable(), rest.iter().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => {
-                    if x <= y {
-                        out.push(**x);
-                        a.next();
-                    } else {
-                        out.push(**y);
-                        b.next();
-                    }
-                }
-                (Some(x), None) => {
+        merge_into(
+            &self.base,
+            self.rest.iter().map(|(&f, &p)| (f, p)).collect(),
+        )
+    }
+}
+
+/// `base` and `rest` (any order) as one table sorted by fingerprint.
+fn merge_into(base: &SortedIds, mut rest: Vec<(u64, Position)>) -> Vec<(u64, Position)> {
+    rest.sort_unstable();
+    let mut out = Vec::with_capacity(base.len() + rest.len());
+    let (mut a, mut b) = (base.iter().peekable(), rest.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => {
+                if x <= y {
                     out.push(**x);
                     a.next();
-                }
-                (None, Some(y)) => {
+                } else {
                     out.push(**y);
                     b.next();
                 }
-                (None, None) => break,
             }
+            (Some(x), None) => {
+                out.push(**x);
+                a.next();
+            }
+            (None, Some(y)) => {
+                out.push(**y);
+                b.next();
+            }
+            (None, None) => break,
         }
-        out
     }
+    out
 }
 
 /// Positions by correlation id, in the order the ids first appeared. The order is
@@ -320,21 +327,14 @@ pub struct MemoryIndex {
 impl MemoryIndex {
     /// Every id, sorted (what a checkpoint records).
     pub fn merged_ids(&self) -> Vec<(u64, Position)> {
-        self.ids_snapshot().merge()
-    }
-
-    /// Every id, as the base table and the rest, without changing the index.
-    pub(crate) fn ids_snapshot(&self) -> IdsToMerge {
-        let mut rest = FpMap::with_capacity_and_hasher(
-            self.ids_recent.len() + self.ids_frozen.as_ref().map_or(0, |f| f.len()),
-            Default::default(),
-        );
-        rest.extend(self.ids_frozen.iter().flat_map(|f| f.iter()));
-        rest.extend(self.ids_recent.iter());
-        IdsToMerge {
-            base: self.ids_base.clone(),
-            rest: Arc::new(rest),
-        }
+        let rest = self
+            .ids_frozen
+            .iter()
+            .flat_map(|f| f.iter())
+            .chain(self.ids_recent.iter())
+            .map(|(&f, &p)| (f, p))
+            .collect();
+        merge_into(&self.ids_base, rest)
     }
 
     /// Freezes the ids recorded since the last checkpoint, for one to merge outside the

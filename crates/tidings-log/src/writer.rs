@@ -267,7 +267,7 @@ fn publish(ix: &mut MemoryIndex, s: &Staged) {
     }
 }
 
-fn micros_since(t: std::time::Instant) -> u64 {
+pub(crate) fn micros_since(t: std::time::Instant) -> u64 {
     u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -387,11 +387,11 @@ impl Writer {
         self.shared.checkpoints.request();
     }
 
-    /// Commits a group: checks and encodes it against the published index and the group
-    /// still being synced (if any), waits for that group's sync, writes this one, then
-    /// either finishes it here (sync, publish, acknowledge) or hands it to the sync
-    /// thread and returns, so the next group's checks and encoding overlap this group's
-    /// `fdatasync`. True when frames were written (and, when finished here, acknowledged).
+    /// Commits a group: checks and encodes it against the published index and the groups
+    /// still with the sync thread, writes it, then either finishes it here (after those
+    /// groups: sync, publish, acknowledge) or hands it to the sync thread and returns, so
+    /// the next group's checks, encoding and write overlap this group's `fdatasync`. True
+    /// when frames were written (and, when finished here, acknowledged).
     fn commit(
         &mut self,
         group: Vec<Append>,
@@ -627,9 +627,7 @@ impl Writer {
                 true
             }
             Err(std::sync::mpsc::SendError(staged)) => {
-                self.syncer = None;
-                self.unpublished.clear();
-                self.shared.stop("the log's sync thread ended unexpectedly");
+                self.sync_thread_lost();
                 finish(&self.shared, vec![staged])
             }
         }

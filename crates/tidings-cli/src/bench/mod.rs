@@ -300,8 +300,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let (plain, snap) =
                     on_store!(rt, &target, w, |store| aggregate_load(&store, &template));
                 let mut p = plain;
-                fill(&mut p, &target, &disk, frame_bytes);
-                p.cpu_reference_ns = cpu_ns;
+                fill(&mut p, &target, &disk, frame_bytes, cpu_ns);
                 emit(&p, args.json);
                 rows.push(p);
                 snap
@@ -329,8 +328,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 STANDARD.join(", ")
             ),
         };
-        fill(&mut row, &target, &disk, frame_bytes);
-        row.cpu_reference_ns = cpu_ns;
+        fill(&mut row, &target, &disk, frame_bytes, cpu_ns);
         let stats = LAST_WRITE_STATS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -455,9 +453,10 @@ fn cpu_reference(template: &Event) -> anyhow::Result<f64> {
     Ok(best)
 }
 
-/// Adds the disk figures and the target for the workload.
-fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64) {
+/// Adds the machine's figures (disk, CPU reference) and the target for the workload.
+fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64, cpu_ns: f64) {
     row.store = target.label();
+    row.cpu_reference_ns = cpu_ns;
     row.disk_fdatasync_us = disk.fdatasync_us;
     row.disk_seq_mb_per_sec = disk.seq_mb_per_sec;
     if NO_FSYNC.load(std::sync::atomic::Ordering::Relaxed) && row.workload != "disk" {
