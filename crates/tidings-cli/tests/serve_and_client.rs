@@ -312,7 +312,7 @@ fn client_commands_on_a_local_data_directory() {
 #[test]
 fn serve_on_postgres() {
     let Some(url) =
-        tidings::testing::services::service_url("serve_on_postgres", "TIDINGS_POSTGRES_URL")
+        tidings_testkit::services::service_url("serve_on_postgres", "TIDINGS_POSTGRES_URL")
     else {
         return;
     };

@@ -33,7 +33,7 @@ use std::ops::{Bound, Deref};
 use std::path::Path;
 use std::sync::Arc;
 
-use tidings::{Position, StreamId};
+use tidings_core::{Position, StreamId};
 
 use crate::index::{
     Correlations, EventIndex, FpMap, IdsToMerge, Loc, MemoryIndex, SegmentEntry, SortedIds,
@@ -80,12 +80,18 @@ pub fn last_frame_crc(index: &MemoryIndex) -> std::io::Result<u32> {
 }
 
 /// When the frame holding `position` was recorded (its header's `recorded_at`).
-fn frame_recorded_at(index: &MemoryIndex, position: tidings::Position) -> std::io::Result<i64> {
+fn frame_recorded_at(
+    index: &MemoryIndex,
+    position: tidings_core::Position,
+) -> std::io::Result<i64> {
     Ok(le64(&frame_header(index, position)?[32..40]) as i64)
 }
 
 /// The first 40 bytes of the header of the frame holding `position`, read from the log.
-fn frame_header(index: &MemoryIndex, position: tidings::Position) -> std::io::Result<[u8; 40]> {
+fn frame_header(
+    index: &MemoryIndex,
+    position: tidings_core::Position,
+) -> std::io::Result<[u8; 40]> {
     let loc = index.loc(position).ok_or(std::io::ErrorKind::NotFound)?;
     let file = index
         .segments
@@ -117,10 +123,10 @@ pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> std::io::R
 /// correlation's positions — so [`Draft::new`] can read it later, a prefix at a time,
 /// while the index grows.
 pub(crate) struct Cut {
-    covered: tidings::Position,
+    covered: tidings_core::Position,
     end_offset: u64,
     last_crc: u32,
-    segments: Vec<(tidings::Position, u64)>,
+    segments: Vec<(tidings_core::Position, u64)>,
     ids: CutIds,
 }
 
@@ -129,7 +135,7 @@ pub(crate) enum CutIds {
     /// Frozen in the index, to be merged outside its lock (and the merge installed).
     Frozen(IdsToMerge),
     /// Already merged (the cut of an index that does not change).
-    Merged(Vec<(u64, tidings::Position)>),
+    Merged(Vec<(u64, tidings_core::Position)>),
 }
 
 impl Cut {
@@ -148,7 +154,7 @@ impl Cut {
     }
 
     /// The next position when the cut was taken.
-    pub(crate) fn covered(&self) -> tidings::Position {
+    pub(crate) fn covered(&self) -> tidings_core::Position {
         self.covered
     }
 
@@ -321,7 +327,7 @@ impl Draft {
     }
 
     /// The checkpoint's bytes, and the merged id table (which becomes the index's base).
-    pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings::Position)>) {
+    pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings_core::Position)>) {
         let ids = match self.ids {
             CutIds::Frozen(ids) => ids.merge(),
             CutIds::Merged(ids) => ids,

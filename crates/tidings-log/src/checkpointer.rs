@@ -189,7 +189,7 @@ fn lower_priority() {
 mod tests {
     use std::collections::BTreeMap;
 
-    use tidings::{
+    use tidings_core::{
         Enricher, EventAppender, ExpectedVersion, ManualClock, NewEvent, Position, StreamId,
     };
 

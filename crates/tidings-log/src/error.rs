@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use tidings::StoreError;
+use tidings_core::StoreError;
 
 /// An error of the embedded store, with the file and byte offset a person needs.
 #[derive(Debug, thiserror::Error)]

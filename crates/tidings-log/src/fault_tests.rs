@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tidings::{
+use tidings_core::{
     AppendResult, Enricher, Event, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadAll,
     StoreError, StreamId,
 };
@@ -122,9 +122,9 @@ async fn check_after_crash(store: &LogStore, acked: &[Acked]) {
 
 #[test]
 fn power_loss_at_random_cut_points_keeps_every_acknowledged_append() {
-    let seed = tidings::testing::seed::seed("power_loss_at_random_cut_points");
+    let seed = tidings_testkit::seed::seed("power_loss_at_random_cut_points");
     let mut rng = Rng(seed);
-    let rounds = tidings::testing::seed::rounds(200);
+    let rounds = tidings_testkit::seed::rounds(200);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -24,7 +24,7 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tidings::{ListStreams, Position, Revision, StreamId};
+use tidings_core::{ListStreams, Position, Revision, StreamId};
 use uuid::Uuid;
 
 use crate::storage::StorageFile;

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use tidings::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
+//! use tidings_core::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = tidings_log::LogStore::open(dir.path()).unwrap();
 //! let event = Enricher::new("svc").enrich(NewEvent::new("OrderCreated", serde_json::json!({}))).unwrap();

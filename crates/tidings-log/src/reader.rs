@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tidings::{Filter, Position, RecordedEvent, StoreError, StreamId};
+use tidings_core::{Filter, Position, RecordedEvent, StoreError, StreamId};
 
 use crate::index::{EventIndex, Loc, MemoryIndex};
 use crate::record::{self, FrameView};

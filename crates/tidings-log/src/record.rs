@@ -37,8 +37,8 @@
 
 use std::collections::BTreeMap;
 
-use tidings::event::timestamp_from_micros;
-use tidings::{Event, Metadata, Payload, Position, RecordedEvent, Revision, StreamId};
+use tidings_core::event::timestamp_from_micros;
+use tidings_core::{Event, Metadata, Payload, Position, RecordedEvent, Revision, StreamId};
 use uuid::Uuid;
 
 /// Bytes of the fixed part of a frame header, before the stream name.
@@ -184,7 +184,7 @@ pub struct FrameSpec<'a> {
 
 /// Appends the frame for `spec` to `out` and returns its length.
 ///
-/// The caller has validated the append (`tidings::store::validate_append`), so every
+/// The caller has validated the append (`tidings_core::backend::validate_append`), so every
 /// string fits in a `u32` and the stream name in a `u16`.
 pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
     debug_assert!(
@@ -538,7 +538,7 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use tidings::{Enricher, NewEvent};
+    use tidings_core::{Enricher, NewEvent};
 
     fn sample(n: usize) -> Vec<Event> {
         let e = Enricher::new("svc");

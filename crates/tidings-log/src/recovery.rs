@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tidings::{Position, StreamId};
+use tidings_core::{Position, StreamId};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;
@@ -742,7 +742,7 @@ mod tests {
     use crate::record::{FrameSpec, encode_frame};
     use crate::storage::sim::SimStorage;
     use proptest::prelude::*;
-    use tidings::{Enricher, NewEvent};
+    use tidings_core::{Enricher, NewEvent};
 
     const DIR: &str = "/sim/recovery";
 

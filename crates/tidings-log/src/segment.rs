@@ -30,7 +30,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tidings::Position;
+use tidings_core::Position;
 
 use crate::record::FOOTER_MARK;
 use crate::storage::{OpenMode, Storage, StorageFile};

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockEr
 use std::thread::JoinHandle;
 
 use futures::Stream;
-use tidings::event::timestamp_from_micros;
-use tidings::store::subscription;
-use tidings::store::validate_append;
-use tidings::{
+use tidings_core::backend::validate_append;
+use tidings_core::event::timestamp_from_micros;
+use tidings_core::store::subscription;
+use tidings_core::{
     AppendResult, Clock, Direction, Event, EventAppender, EventReader, EventSubscriber,
     ExpectedVersion, Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent,
     Revision, Start, StoreError, StreamId, StreamInfo, SystemClock,
@@ -43,7 +43,7 @@ pub enum Durability {
 /// # fn main() -> Result<(), tidings_log::LogError> {
 /// let store = tidings_log::LogStore::builder("./data")
 ///     .segment_size(64 << 20)
-///     .limits(tidings::Limits { max_event_bytes: 1 << 20, max_append_bytes: 16 << 20 })
+///     .limits(tidings_core::Limits { max_event_bytes: 1 << 20, max_append_bytes: 16 << 20 })
 ///     .open()?;
 /// # Ok(()) }
 /// ```
@@ -385,7 +385,7 @@ impl Drop for Inner {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream, StreamId};
+/// use tidings_core::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream, StreamId};
 /// let dir = tempfile::tempdir().unwrap();
 /// let store = tidings_log::LogStore::open(dir.path()).unwrap();
 /// let order = StreamId::new("order-123").unwrap();
@@ -711,7 +711,7 @@ impl EventSubscriber for LogStore {
         &self,
         start: Start,
         filter: Filter,
-    ) -> impl Stream<Item = tidings::store::EventStreamItem> + Send + 'static {
+    ) -> impl Stream<Item = tidings_core::store::EventStreamItem> + Send + 'static {
         subscription::subscribe_all(
             self.clone(),
             self.inner.shared.head.subscribe(),
@@ -724,7 +724,7 @@ impl EventSubscriber for LogStore {
         &self,
         stream: &StreamId,
         start: Start,
-    ) -> impl Stream<Item = tidings::store::EventStreamItem> + Send + 'static {
+    ) -> impl Stream<Item = tidings_core::store::EventStreamItem> + Send + 'static {
         subscription::subscribe_stream(
             self.clone(),
             self.inner.shared.head.subscribe(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use tidings::{Clock, Position, SystemClock};
+use tidings_core::{Clock, Position, SystemClock};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;

@@ -31,9 +31,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tidings::event::timestamp_to_micros;
-use tidings::store::{IdLocation, check_idempotent};
-use tidings::{
+use tidings_core::backend::{IdLocation, check_idempotent};
+use tidings_core::event::timestamp_to_micros;
+use tidings_core::{
     AppendResult, Clock, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
 };
 use tokio::sync::{mpsc, oneshot};

@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tidings::testing::{conformance, model};
 use tidings_log::LogStore;
+use tidings_testkit::{conformance, model};
 
 fn fresh(root: &std::path::Path, n: &AtomicUsize) -> LogStore {
     let dir = root.join(format!("store-{}", n.fetch_add(1, Ordering::SeqCst)));

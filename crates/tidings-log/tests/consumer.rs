@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tidings::consumer::ConsumerGroup;
-use tidings::testing::conformance::{event, stream};
 use tidings::{EventAppender, ExpectedVersion};
 use tidings_log::LogStore;
+use tidings_testkit::conformance::{event, stream};
 use uuid::Uuid;
 
 const HANG_GUARD: Duration = Duration::from_secs(60);

@@ -13,9 +13,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tidings::testing::seed::{TestRng, rounds, seed};
 use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadAll, StreamId};
 use tidings_log::LogStore;
+use tidings_testkit::seed::{TestRng, rounds, seed};
 use uuid::Uuid;
 
 const CHILD_DIR: &str = "TIDINGS_CRASH_CHILD";

@@ -11,21 +11,21 @@
 //! ```
 //!
 //! A publish returns once JetStream has acknowledged it (the message is stored). A
-//! message is an event in CloudEvents binary mode ([`tidings::transport::wire`]): `ce-*`
+//! message is an event in CloudEvents binary mode ([`tidings_core::transport::wire`]): `ce-*`
 //! NATS headers and the JSON payload as the body. Subscribers of one group pull from the
 //! same durable consumer, so they compete; an unacked message comes again after the ack
 //! wait; a nack is a JetStream `NAK` with the requested delay and a reject is a `TERM`.
-//! [`Delivery::attempt`](tidings::transport::Delivery::attempt) is JetStream's exact
+//! [`BrokerMessage::attempt`](tidings_core::transport::BrokerMessage::attempt) is JetStream's exact
 //! delivery count.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tidings::TransportError> {
+//! # async fn demo() -> Result<(), tidings_core::TransportError> {
 //! use futures::StreamExt;
-//! use tidings::transport::{Message, Subscription, Transport};
+//! use tidings_core::transport::{Message, Subscription, Transport};
 //! use tidings_nats::{NatsConfig, NatsTransport};
 //! let bus = NatsTransport::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?;
 //! let mut deliveries = bus.subscribe(Subscription::new("billing", "orders")).await?;
-//! # let event: tidings::Event = unimplemented!();
+//! # let event: tidings_core::Event = unimplemented!();
 //! bus.publish(Message::new("orders", event)).await?;
 //! if let Some(delivery) = deliveries.next().await {
 //!     delivery?.ack().await?;
@@ -43,9 +43,9 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tidings::transport::{
-    BoxError, Deliveries, Delivery, Message, Settle, Subscription, Transport, TransportError,
-    check_topic, wire,
+use tidings_core::transport::{
+    BoxError, BrokerMessage, BrokerMessages, Message, Settle, Subscription, Transport,
+    TransportError, check_topic, wire,
 };
 use tracing::Instrument;
 
@@ -233,7 +233,7 @@ impl Transport for NatsTransport {
     fn subscribe(
         &self,
         subscription: Subscription,
-    ) -> impl Future<Output = Result<Deliveries, TransportError>> + Send {
+    ) -> impl Future<Output = Result<BrokerMessages, TransportError>> + Send {
         let this = self.clone();
         async move {
             subscription.validate()?;
@@ -307,7 +307,7 @@ impl Transport for NatsTransport {
                     }
                 })
                 .filter_map(|r| std::future::ready(r.transpose()));
-            Ok(Deliveries::new(stream))
+            Ok(BrokerMessages::new(stream))
         }
     }
 
@@ -321,7 +321,7 @@ impl NatsTransport {
         &self,
         group: &str,
         message: jetstream::Message,
-    ) -> Result<Delivery, TransportError> {
+    ) -> Result<BrokerMessage, TransportError> {
         let attempt = message
             .info()
             .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -344,7 +344,7 @@ impl NatsTransport {
         match decoded {
             Ok(event) => {
                 tracing::debug!(event_id = %event.event_id, "delivering");
-                Ok(Delivery::new(event, topic, attempt, NatsSettle(acker)))
+                Ok(BrokerMessage::new(event, topic, attempt, NatsSettle(acker)))
             }
             Err(source) => {
                 // A message that is not an event would come back forever: terminate it.

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use tidings::testing::transport_conformance::{self, unique};
 use tidings_nats::{NatsConfig, NatsTransport};
+use tidings_testkit::transport_conformance::{self, unique};
 
 fn skip(reason: &str) {
-    tidings::testing::services::skip_or_fail("tidings-nats conformance", reason);
+    tidings_testkit::services::skip_or_fail("tidings-nats conformance", reason);
 }
 
 fn config(url: &str) -> NatsConfig {

@@ -4,7 +4,7 @@
 //! BEGIN
 //!   lock_streams.sql    lock the batch's existing stream rows in name order; versions
 //!   find_event_ids.sql  only when a version check fails or an id may be recorded:
-//!                       decide with tidings::store::check_idempotent
+//!                       decide with tidings_core::backend::check_idempotent
 //!   create_streams.sql  rows for new streams that are written to
 //!   insert_events.sql   claim positions (locks the counter row), insert every event,
 //!                       move the stream heads, pg_notify
@@ -25,8 +25,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
-use tidings::store::{IdLocation, check_idempotent};
-use tidings::{AppendResult, Event, ExpectedVersion, Revision, StoreError, StreamId};
+use tidings_core::backend::{IdLocation, check_idempotent};
+use tidings_core::{AppendResult, Event, ExpectedVersion, Revision, StoreError, StreamId};
 use uuid::Uuid;
 
 use crate::error::{is_duplicate_event_id, store_error};

@@ -1,6 +1,6 @@
 //! What can go wrong opening a store, and how database failures become [`StoreError`]s.
 
-use tidings::StoreError;
+use tidings_core::StoreError;
 
 /// Why [`crate::PgStore`] could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! # tidings-postgres
 //!
 //! The Tidings event store on PostgreSQL: [`PgStore`] implements
-//! [`tidings::EventAppender`], [`tidings::EventReader`] and [`tidings::EventSubscriber`]
+//! [`tidings_core::EventAppender`], [`tidings_core::EventReader`] and [`tidings_core::EventSubscriber`]
 //! with the semantics of the conformance suite — 0-based revisions, gap-free global
 //! positions in commit order, atomic multi-event appends, optimistic concurrency,
 //! idempotent re-appends — and subscriptions that see other processes' appends through
@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use tidings::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
+//! use tidings_core::{Enricher, EventAppender, ExpectedVersion, NewEvent, StreamId};
 //! let store = tidings_postgres::PgStore::connect("postgres://postgres@127.0.0.1/test").await?;
 //! let event = Enricher::new("order-service")
 //!     .enrich(NewEvent::new("OrderCreated", serde_json::json!({"orderId": "order-123"})))?;

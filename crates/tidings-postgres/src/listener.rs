@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tidings::Position;
+use tidings_core::Position;
 use tokio::sync::watch;
 
 use crate::row::unsigned;

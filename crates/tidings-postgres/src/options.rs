@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use tidings::Limits;
+use tidings_core::Limits;
 
 use crate::error::PgStoreError;
 use crate::store::PgStore;
@@ -64,7 +64,7 @@ impl PgStoreBuilder {
     }
 
     /// How long a request waits for a free connection before failing with
-    /// [`tidings::StoreError::Busy`] (default 30 s).
+    /// [`tidings_core::StoreError::Busy`] (default 30 s).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self

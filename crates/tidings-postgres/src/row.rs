@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
-use tidings::event::timestamp_from_micros;
-use tidings::{Event, Metadata, Payload, RecordedEvent, StoreError, StreamId};
+use tidings_core::event::timestamp_from_micros;
+use tidings_core::{Event, Metadata, Payload, RecordedEvent, StoreError, StreamId};
 use uuid::Uuid;
 
 /// Reads one row of the event queries (their column order is fixed by the `.sql` files).

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use futures::Stream;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tidings::event::timestamp_from_micros;
-use tidings::store::EventStreamItem;
-use tidings::store::subscription::{self, HeadWatch};
-use tidings::store::validate_append;
-use tidings::{
+use tidings_core::backend::validate_append;
+use tidings_core::event::timestamp_from_micros;
+use tidings_core::store::EventStreamItem;
+use tidings_core::store::subscription::{self, HeadWatch};
+use tidings_core::{
     AppendResult, Direction, Event, EventAppender, EventReader, EventSubscriber, ExpectedVersion,
     Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
     StoreError, StreamId, StreamInfo,
@@ -31,7 +31,7 @@ use crate::writer::{self, Queue, Request};
 ///
 /// Appends are transactions: acknowledged only once committed. Global positions are
 /// gap-free and in commit order (see `docs/decisions/0005-postgres-store.md`), so
-/// subscriptions built on [`tidings::store::subscription`] never skip or repeat an event,
+/// subscriptions built on [`tidings_core::store::subscription`] never skip or repeat an event,
 /// including events appended by other processes, which the store hears through
 /// `LISTEN`/`NOTIFY`.
 ///
@@ -44,7 +44,7 @@ use crate::writer::{self, Queue, Request};
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream,
+/// use tidings_core::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, ReadStream,
 ///     StreamId};
 /// use tidings_postgres::PgStore;
 ///

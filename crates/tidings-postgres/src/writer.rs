@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use sqlx::PgPool;
-use tidings::{AppendResult, Limits, StoreError};
+use tidings_core::{AppendResult, Limits, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 

@@ -3,9 +3,9 @@
 mod common;
 
 use serde_json::json;
-use tidings::testing::conformance::{event, stream};
 use tidings::{EventAppender, ExpectedVersion, Payload, StoreError};
 use tidings_postgres::PgStore;
+use tidings_testkit::conformance::{event, stream};
 
 use common::{database, fresh_store};
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Schemas, database, database_blocking, runtime, store_in};
-use tidings::testing::{conformance, model};
+use tidings_testkit::{conformance, model};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_store_conforms() {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use tidings::testing::conformance::{event, stream};
 use tidings::{EventAppender, EventReader, EventSubscriber, ExpectedVersion, Filter, Start};
 use tidings_postgres::PgStore;
+use tidings_testkit::conformance::{event, stream};
 
 use common::{database, fresh_schema};
 

@@ -8,11 +8,11 @@ use std::collections::BTreeSet;
 
 use futures::future::join_all;
 use serde_json::json;
-use tidings::testing::conformance::{event, stream};
 use tidings::{
     AppendResult, Event, EventAppender, EventReader, ExpectedVersion, InMemoryStore, ReadAll,
     StoreError, StreamId,
 };
+use tidings_testkit::conformance::{event, stream};
 
 use common::{database, fresh_store};
 

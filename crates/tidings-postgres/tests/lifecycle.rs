@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use serde_json::json;
-use tidings::testing::conformance::{event, stream};
 use tidings::{EventAppender, EventReader, ExpectedVersion, StoreError};
 use tidings_postgres::{PgStore, PgStoreError};
+use tidings_testkit::conformance::{event, stream};
 
 use common::{database, fresh_schema};
 

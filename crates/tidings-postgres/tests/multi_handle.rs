@@ -118,7 +118,7 @@ async fn handles_taking_turns_conform() {
         return;
     };
     let schemas = Schemas::default();
-    tidings::testing::conformance::run_all(|| {
+    tidings_testkit::conformance::run_all(|| {
         let (url, schema) = (url.clone(), schemas.fresh());
         async move {
             let mut handles = Vec::new();
@@ -156,8 +156,8 @@ async fn lone_appends_race_across_handles() {
     for _ in 0..4 {
         handles.push(common::store_in(&url, &schema).await);
     }
-    let s = tidings::testing::conformance::stream("contended-1");
-    let seed = tidings::testing::conformance::event("Seed", serde_json::json!(0));
+    let s = tidings_testkit::conformance::stream("contended-1");
+    let seed = tidings_testkit::conformance::event("Seed", serde_json::json!(0));
     handles[0]
         .append(&s, ExpectedVersion::NoStream, vec![seed])
         .await
@@ -176,7 +176,7 @@ async fn lone_appends_race_across_handles() {
                 } else {
                     expected
                 };
-                let e = tidings::testing::conformance::event("Won", serde_json::json!([w, i]));
+                let e = tidings_testkit::conformance::event("Won", serde_json::json!([w, i]));
                 match h.append(&s, expected, vec![e.clone()]).await {
                     Ok(r) => wins.push((r.next_expected_version, r.position, e.event_id)),
                     Err(StoreError::WrongExpectedVersion { .. }) => {}

@@ -6,11 +6,11 @@
 //!
 //! `BENCH_N` messages are published one at a time (each waits for its publisher confirm),
 //! then with 32 in flight; then `BENCH_M` round trips publish one message and wait for
-//! its delivery (`tidings::testing::transport_bench`). The exchange and queue are unique
+//! its delivery (`tidings_testkit::transport_bench`). The exchange and queue are unique
 //! to the run and deleted at the end.
 
-use tidings::testing::transport_bench;
 use tidings_rabbitmq::{RabbitConfig, RabbitTransport};
+use tidings_testkit::transport_bench;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -9,24 +9,24 @@
 //!                             bound with each of the group's topics, manual acks
 //! ```
 //!
-//! A message is an event in CloudEvents binary mode ([`tidings::transport::wire`]): `ce-*`
+//! A message is an event in CloudEvents binary mode ([`tidings_core::transport::wire`]): `ce-*`
 //! AMQP headers, `content-type: application/json`, `message-id` and `type` properties
 //! and the JSON payload as the body. Subscribers of one group consume from the same
 //! queue, so they compete (prefetch bounds what each holds). Each subscriber has its own
-//! channel: dropping its [`Deliveries`] closes it and RabbitMQ requeues what it held. A
+//! channel: dropping its [`BrokerMessages`] closes it and RabbitMQ requeues what it held. A
 //! nack waits for its delay and then requeues; a reject does not requeue, so the queue's
 //! dead-letter exchange (when [`RabbitConfig::dead_letter_exchange`] names one) gets the
-//! message. [`Delivery::attempt`](tidings::transport::Delivery::attempt) comes from the
+//! message. [`BrokerMessage::attempt`](tidings_core::transport::BrokerMessage::attempt) comes from the
 //! quorum queue's `x-delivery-count`. RabbitMQ does not deduplicate by event id.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tidings::TransportError> {
+//! # async fn demo() -> Result<(), tidings_core::TransportError> {
 //! use futures::StreamExt;
-//! use tidings::transport::{Message, Subscription, Transport};
+//! use tidings_core::transport::{Message, Subscription, Transport};
 //! use tidings_rabbitmq::{RabbitConfig, RabbitTransport};
 //! let bus = RabbitTransport::connect(RabbitConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
 //! let mut deliveries = bus.subscribe(Subscription::new("billing", "orders")).await?;
-//! # let event: tidings::Event = unimplemented!();
+//! # let event: tidings_core::Event = unimplemented!();
 //! bus.publish(Message::new("orders", event)).await?;
 //! if let Some(delivery) = deliveries.next().await {
 //!     delivery?.ack().await?;
@@ -52,9 +52,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use tidings::transport::{
-    BoxError, Deliveries, Delivery, Message, Settle, Subscription, Transport, TransportError,
-    check_topic, wire,
+use tidings_core::transport::{
+    BoxError, BrokerMessage, BrokerMessages, Message, Settle, Subscription, Transport,
+    TransportError, check_topic, wire,
 };
 use tracing::Instrument;
 
@@ -318,7 +318,7 @@ fn header_count(value: &AMQPValue) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
-fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<Delivery, TransportError> {
+fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<BrokerMessage, TransportError> {
     let topic = d.routing_key.as_str().to_owned();
     let empty = FieldTable::default();
     let table = d.properties.headers().as_ref().unwrap_or(&empty);
@@ -346,7 +346,12 @@ fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<Delivery, Tra
     ) {
         Ok(event) => {
             tracing::debug!(event_id = %event.event_id, "delivering");
-            Ok(Delivery::new(event, topic, attempt, RabbitSettle(d.acker)))
+            Ok(BrokerMessage::new(
+                event,
+                topic,
+                attempt,
+                RabbitSettle(d.acker),
+            ))
         }
         Err(source) => {
             tracing::warn!(error = %source, "undecodable message rejected");
@@ -417,7 +422,7 @@ impl Transport for RabbitTransport {
     fn subscribe(
         &self,
         subscription: Subscription,
-    ) -> impl Future<Output = Result<Deliveries, TransportError>> + Send {
+    ) -> impl Future<Output = Result<BrokerMessages, TransportError>> + Send {
         let this = self.clone();
         async move {
             subscription.validate()?;
@@ -447,7 +452,7 @@ impl Transport for RabbitTransport {
                     }),
                 }
             });
-            Ok(Deliveries::new(stream))
+            Ok(BrokerMessages::new(stream))
         }
     }
 }

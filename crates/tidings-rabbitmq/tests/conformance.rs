@@ -8,11 +8,11 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tidings::testing::transport_conformance::{self, unique};
 use tidings_rabbitmq::{RabbitConfig, RabbitTransport};
+use tidings_testkit::transport_conformance::{self, unique};
 
 fn skip(reason: &str) {
-    tidings::testing::services::skip_or_fail("tidings-rabbitmq conformance", reason);
+    tidings_testkit::services::skip_or_fail("tidings-rabbitmq conformance", reason);
 }
 
 fn config(url: &str) -> RabbitConfig {

@@ -15,38 +15,52 @@
 //! assert_eq!(store.read_stream(&order, ReadStream::forward()).await.unwrap().len(), 1);
 //! # });
 //! ```
+//!
+//! This crate is the one an application names. It re-exports the crates behind it, each
+//! one seam (see `docs/ARCHITECTURE.md`):
+//!
+//! | module | crate | what it holds |
+//! |---|---|---|
+//! | [`event`], [`store`], [`handler`], [`transport`] | `tidings-core` | the contract every part and backend shares |
+//! | [`bus`] | `tidings-bus` | publisher, dispatcher, middleware, in-process bus |
+//! | [`consumer`], [`projection`] | `tidings-consumer` | consumer groups, checkpoints, parking, projections |
+//! | [`aggregate`] | `tidings-aggregate` | aggregates, repository, snapshots |
+//! | [`saga`] | `tidings-saga` | sagas and process managers |
+//!
+//! The test kit (conformance suites, scenarios, recorder, simulator) is the crate
+//! `tidings-testkit`, for dev-dependencies. Store backends are `tidings-log` (embedded),
+//! `tidings-postgres`; transports are `tidings-nats` and `tidings-rabbitmq`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod aggregate;
-pub mod bus;
-pub mod consumer;
-pub mod event;
-pub mod projection;
-pub mod saga;
-pub mod store;
-mod stream;
-#[cfg(feature = "testing")]
-pub mod testing;
-pub mod transport;
+pub use tidings_aggregate as aggregate;
+pub use tidings_bus as bus;
+pub use tidings_consumer as consumer;
+pub use tidings_consumer::projection;
+pub use tidings_core::{domain_event, event, handler, store, transport};
+pub use tidings_saga as saga;
 
-pub use consumer::{CheckpointStore, ConsumerGroup, RetryPolicy};
-pub use event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
-pub use event::upcast::{UpcastError, Upcaster, Upcasters};
-pub use event::{
+pub use tidings_aggregate::{Aggregate, AggregateRoot, Repository};
+pub use tidings_bus::{Dispatcher, Publisher};
+pub use tidings_consumer::projection::{Projection, ProjectionRunner};
+pub use tidings_consumer::{CheckpointStore, ConsumerGroup, RetryPolicy};
+pub use tidings_core::event::domain::{DecodeError, DomainEvent, EncodeError, EventSchema};
+pub use tidings_core::event::upcast::{UpcastError, Upcaster, Upcasters};
+pub use tidings_core::event::{
     Clock, Enricher, Event, EventError, Limits, ManualClock, Metadata, NewEvent, Payload,
     SystemClock,
 };
-pub use projection::{Projection, ProjectionRunner};
-pub use store::{
+pub use tidings_core::handler::{EventHandler, HandlerError};
+pub use tidings_core::store::{
     AppendResult, Direction, EventAppender, EventReader, EventStore, EventSubscriber,
     ExpectedVersion, Filter, InMemoryStore, ListStreams, Position, ReadAll, ReadStream,
     RecordedEvent, Revision, Start, StoreError, StreamInfo,
 };
+pub use tidings_core::stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};
+pub use tidings_core::transport::{Transport, TransportError};
+pub use tidings_saga::{Saga, SagaRuntime};
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
-
-pub use stream::{MAX_STREAM_NAME_BYTES, StreamId, StreamIdError};
-pub use transport::{Transport, TransportError};

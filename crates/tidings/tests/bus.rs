@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tidings::bus::{
-    Delivery, Dispatcher, HandlerError, InProcessBus, PublishError, Publisher, handler_fn,
+    Dispatcher, HandlerError, InProcessBus, PublishError, Publisher, SubscriberMode, handler_fn,
 };
 use tidings::{
     Enricher, EventError, EventReader, ExpectedVersion, InMemoryStore, NewEvent, ReadAll,
@@ -267,25 +267,30 @@ async fn in_process_bus_awaits_sync_subscribers_in_order_and_counts_async_failur
     let log: Log = Arc::default();
     let bus = InProcessBus::new();
     for name in ["first", "second", "third"] {
-        bus.subscribe("OrderCreated", name, Delivery::Sync, logging(&log, name));
+        bus.subscribe(
+            "OrderCreated",
+            name,
+            SubscriberMode::Sync,
+            logging(&log, name),
+        );
     }
     bus.subscribe(
         "OrderCreated",
         "sync-fails",
-        Delivery::Sync,
+        SubscriberMode::Sync,
         handler_fn(|_| async { Err(HandlerError::new("nope")) }),
     );
-    bus.subscribe_all("async-ok", Delivery::Async, logging(&log, "async"));
+    bus.subscribe_all("async-ok", SubscriberMode::Async, logging(&log, "async"));
     bus.subscribe(
         "OrderCreated",
         "async-fails",
-        Delivery::Async,
+        SubscriberMode::Async,
         handler_fn(|_| async { Err(HandlerError::new("smtp down")) }),
     );
     bus.subscribe(
         "OrderCreated",
         "async-panics",
-        Delivery::Async,
+        SubscriberMode::Async,
         handler_fn(|_| async { panic!("kaboom") }),
     );
     let report = bus.dispatch(recorded("OrderCreated")).await;
@@ -322,7 +327,7 @@ async fn spawned_subscribers_also_publish_with_causation() {
     bus.subscribe(
         "PaymentProcessed",
         "confirm",
-        Delivery::Async,
+        SubscriberMode::Async,
         handler_fn(move |e| {
             let p = p.clone();
             async move {
@@ -383,8 +388,12 @@ async fn a_publisher_is_a_store_whose_appends_are_dispatched() {
 fn outside_a_tokio_runtime_async_subscribers_count_as_failed() {
     let log: Log = Arc::default();
     let bus = InProcessBus::new();
-    bus.subscribe_all("sync", Delivery::Sync, logging(&log, "sync"));
-    bus.subscribe_all("async", Delivery::Async, handler_fn(|_| async { Ok(()) }));
+    bus.subscribe_all("sync", SubscriberMode::Sync, logging(&log, "sync"));
+    bus.subscribe_all(
+        "async",
+        SubscriberMode::Async,
+        handler_fn(|_| async { Ok(()) }),
+    );
     let report = futures::executor::block_on(bus.dispatch(recorded("OrderCreated")));
     assert_eq!((report.outcomes.len(), report.spawned), (1, 0));
     assert_eq!(log.lock().unwrap().len(), 1);

@@ -1,6 +1,5 @@
 //! Consumer groups: distribution, ordering, ack/nack, checkpoints across restarts,
 //! retries and their schedule, parking and replay, the circuit breaker, idempotency.
-#![cfg(feature = "testing")]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,11 +12,11 @@ use tidings::consumer::{
     Idempotent, InMemoryCheckpoints, Jitter, JitterRng, RetryPolicy, SeenEvents, StoreCheckpoints,
     parked,
 };
-use tidings::testing::seed::{TestRng, rounds, seed};
 use tidings::{
     Enricher, EventAppender, EventReader, ExpectedVersion, InMemoryStore, ManualClock, NewEvent,
     ReadStream, StreamId,
 };
+use tidings_testkit::seed::{TestRng, rounds, seed};
 use tokio::time::Instant;
 
 fn sid(name: &str) -> StreamId {

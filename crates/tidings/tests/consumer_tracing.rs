@@ -2,7 +2,6 @@
 //! and that handlers run with their event as the cause of what they publish.
 //!
 //! One test in this binary, on one thread (see `bus_tracing.rs` for why).
-#![cfg(feature = "testing")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,7 +1,7 @@
 //! The in-memory store against the conformance suite and the model.
 
 use tidings::InMemoryStore;
-use tidings::testing::{conformance, model};
+use tidings_testkit::{conformance, model};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_store_conforms() {

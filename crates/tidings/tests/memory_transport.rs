@@ -4,5 +4,5 @@ use tidings::transport::InMemoryTransport;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_transport_conformance() {
-    tidings::testing::transport_conformance::run_all(|| async { InMemoryTransport::new() }).await;
+    tidings_testkit::transport_conformance::run_all(|| async { InMemoryTransport::new() }).await;
 }

@@ -1,5 +1,4 @@
 //! Projections: an orders-per-customer read model, checkpoint resume, rebuild, live runs.
-#![cfg(feature = "testing")]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,11 +8,11 @@ use serde_json::json;
 use tidings::bus::HandlerError;
 use tidings::consumer::{CheckpointStore, InMemoryCheckpoints, StoreCheckpoints};
 use tidings::projection::{CheckpointPolicy, Projection, ProjectionError, ProjectionRunner};
-use tidings::testing::seed::{TestRng, rounds, seed};
 use tidings::{
     Enricher, EventAppender, ExpectedVersion, Filter, InMemoryStore, NewEvent, RecordedEvent,
     StreamId,
 };
+use tidings_testkit::seed::{TestRng, rounds, seed};
 
 /// Orders per customer; shared so a "restarted" runner keeps the same (durable) model.
 #[derive(Clone, Default)]

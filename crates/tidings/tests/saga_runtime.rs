@@ -1,7 +1,6 @@
 //! The saga runtime's contract on a small saga: deterministic ids and causation for what
 //! it publishes, timers rescheduled and cleared, typed errors for unreadable or foreign
 //! instance streams and unknown commands, and two runtimes racing on one event.
-#![cfg(feature = "testing")]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,16 +1,15 @@
 //! The simulator's own contract: every event is delivered, events of one stream arrive
 //! (for the first time) in stream order, and every kind of fault happens.
-#![cfg(feature = "testing")]
 
 use std::collections::{HashMap, HashSet};
 
 use tidings::bus::{BoxFuture, HandlerError};
-use tidings::testing::seed::{rounds, seed};
-use tidings::testing::simulator::{FaultPlan, SimTarget, Simulator};
 use tidings::{
     Enricher, EventAppender, ExpectedVersion, Filter, InMemoryStore, NewEvent, RecordedEvent,
     StreamId,
 };
+use tidings_testkit::seed::{rounds, seed};
+use tidings_testkit::simulator::{FaultPlan, SimTarget, Simulator};
 
 /// Records first deliveries; fails every third delivery; forgets nothing on a crash
 /// (its record stands for the store).

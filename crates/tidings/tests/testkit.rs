@@ -1,16 +1,15 @@
 //! The test kit: given/when/then scenarios and the event recorder.
-#![cfg(feature = "testing")]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tidings::bus::{Dispatcher, InProcessBus, Publisher, handler_fn};
-use tidings::testing::{EventRecorder, Scenario};
 use tidings::{
     Enricher, EventAppender, EventReader, ExpectedVersion, InMemoryStore, NewEvent, StreamId,
     Upcaster, Upcasters,
 };
+use tidings_testkit::{EventRecorder, Scenario};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "eventType", content = "data")]
@@ -290,7 +289,11 @@ async fn a_recorder_wraps_a_dispatcher_or_joins_a_bus() {
 
     let bus = InProcessBus::new();
     let on_bus = EventRecorder::new();
-    bus.subscribe_all("recorder", tidings::bus::Delivery::Sync, on_bus.handler());
+    bus.subscribe_all(
+        "recorder",
+        tidings::bus::SubscriberMode::Sync,
+        on_bus.handler(),
+    );
     let publisher = Publisher::new(InMemoryStore::new(), Enricher::new("svc"), bus);
     publisher
         .publish(

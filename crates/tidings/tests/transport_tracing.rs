@@ -2,7 +2,6 @@
 //! the delivery's span recording how it was settled.
 //!
 //! One test in this binary, on one thread (see `bus_tracing.rs` for why).
-#![cfg(feature = "testing")]
 
 use futures::StreamExt;
 use serde_json::json;

@@ -5,8 +5,8 @@ use order_processing::{
     Order, OrderCommand, OrderError, OrderStatus, PaymentEvent, PaymentStatus, wire,
 };
 use tidings::aggregate::RepositoryError;
-use tidings::testing::EventRecorder;
 use tidings::{DomainEvent, ExpectedVersion, InMemoryStore, StreamId};
+use tidings_testkit::EventRecorder;
 
 fn order_stream(id: &str) -> StreamId {
     StreamId::new(id).unwrap()

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use order_processing::events::upcasters;
 use order_processing::{Order, OrderCommand, OrderError, OrderEvent, OrderItem, OrderStatus};
-use tidings::testing::Scenario;
+use tidings_testkit::Scenario;
 
 fn created() -> OrderEvent {
     OrderEvent::OrderCreated {

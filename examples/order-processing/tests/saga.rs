@@ -12,11 +12,11 @@ use order_processing::{
 use serde_json::{Value, json};
 use tidings::bus::HandlerError;
 use tidings::saga::{CommandEnvelope, SagaRuntime, SagaRuntimeBuilder, StepOutcome, command_fn};
-use tidings::testing::EventRecorder;
 use tidings::{
     Clock, Enricher, EventAppender, ExpectedVersion, InMemoryStore, ManualClock, NewEvent,
     RecordedEvent, StreamId,
 };
+use tidings_testkit::EventRecorder;
 
 type Store = EventRecorder<InMemoryStore>;
 

@@ -8,7 +8,8 @@ use order_processing::saga::{
 use order_processing::{OrderProcessingSaga, SagaStatus, fulfilment_stream};
 use serde_json::json;
 use tidings::NewEvent;
-use tidings::saga::{SagaCommand, SagaScenario};
+use tidings::saga::SagaCommand;
+use tidings_testkit::SagaScenario;
 
 fn created() -> serde_json::Value {
     json!({"orderId": "order-123", "customerId": "customer-456", "items": [], "totalAmount": 100})

@@ -5,12 +5,12 @@
 use order_processing::{OrderProcessingSaga, ServiceConfig, services};
 use serde_json::json;
 use tidings::saga::{Saga, SagaRuntime};
-use tidings::testing::seed::{rounds, seed};
-use tidings::testing::simulator::{
-    FaultPlan, Outcome, RuntimeFactory, SagaTarget, SimReport, Simulator,
-};
 use tidings::{
     Enricher, EventAppender, ExpectedVersion, Filter, InMemoryStore, NewEvent, StreamId,
+};
+use tidings_testkit::seed::{rounds, seed};
+use tidings_testkit::simulator::{
+    FaultPlan, Outcome, RuntimeFactory, SagaTarget, SimReport, Simulator,
 };
 
 fn config() -> ServiceConfig {

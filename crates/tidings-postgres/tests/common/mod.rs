@@ -14,7 +14,7 @@ pub const URL_VAR: &str = "TIDINGS_POSTGRES_URL";
 /// configured or not reachable. Panics instead when `TIDINGS_REQUIRE_SERVICES=1`.
 pub async fn database(test: &str) -> Option<String> {
     let unavailable = |why: String| {
-        tidings::testing::services::skip_or_fail(test, &format!("{why}; set {URL_VAR} to run it"));
+        tidings_testkit::services::skip_or_fail(test, &format!("{why}; set {URL_VAR} to run it"));
         None
     };
     let Ok(url) = std::env::var(URL_VAR) else {

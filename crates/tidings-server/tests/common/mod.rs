@@ -87,7 +87,7 @@ pub fn seed(test: &str) -> u64 {
 }
 
 #[allow(unused_imports)] // Not every test binary that includes this module needs them.
-pub use tidings::testing::services::{services_required, skip_or_fail};
+pub use tidings_testkit::services::{services_required, skip_or_fail};
 
 /// An in-memory store whose appends wait for a permit: lets tests hold appends in flight.
 #[derive(Clone)]
