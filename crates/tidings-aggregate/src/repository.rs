@@ -12,12 +12,12 @@ use tidings_core::event::domain::{DecodeError, DomainEvent, EncodeError};
 use tidings_core::event::upcast::{UpcastError, Upcasters};
 use tidings_core::event::{Enricher, EventError, Metadata, Payload};
 use tidings_core::store::{
-    AppendResult, EventAppender, EventReader, ExpectedVersion, ReadStream, Revision, StoreError,
+    AppendResult, EventAppender, EventReader, ExpectedVersion, PAGE, ReadStream, Revision,
+    StoreError,
 };
 use tidings_core::stream::StreamId;
 
 /// Events read per store call while loading.
-const PAGE: usize = 512;
 
 /// Why a load or save failed. A failed save leaves the events uncommitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -102,13 +102,7 @@ pub fn check_idempotent(
         return Ok(None);
     };
     let version_before = start.revision.checked_sub(1);
-    let compatible = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => version_before.is_none(),
-        ExpectedVersion::StreamExists => version_before.is_some(),
-        ExpectedVersion::Exact(n) => version_before == Some(n),
-    };
-    if !compatible {
+    if !expected.accepts(version_before) {
         return Err(StoreError::WrongExpectedVersion {
             stream: stream.clone(),
             expected,

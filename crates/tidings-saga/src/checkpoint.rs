@@ -1,85 +1,47 @@
 //! Consuming the store: the runtime's checkpoint, [`SagaRuntime::catch_up`] and
 //! [`SagaRuntime::run`].
 //!
-//! The checkpoint is the first global position not yet handled, kept as
-//! `SagaCheckpoint { next }` records in `$checkpoint-saga-<name>` (the last one counts).
-//! It may lag what was handled — after a crash the events since are delivered again —
-//! which is safe because an instance recognises event ids it has handled.
+//! The checkpoint is the first global position not yet handled, kept by
+//! [`StoreCheckpoints`](tidings_consumer::StoreCheckpoints) under the name
+//! `saga-<name>` (records in `$checkpoint-saga-<name>`), written with the version the
+//! runtime last saw: a second runtime of the same saga cannot move it behind the first
+//! one's back ([`SagaError::Checkpoint`] with a conflict). It may lag what was handled —
+//! after a crash the events since are delivered again — which is safe because an
+//! instance recognises event ids it has handled.
 
 use std::future::Future;
 
 use futures::StreamExt;
 
-use super::record::{CHECKPOINT, Checkpoint, checkpoint_stream};
+use super::record::checkpoint_name;
 use super::runtime::{SagaRuntime, StepOutcome};
 use super::{Saga, SagaError};
-use tidings_core::event::{NewEvent, Payload};
-use tidings_core::store::{
-    EventStore, ExpectedVersion, Position, ReadAll, ReadStream, RecordedEvent, Start,
-};
-
-/// Events read per store call while catching up.
-const PAGE: usize = 256;
+use tidings_consumer::{Checkpoint, CheckpointStore};
+use tidings_core::store::{CatchUp, EventStore, Position, RecordedEvent, Start};
 
 impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
     /// The first global position this runtime has not handled (0 when it never
     /// checkpointed).
     pub async fn checkpoint(&self) -> Result<Position, SagaError> {
-        let stream = checkpoint_stream(G::NAME).map_err(|source| SagaError::InvalidInstanceId {
-            saga: G::NAME,
-            instance: String::new(),
-            source,
-        })?;
-        let last = self
-            .store
-            .read_stream(&stream, ReadStream::backward().limit(1))
+        let saved = self
+            .checkpoints
+            .load(&checkpoint_name(G::NAME))
             .await
-            .map_err(SagaError::store(G::NAME))?;
-        match last.first() {
-            None => Ok(0),
-            Some(e) if e.event_type == CHECKPOINT => e
-                .data
-                .deserialize::<Checkpoint>()
-                .map(|c| c.next)
-                .map_err(|err| SagaError::CorruptRecord {
-                    stream,
-                    revision: e.revision,
-                    reason: err.to_string(),
-                }),
-            Some(e) => Err(SagaError::CorruptRecord {
-                stream,
-                revision: e.revision,
-                reason: format!("expected {CHECKPOINT}, found {}", e.event_type),
-            }),
-        }
+            .map_err(|source| SagaError::Checkpoint {
+                saga: G::NAME,
+                source,
+            })?;
+        Ok(saved.map_or(0, |c| c.next))
     }
 
     async fn save_checkpoint(&self, next: Position) -> Result<(), SagaError> {
-        let stream = checkpoint_stream(G::NAME).map_err(|source| SagaError::InvalidInstanceId {
-            saga: G::NAME,
-            instance: String::new(),
-            source,
-        })?;
-        let data =
-            Payload::from_serialize(&Checkpoint { next }).map_err(|e| SagaError::EncodeState {
-                saga: G::NAME,
-                instance: stream.to_string(),
-                reason: e.to_string(),
-            })?;
-        let event = self
-            .enricher
-            .enrich(NewEvent::new(CHECKPOINT, data))
-            .map_err(|source| SagaError::InvalidEvent {
-                saga: G::NAME,
-                instance: stream.to_string(),
-                index: 0,
-                source,
-            })?;
-        self.store
-            .append(&stream, ExpectedVersion::Any, vec![event])
+        self.checkpoints
+            .save(&checkpoint_name(G::NAME), &Checkpoint::at(next))
             .await
-            .map_err(SagaError::store(G::NAME))?;
-        Ok(())
+            .map_err(|source| SagaError::Checkpoint {
+                saga: G::NAME,
+                source,
+            })
     }
 
     /// Handles every event of the saga's types from the checkpoint to the store's head,
@@ -87,24 +49,20 @@ impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
     /// first error (the checkpoint stays before the failed event, so it is delivered
     /// again).
     pub async fn catch_up(&self) -> Result<usize, SagaError> {
-        let mut next = self.checkpoint().await?;
+        let mut pages = CatchUp::new(self.checkpoint().await?, self.filter());
         let mut read = 0;
-        loop {
-            let page = self
-                .store
-                .read_all(ReadAll::new(next, PAGE).filter(self.filter()))
-                .await
-                .map_err(SagaError::store(G::NAME))?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                return Ok(read);
-            };
+        while let Some(page) = pages
+            .next_page(&self.store)
+            .await
+            .map_err(SagaError::store(G::NAME))?
+        {
             for event in &page {
                 self.handle_event(event).await?;
                 read += 1;
             }
-            next = last + 1;
-            self.save_checkpoint(next).await?;
+            self.save_checkpoint(pages.position()).await?;
         }
+        Ok(read)
     }
 
     /// Follows the store from the checkpoint until `shutdown` completes: handles each

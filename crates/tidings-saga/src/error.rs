@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use tidings_consumer::CheckpointError;
 use tidings_core::event::EventError;
 use tidings_core::handler::HandlerError;
 use tidings_core::store::{Revision, StoreError};
@@ -14,6 +15,16 @@ use tidings_core::stream::{StreamId, StreamIdError};
 /// recorded but not yet carried out are carried out on the next delivery or restart.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SagaError {
+    /// The runtime's checkpoint could not be loaded or saved; [`CheckpointError::Conflict`]
+    /// means another runtime of the same saga moved it.
+    #[error("saga {saga}: {source}")]
+    Checkpoint {
+        /// The saga's name.
+        saga: &'static str,
+        /// What went wrong.
+        #[source]
+        source: CheckpointError,
+    },
     /// The store refused or failed a read or an append.
     #[error("saga {saga}: store failure: {source}")]
     Store {

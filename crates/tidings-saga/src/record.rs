@@ -35,8 +35,6 @@ use tidings_core::stream::{StreamId, StreamIdError};
 pub const STEP_RECORDED: &str = "SagaStepRecorded";
 /// Event type of the record saying a step's outbox ran.
 pub const COMMANDS_DONE: &str = "SagaCommandsDone";
-/// Event type of a checkpoint record.
-pub const CHECKPOINT: &str = "SagaCheckpoint";
 
 /// Namespace of the UUID v5 ids given to what a step publishes and sends.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_0000_7d1d_4e6b_9a1e_0000_0000_0001);
@@ -51,9 +49,11 @@ pub fn instance_prefix(saga: &str) -> String {
     format!("$saga-{saga}-")
 }
 
-/// The stream of saga `saga`'s subscription checkpoint.
-pub fn checkpoint_stream(saga: &str) -> Result<StreamId, StreamIdError> {
-    StreamId::system(&format!("$checkpoint-saga-{saga}"))
+/// The name of saga `saga`'s subscription checkpoint in a
+/// [`CheckpointStore`](tidings_consumer::CheckpointStore): its records live in
+/// `$checkpoint-saga-<saga>`.
+pub fn checkpoint_name(saga: &str) -> String {
+    format!("saga-{saga}")
 }
 
 /// The id of the `index`th outbox entry of the step recorded at `revision` of `stream`.
@@ -153,14 +153,6 @@ pub(crate) struct CommandsDone {
     pub step: Revision,
 }
 
-/// A `SagaCheckpoint` record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Checkpoint {
-    /// The first global position not yet handled.
-    pub next: Position,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +162,9 @@ mod tests {
         let s = instance_stream("order", "order-123").unwrap();
         assert_eq!(s.as_str(), "$saga-order-order-123");
         assert_eq!(
-            checkpoint_stream("order").unwrap().as_str(),
+            tidings_consumer::checkpoint_stream(&checkpoint_name("order"))
+                .unwrap()
+                .as_str(),
             "$checkpoint-saga-order"
         );
         assert_eq!(outbox_id(&s, 3, 1), outbox_id(&s, 3, 1));

@@ -16,15 +16,13 @@ use super::record::{
     instance_prefix, instance_stream, outbox_id,
 };
 use super::{Saga, SagaError};
+use tidings_consumer::StoreCheckpoints;
 use tidings_core::event::{Clock, Enricher, NewEvent, Payload, SystemClock};
 use tidings_core::handler::{Cause, with_cause};
 use tidings_core::store::{
-    EventStore, ExpectedVersion, Filter, ListStreams, RecordedEvent, Revision,
+    EventStore, ExpectedVersion, Filter, ListStreams, PAGE, RecordedEvent, Revision,
 };
 use tidings_core::stream::StreamId;
-
-/// Instance streams listed per store call while recovering.
-const PAGE: usize = 256;
 
 /// What [`SagaRuntime::handle_event`] did with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +57,8 @@ pub enum StepOutcome {
 /// - **Timers are durable**: due times are part of the state; a new runtime on the same
 ///   store finds every live instance ([`build`](SagaRuntimeBuilder::build) recovers them)
 ///   and [`fire_due_timers`](Self::fire_due_timers) fires what is due on its [`Clock`].
-/// - **Consumption** is from a checkpoint kept in `$checkpoint-saga-<name>`:
+/// - **Consumption** is from a checkpoint kept in `$checkpoint-saga-<name>` by
+///   [`StoreCheckpoints`], fenced like a consumer group's:
 ///   [`catch_up`](Self::catch_up) handles everything up to the head,
 ///   [`run`](Self::run) follows the store live and fires timers as they come due.
 ///
@@ -68,6 +67,8 @@ pub enum StepOutcome {
 /// to be ignored.
 pub struct SagaRuntime<S, G: Saga> {
     pub(super) store: S,
+    /// Where the runtime's subscription checkpoint lives, fenced by expected version.
+    pub(super) checkpoints: StoreCheckpoints<S>,
     saga: Arc<G>,
     pub(super) enricher: Enricher,
     clock: Arc<dyn Clock>,
@@ -161,6 +162,7 @@ impl<S: EventStore, G: Saga> SagaRuntimeBuilder<S, G> {
     /// [`SagaRuntime::flush_pending`]; only a failing store fails the build).
     pub async fn build(self) -> Result<SagaRuntime<S, G>, SagaError> {
         let runtime = SagaRuntime {
+            checkpoints: StoreCheckpoints::new(self.store.clone()),
             store: self.store,
             saga: Arc::new(self.saga),
             enricher: self.enricher,

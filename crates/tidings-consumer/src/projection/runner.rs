@@ -5,9 +5,8 @@ use futures::StreamExt;
 use super::Projection;
 use crate::{Checkpoint, CheckpointError, CheckpointStore, StoreCheckpoints};
 use tidings_core::handler::HandlerError;
-use tidings_core::store::subscription::PAGE;
 use tidings_core::store::{
-    EventStore, Filter, Position, ReadAll, RecordedEvent, Start, StoreError,
+    CatchUp, EventStore, Filter, PAGE, Position, RecordedEvent, Start, StoreError,
 };
 use tidings_core::stream::StreamId;
 
@@ -223,22 +222,18 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
     /// Applies everything up to the store's head and returns how many events were
     /// applied. Saves the checkpoint by the policy.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
-        let mut next = self.start().await?;
+        let mut pages = CatchUp::new(self.start().await?, self.filter.clone());
         let mut applied = 0;
-        loop {
-            let page = self
-                .store
-                .read_all(ReadAll::new(next, PAGE).filter(self.filter.clone()))
+        while let Some(page) =
+            pages
+                .next_page(&self.store)
                 .await
                 .map_err(|source| ProjectionError::Store {
                     projection: self.name.clone(),
                     source,
-                })?;
-            let Some(last) = page.last().map(|e| e.position) else {
-                break;
-            };
+                })?
+        {
             applied += self.apply_batch(page).await?;
-            next = last + 1;
         }
         Ok(applied)
     }

@@ -10,6 +10,7 @@
 //! - An append of many events is atomic and contiguous in the global log.
 //! - Re-appending the same event ids with the same expected version is idempotent.
 
+mod catch_up;
 mod memory;
 pub mod subscription;
 
@@ -24,7 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventError};
 use crate::stream::{StreamId, StreamIdError};
 
+pub use catch_up::CatchUp;
 pub use memory::InMemoryStore;
+
+/// Events (or streams) read per store call when a reader pages through a store.
+pub const PAGE: usize = 512;
 
 /// The revision of an event within its stream, from 0.
 pub type Revision = u64;

@@ -13,13 +13,10 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::{
-    EventReader, EventStreamItem, Filter, Position, ReadAll, ReadStream, RecordedEvent, Revision,
-    Start, StoreError,
+    EventReader, EventStreamItem, Filter, PAGE, Position, ReadAll, ReadStream, RecordedEvent,
+    Revision, Start, StoreError,
 };
 use crate::stream::StreamId;
-
-/// Events read per store call while catching up.
-pub const PAGE: usize = 512;
 
 /// The receiving side of a store's committed head (None: nothing committed yet).
 pub type HeadWatch = watch::Receiver<Option<Position>>;
