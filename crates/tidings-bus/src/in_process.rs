@@ -49,7 +49,7 @@ pub struct AsyncStats {
     pub failed: u64,
 }
 
-/// The in-process bus of the seed: on each event, synchronous subscribers run one after
+/// An in-process bus: on each event, synchronous subscribers run one after
 /// another and are awaited (their outcomes are reported), then asynchronous subscribers
 /// are spawned on the current Tokio runtime (outside one, they count as failed). A failed asynchronous subscriber is logged and counted in
 /// [`InProcessBus::async_stats`], never silently dropped. Clones share one bus.

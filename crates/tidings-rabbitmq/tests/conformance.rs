@@ -54,7 +54,7 @@ async fn rabbitmq_transport_conformance() {
 }
 
 /// A rejected message goes to the queue's dead-letter exchange, routing key and
-/// envelope intact (the seed's dead-letter queue).
+/// envelope intact, so it lands in the dead-letter queue bound to that exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_messages_are_dead_lettered() {
     use tidings::transport::{Message, Subscription, Transport};

@@ -12,8 +12,8 @@ use tidings_core::event::{NewEvent, Payload};
 use tidings_core::handler::{BoxFuture, HandlerError};
 use tidings_core::stream::StreamId;
 
-/// One thing a saga wants done after handling an event or a timeout — the seed's
-/// `PublishEvent`, `SendCommand` and `SetTimeout`, plus cancelling a timer and finishing.
+/// One thing a saga wants done after handling an event or a timeout: publish an event,
+/// send a command, schedule a timeout, cancel one, or finish.
 ///
 /// The runtime records a step's commands together with the saga's new state in one
 /// append, then carries them out: publishing and sending are retried, with the same

@@ -7,11 +7,11 @@
 //! event it answers with the commands that undo what was done (refund the payment) and
 //! the event that reports it (cancel the order).
 //!
-//! A [`SagaRuntime`] runs a saga on a store. It is the seed's `ProcessManager` with the
-//! `processStore` being the event store itself: each instance's steps are records in the
+//! A [`SagaRuntime`] runs a saga on a store. It is a process manager whose process
+//! store is the event store itself: each instance's steps are records in the
 //! system stream `$saga-<name>-<id>` ([`record`]), so a new runtime on the same store
 //! resumes every in-flight instance and fires its timers, and a completed instance is
-//! dropped from the live set (the seed's `processStore.delete`).
+//! dropped from the live set; its stream stays, so late events for it are ignored.
 //!
 //! In the test kit (`tidings-testkit`), `SagaScenario` tests a saga given/when/then, without a
 //! store or a runtime.
@@ -97,16 +97,14 @@ pub trait Saga: Send + Sync + 'static {
     const NAME: &'static str;
     /// The event types it reacts to (the runtime subscribes to these only).
     const EVENT_TYPES: &'static [&'static str];
-    /// One instance's state (the seed's `sagaState`), kept as JSON in the store.
+    /// One instance's state, kept as JSON in the store.
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
-    /// The instance an event belongs to (the seed's `getProcessIdFromEvent`), or None
-    /// when it belongs to none.
+    /// The id of the instance an event belongs to, or None when it belongs to none.
     fn correlate(&self, event: &RecordedEvent) -> Option<String>;
 
     /// Whether `event` may start a new instance when none exists for its id. Events for
-    /// an instance that does not exist and cannot be started are ignored (the seed's
-    /// `if (!sagaState) return;`).
+    /// an instance that does not exist and cannot be started are ignored.
     fn starts(&self, event: &RecordedEvent) -> bool;
 
     /// Handles one event: updates `state` and says what to do. An error records nothing;
@@ -117,7 +115,7 @@ pub trait Saga: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> Result<Vec<SagaCommand>, HandlerError>;
 
-    /// Handles the timer `timeout_id` coming due (the seed's `handleTimeout`).
+    /// Handles the timer `timeout_id` coming due.
     fn handle_timeout(
         &self,
         state: &mut Self::State,

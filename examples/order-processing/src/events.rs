@@ -1,4 +1,4 @@
-//! The order domain's events, with the seed's names and fields.
+//! The order domain's events: their type names and their camelCase JSON fields.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
-//! The order domain on Tidings: the seed's events, an event-sourced [`Order`], the
-//! payment handlers that react to a confirmed order, and the seed's order saga
+//! The order domain on Tidings: its events, an event-sourced [`Order`], the
+//! payment handlers that react to a confirmed order, and the order saga
 //! ([`saga`]) with the in-process services it drives ([`services`](mod@services)).
 //!
 //! [`wire`] connects everything to a store: a [`Dispatcher`] behind a [`Publisher`], the

@@ -2,7 +2,7 @@
 //!
 //! - [`PaymentGateway`] reacts to `OrderConfirmed` by charging the customer (a stand-in
 //!   provider with a spending limit) and publishing `PaymentProcessed`.
-//! - [`PaymentOutcomeHandler`] is the seed's `handlePaymentProcessed`: it publishes
+//! - [`PaymentOutcomeHandler`] handles `PaymentProcessed`: it publishes
 //!   `OrderPaymentConfirmed` or `OrderPaymentFailed`.
 //!
 //! Both publish through a [`Publisher`] while the dispatcher runs them, so what they
@@ -71,7 +71,7 @@ where
     }
 }
 
-/// The seed's `handlePaymentProcessed`: publishes `OrderPaymentConfirmed` when the
+/// Handles `PaymentProcessed`: publishes `OrderPaymentConfirmed` when the
 /// payment succeeded and `OrderPaymentFailed` (with the provider's reason) when not.
 pub struct PaymentOutcomeHandler<S> {
     publisher: Publisher<S>,

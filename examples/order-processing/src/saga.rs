@@ -1,4 +1,4 @@
-//! The seed's `OrderProcessingSaga`: OrderCreated → payment → inventory → shipping →
+//! [`OrderProcessingSaga`]: OrderCreated → payment → inventory → shipping →
 //! OrderCompleted, with compensation.
 //!
 //! | event                          | the saga                                            |
@@ -11,7 +11,7 @@
 //! | `ShippingScheduled`            | `OrderCompleted` once every step is done            |
 //! | payment timeout                | cancels: `OrderCancelled` "Payment timed out"       |
 //!
-//! Cancelling and completing end the instance (the seed's `this.state.delete`). What the
+//! Cancelling and completing end the instance (it leaves the live set). What the
 //! saga publishes goes to the order's fulfilment stream, [`fulfilment_stream`].
 
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub fn fulfilment_stream(order_id: &str) -> Result<StreamId, StreamIdError> {
     StreamId::new(&format!("fulfilment-{order_id}"))
 }
 
-/// Which steps of an order are done (the seed's `steps`).
+/// Which steps of an order are done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Steps {
@@ -60,7 +60,7 @@ pub struct Steps {
 }
 
 impl Steps {
-    /// The seed's `allStepsCompleted`.
+    /// Whether payment, inventory and shipping are all done.
     pub fn all_completed(&self) -> bool {
         self.payment_processed && self.inventory_reserved && self.shipping_scheduled
     }
@@ -70,7 +70,7 @@ impl Steps {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SagaStatus {
-    /// Steps are under way (the seed's `"processing"`).
+    /// Steps are under way (`"processing"` in JSON).
     #[default]
     Processing,
     /// Every step is done.
@@ -79,7 +79,7 @@ pub enum SagaStatus {
     Cancelled,
 }
 
-/// One order's saga state (the seed's `sagaState`).
+/// One order's saga state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderSagaState {
@@ -119,7 +119,7 @@ struct StatusData {
     status: String,
 }
 
-/// The seed's `OrderProcessingSaga`.
+/// The order saga: payment, then inventory, then shipping, with compensation.
 #[derive(Debug, Clone)]
 pub struct OrderProcessingSaga {
     payment_timeout: Duration,

@@ -1,4 +1,4 @@
-//! The order saga: the seed's two integration tests, compensation, the payment timeout,
+//! The order saga: the happy path and a failed payment, compensation, the payment timeout,
 //! and restarts (state, pending timers and pending commands survive a new runtime).
 
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ fn config() -> ServiceConfig {
     }
 }
 
-/// Publishes like the seed's `eventBus.publish`: one event to a stream of its own.
+/// Publishes as an event bus would: one event to a stream of its own.
 async fn publish(store: &Store, stream: &str, event_type: &str, data: Value) -> RecordedEvent {
     let event = Enricher::new("test")
         .enrich(NewEvent::new(event_type, data))
@@ -56,7 +56,7 @@ fn order_created(order_id: &str, items: Value, total: f64) -> Value {
     json!({"orderId": order_id, "customerId": "customer-456", "items": items, "totalAmount": total})
 }
 
-/// The seed's `mockServices`: command handlers that only record what they were sent.
+/// Mock services: command handlers that only record what they were sent.
 #[derive(Clone, Default)]
 struct MockServices(Arc<Mutex<Vec<CommandEnvelope>>>);
 

@@ -122,7 +122,7 @@ impl Message {
         }
     }
 
-    /// A message routed by event type through `topics` (the seed's `getTopicForEvent`).
+    /// A message for the topic that `topics` assigns to the event's type.
     pub fn routed(topics: &TopicMap, event: Event) -> Self {
         Self {
             topic: topics.topic_for(&event.event_type).to_owned(),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-/// Topic per event type, with a default for the rest (the seed's `getTopicForEvent`).
+/// The topic for each event type, with a default topic for the rest.
 ///
 /// ```
 /// use tidings::transport::TopicMap;

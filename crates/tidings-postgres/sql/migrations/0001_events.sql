@@ -4,7 +4,7 @@
 -- inside its transaction, so the row lock serializes writers from the moment they claim
 -- positions until they commit or roll back. Commit order is therefore position order,
 -- and a rolled-back append gives its positions back (no gaps). See
--- docs/decisions/0003-postgres-store.md.
+-- docs/decisions/0005-postgres-store.md.
 
 CREATE TABLE tidings_position (
     singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
