@@ -17,8 +17,6 @@ use tidings_core::store::{
 };
 use tidings_core::stream::StreamId;
 
-/// Events read per store call while loading.
-
 /// Why a load or save failed. A failed save leaves the events uncommitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepositoryError {

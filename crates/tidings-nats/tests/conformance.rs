@@ -3,6 +3,7 @@
 //! Needs `TIDINGS_NATS_URL` (such as `nats://127.0.0.1:4222`); without it, or when the
 //! server is unreachable, the test says SKIP loudly and passes, unless
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::time::Duration;
 

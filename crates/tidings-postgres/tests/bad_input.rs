@@ -1,4 +1,5 @@
 //! Refused appends leave every table exactly as it was, down to the position counter.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! PgStore against the shared conformance suite and the model.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Two handles with separate pools and listeners on one schema, as two processes would
 //! be: each sees the other's appends live, also after its listener connection is killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

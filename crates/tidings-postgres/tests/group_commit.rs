@@ -1,6 +1,7 @@
 //! Appends queued together run in one transaction; each must be decided exactly as if
 //! the appends had run one after another. The in-memory store, fed the same appends in
 //! the same order, says what "one after another" answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

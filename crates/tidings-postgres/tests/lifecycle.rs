@@ -1,5 +1,6 @@
 //! Connecting, running out of connections, and closing: each failure is a clear, typed
 //! error rather than a hang or a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

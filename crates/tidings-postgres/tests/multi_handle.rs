@@ -7,6 +7,7 @@
 //! last. `Start::End` starts after the last commit the handle has *heard of*; another
 //! process's commit from a moment ago may not have been announced yet and is then
 //! delivered too (never missed). The suite checks the strict single-process meaning.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! Needs `TIDINGS_AMQP_URL` (such as `amqp://guest:guest@127.0.0.1:5672/%2f`); without it, or when the
 //! server is unreachable, the test says SKIP loudly and passes, unless
 //! `TIDINGS_REQUIRE_SERVICES=1`, which turns the skip into a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;

@@ -24,7 +24,7 @@
 //! #         Ok(vec![SagaCommand::send("SendReminder", serde_json::json!({}))])
 //! #     }
 //! # }
-//! use tidings::saga::SagaScenario;
+//! use tidings_testkit::SagaScenario;
 //! SagaScenario::new(Reminder)
 //!     .given("InvoiceSent", serde_json::json!({"invoiceId": "inv-1"}))
 //!     .when_timeout("remind")

@@ -1,4 +1,5 @@
 //! Aggregates, the repository, snapshots and upcasting on load.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -1,4 +1,5 @@
 //! The bus: publisher, dispatcher, middleware, in-process bus and automatic causation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

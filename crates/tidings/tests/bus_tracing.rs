@@ -4,6 +4,7 @@
 //! `tracing` caches per call site whether anyone listens; a thread-local subscriber in one
 //! test racing a thread without one can miss events. So this binary holds one test that
 //! runs the checks in turn on one thread.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,5 @@
 //! Cross-checks the CloudEvents mapping against the `cloudevents-sdk` crate.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
 use tidings::event::cloudevents::{from_structured, to_structured};

@@ -1,5 +1,6 @@
 //! Consumer groups: distribution, ordering, ack/nack, checkpoints across restarts,
 //! retries and their schedule, parking and replay, the circuit breaker, idempotency.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! and that handlers run with their event as the cause of what they publish.
 //!
 //! One test in this binary, on one thread (see `bus_tracing.rs` for why).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,4 +1,5 @@
 //! The in-memory store against the conformance suite and the model.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use tidings::InMemoryStore;
 use tidings_testkit::{conformance, model};

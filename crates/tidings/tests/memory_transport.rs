@@ -1,4 +1,5 @@
 //! The in-memory transport passes the transport conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use tidings::transport::InMemoryTransport;
 

@@ -1,4 +1,5 @@
 //! Projections: an orders-per-customer read model, checkpoint resume, rebuild, live runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! The saga runtime's contract on a small saga: deterministic ids and causation for what
 //! it publishes, timers rescheduled and cleared, typed errors for unreadable or foreign
 //! instance streams and unknown commands, and two runtimes racing on one event.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

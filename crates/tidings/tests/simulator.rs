@@ -1,5 +1,6 @@
 //! The simulator's own contract: every event is delivered, events of one stream arrive
 //! (for the first time) in stream order, and every kind of fault happens.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,4 +1,5 @@
 //! The test kit: given/when/then scenarios and the event recorder.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

@@ -2,6 +2,7 @@
 //! the delivery's span recording how it was settled.
 //!
 //! One test in this binary, on one thread (see `bus_tracing.rs` for why).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use futures::StreamExt;
 use serde_json::json;

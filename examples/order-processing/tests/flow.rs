@@ -1,4 +1,5 @@
 //! The order service end to end: repository, dispatcher, payment handlers, recorder.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use jiff::Timestamp;
 use order_processing::{

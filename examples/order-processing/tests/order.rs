@@ -1,4 +1,5 @@
 //! The Order aggregate, given/when/then.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use jiff::Timestamp;
 use order_processing::events::upcasters;

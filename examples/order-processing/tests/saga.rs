@@ -1,5 +1,6 @@
 //! The order saga: the happy path and a failed payment, compensation, the payment timeout,
 //! and restarts (state, pending timers and pending commands survive a new runtime).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

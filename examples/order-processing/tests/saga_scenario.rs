@@ -1,4 +1,5 @@
 //! The order saga's decisions, given/when/then, without a store.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The order saga under the simulator: duplicates, reordering across streams, transient
 //! command failures (before and after the work) and crashes reach the same outcome as a
 //! clean run. Prints its seed; replay with `TIDINGS_SEED`, soak with `TIDINGS_SOAK`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use order_processing::{OrderProcessingSaga, ServiceConfig, services};
 use serde_json::json;
