@@ -59,6 +59,7 @@ pub struct Checkpoint {
 
 /// Why a checkpoint could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// No checkpoint file.
     #[error("no index checkpoint")]

@@ -42,6 +42,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // one exception: mapping segments for reads (storage.rs)
 
+mod builder;
 pub mod checkpoint;
 mod checkpointer;
 mod error;
@@ -57,7 +58,8 @@ mod store;
 mod verify;
 mod writer;
 
+pub use builder::{DEFAULT_SEGMENT_SIZE, Durability, LogStoreBuilder};
 pub use error::LogError;
 pub use recovery::{Damage, IndexSource, RecoveryReport, TornTail};
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, LogStore, LogStoreBuilder, WriteStats};
+pub use store::{LogStore, WriteStats};
 pub use verify::{IndexCheck, VerifyReport, verify};

@@ -457,33 +457,104 @@ fn shorter_than_checkpoint(
     Ok(())
 }
 
+/// Why a checkpoint does not fit the segments on disk (it is stale: the indexes are
+/// rebuilt from the log, and this is reported as the reason).
+#[derive(Debug, thiserror::Error)]
+enum Unfit {
+    /// It lists more segments than there are, or none.
+    #[error("it lists {listed} segments, the directory has {on_disk}")]
+    SegmentCount {
+        /// Segments it lists.
+        listed: usize,
+        /// Segments in the directory.
+        on_disk: usize,
+    },
+    /// A segment starts at another position on disk.
+    #[error("segment {segment} starts at {on_disk} on disk, {listed} in the checkpoint")]
+    FirstPosition {
+        /// The segment's ordinal.
+        segment: usize,
+        /// Its first position on disk.
+        on_disk: Position,
+        /// Its first position in the checkpoint.
+        listed: Position,
+    },
+    /// A sealed segment has no footer where the checkpoint says its data ends.
+    #[error("segment {0} has no footer where the checkpoint says")]
+    NoFooter(usize),
+    /// It covers no events, yet says the data ends past the header.
+    #[error("empty log with a data end")]
+    EmptyWithDataEnd,
+    /// It has no location for the last event it covers.
+    #[error("no location for the last event")]
+    NoLastLocation,
+    /// The last event's location is in a segment that is not on disk.
+    #[error("location in a missing segment")]
+    MissingSegment,
+    /// Reading the segment failed.
+    #[error("{source}")]
+    Read {
+        /// The segment.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// There is no frame at the last event's location.
+    #[error("no frame at the last event's location ({0})")]
+    NoFrame(u64),
+    /// The frame at the last event's location is damaged.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The last frame's checksum differs: it was written for another log.
+    #[error("it was written for another log (the last frame's checksum differs)")]
+    ForeignLog,
+    /// The last covered frame is not the one the checkpoint describes.
+    #[error("the last covered frame is not where the checkpoint says")]
+    LastFrameMisplaced,
+    /// The last segment's data end contradicts the last event's location.
+    #[error("the last segment's data end is inconsistent")]
+    DataEndInconsistent,
+}
+
+/// Reads exactly `buf.len()` bytes of segment `path` at `offset`.
+fn read_segment(
+    file: &dyn StorageFile,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), Unfit> {
+    read_exact_at(file, buf, offset).map_err(|source| Unfit::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Checks a checkpoint against the segments on disk.
 fn fits(
     ck: &checkpoint::Checkpoint,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
-) -> Result<(), String> {
+) -> Result<(), Unfit> {
     let cs = &ck.index.segments;
     if cs.is_empty() || cs.len() > segs.len() {
-        return Err(format!(
-            "it lists {} segments, the directory has {}",
-            cs.len(),
-            segs.len()
-        ));
+        return Err(Unfit::SegmentCount {
+            listed: cs.len(),
+            on_disk: segs.len(),
+        });
     }
     for (i, c) in cs.iter().enumerate() {
         if c.first_position != segs[i].0 {
-            return Err(format!(
-                "segment {i} starts at {} on disk, {} in the checkpoint",
-                segs[i].0, c.first_position
-            ));
+            return Err(Unfit::FirstPosition {
+                segment: i,
+                on_disk: segs[i].0,
+                listed: c.first_position,
+            });
         }
         if i + 1 < cs.len() {
             let mut f = [0u8; FOOTER_LEN as usize];
-            read_exact_at(&*segs[i].2, &mut f, c.data_end).map_err(|e| e.to_string())?;
+            read_segment(&*segs[i].2, &segs[i].1, &mut f, c.data_end)?;
             if segment::decode_footer(&f, c.data_end) != Some(cs[i + 1].first_position) {
-                return Err(format!(
-                    "segment {i} has no footer where the checkpoint says"
-                ));
+                return Err(Unfit::NoFooter(i));
             }
         }
     }
@@ -493,42 +564,33 @@ fn fits(
         return if ck.end_offset == HEADER_LEN {
             Ok(())
         } else {
-            Err("empty log with a data end".into())
+            Err(Unfit::EmptyWithDataEnd)
         };
     }
-    let loc = ck
-        .index
-        .loc(next - 1)
-        .ok_or("no location for the last event")?;
+    let loc = ck.index.loc(next - 1).ok_or(Unfit::NoLastLocation)?;
     let seg_end = if loc.segment() == last {
         ck.end_offset
     } else {
         cs.get(loc.segment()).map_or(0, |s| s.data_end)
     };
-    let file = &segs
-        .get(loc.segment())
-        .ok_or("location in a missing segment")?
-        .2;
+    let (_, path, file) = segs.get(loc.segment()).ok_or(Unfit::MissingSegment)?;
     let mut head = [0u8; 4];
-    read_exact_at(&**file, &mut head, loc.offset()).map_err(|e| e.to_string())?;
+    read_segment(&**file, path, &mut head, loc.offset())?;
     let len = u32::from_le_bytes(head) as usize;
     if !(FRAME_HEADER_LEN..=record::MAX_FRAME_LEN).contains(&len) {
-        return Err(format!(
-            "no frame at the last event's location ({})",
-            loc.offset()
-        ));
+        return Err(Unfit::NoFrame(loc.offset()));
     }
     let mut buf = vec![0u8; len];
-    read_exact_at(&**file, &mut buf, loc.offset()).map_err(|e| e.to_string())?;
-    let frame = record::decode_frame(&buf).map_err(|e| e.to_string())?;
+    read_segment(&**file, path, &mut buf, loc.offset())?;
+    let frame = record::decode_frame(&buf)?;
     if u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) != ck.last_crc {
-        return Err("it was written for another log (the last frame's checksum differs)".into());
+        return Err(Unfit::ForeignLog);
     }
     if frame.header.last_position() != next - 1 || loc.offset() + len as u64 != seg_end {
-        return Err("the last covered frame is not where the checkpoint says".into());
+        return Err(Unfit::LastFrameMisplaced);
     }
     if loc.segment() != last && ck.end_offset != HEADER_LEN {
-        return Err("the last segment's data end is inconsistent".into());
+        return Err(Unfit::DataEndInconsistent);
     }
     Ok(())
 }

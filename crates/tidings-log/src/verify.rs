@@ -72,7 +72,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         &storage,
         dir,
         &RecoverOptions {
-            segment_size: crate::store::DEFAULT_SEGMENT_SIZE,
+            segment_size: crate::builder::DEFAULT_SEGMENT_SIZE,
             salvage: true,
             durable: false,
             now_micros: SystemClock.now().as_microsecond(),

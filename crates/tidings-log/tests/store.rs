@@ -331,6 +331,19 @@ async fn a_second_process_cannot_open_the_same_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_directory_in_use_is_reported_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    match LogStore::open(dir.path()) {
+        Err(tidings_log::LogError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected LogError::Locked, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_keeps_the_directory_locked() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::builder(dir.path())
