@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tidings::{Clock, Limits, SystemClock};
 
-use crate::checkpoint;
 use crate::error::LogError;
+use crate::index_snapshot;
 use crate::recovery::{self, RecoverOptions};
 use crate::storage::{OsStorage, Storage};
 use crate::store::{LogStore, Shared};
@@ -44,7 +44,7 @@ pub struct LogStoreBuilder {
     salvage: bool,
     channel_capacity: usize,
     max_group_bytes: usize,
-    checkpoint_every: u64,
+    index_snapshot_every: u64,
     inline_commits: bool,
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
@@ -75,7 +75,7 @@ impl LogStoreBuilder {
             salvage: false,
             channel_capacity: 4096,
             max_group_bytes: 32 << 20,
-            checkpoint_every: 1_000_000,
+            index_snapshot_every: 1_000_000,
             inline_commits: true,
             storage: Arc::new(OsStorage),
             clock: Arc::new(SystemClock),
@@ -119,11 +119,11 @@ impl LogStoreBuilder {
         self
     }
 
-    /// Checkpoints the indexes in the background once this many events (and a quarter
-    /// of the log) were written since the last checkpoint, bounding what recovery after
+    /// Snapshots the indexes in the background once this many events (and a quarter
+    /// of the log) were written since the last snapshot, bounding what recovery after
     /// a crash has to rescan (default 1,000,000).
-    pub fn checkpoint_every(mut self, events: u64) -> Self {
-        self.checkpoint_every = events.max(1);
+    pub fn index_snapshot_every(mut self, events: u64) -> Self {
+        self.index_snapshot_every = events.max(1);
         self
     }
 
@@ -191,12 +191,12 @@ impl LogStoreBuilder {
             && let Some((_, offset)) = rec.active
         {
             // The scan's work is saved at once, so the next open does not repeat it.
-            let crc = checkpoint::last_frame_crc(&rec.index)
+            let crc = index_snapshot::last_frame_crc(&rec.index)
                 .map_err(LogError::io("reading the last frame in", &dir))?;
-            let bytes = checkpoint::encode(&rec.index, offset, crc)
+            let bytes = index_snapshot::encode(&rec.index, offset, crc)
                 .map_err(LogError::io("reading the log in", &dir))?;
-            checkpoint::save(&*storage, &dir, &bytes)
-                .map_err(LogError::io("writing the index checkpoint in", &dir))?;
+            index_snapshot::save(&*storage, &dir, &bytes)
+                .map_err(LogError::io("writing the index snapshot in", &dir))?;
         }
         let shared = Arc::new(Shared::new(
             dir,
@@ -215,7 +215,7 @@ impl LogStoreBuilder {
                 segment_size: self.segment_size,
                 durable,
                 max_group_bytes: self.max_group_bytes,
-                checkpoint_every: self.checkpoint_every,
+                index_snapshot_every: self.index_snapshot_every,
                 clock: self.clock.clone(),
             },
             ordinal,

@@ -1,20 +1,20 @@
 //! Recovery: what opening a log does before the first append.
 //!
 //! It writes no format of its own; it reads segments ([`crate::segment`]), frames
-//! ([`crate::record`]) and the checkpoint ([`crate::checkpoint`]):
+//! ([`crate::record`]) and the snapshot ([`crate::index_snapshot`]):
 //!
 //! ```text
 //!  segments:  [ 000..000.seg | footer ] [ 000..N.seg | footer ] [ 000..M.seg | frames… | zeros ]
-//!  checkpoint covers ────────────────────────────────────────────────────────►│ end offset
+//!  snapshot covers ────────────────────────────────────────────────────────►│ end offset
 //!  scan:                                                                       └─► frames until zeros
 //! ```
 //!
 //! 1. List the segments; a last segment whose header never reached the disk (a crash while
 //!    creating it) is removed — nothing in it was ever acknowledged.
-//! 2. Load the checkpoint and check it against the segments (same first positions, sealed
+//! 2. Load the snapshot and check it against the segments (same first positions, sealed
 //!    segments' footers, the last covered frame ending exactly where it says). A missing
-//!    or stale checkpoint is reported and the indexes are rebuilt from the first segment.
-//! 3. Scan from where the checkpoint ends. A bad frame in a sealed segment is corruption.
+//!    or stale snapshot is reported and the indexes are rebuilt from the first segment.
+//! 3. Scan from where the snapshot ends. A bad frame in a sealed segment is corruption.
 //!    In the last segment, a bad frame is a **torn tail** unless a later valid frame
 //!    records a durable point (`group_first`) after the bad frame: everything before a
 //!    frame's durable point was synced before the frame was written, so that proves the
@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 use tidings::{Position, StreamId};
 
-use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;
 use crate::index::{EventIndex, IndexedEvent, Loc, MemoryIndex, SegmentEntry};
+use crate::index_snapshot::{self, IndexSnapshotError};
 use crate::record::{self, FOOTER_MARK, FRAME_HEADER_LEN, FrameError};
 use crate::segment::{self, FOOTER_LEN, HEADER_LEN, HeaderError};
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at, read_full_at};
@@ -39,8 +39,8 @@ const CHUNK: usize = 4 << 20;
 /// Where the indexes came from on open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexSource {
-    /// The checkpoint was current and used.
-    Checkpoint,
+    /// The index snapshot was current and used.
+    Snapshot,
     /// The indexes were rebuilt from the log, for this reason.
     Rebuilt(String),
 }
@@ -76,7 +76,7 @@ pub struct RecoveryReport {
     pub events: u64,
     /// Segment files.
     pub segments: usize,
-    /// Frames read by the scan (0 after a clean close with a current checkpoint).
+    /// Frames read by the scan (0 after a clean close with a current snapshot).
     pub frames_scanned: u64,
     /// Where the indexes came from.
     pub index: IndexSource,
@@ -98,7 +98,7 @@ pub(crate) struct RecoverOptions {
     pub salvage: bool,
     pub durable: bool,
     pub now_micros: i64,
-    /// Ignore the checkpoint and rescan everything (verify).
+    /// Ignore the snapshot and rescan everything (verify).
     pub force_rebuild: bool,
 }
 
@@ -181,34 +181,34 @@ pub(crate) fn recover(
     }
 
     let loaded = if opts.force_rebuild {
-        Err(CheckpointError::Missing)
+        Err(IndexSnapshotError::Missing)
     } else {
-        checkpoint::load(storage, dir)
+        index_snapshot::load(storage, dir)
     };
     if let Ok(ck) = &loaded
         && !opts.salvage
     {
-        shorter_than_checkpoint(ck, &segs)?;
+        shorter_than_snapshot(ck, &segs)?;
     }
     let (mut index, mut start_ordinal, mut start_offset, source) = match loaded {
         Ok(ck) => match fits(&ck, &segs) {
             Ok(()) => {
                 let last = ck.index.segments.len() - 1;
                 let end = ck.end_offset;
-                (ck.index, last, end, IndexSource::Checkpoint)
+                (ck.index, last, end, IndexSource::Snapshot)
             }
             Err(why) => (
                 MemoryIndex::default(),
                 0,
                 HEADER_LEN,
-                IndexSource::Rebuilt(format!("the index checkpoint is stale: {why}")),
+                IndexSource::Rebuilt(format!("the index snapshot is stale: {why}")),
             ),
         },
-        Err(CheckpointError::Missing) => (
+        Err(IndexSnapshotError::Missing) => (
             MemoryIndex::default(),
             0,
             HEADER_LEN,
-            IndexSource::Rebuilt("no index checkpoint".to_owned()),
+            IndexSource::Rebuilt("no index snapshot".to_owned()),
         ),
         Err(e) => (
             MemoryIndex::default(),
@@ -223,7 +223,7 @@ pub(crate) fn recover(
     {
         tracing::warn!(dir = %dir.display(), reason = %why, "rebuilding the indexes from the log");
     }
-    // Keep the checkpoint's knowledge of sealed segments; everything from the resume
+    // Keep the snapshot's knowledge of sealed segments; everything from the resume
     // segment on is (re)established by the scan.
     index.segments.truncate(start_ordinal);
     for (i, (first, path, file)) in segs.iter().enumerate() {
@@ -422,10 +422,10 @@ pub(crate) fn recover(
     })
 }
 
-/// Acknowledged data the checkpoint knows of must still be there: a segment cut shorter
+/// Acknowledged data the snapshot knows of must still be there: a segment cut shorter
 /// than that is damage, not a torn write.
-fn shorter_than_checkpoint(
-    ck: &checkpoint::Checkpoint,
+fn shorter_than_snapshot(
+    ck: &index_snapshot::IndexSnapshot,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
 ) -> Result<(), LogError> {
     let cs = &ck.index.segments;
@@ -457,7 +457,7 @@ fn shorter_than_checkpoint(
     Ok(())
 }
 
-/// Why a checkpoint does not fit the segments on disk (it is stale: the indexes are
+/// Why a snapshot does not fit the segments on disk (it is stale: the indexes are
 /// rebuilt from the log, and this is reported as the reason).
 #[derive(Debug, thiserror::Error)]
 enum Unfit {
@@ -470,17 +470,17 @@ enum Unfit {
         on_disk: usize,
     },
     /// A segment starts at another position on disk.
-    #[error("segment {segment} starts at {on_disk} on disk, {listed} in the checkpoint")]
+    #[error("segment {segment} starts at {on_disk} on disk, {listed} in the snapshot")]
     FirstPosition {
         /// The segment's ordinal.
         segment: usize,
         /// Its first position on disk.
         on_disk: Position,
-        /// Its first position in the checkpoint.
+        /// Its first position in the snapshot.
         listed: Position,
     },
-    /// A sealed segment has no footer where the checkpoint says its data ends.
-    #[error("segment {0} has no footer where the checkpoint says")]
+    /// A sealed segment has no footer where the snapshot says its data ends.
+    #[error("segment {0} has no footer where the snapshot says")]
     NoFooter(usize),
     /// It covers no events, yet says the data ends past the header.
     #[error("empty log with a data end")]
@@ -509,8 +509,8 @@ enum Unfit {
     /// The last frame's checksum differs: it was written for another log.
     #[error("it was written for another log (the last frame's checksum differs)")]
     ForeignLog,
-    /// The last covered frame is not the one the checkpoint describes.
-    #[error("the last covered frame is not where the checkpoint says")]
+    /// The last covered frame is not the one the snapshot describes.
+    #[error("the last covered frame is not where the snapshot says")]
     LastFrameMisplaced,
     /// The last segment's data end contradicts the last event's location.
     #[error("the last segment's data end is inconsistent")]
@@ -530,9 +530,9 @@ fn read_segment(
     })
 }
 
-/// Checks a checkpoint against the segments on disk.
+/// Checks a snapshot against the segments on disk.
 fn fits(
-    ck: &checkpoint::Checkpoint,
+    ck: &index_snapshot::IndexSnapshot,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
 ) -> Result<(), Unfit> {
     let cs = &ck.index.segments;

@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::builder::LogStoreBuilder;
-use crate::checkpointer::Checkpoints;
 use crate::error::LogError;
 use crate::index::{EventIndex, MemoryIndex};
+use crate::index_snapshotter::IndexSnapshots;
 use crate::reader;
 use crate::recovery::RecoveryReport;
 use crate::storage::Storage;
@@ -39,8 +39,8 @@ pub(crate) struct Shared {
     pub report: RecoveryReport,
     /// Counters of the write path.
     pub stats: StatsCounters,
-    /// Background index checkpoints.
-    pub checkpoints: Checkpoints,
+    /// Background index snapshots.
+    pub snapshots: IndexSnapshots,
     /// The directory lock; released by [`LogStore::close`] so the directory can be
     /// opened again while stray handles (a finished subscription's, say) linger.
     lock: Mutex<Option<Box<dyn Send + Sync>>>,
@@ -65,7 +65,7 @@ impl Shared {
             limits,
             report,
             stats: StatsCounters::default(),
-            checkpoints: Checkpoints::default(),
+            snapshots: IndexSnapshots::default(),
             lock: Mutex::new(Some(lock)),
         }
     }
@@ -162,7 +162,7 @@ impl Drop for InFlight<'_> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel lets the writer finish its queue and write a checkpoint;
+        // Closing the channel lets the writer finish its queue and write a snapshot;
         // waiting for it here means a process that drops its store then exits still
         // leaves a fast-to-open directory.
         self.tx.take();
@@ -302,7 +302,7 @@ impl LogStore {
         self.inner.shared.read_index().stream_count()
     }
 
-    /// Finishes queued appends, writes the index checkpoint and stops the writer. Later
+    /// Finishes queued appends, writes the index snapshot and stops the writer. Later
     /// appends fail with `StoreError::Closed`; reads keep working. The directory lock is
     /// released, so the store can be opened again even while other handles linger.
     pub async fn close(&self) -> Result<(), LogError> {
@@ -325,11 +325,11 @@ impl LogStore {
         closed
     }
 
-    /// Writes the index checkpoint now (the writer also writes one when it closes).
-    pub async fn checkpoint(&self) -> Result<(), LogError> {
+    /// Writes the index snapshot now (the writer also writes one when it closes).
+    pub async fn snapshot_index(&self) -> Result<(), LogError> {
         let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Request::Checkpoint(reply))
+        tx.send(Request::SnapshotIndex(reply))
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.unwrap_or(Err(LogError::Closed))

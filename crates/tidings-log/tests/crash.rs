@@ -38,7 +38,7 @@ fn crash_child() {
     rt.block_on(async move {
         let store = LogStore::builder(&dir)
             .segment_size(256 << 10)
-            .checkpoint_every(2_000)
+            .index_snapshot_every(2_000)
             .open()
             .unwrap();
         let enricher = Enricher::new("crash-child");

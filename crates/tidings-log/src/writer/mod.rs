@@ -47,9 +47,9 @@ use std::sync::atomic::Ordering;
 
 use tidings::{Clock, Position};
 
-use crate::checkpointer;
 use crate::error::LogError;
 use crate::index::EventIndex;
+use crate::index_snapshotter;
 use crate::storage::StorageFile;
 use crate::store::Shared;
 
@@ -62,7 +62,7 @@ pub(crate) struct WriterConfig {
     pub segment_size: u64,
     pub durable: bool,
     pub max_group_bytes: usize,
-    pub checkpoint_every: u64,
+    pub index_snapshot_every: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -90,8 +90,8 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
-    /// Events covered by the last checkpoint started.
-    checkpointed: Position,
+    /// Events covered by the last snapshot started.
+    snapshotted: Position,
     /// The position the next group starts at.
     next: Position,
     /// The groups handed to the sync thread and not yet reported published, and the
@@ -121,7 +121,7 @@ impl Writer {
         let capacity = file
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
-        let checkpointed = shared.read_index().next_position();
+        let snapshotted = shared.read_index().next_position();
         Ok(Self {
             sync: SyncQueue::new(shared.clone()),
             shared,
@@ -134,8 +134,8 @@ impl Writer {
             path,
             buf: Vec::with_capacity(1 << 20),
             preparer: None,
-            checkpointed,
-            next: checkpointed,
+            snapshotted,
+            next: snapshotted,
         })
     }
 
@@ -161,40 +161,40 @@ impl Writer {
             c.inline_groups.fetch_add(1, Ordering::Relaxed);
         }
         self.prepare_next();
-        self.maybe_checkpoint();
+        self.maybe_snapshot_index();
         wrote
     }
 
-    /// Writes a checkpoint now, after any running background one.
-    fn checkpoint(&mut self) -> Result<(), LogError> {
+    /// Writes a snapshot now, after any running background one.
+    fn snapshot_index(&mut self) -> Result<(), LogError> {
         self.sync.wait();
-        let r = checkpointer::checkpoint_now(&self.shared);
+        let r = index_snapshotter::snapshot_now(&self.shared);
         if r.is_ok() {
-            self.checkpointed = self.next;
+            self.snapshotted = self.next;
         }
         r
     }
 
-    /// Asks for a background checkpoint once enough has been written since the last one
-    /// (at least `checkpoint_every` events and a quarter of the log), so a crash never
-    /// makes recovery rescan more than that. See [`crate::checkpointer`].
-    fn maybe_checkpoint(&mut self) {
-        let since = self.next - self.checkpointed.min(self.next);
-        if since < self.cfg.checkpoint_every.max(self.checkpointed / 4)
-            || self.shared.checkpoints.busy()
+    /// Asks for a background snapshot once enough has been written since the last one
+    /// (at least `index_snapshot_every` events and a quarter of the log), so a crash never
+    /// makes recovery rescan more than that. See [`crate::index_snapshotter`].
+    fn maybe_snapshot_index(&mut self) {
+        let since = self.next - self.snapshotted.min(self.next);
+        if since < self.cfg.index_snapshot_every.max(self.snapshotted / 4)
+            || self.shared.snapshots.busy()
         {
             return;
         }
-        self.checkpointed = self.next;
-        self.shared.checkpoints.request();
+        self.snapshotted = self.next;
+        self.shared.snapshots.request();
     }
 
     /// Ends the writer's work for good: waits for the sync thread's groups and ends it,
-    /// refuses later appends, writes a checkpoint and waits for a segment being
+    /// refuses later appends, writes a snapshot and waits for a segment being
     /// prepared.
     fn shut_down(&mut self) -> Result<(), LogError> {
         self.sync.stop();
-        let result = self.checkpoint();
+        let result = self.snapshot_index();
         self.closed = true;
         if let Some(h) = self.preparer.take() {
             let _ = h.join();

@@ -21,9 +21,9 @@ use tidings::{Position, StoreError};
 
 use super::group::{Pending, Staged};
 use super::micros_since;
-use crate::checkpointer;
 use crate::error::LogError;
 use crate::index::{EventIndex, IndexedEvent, MemoryIndex};
+use crate::index_snapshotter;
 use crate::storage::StorageFile;
 use crate::store::Shared;
 
@@ -203,7 +203,7 @@ fn finish(shared: &Arc<Shared>, batch: Vec<Staged>) -> bool {
         for s in &batch {
             publish(&mut ix, s);
         }
-        shared.checkpoints.install(&mut ix)
+        shared.snapshots.install(&mut ix)
     };
     drop(replaced);
     if let Some(last) = batch.last() {
@@ -226,7 +226,7 @@ fn finish(shared: &Arc<Shared>, batch: Vec<Staged>) -> bool {
             let _ = reply.send(Ok(result));
         }
     }
-    checkpointer::after_publish(shared);
+    index_snapshotter::after_publish(shared);
     true
 }
 

@@ -1,10 +1,10 @@
 //! The writer thread: the loop that takes requests from the store's bounded channel,
 //! forms a commit group of the appends waiting (up to a byte budget) and commits it
-//! under the writer's lock, then handles an index checkpoint or close request.
+//! under the writer's lock, then handles an index snapshot or close request.
 //!
 //! ```text
-//! channel:  [ append | append | append | checkpoint | append … ]
-//!             └──────── one group ───────┘ └ control ┘
+//! channel:  [ append | append | append | snapshot | append … ]
+//!             └───── one group ──────┘   └control┘
 //! loop:     poll ≤ 40 µs, then block ─► take what waits ─► lock ─► commit_group
 //!           (the last call takes in what arrived meanwhile) ─► control request, if any
 //! ```
@@ -23,9 +23,9 @@ use crate::error::LogError;
 pub(crate) enum Request {
     /// Commit an append.
     Append(Append),
-    /// Write an index checkpoint now.
-    Checkpoint(oneshot::Sender<Result<(), LogError>>),
-    /// Finish what is queued, write an index checkpoint and stop.
+    /// Write an index snapshot now.
+    SnapshotIndex(oneshot::Sender<Result<(), LogError>>),
+    /// Finish what is queued, write an index snapshot and stop.
     Close(oneshot::Sender<Result<(), LogError>>),
 }
 
@@ -103,14 +103,14 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
                 let _ = reply.send(w.shut_down());
                 return;
             }
-            Some(Request::Checkpoint(reply)) => {
-                let _ = reply.send(w.checkpoint());
+            Some(Request::SnapshotIndex(reply)) => {
+                let _ = reply.send(w.snapshot_index());
             }
             _ => {}
         }
     }
-    // Every handle is gone: leave a checkpoint so the next open is fast.
+    // Every handle is gone: leave a snapshot so the next open is fast.
     if let Err(e) = lock(&core).shut_down() {
-        tracing::warn!(error = %e, "could not write the index checkpoint on close");
+        tracing::warn!(error = %e, "could not write the index snapshot on close");
     }
 }
