@@ -77,16 +77,24 @@ pub(crate) enum Finish {
     Inline,
 }
 
+/// The writer's state: the active segment, where the log ends, the sync thread's queue.
+/// Owned by a lock that the writer thread holds for each group and an inline commit may
+/// take (decision record 0004, §4).
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     cfg: WriterConfig,
     /// Set once a `Close` request was handled: later appends are refused.
     closed: bool,
+    /// The active segment's ordinal in the index's segment list.
     ordinal: usize,
+    /// Where the active segment's written data ends (the next write starts here).
     offset: u64,
+    /// The active segment's size.
     capacity: u64,
+    /// The active segment, and its path (for messages).
     file: Arc<dyn StorageFile>,
     path: PathBuf,
+    /// The group being encoded, written with one write.
     buf: Vec<u8>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
