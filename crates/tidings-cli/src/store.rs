@@ -74,21 +74,17 @@ fn dir_size(path: &Path) -> Option<u64> {
 pub fn open_embedded(dir: &Path) -> Result<tidings_log::LogStore> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let store = tidings_log::LogStore::open(dir).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("in use by another process") {
-            anyhow::anyhow!(
-                "the store in {} is open in another process (a running `tidings serve`?); \
-                 talk to that server with --server URL instead",
-                dir.display()
-            )
-        } else {
-            anyhow::anyhow!(
-                "cannot open the store in {}: {text} (`tidings verify --data {}` tells what is wrong)",
-                dir.display(),
-                dir.display()
-            )
-        }
+    let store = tidings_log::LogStore::open(dir).map_err(|e| match e {
+        tidings_log::LogError::Locked { .. } => anyhow::anyhow!(
+            "the store in {} is open in another process (a running `tidings serve`?); \
+             talk to that server with --server URL instead",
+            dir.display()
+        ),
+        e => anyhow::anyhow!(
+            "cannot open the store in {}: {e} (`tidings verify --data {}` tells what is wrong)",
+            dir.display(),
+            dir.display()
+        ),
     })?;
     if let Some(torn) = &store.recovery_report().torn_tail {
         eprintln!(

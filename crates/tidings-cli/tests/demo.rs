@@ -1,4 +1,5 @@
 //! `tidings demo` runs the order flow and prints it as a table.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -1,6 +1,7 @@
 //! `tidings serve` as a process, and the client commands against it: append, read,
 //! streams, correlation, export and import (idempotent and resumable), SIGTERM exits 0,
 //! a non-loopback bind without a token is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,4 +1,5 @@
 //! `tidings verify` on a sound store exits 0, on a damaged one 1, naming file and offset.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::process::Command;
 

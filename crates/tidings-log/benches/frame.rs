@@ -1,4 +1,5 @@
 //! Frame encoder and decoder throughput on the `OrderCreated` fixture.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tidings::{Event, StreamId};

@@ -1,4 +1,5 @@
 //! The in-memory index: recording frames and the lookups the writer and readers make.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tidings::StreamId;
@@ -38,7 +39,7 @@ fn bench(c: &mut Criterion) {
     });
     let mut sorted = MemoryIndex::default();
     sorted.ids_base_for_bench(ix.merged_ids());
-    g.bench_function("id_candidate (checkpointed, sorted)", |b| {
+    g.bench_function("id_candidate (snapshotted, sorted)", |b| {
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 7919) % ids.len();
@@ -78,15 +79,15 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
-    c.bench_function("checkpoint/encode 1M events", |b| {
-        b.iter(|| tidings_log::checkpoint::encode(&ix, 64, 0).map(|b| b.len()))
+    c.bench_function("snapshot/encode 1M events", |b| {
+        b.iter(|| tidings_log::index_snapshot::encode(&ix, 64, 0).map(|b| b.len()))
     });
-    let Ok(bytes) = tidings_log::checkpoint::encode(&ix, 64, 0) else {
+    let Ok(bytes) = tidings_log::index_snapshot::encode(&ix, 64, 0) else {
         return;
     };
-    c.bench_function("checkpoint/decode 1M events", |b| {
+    c.bench_function("snapshot/decode 1M events", |b| {
         b.iter(|| {
-            tidings_log::checkpoint::decode(&bytes)
+            tidings_log::index_snapshot::decode(&bytes)
                 .map(|c| c.end_offset)
                 .ok()
         })

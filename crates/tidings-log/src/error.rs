@@ -7,6 +7,7 @@ use tidings_core::StoreError;
 
 /// An error of the embedded store, with the file and byte offset a person needs.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogError {
     /// An I/O operation failed.
     #[error("{op} {path}: {source}")]
@@ -29,6 +30,13 @@ pub enum LogError {
         /// What is wrong.
         reason: String,
     },
+    /// The store's directory is in use by another process (another store holds its
+    /// lock).
+    #[error("{path} is in use by another process")]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// An option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
@@ -44,6 +52,15 @@ impl LogError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
+    }
+
+    /// What the store records as the reason it stopped, when this error stops it: the
+    /// reason itself for [`LogError::Stopped`], the message otherwise.
+    pub(crate) fn into_stop_reason(self) -> String {
+        match self {
+            Self::Stopped(reason) => reason,
+            other => other.to_string(),
+        }
     }
 }
 

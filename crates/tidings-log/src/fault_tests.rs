@@ -14,7 +14,7 @@ use tidings_core::{
 use uuid::Uuid;
 
 use crate::storage::sim::{Rng, SimStorage};
-use crate::{LogStore, checkpoint};
+use crate::{LogStore, index_snapshot};
 
 fn event(batch: &str, n: usize) -> Event {
     Enricher::new("sim")
@@ -46,7 +46,7 @@ const DIR: &str = "/sim/store";
 fn open(disk: &SimStorage) -> Result<LogStore, crate::LogError> {
     LogStore::builder(DIR)
         .segment_size(16 << 10)
-        .checkpoint_every(25)
+        .index_snapshot_every(25)
         .storage(disk.clone())
         .open()
 }
@@ -328,7 +328,7 @@ fn a_segment_whose_creation_was_cut_short_is_removed() {
         .unwrap_or_else(|e| panic!("{e}"));
     f.allocate(4096).unwrap_or_else(|e| panic!("{e}"));
     crate::storage::Storage::sync_dir(&disk, Path::new(DIR)).unwrap_or_else(|e| panic!("{e}"));
-    checkpoint::remove(&disk, Path::new(DIR)).unwrap_or_else(|e| panic!("{e}"));
+    index_snapshot::remove(&disk, Path::new(DIR)).unwrap_or_else(|e| panic!("{e}"));
     let store = open(&disk).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         rt.block_on(store.head()).unwrap_or_else(|e| panic!("{e}")),

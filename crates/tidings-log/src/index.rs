@@ -1,12 +1,12 @@
 //! Derived indexes: where each position lives, each stream's positions, event ids and
 //! correlation ids. Everything here can be rebuilt from the segments.
 //!
-//! The in-memory shapes (persisted by [`crate::checkpoint`]):
+//! The in-memory shapes (persisted by [`crate::index_snapshot`]):
 //!
 //! ```text
 //! locs         Vec<u64>    position -> packed location, [ segment ordinal : 24 | frame offset : 40 ]
 //! streams      BTreeMap    stream name -> { positions: Vec<u64> (index = revision), last_written µs }
-//! ids          sorted Vec<(fingerprint u64, position u64)> loaded from the checkpoint
+//! ids          sorted Vec<(fingerprint u64, position u64)> loaded from the snapshot
 //!              + HashMap<fingerprint, position> for ids added since
 //! correlations Correlations correlation id -> Vec<u64> positions, ascending (ids kept in
 //!                          first-appearance order)
@@ -16,7 +16,7 @@
 //! Event ids are indexed by a 64-bit fingerprint; a hit is only a candidate, confirmed by
 //! reading the event (see `LogStore`'s id lookup), so a fingerprint collision can never
 //! answer a wrong id. See `docs/decisions/0003-log-index.md` for why this is an in-memory
-//! index with a checkpoint rather than an embedded key-value store.
+//! index with a snapshot rather than an embedded key-value store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -82,7 +82,7 @@ impl Hasher for FingerprintHasher {
 
 pub(crate) type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
-/// The ids covered by the last checkpoint: (fingerprint, position) sorted by fingerprint,
+/// The ids covered by the last snapshot: (fingerprint, position) sorted by fingerprint,
 /// with a directory of where each bucket of leading fingerprint bits starts.
 /// Fingerprints are uniformly spread, so a bucket holds a few entries: a lookup reads
 /// one directory slot and one or two cache lines of entries, where a binary search over
@@ -137,7 +137,7 @@ fn bucket(fp: u64, bits: u32) -> usize {
     fp.checked_shr(64 - bits).unwrap_or(0) as usize
 }
 
-/// The ids a checkpoint records: the base table and the ids recorded since it.
+/// The ids a snapshot records: the base table and the ids recorded since it.
 pub(crate) struct IdsToMerge {
     pub base: Arc<SortedIds>,
     pub rest: Arc<FpMap>,
@@ -184,8 +184,8 @@ fn merge_into(base: &SortedIds, mut rest: Vec<(u64, Position)>) -> Vec<(u64, Pos
 }
 
 /// Positions by correlation id, in the order the ids first appeared. The order is
-/// stable as the index grows (new ids are only appended), so a checkpoint can read the
-/// table a chunk of ids at a time (see [`crate::checkpoint`]).
+/// stable as the index grows (new ids are only appended), so a snapshot can read the
+/// table a chunk of ids at a time (see [`crate::index_snapshot`]).
 #[derive(Default)]
 pub(crate) struct Correlations {
     slots: HashMap<Box<str>, usize>,
@@ -313,10 +313,10 @@ pub struct MemoryIndex {
     pub segments: Vec<SegmentEntry>,
     pub(crate) locs: Vec<Loc>,
     pub(crate) streams: BTreeMap<StreamId, StreamEntry>,
-    /// Ids covered by the last checkpoint whose merge was installed. Shared, so a
-    /// checkpoint can merge it outside the index's lock.
+    /// Ids covered by the last snapshot whose merge was installed. Shared, so a
+    /// snapshot can merge it outside the index's lock.
     pub(crate) ids_base: Arc<SortedIds>,
-    /// Ids frozen for a checkpoint being merged in the background, until its merged
+    /// Ids frozen for a snapshot being merged in the background, until its merged
     /// table is installed as the base.
     pub(crate) ids_frozen: Option<Arc<FpMap>>,
     /// Ids recorded since the last freeze.
@@ -325,7 +325,7 @@ pub struct MemoryIndex {
 }
 
 impl MemoryIndex {
-    /// Every id, sorted (what a checkpoint records).
+    /// Every id, sorted (what a snapshot records).
     pub fn merged_ids(&self) -> Vec<(u64, Position)> {
         let rest = self
             .ids_frozen
@@ -337,10 +337,10 @@ impl MemoryIndex {
         merge_into(&self.ids_base, rest)
     }
 
-    /// Freezes the ids recorded since the last checkpoint, for one to merge outside the
+    /// Freezes the ids recorded since the last snapshot, for one to merge outside the
     /// lock: lookups then read the recent table, the frozen one, then the base, until
     /// [`Self::install_ids`]. Constant time (unless an earlier freeze was never
-    /// installed, which only a failed checkpoint leaves). The recent table starts again
+    /// installed, which only a failed snapshot leaves). The recent table starts again
     /// at the old one's capacity.
     pub(crate) fn freeze_ids(&mut self) -> IdsToMerge {
         let capacity = self.ids_recent.capacity();
@@ -384,7 +384,7 @@ impl MemoryIndex {
         self.ids_frozen.take().map(|f| (old_base, f))
     }
 
-    /// Replaces the checkpointed id table (for benchmarks of the sorted lookup).
+    /// Replaces the snapshotted id table (for benchmarks of the sorted lookup).
     #[doc(hidden)]
     pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
         self.ids_base = Arc::new(SortedIds::new(ids));

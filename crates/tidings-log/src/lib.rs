@@ -19,13 +19,18 @@
 //! - [`segment`]: preallocated segment files named by first position, header and footer;
 //! - `writer`: one thread, a bounded channel, group commit (one write per group, written
 //!   while the groups before it sync on a second thread, which covers every group
-//!   waiting with one `fdatasync`), fail-closed on I/O errors;
-//! - `checkpointer`: background checkpoints that hold the index's locks only briefly;
-//! - [`index`] and [`checkpoint`]: stream, id and correlation indexes kept in memory off
-//!   the acknowledgement path and checkpointed so reopening does not rescan the log;
+//!   waiting with one `fdatasync`), fail-closed on I/O errors — one file each for the
+//!   commit group, the sync thread, segment rolling and the writer thread's loop;
+//! - `index_snapshotter`: background index snapshots that hold the index's locks only
+//!   briefly;
+//! - [`index`] and [`index_snapshot`]: stream, id and correlation indexes kept in memory
+//!   off the acknowledgement path and saved to an index snapshot so reopening does not
+//!   rescan the log;
 //! - `recovery`: torn tails are truncated and reported, damage elsewhere fails the open
 //!   with file and byte offset (or is skipped by read-only salvage);
-//! - [`storage`]: the file-system layer, a trait so tests can simulate power loss.
+//! - [`storage`]: the file-system layer, a trait so tests can simulate power loss;
+//! - `builder` and `store`: [`LogStoreBuilder`] opens a [`LogStore`], which implements
+//!   the store contract on top of the rest.
 //!
 //! What happens to damaged files:
 //!
@@ -34,20 +39,21 @@
 //! | torn write at the end of the last segment  | truncated, synced, reported ([`RecoveryReport::torn_tail`]) |
 //! | bad frame elsewhere, or a cut segment      | [`LogError::Corrupt`] with file and byte offset       |
 //! | the same, with [`LogStoreBuilder::salvage`] | read-only store with every event before the damage   |
-//! | missing, stale or foreign index checkpoint | indexes rebuilt from the log, reported, saved         |
+//! | missing, stale or foreign index snapshot   | indexes rebuilt from the log, reported, saved         |
 //! | write or fsync error while running         | the store stops: appends fail with `StoreError::Stopped` |
 //!
-//! Damage inside the part of the log the checkpoint covers is not rescanned on open;
+//! Damage inside the part of the log the snapshot covers is not rescanned on open;
 //! reading it returns `StoreError::Corrupt`, and [`verify`] finds it.
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // one exception: mapping segments for reads (storage.rs)
 
-pub mod checkpoint;
-mod checkpointer;
+mod builder;
 mod error;
 #[cfg(test)]
 mod fault_tests;
 pub mod index;
+pub mod index_snapshot;
+mod index_snapshotter;
 mod reader;
 pub mod record;
 pub mod recovery;
@@ -57,7 +63,8 @@ mod store;
 mod verify;
 mod writer;
 
+pub use builder::{DEFAULT_SEGMENT_SIZE, Durability, LogStoreBuilder};
 pub use error::LogError;
 pub use recovery::{Damage, IndexSource, RecoveryReport, TornTail};
-pub use store::{DEFAULT_SEGMENT_SIZE, Durability, LogStore, LogStoreBuilder, WriteStats};
+pub use store::{LogStore, WriteStats};
 pub use verify::{IndexCheck, VerifyReport, verify};

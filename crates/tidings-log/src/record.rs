@@ -51,6 +51,7 @@ const NONE_LEN: u32 = u32::MAX;
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Fewer bytes than the frame needs.
     #[error("frame is truncated: it needs {need} bytes, {have} are there")]

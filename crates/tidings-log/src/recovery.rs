@@ -1,20 +1,20 @@
 //! Recovery: what opening a log does before the first append.
 //!
 //! It writes no format of its own; it reads segments ([`crate::segment`]), frames
-//! ([`crate::record`]) and the checkpoint ([`crate::checkpoint`]):
+//! ([`crate::record`]) and the snapshot ([`crate::index_snapshot`]):
 //!
 //! ```text
 //!  segments:  [ 000..000.seg | footer ] [ 000..N.seg | footer ] [ 000..M.seg | frames… | zeros ]
-//!  checkpoint covers ────────────────────────────────────────────────────────►│ end offset
+//!  snapshot covers ────────────────────────────────────────────────────────►│ end offset
 //!  scan:                                                                       └─► frames until zeros
 //! ```
 //!
 //! 1. List the segments; a last segment whose header never reached the disk (a crash while
 //!    creating it) is removed — nothing in it was ever acknowledged.
-//! 2. Load the checkpoint and check it against the segments (same first positions, sealed
+//! 2. Load the snapshot and check it against the segments (same first positions, sealed
 //!    segments' footers, the last covered frame ending exactly where it says). A missing
-//!    or stale checkpoint is reported and the indexes are rebuilt from the first segment.
-//! 3. Scan from where the checkpoint ends. A bad frame in a sealed segment is corruption.
+//!    or stale snapshot is reported and the indexes are rebuilt from the first segment.
+//! 3. Scan from where the snapshot ends. A bad frame in a sealed segment is corruption.
 //!    In the last segment, a bad frame is a **torn tail** unless a later valid frame
 //!    records a durable point (`group_first`) after the bad frame: everything before a
 //!    frame's durable point was synced before the frame was written, so that proves the
@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 use tidings_core::{Position, StreamId};
 
-use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;
 use crate::index::{EventIndex, IndexedEvent, Loc, MemoryIndex, SegmentEntry};
+use crate::index_snapshot::{self, IndexSnapshotError};
 use crate::record::{self, FOOTER_MARK, FRAME_HEADER_LEN, FrameError};
 use crate::segment::{self, FOOTER_LEN, HEADER_LEN, HeaderError};
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at, read_full_at};
@@ -39,8 +39,8 @@ const CHUNK: usize = 4 << 20;
 /// Where the indexes came from on open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexSource {
-    /// The checkpoint was current and used.
-    Checkpoint,
+    /// The index snapshot was current and used.
+    Snapshot,
     /// The indexes were rebuilt from the log, for this reason.
     Rebuilt(String),
 }
@@ -76,7 +76,7 @@ pub struct RecoveryReport {
     pub events: u64,
     /// Segment files.
     pub segments: usize,
-    /// Frames read by the scan (0 after a clean close with a current checkpoint).
+    /// Frames read by the scan (0 after a clean close with a current snapshot).
     pub frames_scanned: u64,
     /// Where the indexes came from.
     pub index: IndexSource,
@@ -98,7 +98,7 @@ pub(crate) struct RecoverOptions {
     pub salvage: bool,
     pub durable: bool,
     pub now_micros: i64,
-    /// Ignore the checkpoint and rescan everything (verify).
+    /// Ignore the snapshot and rescan everything (verify).
     pub force_rebuild: bool,
 }
 
@@ -181,34 +181,34 @@ pub(crate) fn recover(
     }
 
     let loaded = if opts.force_rebuild {
-        Err(CheckpointError::Missing)
+        Err(IndexSnapshotError::Missing)
     } else {
-        checkpoint::load(storage, dir)
+        index_snapshot::load(storage, dir)
     };
     if let Ok(ck) = &loaded
         && !opts.salvage
     {
-        shorter_than_checkpoint(ck, &segs)?;
+        shorter_than_snapshot(ck, &segs)?;
     }
     let (mut index, mut start_ordinal, mut start_offset, source) = match loaded {
         Ok(ck) => match fits(&ck, &segs) {
             Ok(()) => {
                 let last = ck.index.segments.len() - 1;
                 let end = ck.end_offset;
-                (ck.index, last, end, IndexSource::Checkpoint)
+                (ck.index, last, end, IndexSource::Snapshot)
             }
             Err(why) => (
                 MemoryIndex::default(),
                 0,
                 HEADER_LEN,
-                IndexSource::Rebuilt(format!("the index checkpoint is stale: {why}")),
+                IndexSource::Rebuilt(format!("the index snapshot is stale: {why}")),
             ),
         },
-        Err(CheckpointError::Missing) => (
+        Err(IndexSnapshotError::Missing) => (
             MemoryIndex::default(),
             0,
             HEADER_LEN,
-            IndexSource::Rebuilt("no index checkpoint".to_owned()),
+            IndexSource::Rebuilt("no index snapshot".to_owned()),
         ),
         Err(e) => (
             MemoryIndex::default(),
@@ -223,7 +223,7 @@ pub(crate) fn recover(
     {
         tracing::warn!(dir = %dir.display(), reason = %why, "rebuilding the indexes from the log");
     }
-    // Keep the checkpoint's knowledge of sealed segments; everything from the resume
+    // Keep the snapshot's knowledge of sealed segments; everything from the resume
     // segment on is (re)established by the scan.
     index.segments.truncate(start_ordinal);
     for (i, (first, path, file)) in segs.iter().enumerate() {
@@ -422,10 +422,10 @@ pub(crate) fn recover(
     })
 }
 
-/// Acknowledged data the checkpoint knows of must still be there: a segment cut shorter
+/// Acknowledged data the snapshot knows of must still be there: a segment cut shorter
 /// than that is damage, not a torn write.
-fn shorter_than_checkpoint(
-    ck: &checkpoint::Checkpoint,
+fn shorter_than_snapshot(
+    ck: &index_snapshot::IndexSnapshot,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
 ) -> Result<(), LogError> {
     let cs = &ck.index.segments;
@@ -457,33 +457,104 @@ fn shorter_than_checkpoint(
     Ok(())
 }
 
-/// Checks a checkpoint against the segments on disk.
+/// Why a snapshot does not fit the segments on disk (it is stale: the indexes are
+/// rebuilt from the log, and this is reported as the reason).
+#[derive(Debug, thiserror::Error)]
+enum Unfit {
+    /// It lists more segments than there are, or none.
+    #[error("it lists {listed} segments, the directory has {on_disk}")]
+    SegmentCount {
+        /// Segments it lists.
+        listed: usize,
+        /// Segments in the directory.
+        on_disk: usize,
+    },
+    /// A segment starts at another position on disk.
+    #[error("segment {segment} starts at {on_disk} on disk, {listed} in the snapshot")]
+    FirstPosition {
+        /// The segment's ordinal.
+        segment: usize,
+        /// Its first position on disk.
+        on_disk: Position,
+        /// Its first position in the snapshot.
+        listed: Position,
+    },
+    /// A sealed segment has no footer where the snapshot says its data ends.
+    #[error("segment {0} has no footer where the snapshot says")]
+    NoFooter(usize),
+    /// It covers no events, yet says the data ends past the header.
+    #[error("empty log with a data end")]
+    EmptyWithDataEnd,
+    /// It has no location for the last event it covers.
+    #[error("no location for the last event")]
+    NoLastLocation,
+    /// The last event's location is in a segment that is not on disk.
+    #[error("location in a missing segment")]
+    MissingSegment,
+    /// Reading the segment failed.
+    #[error("{source}")]
+    Read {
+        /// The segment.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// There is no frame at the last event's location.
+    #[error("no frame at the last event's location ({0})")]
+    NoFrame(u64),
+    /// The frame at the last event's location is damaged.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The last frame's checksum differs: it was written for another log.
+    #[error("it was written for another log (the last frame's checksum differs)")]
+    ForeignLog,
+    /// The last covered frame is not the one the snapshot describes.
+    #[error("the last covered frame is not where the snapshot says")]
+    LastFrameMisplaced,
+    /// The last segment's data end contradicts the last event's location.
+    #[error("the last segment's data end is inconsistent")]
+    DataEndInconsistent,
+}
+
+/// Reads exactly `buf.len()` bytes of segment `path` at `offset`.
+fn read_segment(
+    file: &dyn StorageFile,
+    path: &Path,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), Unfit> {
+    read_exact_at(file, buf, offset).map_err(|source| Unfit::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Checks a snapshot against the segments on disk.
 fn fits(
-    ck: &checkpoint::Checkpoint,
+    ck: &index_snapshot::IndexSnapshot,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
-) -> Result<(), String> {
+) -> Result<(), Unfit> {
     let cs = &ck.index.segments;
     if cs.is_empty() || cs.len() > segs.len() {
-        return Err(format!(
-            "it lists {} segments, the directory has {}",
-            cs.len(),
-            segs.len()
-        ));
+        return Err(Unfit::SegmentCount {
+            listed: cs.len(),
+            on_disk: segs.len(),
+        });
     }
     for (i, c) in cs.iter().enumerate() {
         if c.first_position != segs[i].0 {
-            return Err(format!(
-                "segment {i} starts at {} on disk, {} in the checkpoint",
-                segs[i].0, c.first_position
-            ));
+            return Err(Unfit::FirstPosition {
+                segment: i,
+                on_disk: segs[i].0,
+                listed: c.first_position,
+            });
         }
         if i + 1 < cs.len() {
             let mut f = [0u8; FOOTER_LEN as usize];
-            read_exact_at(&*segs[i].2, &mut f, c.data_end).map_err(|e| e.to_string())?;
+            read_segment(&*segs[i].2, &segs[i].1, &mut f, c.data_end)?;
             if segment::decode_footer(&f, c.data_end) != Some(cs[i + 1].first_position) {
-                return Err(format!(
-                    "segment {i} has no footer where the checkpoint says"
-                ));
+                return Err(Unfit::NoFooter(i));
             }
         }
     }
@@ -493,42 +564,33 @@ fn fits(
         return if ck.end_offset == HEADER_LEN {
             Ok(())
         } else {
-            Err("empty log with a data end".into())
+            Err(Unfit::EmptyWithDataEnd)
         };
     }
-    let loc = ck
-        .index
-        .loc(next - 1)
-        .ok_or("no location for the last event")?;
+    let loc = ck.index.loc(next - 1).ok_or(Unfit::NoLastLocation)?;
     let seg_end = if loc.segment() == last {
         ck.end_offset
     } else {
         cs.get(loc.segment()).map_or(0, |s| s.data_end)
     };
-    let file = &segs
-        .get(loc.segment())
-        .ok_or("location in a missing segment")?
-        .2;
+    let (_, path, file) = segs.get(loc.segment()).ok_or(Unfit::MissingSegment)?;
     let mut head = [0u8; 4];
-    read_exact_at(&**file, &mut head, loc.offset()).map_err(|e| e.to_string())?;
+    read_segment(&**file, path, &mut head, loc.offset())?;
     let len = u32::from_le_bytes(head) as usize;
     if !(FRAME_HEADER_LEN..=record::MAX_FRAME_LEN).contains(&len) {
-        return Err(format!(
-            "no frame at the last event's location ({})",
-            loc.offset()
-        ));
+        return Err(Unfit::NoFrame(loc.offset()));
     }
     let mut buf = vec![0u8; len];
-    read_exact_at(&**file, &mut buf, loc.offset()).map_err(|e| e.to_string())?;
-    let frame = record::decode_frame(&buf).map_err(|e| e.to_string())?;
+    read_segment(&**file, path, &mut buf, loc.offset())?;
+    let frame = record::decode_frame(&buf)?;
     if u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) != ck.last_crc {
-        return Err("it was written for another log (the last frame's checksum differs)".into());
+        return Err(Unfit::ForeignLog);
     }
     if frame.header.last_position() != next - 1 || loc.offset() + len as u64 != seg_end {
-        return Err("the last covered frame is not where the checkpoint says".into());
+        return Err(Unfit::LastFrameMisplaced);
     }
     if loc.segment() != last && ck.end_offset != HEADER_LEN {
-        return Err("the last segment's data end is inconsistent".into());
+        return Err(Unfit::DataEndInconsistent);
     }
     Ok(())
 }

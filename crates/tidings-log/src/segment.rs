@@ -73,6 +73,7 @@ pub fn encode_header(first_position: Position, created_at: i64) -> [u8; HEADER_L
 
 /// Why a segment header is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// All zero or too short: the segment was created but its header never reached disk.
     #[error("the segment header was never written")]

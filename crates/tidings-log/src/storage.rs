@@ -67,7 +67,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes the directory's entries durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on the directory for this process; released when the
-    /// returned guard is dropped.
+    /// returned guard is dropped. Fails with [`io::ErrorKind::WouldBlock`] when another
+    /// process holds it (the store then reports [`crate::LogError::Locked`]).
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>>;
 
     /// Creates (or truncates) `path` as `size` bytes of zeros actually written to the
@@ -289,14 +290,8 @@ impl Storage for OsStorage {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |e| {
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!("{} is in use by another process ({e})", path.display()),
-                )
-            },
-        )?;
+        // Held by another process: `EWOULDBLOCK`, whose kind is `WouldBlock`.
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         Ok(Box::new(DirLock(f)))
     }
 }

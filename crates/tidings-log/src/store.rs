@@ -1,8 +1,8 @@
-//! [`LogStore`]: the store contract on top of the log, and [`LogStoreBuilder`].
+//! [`LogStore`]: the store contract on top of the log — appends handed to the writer
+//! (through its thread, or inline on an idle store), reads planned against the index,
+//! subscriptions following the committed head. Opening one is [`crate::LogStoreBuilder`]'s.
 
 use std::path::{Path, PathBuf};
-
-use crate::checkpointer::Checkpoints;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -12,253 +12,21 @@ use tidings_core::backend::validate_append;
 use tidings_core::event::timestamp_from_micros;
 use tidings_core::store::subscription;
 use tidings_core::{
-    AppendResult, Clock, Direction, Event, EventAppender, EventReader, EventSubscriber,
-    ExpectedVersion, Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent,
-    Revision, Start, StoreError, StreamId, StreamInfo, SystemClock,
+    AppendResult, Direction, Event, EventAppender, EventReader, EventSubscriber, ExpectedVersion,
+    Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
+    StoreError, StreamId, StreamInfo,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
+use crate::builder::LogStoreBuilder;
 use crate::error::LogError;
 use crate::index::{EventIndex, MemoryIndex};
+use crate::index_snapshotter::IndexSnapshots;
 use crate::reader;
-use crate::recovery::{self, RecoverOptions, RecoveryReport};
-use crate::storage::{OsStorage, Storage};
-use crate::writer::{self, Append, Request, Writer, WriterConfig};
-
-/// When an append is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// After `fdatasync` of its commit group: survives a crash or power loss.
-    #[default]
-    Fsync,
-    /// As soon as the write reached the operating system, without any fsync. A crash of
-    /// the machine loses acknowledged appends. **For tests only.**
-    NoFsyncTestsOnly,
-}
-
-/// Options for opening a [`LogStore`].
-///
-/// ```no_run
-/// # fn main() -> Result<(), tidings_log::LogError> {
-/// let store = tidings_log::LogStore::builder("./data")
-///     .segment_size(64 << 20)
-///     .limits(tidings_core::Limits { max_event_bytes: 1 << 20, max_append_bytes: 16 << 20 })
-///     .open()?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct LogStoreBuilder {
-    dir: PathBuf,
-    segment_size: u64,
-    limits: Limits,
-    durability: Durability,
-    salvage: bool,
-    channel_capacity: usize,
-    max_group_bytes: usize,
-    checkpoint_every: u64,
-    inline_commits: bool,
-    storage: Arc<dyn Storage>,
-    clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for LogStoreBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStoreBuilder")
-            .field("dir", &self.dir)
-            .field("segment_size", &self.segment_size)
-            .field("limits", &self.limits)
-            .field("durability", &self.durability)
-            .field("salvage", &self.salvage)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Default segment size: 256 MiB.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
-
-impl LogStoreBuilder {
-    fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            segment_size: DEFAULT_SEGMENT_SIZE,
-            limits: Limits::default(),
-            durability: Durability::Fsync,
-            salvage: false,
-            channel_capacity: 4096,
-            max_group_bytes: 32 << 20,
-            checkpoint_every: 1_000_000,
-            inline_commits: true,
-            storage: Arc::new(OsStorage),
-            clock: Arc::new(SystemClock),
-        }
-    }
-
-    /// Size each segment file is preallocated to (default 256 MiB, at least 4 KiB).
-    pub fn segment_size(mut self, bytes: u64) -> Self {
-        self.segment_size = bytes;
-        self
-    }
-
-    /// Largest event and largest append (default 1 MiB and 16 MiB).
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// When appends are acknowledged (default: after fsync).
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// Opens a damaged log read-only, with the events before the first damage, instead
-    /// of failing. Appends then fail with `StoreError::Stopped`.
-    pub fn salvage(mut self, salvage: bool) -> Self {
-        self.salvage = salvage;
-        self
-    }
-
-    /// Appends that may wait for the writer before senders are held back (default 4096).
-    pub fn channel_capacity(mut self, n: usize) -> Self {
-        self.channel_capacity = n.max(1);
-        self
-    }
-
-    /// Bytes of events one commit group takes at most (default 32 MiB).
-    pub fn max_group_bytes(mut self, bytes: usize) -> Self {
-        self.max_group_bytes = bytes.max(1);
-        self
-    }
-
-    /// Checkpoints the indexes in the background once this many events (and a quarter
-    /// of the log) were written since the last checkpoint, bounding what recovery after
-    /// a crash has to rescan (default 1,000,000).
-    pub fn checkpoint_every(mut self, events: u64) -> Self {
-        self.checkpoint_every = events.max(1);
-        self
-    }
-
-    /// Whether an append alone on an idle store may commit on its own thread (default
-    /// true). It then blocks its Tokio worker for one `fdatasync`, inside
-    /// `block_in_place`, instead of paying two thread wake-ups; turn this off to keep
-    /// every append's I/O on the writer thread (see decision record 0004).
-    pub fn inline_commits(mut self, on: bool) -> Self {
-        self.inline_commits = on;
-        self
-    }
-
-    /// Uses another clock for `recorded_at`.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    #[cfg(test)]
-    pub(crate) fn storage(mut self, storage: impl Storage) -> Self {
-        self.storage = Arc::new(storage);
-        self
-    }
-
-    /// Opens (or creates) the store, recovering from a crash if needed.
-    pub fn open(self) -> Result<LogStore, LogError> {
-        if self.segment_size < 4096 || self.segment_size >= 1 << 40 {
-            return Err(LogError::InvalidOption(format!(
-                "segment size {} is outside 4 KiB..1 TiB",
-                self.segment_size
-            )));
-        }
-        if self.limits.max_append_bytes > 1 << 29 || self.limits.max_event_bytes == 0 {
-            return Err(LogError::InvalidOption(format!(
-                "limits {:?}: an append may be at most 512 MiB",
-                self.limits
-            )));
-        }
-        let storage = self.storage.clone();
-        let dir = self.dir.clone();
-        storage
-            .create_dir_all(&dir)
-            .map_err(LogError::io("creating", &dir))?;
-        let lock = storage.lock(&dir).map_err(LogError::io("locking", &dir))?;
-        let durable = self.durability == Durability::Fsync;
-        let rec = recovery::recover(
-            &*storage,
-            &dir,
-            &RecoverOptions {
-                segment_size: self.segment_size,
-                salvage: self.salvage,
-                durable,
-                now_micros: self.clock.now().as_microsecond(),
-                force_rebuild: false,
-            },
-        )?;
-        if rec.report.frames_scanned > 0
-            && let Some((_, offset)) = rec.active
-        {
-            // The scan's work is saved at once, so the next open does not repeat it.
-            let crc = crate::checkpoint::last_frame_crc(&rec.index)
-                .map_err(LogError::io("reading the last frame in", &dir))?;
-            let bytes = crate::checkpoint::encode(&rec.index, offset, crc)
-                .map_err(LogError::io("reading the log in", &dir))?;
-            crate::checkpoint::save(&*storage, &dir, &bytes)
-                .map_err(LogError::io("writing the index checkpoint in", &dir))?;
-        }
-        let head = rec.index.next_position().checked_sub(1);
-        let shared = Arc::new(Shared {
-            dir: dir.clone(),
-            storage,
-            index: RwLock::new(rec.index),
-            head: watch::channel(head).0,
-            stopped: Mutex::new(None),
-            limits: self.limits,
-            report: rec.report,
-            stats: StatsCounters::default(),
-            checkpoints: Checkpoints::default(),
-            lock: Mutex::new(Some(lock)),
-        });
-        let Some((ordinal, offset)) = rec.active else {
-            return Ok(LogStore {
-                inner: Arc::new(Inner {
-                    shared,
-                    tx: None,
-                    core: None,
-                    writer: Mutex::new(None),
-                    in_flight: AtomicUsize::new(0),
-                    inline_commits: false,
-                }),
-            });
-        };
-        let (tx, rx) = mpsc::channel(self.channel_capacity);
-        let writer = Writer::new(
-            shared.clone(),
-            WriterConfig {
-                segment_size: self.segment_size,
-                durable,
-                max_group_bytes: self.max_group_bytes,
-                checkpoint_every: self.checkpoint_every,
-                clock: self.clock.clone(),
-            },
-            ordinal,
-            offset,
-        )?;
-        let core = Arc::new(Mutex::new(writer));
-        let thread_core = core.clone();
-        let handle = std::thread::Builder::new()
-            .name("tidings-log-writer".into())
-            .spawn(move || writer::run(thread_core, rx))
-            .map_err(LogError::io("starting the writer thread for", &dir))?;
-        Ok(LogStore {
-            inner: Arc::new(Inner {
-                shared,
-                tx: Some(tx),
-                core: Some(core),
-                writer: Mutex::new(Some(handle)),
-                in_flight: AtomicUsize::new(0),
-                inline_commits: self.inline_commits,
-            }),
-        })
-    }
-}
+use crate::recovery::RecoveryReport;
+use crate::storage::Storage;
+use crate::writer::{self, Append, Finish, Request, Writer};
 
 /// State shared by the handles, the writer and the readers.
 pub(crate) struct Shared {
@@ -271,14 +39,37 @@ pub(crate) struct Shared {
     pub report: RecoveryReport,
     /// Counters of the write path.
     pub stats: StatsCounters,
-    /// Background index checkpoints.
-    pub checkpoints: Checkpoints,
+    /// Background index snapshots.
+    pub snapshots: IndexSnapshots,
     /// The directory lock; released by [`LogStore::close`] so the directory can be
     /// opened again while stray handles (a finished subscription's, say) linger.
     lock: Mutex<Option<Box<dyn Send + Sync>>>,
 }
 
 impl Shared {
+    pub(crate) fn new(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        index: MemoryIndex,
+        limits: Limits,
+        report: RecoveryReport,
+        lock: Box<dyn Send + Sync>,
+    ) -> Self {
+        let head = index.next_position().checked_sub(1);
+        Self {
+            dir,
+            storage,
+            index: RwLock::new(index),
+            head: watch::channel(head).0,
+            stopped: Mutex::new(None),
+            limits,
+            report,
+            stats: StatsCounters::default(),
+            snapshots: IndexSnapshots::default(),
+            lock: Mutex::new(Some(lock)),
+        }
+    }
+
     pub(crate) fn read_index(&self) -> RwLockReadGuard<'_, MemoryIndex> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -371,7 +162,7 @@ impl Drop for InFlight<'_> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel lets the writer finish its queue and write a checkpoint;
+        // Closing the channel lets the writer finish its queue and write a snapshot;
         // waiting for it here means a process that drops its store then exits still
         // leaves a fast-to-open directory.
         self.tx.take();
@@ -422,6 +213,47 @@ impl LogStore {
         LogStoreBuilder::new(dir)
     }
 
+    /// A store without a writer (opened read-only for salvage).
+    pub(crate) fn read_only(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                tx: None,
+                core: None,
+                writer: Mutex::new(None),
+                in_flight: AtomicUsize::new(0),
+                inline_commits: false,
+            }),
+        }
+    }
+
+    /// A store whose appends go to `writer`, started on its own thread behind a channel
+    /// of `channel_capacity` requests.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        writer: Writer,
+        channel_capacity: usize,
+        inline_commits: bool,
+    ) -> Result<Self, LogError> {
+        let (tx, rx) = mpsc::channel(channel_capacity);
+        let core = Arc::new(Mutex::new(writer));
+        let thread_core = core.clone();
+        let handle = std::thread::Builder::new()
+            .name("tidings-log-writer".into())
+            .spawn(move || writer::run(thread_core, rx))
+            .map_err(LogError::io("starting the writer thread for", &shared.dir))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                core: Some(core),
+                writer: Mutex::new(Some(handle)),
+                in_flight: AtomicUsize::new(0),
+                inline_commits,
+            }),
+        })
+    }
+
     /// The state shared by the store's threads (for tests inside the crate).
     #[cfg(test)]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -470,7 +302,7 @@ impl LogStore {
         self.inner.shared.read_index().stream_count()
     }
 
-    /// Finishes queued appends, writes the index checkpoint and stops the writer. Later
+    /// Finishes queued appends, writes the index snapshot and stops the writer. Later
     /// appends fail with `StoreError::Closed`; reads keep working. The directory lock is
     /// released, so the store can be opened again even while other handles linger.
     pub async fn close(&self) -> Result<(), LogError> {
@@ -493,11 +325,11 @@ impl LogStore {
         closed
     }
 
-    /// Writes the index checkpoint now (the writer also writes one when it closes).
-    pub async fn checkpoint(&self) -> Result<(), LogError> {
+    /// Writes the index snapshot now (the writer also writes one when it closes).
+    pub async fn snapshot_index(&self) -> Result<(), LogError> {
         let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Request::Checkpoint(reply))
+        tx.send(Request::SnapshotIndex(reply))
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.unwrap_or(Err(LogError::Closed))
@@ -524,24 +356,18 @@ impl LogStore {
             StoreError::Stopped("the store was opened read-only for salvage".to_owned())
         })?;
         let (_in_flight, concurrent) = InFlight::enter(&self.inner.in_flight);
-        let events = if concurrent == 1 && tx.capacity() == tx.max_capacity() {
-            match self.try_inline(stream, expected, events) {
-                Ok(result) => return result,
-                Err(events) => events,
+        let (append, mut rx) = Append::new(stream.clone(), expected, events, size);
+        let append = if concurrent == 1 && tx.capacity() == tx.max_capacity() {
+            match self.try_inline(append) {
+                Ok(()) => return rx.try_recv().unwrap_or_else(|_| Err(self.closed_error())),
+                Err(append) => append,
             }
         } else {
-            events
+            append
         };
-        let (reply, rx) = oneshot::channel();
-        tx.send(Request::Append {
-            stream: stream.clone(),
-            expected,
-            events,
-            size,
-            reply,
-        })
-        .await
-        .map_err(|_| self.closed_error())?;
+        tx.send(Request::Append(append))
+            .await
+            .map_err(|_| self.closed_error())?;
         rx.await.map_err(|_| self.closed_error())?
     }
 
@@ -551,40 +377,26 @@ impl LogStore {
     /// hands this worker's other tasks to another thread) instead of waking the writer
     /// thread and being woken by it — two thread wake-ups, tens of microseconds on a
     /// virtual machine, which a lone writer would pay on every append. The commit is the
-    /// writer's own, under its lock, so groups stay serial and ordered. Gives the events
-    /// back when any condition fails; the append then goes through the writer thread.
-    fn try_inline(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<Event>,
-    ) -> Result<Result<AppendResult, StoreError>, Vec<Event>> {
+    /// writer thread's own ([`Writer::commit_group`]), under its lock, so groups stay
+    /// serial and ordered; its answer is on the append's reply channel when this
+    /// returns. Gives the append back when any condition fails; it then goes through
+    /// the writer thread.
+    fn try_inline(&self, append: Append) -> Result<(), Append> {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let allowed = multi_thread && self.inner.inline_commits;
         let Some(core) = self.inner.core.as_ref().filter(|_| allowed) else {
-            return Err(events);
+            return Err(append);
         };
         let mut writer = match core.try_lock() {
             Ok(w) => w,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(events),
-        };
-        let (reply, mut rx) = oneshot::channel();
-        let append = Append {
-            stream: stream.clone(),
-            expected,
-            events,
-            reply,
+            Err(TryLockError::WouldBlock) => return Err(append),
         };
         tokio::task::block_in_place(|| {
-            if writer.commit_group(vec![append], &mut || None, true) {
-                let c = &self.inner.shared.stats;
-                c.inline_groups.fetch_add(1, Ordering::Relaxed);
-            }
+            writer.commit_group(vec![append], &mut || None, Finish::Inline);
         });
-        drop(writer);
-        Ok(rx.try_recv().unwrap_or_else(|_| Err(self.closed_error())))
+        Ok(())
     }
 
     fn positions_plan(

@@ -1,4 +1,4 @@
-//! `verify`: checks every frame's checksum and the index checkpoint against the log,
+//! `verify`: checks every frame's checksum and the index snapshot against the log,
 //! without changing anything.
 
 use std::collections::HashMap;
@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use tidings_core::{Clock, Position, SystemClock};
 
-use crate::checkpoint::{self, CheckpointError};
 use crate::error::LogError;
 use crate::index::{EventIndex, MemoryIndex};
+use crate::index_snapshot::{self, IndexSnapshotError};
 use crate::recovery::{self, Damage, RecoverOptions, TornTail};
 use crate::storage::OsStorage;
 
-/// How the index checkpoint compares with the log.
+/// How the index snapshot compares with the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexCheck {
     /// It matches the log for every event it covers.
@@ -45,19 +45,19 @@ pub struct VerifyReport {
     pub torn_tail: Option<TornTail>,
     /// The first damaged record, if any.
     pub damage: Option<Damage>,
-    /// The index checkpoint.
+    /// The index snapshot.
     pub index: IndexCheck,
 }
 
 impl VerifyReport {
-    /// True when no record is damaged and the checkpoint does not contradict the log.
+    /// True when no record is damaged and the snapshot does not contradict the log.
     pub fn is_ok(&self) -> bool {
         self.damage.is_none() && !matches!(self.index, IndexCheck::Mismatch(_))
     }
 }
 
 /// Checks the log in `dir`: every frame's checksum and structure, positions without gaps,
-/// segment footers, and the index checkpoint against an index rebuilt from the log.
+/// segment footers, and the index snapshot against an index rebuilt from the log.
 /// It writes nothing and takes no lock.
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let storage = OsStorage;
@@ -72,16 +72,16 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         &storage,
         dir,
         &RecoverOptions {
-            segment_size: crate::store::DEFAULT_SEGMENT_SIZE,
+            segment_size: crate::builder::DEFAULT_SEGMENT_SIZE,
             salvage: true,
             durable: false,
             now_micros: SystemClock.now().as_microsecond(),
             force_rebuild: true,
         },
     )?;
-    let index = match checkpoint::load(&storage, dir) {
+    let index = match index_snapshot::load(&storage, dir) {
         Ok(ck) => compare(&ck.index, &rec.index),
-        Err(CheckpointError::Missing) => IndexCheck::Missing,
+        Err(IndexSnapshotError::Missing) => IndexCheck::Missing,
         Err(e) => IndexCheck::Stale(e.to_string()),
     };
     Ok(VerifyReport {
@@ -122,7 +122,7 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
         }
     }
     if streams != ck.streams.len() {
-        return IndexCheck::Mismatch("the checkpoint lists streams the log does not have".into());
+        return IndexCheck::Mismatch("the snapshot lists streams the log does not have".into());
     }
     let ids: Vec<(u64, Position)> = log
         .merged_ids()

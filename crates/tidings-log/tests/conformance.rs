@@ -1,5 +1,6 @@
 //! The store conformance suite and the model check, run against `LogStore` in temporary
 //! directories (durable mode: every acknowledgement follows an fsync).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

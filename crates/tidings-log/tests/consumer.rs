@@ -1,5 +1,6 @@
 //! A consumer group and a projection on the embedded store: checkpoints and parked events
 //! live in the log and survive closing and reopening it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::HashSet;
 use std::time::Duration;

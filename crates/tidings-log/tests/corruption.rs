@@ -5,13 +5,14 @@
 //! | damage                                   | result                                                        |
 //! |------------------------------------------|---------------------------------------------------------------|
 //! | flipped bits in a record the open scans  | open fails: `LogError::Corrupt` with file and byte offset     |
-//! | flipped bits in a checkpointed record    | open succeeds; reading it is `StoreError::Corrupt`; verify fails |
+//! | flipped bits in a snapshotted record    | open succeeds; reading it is `StoreError::Corrupt`; verify fails |
 //! | torn write at the end                    | open truncates it, reports it; nothing acknowledged is lost    |
 //! | truncated sealed segment                 | open fails: `LogError::Corrupt` naming the segment             |
-//! | last segment cut below the checkpoint    | open fails: `LogError::Corrupt` naming the segment             |
-//! | missing index checkpoint                 | rebuilt from the log, reported, saved again                    |
-//! | stale index checkpoint                   | a prefix is used and the rest scanned; a foreign one is rebuilt |
+//! | last segment cut below the snapshot    | open fails: `LogError::Corrupt` naming the segment             |
+//! | missing index snapshot                 | rebuilt from the log, reported, saved again                    |
+//! | stale index snapshot                   | a prefix is used and the rest scanned; a foreign one is rebuilt |
 //! | any of the above, with salvage           | read-only open with every event before the damage              |
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::path::{Path, PathBuf};
 
@@ -76,7 +77,7 @@ fn flip(path: &Path, offset: u64) {
     std::fs::write(path, b).unwrap();
 }
 
-fn remove_checkpoint(dir: &Path) {
+fn remove_snapshot(dir: &Path) {
     std::fs::remove_file(dir.join("index.ckpt")).unwrap();
 }
 
@@ -95,7 +96,7 @@ async fn flipped_bits_in_a_middle_record_fail_the_open_with_file_and_offset() {
     let seg = segments(dir.path()).remove(0);
     let at = frame_offsets(&seg)[15];
     flip(&seg, at + 60);
-    remove_checkpoint(dir.path());
+    remove_snapshot(dir.path());
     let (file, offset) = open_err(dir.path());
     assert_eq!((file, offset), (seg.clone(), at));
 
@@ -124,7 +125,7 @@ async fn flipped_bits_in_a_middle_record_fail_the_open_with_file_and_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn flipped_bits_under_the_checkpoint_are_reported_by_reads_and_verify() {
+async fn flipped_bits_under_the_index_snapshot_are_reported_by_reads_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), 30, 1 << 20).await;
     let seg = segments(dir.path()).remove(0);
@@ -202,7 +203,7 @@ async fn a_truncated_sealed_segment_fails_the_open() {
     drop(f);
     let (file, offset) = open_err(dir.path());
     assert_eq!((file, offset), (segs[0].clone(), 3000));
-    remove_checkpoint(dir.path());
+    remove_snapshot(dir.path());
     let (file, _) = open_err(dir.path());
     assert_eq!(file, segs[0]);
     let salvaged = LogStore::builder(dir.path()).salvage(true).open().unwrap();
@@ -215,7 +216,7 @@ async fn a_truncated_sealed_segment_fails_the_open() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_last_segment_cut_below_the_checkpoint_fails_the_open() {
+async fn the_last_segment_cut_below_the_index_snapshot_fails_the_open() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), 20, 1 << 20).await;
     let seg = segments(dir.path()).remove(0);
@@ -230,7 +231,7 @@ async fn the_last_segment_cut_below_the_checkpoint_fails_the_open() {
 async fn a_missing_index_is_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let all = build(dir.path(), 50, 8192).await;
-    remove_checkpoint(dir.path());
+    remove_snapshot(dir.path());
     assert_eq!(
         tidings_log::verify(dir.path()).unwrap().index,
         IndexCheck::Missing
@@ -291,7 +292,7 @@ async fn a_stale_index_is_used_as_a_prefix_and_a_foreign_one_is_rebuilt() {
         .segment_size(8192)
         .open()
         .unwrap();
-    assert_eq!(store.recovery_report().index, IndexSource::Checkpoint);
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
     assert!(store.recovery_report().frames_scanned >= 40);
     assert_eq!(
         store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap(),

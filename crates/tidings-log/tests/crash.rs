@@ -7,6 +7,7 @@
 //!
 //! The child is this same test binary, re-run with `TIDINGS_CRASH_CHILD` set.
 //! `TIDINGS_SEED` replays a run; `TIDINGS_SOAK=<factor>` multiplies the rounds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -38,7 +39,7 @@ fn crash_child() {
     rt.block_on(async move {
         let store = LogStore::builder(&dir)
             .segment_size(256 << 10)
-            .checkpoint_every(2_000)
+            .index_snapshot_every(2_000)
             .open()
             .unwrap();
         let enricher = Enricher::new("crash-child");

@@ -1,5 +1,6 @@
 //! The store contract on real files: appends, reads, idempotency, reopen, segments,
 //! subscriptions and limits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use futures::StreamExt;
 use tidings::{
@@ -165,7 +166,7 @@ async fn idempotent_reappend_survives_reopen() {
         .segment_size(1 << 20)
         .open()
         .unwrap();
-    assert_eq!(store.recovery_report().index, IndexSource::Checkpoint);
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
     assert_eq!(store.recovery_report().frames_scanned, 0);
     assert_eq!(
         store
@@ -331,7 +332,20 @@ async fn a_second_process_cannot_open_the_same_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_checkpoint_keeps_the_directory_locked() {
+async fn a_directory_in_use_is_reported_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = LogStore::builder(dir.path())
+        .segment_size(1 << 20)
+        .open()
+        .unwrap();
+    match LogStore::open(dir.path()) {
+        Err(tidings_log::LogError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected LogError::Locked, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_snapshot_keeps_the_directory_locked() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::builder(dir.path())
         .segment_size(1 << 20)
@@ -341,10 +355,10 @@ async fn a_checkpoint_keeps_the_directory_locked() {
         .append(&sid("s-1"), ExpectedVersion::Any, vec![ev("A", None)])
         .await
         .unwrap();
-    store.checkpoint().await.unwrap();
+    store.snapshot_index().await.unwrap();
     assert!(
         LogStore::open(dir.path()).is_err(),
-        "a checkpoint must not release the directory lock"
+        "a snapshot must not release the directory lock"
     );
     store.close().await.unwrap();
     let reopened = LogStore::open(dir.path()).unwrap();
@@ -499,14 +513,14 @@ async fn appends_after_close_are_refused() {
     assert_eq!(store.write_stats().events, 1);
 }
 
-/// A checkpoint moves the ids it covers into the sorted base table; re-appends of ids on
+/// A snapshot moves the ids it covers into the sorted base table; re-appends of ids on
 /// either side of it are still recognised.
 #[tokio::test(flavor = "multi_thread")]
-async fn ids_stay_idempotent_across_checkpoints() {
+async fn ids_stay_idempotent_across_index_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::builder(dir.path())
         .segment_size(64 << 10)
-        .checkpoint_every(7)
+        .index_snapshot_every(7)
         .open()
         .unwrap();
     let mut sent = Vec::new();
@@ -522,7 +536,7 @@ async fn ids_stay_idempotent_across_checkpoints() {
             .unwrap();
         sent.push((i % 4, e, r));
         if i == 30 {
-            store.checkpoint().await.unwrap();
+            store.snapshot_index().await.unwrap();
         }
     }
     for (s, e, r) in &sent {

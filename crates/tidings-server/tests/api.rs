@@ -1,4 +1,5 @@
 //! Every route and every error status, against the real server on an ephemeral port.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! content mode, always get a 201 or a 4xx problem — never a panic, never a 5xx.
 //!
 //! The seed is printed; `TIDINGS_SEED=<n>` replays a run. Rounds are bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! Skips loudly when Chromium is absent; fails instead when `TIDINGS_REQUIRE_SERVICES=1`.
 //! `TIDINGS_CHROMIUM` overrides the browser path. Screenshots of each page are written to
 //! `target/console-screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

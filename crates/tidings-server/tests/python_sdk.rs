@@ -1,6 +1,7 @@
 //! The official CloudEvents Python SDK's HTTP requests (structured and binary mode) are
 //! accepted as they are. Skips loudly without python3 and the `cloudevents` package;
 //! fails instead when `TIDINGS_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Server-Sent Events: ids are global positions, Last-Event-ID resumes without gap or
 //! duplicate under concurrent appends, heartbeats keep idle connections alive.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! The index checkpoint: the derived indexes saved to `index.ckpt`, so reopening a large
-//! store reads one file instead of rescanning the log.
+//! The index snapshot: the derived indexes saved to `index.ckpt`, so reopening a large
+//! store reads one file instead of rescanning the log. (The file keeps the name it had
+//! when this was called a checkpoint, so existing stores open without a rebuild.)
 //!
 //! It is written to `index.ckpt.tmp`, fsynced, renamed over `index.ckpt`, and the
 //! directory fsynced. It only ever describes frames that are already durable, so it stays
@@ -9,7 +10,7 @@
 //! header, 64 bytes
 //! 0   8  magic "TDLOGIX1"
 //! 8   4  format version (1)
-//! 12  4  checksum field of the last covered frame (ties the checkpoint to this log)
+//! 12  4  checksum field of the last covered frame (ties the snapshot to this log)
 //! 16  8  next_position: events [0, next_position) are indexed
 //! 24  8  end offset: where the covered data ends in the last segment listed
 //! 32  8  body length
@@ -25,7 +26,7 @@
 //!   u64 correlation count, then per id: u32 length, id, u64 n, n × u64 positions
 //! ```
 //!
-//! A checkpoint whose checksums fail, or that does not match the segments found on disk,
+//! A snapshot whose checksums fail, or that does not match the segments found on disk,
 //! is stale: recovery ignores it and rebuilds the indexes from the log.
 
 use std::collections::BTreeMap;
@@ -41,14 +42,14 @@ use crate::index::{
 };
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 
-/// The checkpoint's file name.
+/// The index snapshot's file name (unchanged, for existing stores).
 pub const FILE_NAME: &str = "index.ckpt";
 const TMP_NAME: &str = "index.ckpt.tmp";
 const MAGIC: &[u8; 8] = b"TDLOGIX1";
 const HEADER_LEN: usize = 64;
 
-/// A loaded checkpoint.
-pub struct Checkpoint {
+/// A loaded snapshot.
+pub struct IndexSnapshot {
     /// The indexes (segments without open files).
     pub index: MemoryIndex,
     /// Where the covered data ends in the last segment.
@@ -57,17 +58,18 @@ pub struct Checkpoint {
     pub last_crc: u32,
 }
 
-/// Why a checkpoint could not be used.
+/// Why a snapshot could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// No checkpoint file.
-    #[error("no index checkpoint")]
+#[non_exhaustive]
+pub enum IndexSnapshotError {
+    /// No snapshot file.
+    #[error("no index snapshot")]
     Missing,
     /// Reading failed.
-    #[error("reading the index checkpoint: {0}")]
+    #[error("reading the index snapshot: {0}")]
     Io(#[from] std::io::Error),
     /// The file is damaged or of another format.
-    #[error("the index checkpoint is unusable: {0}")]
+    #[error("the index snapshot is unusable: {0}")]
     Bad(&'static str),
 }
 
@@ -116,10 +118,10 @@ pub fn encode(index: &MemoryIndex, end_offset: u64, last_crc: u32) -> std::io::R
     Ok(Draft::new(cut, || index, Chunks::WHOLE)?.finish().0)
 }
 
-/// The instant a checkpoint records, taken under the index's lock in constant time
+/// The instant a snapshot records, taken under the index's lock in constant time
 /// (plus the segment list): the next position, where the covered data ends, the last
 /// frame's checksum, and the ids (frozen, see [`MemoryIndex::freeze_ids`]). Everything
-/// else a checkpoint records is append-only — event locations, a stream's or a
+/// else a snapshot records is append-only — event locations, a stream's or a
 /// correlation's positions — so [`Draft::new`] can read it later, a prefix at a time,
 /// while the index grows.
 pub(crate) struct Cut {
@@ -188,7 +190,7 @@ impl Chunks {
     };
 }
 
-/// A checkpoint in two steps: `Draft::new` encodes everything but the id table,
+/// A snapshot in two steps: `Draft::new` encodes everything but the id table,
 /// reading the index through `read` in short holds of its lock; [`Draft::finish`]
 /// (holding nothing) sorts and merges the ids and assembles the file.
 pub struct Draft {
@@ -318,7 +320,7 @@ impl Draft {
         })
     }
 
-    /// The table of ids frozen for this checkpoint, if they were.
+    /// The table of ids frozen for this snapshot, if they were.
     pub(crate) fn frozen(&self) -> Option<Arc<FpMap>> {
         match &self.ids {
             CutIds::Frozen(ids) => Some(ids.rest.clone()),
@@ -326,7 +328,7 @@ impl Draft {
         }
     }
 
-    /// The checkpoint's bytes, and the merged id table (which becomes the index's base).
+    /// The snapshot's bytes, and the merged id table (which becomes the index's base).
     pub fn finish(self) -> (Vec<u8>, Vec<(u64, tidings_core::Position)>) {
         let ids = match self.ids {
             CutIds::Frozen(ids) => ids.merge(),
@@ -359,7 +361,7 @@ fn put64(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-/// Writes the checkpoint atomically (temp file, fsync, rename, directory fsync).
+/// Writes the snapshot atomically (temp file, fsync, rename, directory fsync).
 pub fn save(storage: &dyn Storage, dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(TMP_NAME);
     let f = storage.open(&tmp, OpenMode::Truncate)?;
@@ -370,7 +372,7 @@ pub fn save(storage: &dyn Storage, dir: &Path, bytes: &[u8]) -> std::io::Result<
     storage.sync_dir(dir)
 }
 
-/// Removes the checkpoint (the next open rebuilds the indexes).
+/// Removes the snapshot (the next open rebuilds the indexes).
 pub fn remove(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
     let p = dir.join(FILE_NAME);
     if storage.exists(&p) {
@@ -380,26 +382,26 @@ pub fn remove(storage: &dyn Storage, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Loads and checks the checkpoint in `dir`.
-pub fn load(storage: &dyn Storage, dir: &Path) -> Result<Checkpoint, CheckpointError> {
+/// Loads and checks the snapshot in `dir`.
+pub fn load(storage: &dyn Storage, dir: &Path) -> Result<IndexSnapshot, IndexSnapshotError> {
     let path = dir.join(FILE_NAME);
     if !storage.exists(&path) {
-        return Err(CheckpointError::Missing);
+        return Err(IndexSnapshotError::Missing);
     }
     let f = storage.open(&path, OpenMode::Read)?;
     let len = f.len()?;
     decode_file(&*f, len)
 }
 
-/// Decodes a checkpoint image.
-pub fn decode(b: &[u8]) -> Result<Checkpoint, CheckpointError> {
+/// Decodes a snapshot image.
+pub fn decode(b: &[u8]) -> Result<IndexSnapshot, IndexSnapshotError> {
     decode_file(&SliceFile(b), b.len() as u64)
 }
 
-/// Decodes a checkpoint file of `len` bytes, streaming it through a small buffer so that
+/// Decodes a snapshot file of `len` bytes, streaming it through a small buffer so that
 /// loading a large index never holds the whole file in memory besides the index.
-fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointError> {
-    let bad = CheckpointError::Bad;
+fn decode_file(f: &dyn StorageFile, len: u64) -> Result<IndexSnapshot, IndexSnapshotError> {
+    let bad = IndexSnapshotError::Bad;
     if len < HEADER_LEN as u64 {
         return Err(bad("shorter than its header"));
     }
@@ -511,7 +513,7 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<Checkpoint, CheckpointEr
     if r.crc != le32(&h[40..44]) {
         return Err(bad("body checksum mismatch"));
     }
-    Ok(Checkpoint {
+    Ok(IndexSnapshot {
         index,
         end_offset,
         last_crc,
@@ -578,10 +580,10 @@ impl Reader<'_> {
         self.left + (self.buf.len() - self.at) as u64
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+    fn take(&mut self, n: usize) -> Result<&[u8], IndexSnapshotError> {
         if self.buf.len() - self.at < n {
             if n as u64 > self.remaining() {
-                return Err(CheckpointError::Bad("a field runs past the body"));
+                return Err(IndexSnapshotError::Bad("a field runs past the body"));
             }
             self.buf.drain(..self.at);
             self.at = 0;
@@ -597,21 +599,21 @@ impl Reader<'_> {
         self.at += n;
         Ok(s)
     }
-    fn u16(&mut self) -> Result<u16, CheckpointError> {
+    fn u16(&mut self) -> Result<u16, IndexSnapshotError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, CheckpointError> {
+    fn u32(&mut self) -> Result<u32, IndexSnapshotError> {
         Ok(le32(self.take(4)?))
     }
-    fn u64(&mut self) -> Result<u64, CheckpointError> {
+    fn u64(&mut self) -> Result<u64, IndexSnapshotError> {
         Ok(le64(self.take(8)?))
     }
     /// A count of items of at least `min_item` bytes each, bounded by what is left.
-    fn count(&mut self, min_item: usize) -> Result<usize, CheckpointError> {
+    fn count(&mut self, min_item: usize) -> Result<usize, IndexSnapshotError> {
         let n = self.u64()?;
         if n > self.remaining() / min_item as u64 {
-            return Err(CheckpointError::Bad("a count exceeds the body"));
+            return Err(IndexSnapshotError::Bad("a count exceeds the body"));
         }
         Ok(n as usize)
     }

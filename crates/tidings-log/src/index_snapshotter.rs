@@ -1,6 +1,6 @@
-//! When and where index checkpoints are written ([`crate::checkpoint`] is what they are).
+//! When and where index snapshots are written ([`crate::index_snapshot`] is what they are).
 //!
-//! A checkpoint records the whole index, so it costs time in proportion to the log. The
+//! A snapshot records the whole index, so it costs time in proportion to the log. The
 //! write path never waits for more than a constant-time step of it:
 //!
 //! ```text
@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::checkpoint::{self, Chunks, Cut, CutIds, Draft};
 use crate::error::LogError;
 use crate::index::{FpMap, MemoryIndex, SortedIds};
+use crate::index_snapshot::{self, Chunks, Cut, CutIds, Draft};
 use crate::segment::HEADER_LEN;
 use crate::store::Shared;
 use crate::writer::micros_since;
@@ -32,10 +32,10 @@ use crate::writer::micros_since;
 /// A merged id table and the frozen table it replaces.
 type Merged = (Arc<SortedIds>, Arc<FpMap>);
 
-/// The state of background checkpoints, kept in [`Shared`].
+/// The state of background snapshots, kept in [`Shared`].
 #[derive(Default)]
-pub(crate) struct Checkpoints {
-    /// Set by the writer; the next publication starts a checkpoint.
+pub(crate) struct IndexSnapshots {
+    /// Set by the writer; the next publication starts a snapshot.
     due: AtomicBool,
     running: Mutex<Option<JoinHandle<()>>>,
     /// A finished merge, for the next publication to install.
@@ -46,13 +46,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Checkpoints {
-    /// Asks the next publication to start a background checkpoint.
+impl IndexSnapshots {
+    /// Asks the next publication to start a background snapshot.
     pub(crate) fn request(&self) {
         self.due.store(true, Ordering::Release);
     }
 
-    /// Whether a background checkpoint is requested or still running.
+    /// Whether a background snapshot is requested or still running.
     pub(crate) fn busy(&self) -> bool {
         self.due.load(Ordering::Acquire)
             || lock(&self.running)
@@ -60,7 +60,7 @@ impl Checkpoints {
                 .is_some_and(|h| !h.is_finished())
     }
 
-    /// Waits for a running background checkpoint.
+    /// Waits for a running background snapshot.
     pub(crate) fn join(&self) {
         let handle = lock(&self.running).take();
         if let Some(h) = handle {
@@ -76,55 +76,55 @@ impl Checkpoints {
     }
 }
 
-/// Called by the publisher after publishing a group: starts the requested checkpoint,
+/// Called by the publisher after publishing a group: starts the requested snapshot,
 /// if any.
 pub(crate) fn after_publish(shared: &Arc<Shared>) {
-    if !shared.checkpoints.due.swap(false, Ordering::AcqRel) {
+    if !shared.snapshots.due.swap(false, Ordering::AcqRel) {
         return;
     }
     let cut = match cut(shared) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "could not start an index checkpoint");
+            tracing::warn!(error = %e, "could not start an index snapshot");
             return;
         }
     };
     let bg = shared.clone();
     let spawned = std::thread::Builder::new()
-        .name("tidings-log-checkpoint".into())
+        .name("tidings-log-snapshot".into())
         .spawn(move || {
             lower_priority();
             if let Err(e) = draft(&bg, cut).and_then(|d| complete(&bg, d, false)) {
-                tracing::warn!(error = %e, "a background index checkpoint failed");
+                tracing::warn!(error = %e, "a background index snapshot failed");
             }
         });
     match spawned {
-        Ok(h) => *lock(&shared.checkpoints.running) = Some(h),
-        Err(e) => tracing::warn!(error = %e, "could not start the checkpoint thread"),
+        Ok(h) => *lock(&shared.snapshots.running) = Some(h),
+        Err(e) => tracing::warn!(error = %e, "could not start the snapshot thread"),
     }
 }
 
-/// Writes a checkpoint now, on this thread, after any background one. The caller makes
+/// Writes a snapshot now, on this thread, after any background one. The caller makes
 /// sure nothing is being published meanwhile (the writer, with no group at the sync
 /// thread).
-pub(crate) fn checkpoint_now(shared: &Shared) -> Result<(), LogError> {
+pub(crate) fn snapshot_now(shared: &Shared) -> Result<(), LogError> {
     if let Some(m) = shared.stopped_reason() {
         return Err(LogError::Stopped(m));
     }
-    shared.checkpoints.join();
+    shared.snapshots.join();
     let cut = cut(shared)?;
     complete(shared, draft(shared, cut)?, true)
 }
 
-/// Freezes the recent ids and takes the checkpoint's cut, under the write lock, in
+/// Freezes the recent ids and takes the snapshot's cut, under the write lock, in
 /// constant time (plus the segment list and one read of the last frame's header).
 fn cut(shared: &Shared) -> Result<Cut, LogError> {
     let (cut, replaced) = {
         let mut ix = shared.write_index();
-        let replaced = shared.checkpoints.install(&mut ix);
+        let replaced = shared.snapshots.install(&mut ix);
         let ids = ix.freeze_ids();
         let end = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
-        let crc = checkpoint::last_frame_crc(&ix)
+        let crc = index_snapshot::last_frame_crc(&ix)
             .map_err(LogError::io("reading the last frame in", &shared.dir))?;
         (Cut::new(&ix, end, crc, CutIds::Frozen(ids)), replaced)
     };
@@ -137,13 +137,13 @@ fn draft(shared: &Shared, cut: Cut) -> Result<Draft, LogError> {
     let started = std::time::Instant::now();
     let covered = cut.covered();
     let draft = Draft::new(cut, || shared.read_index(), Chunks::SHORT).map_err(LogError::io(
-        "reading the log for a checkpoint in",
+        "reading the log for a snapshot in",
         &shared.dir,
     ))?;
     tracing::debug!(
         micros = micros_since(started),
         covered,
-        "checkpoint drafted, a chunk per hold of the index's read lock"
+        "snapshot drafted, a chunk per hold of the index's read lock"
     );
     Ok(draft)
 }
@@ -163,25 +163,25 @@ fn complete(shared: &Shared, draft: Draft, install_now: bool) -> Result<(), LogE
             };
             drop(replaced);
         } else {
-            *lock(&shared.checkpoints.merged) = Some(merged);
+            *lock(&shared.snapshots.merged) = Some(merged);
         }
     }
     tracing::debug!(
         micros = micros_since(started),
         bytes = bytes.len(),
-        "checkpoint encoded"
+        "snapshot encoded"
     );
-    checkpoint::save(&*shared.storage, &shared.dir, &bytes)
-        .map_err(LogError::io("writing the index checkpoint in", &shared.dir))
+    index_snapshot::save(&*shared.storage, &shared.dir, &bytes)
+        .map_err(LogError::io("writing the index snapshot in", &shared.dir))
 }
 
-/// Lowers this thread's scheduling priority (nice 10), so a background checkpoint uses
+/// Lowers this thread's scheduling priority (nice 10), so a background snapshot uses
 /// the CPU the write path leaves idle. Best effort: an error only means it competes at
 /// normal priority.
 fn lower_priority() {
     let me = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(me), 10) {
-        tracing::debug!(error = %e, "could not lower the checkpoint thread's priority");
+        tracing::debug!(error = %e, "could not lower the snapshot thread's priority");
     }
 }
 
@@ -205,9 +205,9 @@ mod tests {
         Vec<(Position, u64)>,
     );
 
-    /// What a checkpoint records, in comparable form.
+    /// What a snapshot records, in comparable form.
     fn shape(bytes: &[u8]) -> Shape {
-        let c = checkpoint::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
+        let c = index_snapshot::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
         let ix = &c.index;
         (
             ix.locs.iter().map(|l| l.0).collect(),
@@ -265,7 +265,7 @@ mod tests {
         let expected = {
             let ix = shared.read_index();
             let (end, crc) = cut.end();
-            checkpoint::encode(&ix, end, crc).unwrap_or_else(|e| panic!("{e}"))
+            index_snapshot::encode(&ix, end, crc).unwrap_or_else(|e| panic!("{e}"))
         };
         // The index grows after the cut: old streams and correlations get more
         // positions (and a later time), new ones appear, before and after the old

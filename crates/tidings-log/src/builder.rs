@@ -1,0 +1,226 @@
+//! [`LogStoreBuilder`]: the options a store is opened with, and opening it — taking the
+//! directory's lock, recovering the log ([`crate::recovery`]), saving the indexes when
+//! the open had to scan, and starting the writer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tidings_core::{Clock, Limits, SystemClock};
+
+use crate::error::LogError;
+use crate::index_snapshot;
+use crate::recovery::{self, RecoverOptions};
+use crate::storage::{OsStorage, Storage};
+use crate::store::{LogStore, Shared};
+use crate::writer::{Writer, WriterConfig};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After `fdatasync` of its commit group: survives a crash or power loss.
+    #[default]
+    Fsync,
+    /// As soon as the write reached the operating system, without any fsync. A crash of
+    /// the machine loses acknowledged appends. **For tests only.**
+    NoFsyncTestsOnly,
+}
+
+/// Options for opening a [`LogStore`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), tidings_log::LogError> {
+/// let store = tidings_log::LogStore::builder("./data")
+///     .segment_size(64 << 20)
+///     .limits(tidings_core::Limits { max_event_bytes: 1 << 20, max_append_bytes: 16 << 20 })
+///     .open()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LogStoreBuilder {
+    dir: PathBuf,
+    segment_size: u64,
+    limits: Limits,
+    durability: Durability,
+    salvage: bool,
+    channel_capacity: usize,
+    max_group_bytes: usize,
+    index_snapshot_every: u64,
+    inline_commits: bool,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LogStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStoreBuilder")
+            .field("dir", &self.dir)
+            .field("segment_size", &self.segment_size)
+            .field("limits", &self.limits)
+            .field("durability", &self.durability)
+            .field("salvage", &self.salvage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default segment size: 256 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
+
+impl LogStoreBuilder {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            limits: Limits::default(),
+            durability: Durability::Fsync,
+            salvage: false,
+            channel_capacity: 4096,
+            max_group_bytes: 32 << 20,
+            index_snapshot_every: 1_000_000,
+            inline_commits: true,
+            storage: Arc::new(OsStorage),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Size each segment file is preallocated to (default 256 MiB, at least 4 KiB).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Largest event and largest append (default 1 MiB and 16 MiB).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// When appends are acknowledged (default: after fsync).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Opens a damaged log read-only, with the events before the first damage, instead
+    /// of failing. Appends then fail with `StoreError::Stopped`.
+    pub fn salvage(mut self, salvage: bool) -> Self {
+        self.salvage = salvage;
+        self
+    }
+
+    /// Appends that may wait for the writer before senders are held back (default 4096).
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.channel_capacity = n.max(1);
+        self
+    }
+
+    /// Bytes of events one commit group takes at most (default 32 MiB).
+    pub fn max_group_bytes(mut self, bytes: usize) -> Self {
+        self.max_group_bytes = bytes.max(1);
+        self
+    }
+
+    /// Snapshots the indexes in the background once this many events (and a quarter
+    /// of the log) were written since the last snapshot, bounding what recovery after
+    /// a crash has to rescan (default 1,000,000).
+    pub fn index_snapshot_every(mut self, events: u64) -> Self {
+        self.index_snapshot_every = events.max(1);
+        self
+    }
+
+    /// Whether an append alone on an idle store may commit on its own thread (default
+    /// true). It then blocks its Tokio worker for one `fdatasync`, inside
+    /// `block_in_place`, instead of paying two thread wake-ups; turn this off to keep
+    /// every append's I/O on the writer thread (see decision record 0004).
+    pub fn inline_commits(mut self, on: bool) -> Self {
+        self.inline_commits = on;
+        self
+    }
+
+    /// Uses another clock for `recorded_at`.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Opens (or creates) the store, recovering from a crash if needed. Fails with
+    /// [`LogError::Locked`] when another process has the directory open.
+    pub fn open(self) -> Result<LogStore, LogError> {
+        if self.segment_size < 4096 || self.segment_size >= 1 << 40 {
+            return Err(LogError::InvalidOption(format!(
+                "segment size {} is outside 4 KiB..1 TiB",
+                self.segment_size
+            )));
+        }
+        if self.limits.max_append_bytes > 1 << 29 || self.limits.max_event_bytes == 0 {
+            return Err(LogError::InvalidOption(format!(
+                "limits {:?}: an append may be at most 512 MiB",
+                self.limits
+            )));
+        }
+        let storage = self.storage.clone();
+        let dir = self.dir.clone();
+        storage
+            .create_dir_all(&dir)
+            .map_err(LogError::io("creating", &dir))?;
+        let lock = storage.lock(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                LogError::Locked { path: dir.clone() }
+            } else {
+                LogError::io("locking", &dir)(e)
+            }
+        })?;
+        let durable = self.durability == Durability::Fsync;
+        let rec = recovery::recover(
+            &*storage,
+            &dir,
+            &RecoverOptions {
+                segment_size: self.segment_size,
+                salvage: self.salvage,
+                durable,
+                now_micros: self.clock.now().as_microsecond(),
+                force_rebuild: false,
+            },
+        )?;
+        if rec.report.frames_scanned > 0
+            && let Some((_, offset)) = rec.active
+        {
+            // The scan's work is saved at once, so the next open does not repeat it.
+            let crc = index_snapshot::last_frame_crc(&rec.index)
+                .map_err(LogError::io("reading the last frame in", &dir))?;
+            let bytes = index_snapshot::encode(&rec.index, offset, crc)
+                .map_err(LogError::io("reading the log in", &dir))?;
+            index_snapshot::save(&*storage, &dir, &bytes)
+                .map_err(LogError::io("writing the index snapshot in", &dir))?;
+        }
+        let shared = Arc::new(Shared::new(
+            dir,
+            storage,
+            rec.index,
+            self.limits,
+            rec.report,
+            lock,
+        ));
+        let Some((ordinal, offset)) = rec.active else {
+            return Ok(LogStore::read_only(shared));
+        };
+        let writer = Writer::new(
+            shared.clone(),
+            WriterConfig {
+                segment_size: self.segment_size,
+                durable,
+                max_group_bytes: self.max_group_bytes,
+                index_snapshot_every: self.index_snapshot_every,
+                clock: self.clock.clone(),
+            },
+            ordinal,
+            offset,
+        )?;
+        LogStore::start(shared, writer, self.channel_capacity, self.inline_commits)
+    }
+}
