@@ -5,9 +5,10 @@
 //! per append. The numbers are for dashboards, not for correctness.
 //!
 //! The text is the OpenMetrics encoding of `prometheus_client`, which the Prometheus
-//! text format 0.0.4 parsers read as well: counters are registered without their
+//! text format 0.0.4 parsers read as well. Counters are registered without their
 //! `_total` suffix, which the encoder appends, so the exposed names are
-//! `tidings_appends_total` and so on.
+//! `tidings_appends_total` and so on; help texts are registered without their final
+//! period, which the encoder appends too.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -83,45 +84,45 @@ impl Default for Metrics {
         let appends = counter(
             &mut registry,
             "tidings_appends",
-            "Appends acknowledged (each may carry many events).",
+            "Appends acknowledged (each may carry many events)",
         );
-        let events = counter(&mut registry, "tidings_events_appended", "Events appended.");
+        let events = counter(&mut registry, "tidings_events_appended", "Events appended");
         let bytes = counter(
             &mut registry,
             "tidings_bytes_appended",
-            "Event bytes appended, as the store accounts them.",
+            "Event bytes appended, as the store accounts them",
         );
         let append_failures = counter(
             &mut registry,
             "tidings_append_failures",
-            "Appends the store refused or failed.",
+            "Appends the store refused or failed",
         );
         let rejected_busy = counter(
             &mut registry,
             "tidings_appends_rejected_busy",
-            "Appends answered 503 because the append queue was full.",
+            "Appends answered 503 because the append queue was full",
         );
         let subscribers = GaugeU64::default();
         registry.register(
             "tidings_subscribers",
-            "Server-Sent Events subscribers connected.",
+            "Server-Sent Events subscribers connected",
             subscribers.clone(),
         );
         let sse_events = counter(
             &mut registry,
             "tidings_sse_events_sent",
-            "Events sent to Server-Sent Events subscribers.",
+            "Events sent to Server-Sent Events subscribers",
         );
         let commit_seconds = Histogram::new(COMMIT_BUCKETS);
         registry.register(
             "tidings_append_commit_seconds",
-            "Time for the store to make an append durable (includes fsync on the embedded store).",
+            "Time for the store to make an append durable (includes fsync on the embedded store)",
             commit_seconds.clone(),
         );
         let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "tidings_http_responses",
-            "HTTP responses by status code.",
+            "HTTP responses by status code",
             responses.clone(),
         );
         let response = |status| responses.get_or_create(&ResponseLabels { status }).clone();
@@ -222,12 +223,12 @@ impl Metrics {
         };
         gauge(
             "tidings_head_position",
-            "Global position of the last committed event.",
+            "Global position of the last committed event",
             head,
         );
         gauge(
             "tidings_store_bytes",
-            "Size of the store on disk.",
+            "Size of the store on disk",
             store_bytes,
         );
         let mut out = String::with_capacity(4096);
@@ -258,5 +259,34 @@ mod tests {
         assert!(text.contains("tidings_http_responses_total{status=\"201\"} 1\n"));
         assert!(text.contains("tidings_http_responses_total{status=\"other\"} 1\n"));
         assert!(text.contains("tidings_head_position 3\n"));
+    }
+
+    #[test]
+    fn exposes_the_names_dashboards_use() {
+        let text = Metrics::default().encode(Some(1), Some(2));
+        for sample in [
+            "tidings_appends_total 0\n",
+            "tidings_events_appended_total 0\n",
+            "tidings_bytes_appended_total 0\n",
+            "tidings_append_failures_total 0\n",
+            "tidings_appends_rejected_busy_total 0\n",
+            "tidings_subscribers 0\n",
+            "tidings_sse_events_sent_total 0\n",
+            "tidings_head_position 1\n",
+            "tidings_store_bytes 2\n",
+            "tidings_append_commit_seconds_count 0\n",
+            "tidings_append_commit_seconds_bucket{le=\"5.0\"} 0\n",
+            "tidings_http_responses_total{status=\"504\"} 0\n",
+            "# TYPE tidings_subscribers gauge\n",
+            "# TYPE tidings_append_commit_seconds histogram\n",
+            "# HELP tidings_appends Appends acknowledged (each may carry many events).\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in:\n{text}");
+        }
+        assert!(!text.contains(".."), "a help text ends in two periods:\n{text}");
+        assert!(text.ends_with("# EOF\n"), "the exposition is not closed:\n{text}");
+        let unknown = Metrics::default().encode(None, None);
+        assert!(!unknown.contains("tidings_head_position"));
+        assert!(!unknown.contains("tidings_store_bytes"));
     }
 }
