@@ -283,8 +283,14 @@ mod tests {
         ] {
             assert!(text.contains(sample), "no {sample:?} in:\n{text}");
         }
-        assert!(!text.contains(".."), "a help text ends in two periods:\n{text}");
-        assert!(text.ends_with("# EOF\n"), "the exposition is not closed:\n{text}");
+        assert!(
+            !text.contains(".."),
+            "a help text ends in two periods:\n{text}"
+        );
+        assert!(
+            text.ends_with("# EOF\n"),
+            "the exposition is not closed:\n{text}"
+        );
         let unknown = Metrics::default().encode(None, None);
         assert!(!unknown.contains("tidings_head_position"));
         assert!(!unknown.contains("tidings_store_bytes"));
