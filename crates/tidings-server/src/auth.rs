@@ -1,4 +1,4 @@
-//! Bearer tokens and their roles.
+//! Bearer tokens, their roles, and the middleware that checks them on every request.
 //!
 //! With no token configured every request is allowed: that is only safe on loopback, and
 //! the `tidings serve` command refuses any other bind without one. With tokens, each
