@@ -32,19 +32,19 @@ enum Command {
     /// Serve the HTTP API, Server-Sent Events and the web console.
     Serve(serve::ServeArgs),
     /// Append one event to a stream.
-    Append(commands::AppendArgs),
+    Append(commands::append::AppendArgs),
     /// Read a stream.
-    Read(commands::ReadArgs),
+    Read(commands::read::ReadArgs),
     /// Follow new events live (all streams, or one).
-    Tail(commands::TailArgs),
+    Tail(commands::tail::TailArgs),
     /// List streams.
-    Streams(commands::StreamsArgs),
+    Streams(commands::streams::StreamsArgs),
     /// Print the causation tree of one business transaction.
-    Correlation(commands::CorrelationArgs),
+    Correlation(commands::correlation::CorrelationArgs),
     /// Export every event as NDJSON.
-    Export(commands::ExportArgs),
+    Export(commands::export::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
-    Import(commands::ImportArgs),
+    Import(commands::import::ImportArgs),
     /// Run the standard workloads against a store and print a table (or JSON).
     Bench(bench::BenchArgs),
     /// Check every checksum of an embedded store and its indexes against the log.
@@ -76,13 +76,13 @@ fn main() -> ExitCode {
                 .block_on(async {
                     match command {
                         Command::Serve(a) => serve::run(a).await,
-                        Command::Append(a) => commands::append(a).await,
-                        Command::Read(a) => commands::read(a).await,
-                        Command::Tail(a) => commands::tail(a).await,
-                        Command::Streams(a) => commands::streams(a).await,
-                        Command::Correlation(a) => commands::correlation(a).await,
-                        Command::Export(a) => commands::export(a).await,
-                        Command::Import(a) => commands::import(a).await,
+                        Command::Append(a) => commands::append::run(a).await,
+                        Command::Read(a) => commands::read::run(a).await,
+                        Command::Tail(a) => commands::tail::run(a).await,
+                        Command::Streams(a) => commands::streams::run(a).await,
+                        Command::Correlation(a) => commands::correlation::run(a).await,
+                        Command::Export(a) => commands::export::run(a).await,
+                        Command::Import(a) => commands::import::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
                         Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),
                     }

@@ -1,4 +1,4 @@
-//! Bearer tokens and their roles.
+//! Bearer tokens, their roles, and the middleware that checks them on every request.
 //!
 //! With no token configured every request is allowed: that is only safe on loopback, and
 //! the `tidings serve` command refuses any other bind without one. With tokens, each
@@ -8,8 +8,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use axum::http::{Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tidings::EventStore;
 
+use crate::AppState;
 use crate::problem::Problem;
 
 /// What a token may do. Roles are ordered: each includes the ones before it.
@@ -185,6 +190,44 @@ impl Tokens {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// The middleware in front of every route: when tokens are configured, the request's
+/// token (a bearer header, or `access_token` in the query) must cover the route, or the
+/// answer is a problem (401 with `WWW-Authenticate`, or 403).
+pub(crate) async fn authorize<S: EventStore>(
+    State(state): State<AppState<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let tokens = &state.config().tokens;
+    if tokens.enabled() {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::trim))
+            .map(str::to_owned);
+        let from_query = || {
+            req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("access_token="))
+                    .map(str::to_owned)
+            })
+        };
+        let token = bearer.or_else(from_query);
+        if let Err(p) = tokens.authorize(req.method(), req.uri().path(), token.as_deref()) {
+            let mut response = p.into_response();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tidings\""),
+                );
+            }
+            return response;
+        }
+    }
+    next.run(req).await
 }
 
 /// The role a route needs; None for routes open to anyone (health checks and the

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod append;
 pub mod auth;
 mod console;
@@ -54,7 +55,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tidings::{Enricher, EventStore, Limits};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+
+use crate::admission::Admission;
 
 pub use auth::{Role, Tokens};
 pub use metrics::Metrics;
@@ -138,9 +141,7 @@ struct Inner<S> {
     config: ServerConfig,
     enricher: Enricher,
     metrics: Metrics,
-    append_permits: Arc<Semaphore>,
-    /// One permit per KiB of request body held by pending appends.
-    body_budget: Arc<Semaphore>,
+    admission: Admission,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -155,8 +156,7 @@ impl<S: EventStore> AppState<S> {
                 store,
                 enricher,
                 metrics: Metrics::default(),
-                append_permits: Arc::new(Semaphore::new(config.max_pending_appends)),
-                body_budget: Arc::new(Semaphore::new(kib(config.max_pending_bytes) as usize)),
+                admission: Admission::new(&config),
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
@@ -195,22 +195,12 @@ impl<S: EventStore> AppState<S> {
     /// Waits until no append is in flight (after [`AppState::begin_shutdown`], none
     /// can start).
     pub async fn drain(&self) {
-        let all = self.inner.config.max_pending_appends as u32;
-        if let Ok(permits) = self.inner.append_permits.acquire_many(all).await {
-            drop(permits);
-        }
+        self.inner.admission.drain().await;
     }
 
     fn shutdown_watch(&self) -> watch::Receiver<bool> {
         self.inner.shutdown.subscribe()
     }
-}
-
-/// Whole KiB needed for `bytes` (at least one), capped to what a semaphore holds.
-pub(crate) fn kib(bytes: usize) -> u32 {
-    bytes
-        .div_ceil(1024)
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32
 }
 
 /// The whole API and the console as a router over `state`'s store.
@@ -240,7 +230,7 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            authorize::<S>,
+            auth::authorize::<S>,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_problem,
@@ -301,41 +291,6 @@ async fn as_problem(response: Response) -> Response {
         "internal-error"
     };
     Problem::new(status, slug, detail).into_response()
-}
-
-async fn authorize<S: EventStore>(
-    State(state): State<AppState<S>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let tokens = &state.config().tokens;
-    if tokens.enabled() {
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").map(str::trim))
-            .map(str::to_owned);
-        let from_query = || {
-            req.uri().query().and_then(|q| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("access_token="))
-                    .map(str::to_owned)
-            })
-        };
-        let token = bearer.or_else(from_query);
-        if let Err(p) = tokens.authorize(req.method(), req.uri().path(), token.as_deref()) {
-            let mut response = p.into_response();
-            if response.status() == axum::http::StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer realm=\"tidings\""),
-                );
-            }
-            return response;
-        }
-    }
-    next.run(req).await
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then shuts down gracefully:

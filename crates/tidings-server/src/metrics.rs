@@ -1,11 +1,25 @@
-//! Counters the server keeps and their Prometheus text encoding (format 0.0.4).
+//! Counters the server keeps, registered with [`prometheus_client`] and exposed as text.
 //!
-//! Everything is a relaxed atomic: the numbers are for dashboards, not for correctness,
-//! so no lock sits on the append path.
+//! Counters and gauges are relaxed atomics and the response counters are looked up once,
+//! at start, so counting takes no lock; only the commit-time histogram takes a short one
+//! per append. The numbers are for dashboards, not for correctness.
+//!
+//! The text is the OpenMetrics encoding of `prometheus_client`, which the Prometheus
+//! text format 0.0.4 parsers read as well. Counters are registered without their
+//! `_total` suffix, which the encoder appends, so the exposed names are
+//! `tidings_appends_total` and so on; help texts are registered without their final
+//! period, which the encoder appends too.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds, in seconds, of the append-commit histogram's buckets.
 pub const COMMIT_BUCKETS: [f64; 14] = [
@@ -17,195 +31,211 @@ const STATUSES: [u16; 16] = [
     200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 504,
 ];
 
+/// A gauge of unsigned values.
+type GaugeU64 = Gauge<u64, AtomicU64>;
+
+/// The `status` label of `tidings_http_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    status: Status,
+}
+
+/// A counted status code, or `other`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Status {
+    Code(u16),
+    Other,
+}
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        match self {
+            Self::Code(code) => EncodeLabelValue::encode(code, encoder),
+            Self::Other => EncodeLabelValue::encode(&"other", encoder),
+        }
+    }
+}
+
 /// The server's counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    appends: AtomicU64,
-    events: AtomicU64,
-    bytes: AtomicU64,
-    append_failures: AtomicU64,
-    rejected_busy: AtomicU64,
-    subscribers: AtomicU64,
-    sse_events: AtomicU64,
-    commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
-    commit_count: AtomicU64,
-    commit_sum_micros: AtomicU64,
-    statuses: [AtomicU64; STATUSES.len()],
-    other_status: AtomicU64,
+    registry: Registry,
+    appends: Counter,
+    events: Counter,
+    bytes: Counter,
+    append_failures: Counter,
+    rejected_busy: Counter,
+    subscribers: GaugeU64,
+    sse_events: Counter,
+    commit_seconds: Histogram,
+    /// The counters of [`STATUSES`], in that order, shared with the registry's family.
+    statuses: [Counter; STATUSES.len()],
+    other_status: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let appends = counter(
+            &mut registry,
+            "tidings_appends",
+            "Appends acknowledged (each may carry many events)",
+        );
+        let events = counter(&mut registry, "tidings_events_appended", "Events appended");
+        let bytes = counter(
+            &mut registry,
+            "tidings_bytes_appended",
+            "Event bytes appended, as the store accounts them",
+        );
+        let append_failures = counter(
+            &mut registry,
+            "tidings_append_failures",
+            "Appends the store refused or failed",
+        );
+        let rejected_busy = counter(
+            &mut registry,
+            "tidings_appends_rejected_busy",
+            "Appends answered 503 because the append queue was full",
+        );
+        let subscribers = GaugeU64::default();
+        registry.register(
+            "tidings_subscribers",
+            "Server-Sent Events subscribers connected",
+            subscribers.clone(),
+        );
+        let sse_events = counter(
+            &mut registry,
+            "tidings_sse_events_sent",
+            "Events sent to Server-Sent Events subscribers",
+        );
+        let commit_seconds = Histogram::new(COMMIT_BUCKETS);
+        registry.register(
+            "tidings_append_commit_seconds",
+            "Time for the store to make an append durable (includes fsync on the embedded store)",
+            commit_seconds.clone(),
+        );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "tidings_http_responses",
+            "HTTP responses by status code",
+            responses.clone(),
+        );
+        let response = |status| responses.get_or_create(&ResponseLabels { status }).clone();
+        let statuses = STATUSES.map(|code| response(Status::Code(code)));
+        let other_status = response(Status::Other);
+        Self {
+            registry,
+            appends,
+            events,
+            bytes,
+            append_failures,
+            rejected_busy,
+            subscribers,
+            sse_events,
+            commit_seconds,
+            statuses,
+            other_status,
+        }
+    }
 }
 
 impl Metrics {
     /// A successful append of `events` events totalling `bytes`, made durable in `took`.
     pub fn record_append(&self, events: u64, bytes: u64, took: Duration) {
-        self.appends.fetch_add(1, Ordering::Relaxed);
-        self.events.fetch_add(events, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.appends.inc();
+        self.events.inc_by(events);
+        self.bytes.inc_by(bytes);
         self.observe_commit(took);
     }
 
     /// An append the store refused or failed.
     pub fn record_append_failure(&self, took: Duration) {
-        self.append_failures.fetch_add(1, Ordering::Relaxed);
+        self.append_failures.inc();
         self.observe_commit(took);
     }
 
     /// An append refused because the queue was full.
     pub fn record_busy(&self) {
-        self.rejected_busy.fetch_add(1, Ordering::Relaxed);
+        self.rejected_busy.inc();
     }
 
     fn observe_commit(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        if let Some(i) = COMMIT_BUCKETS.iter().position(|&b| secs <= b) {
-            self.commit_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.commit_count.fetch_add(1, Ordering::Relaxed);
-        self.commit_sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commit_seconds.observe(took.as_secs_f64());
     }
 
     /// An HTTP response went out with `status`.
     pub fn record_status(&self, status: u16) {
         match STATUSES.iter().position(|&s| s == status) {
-            Some(i) => self.statuses[i].fetch_add(1, Ordering::Relaxed),
-            None => self.other_status.fetch_add(1, Ordering::Relaxed),
+            Some(i) => self.statuses[i].inc(),
+            None => self.other_status.inc(),
         };
     }
 
     /// A subscriber connected.
     pub fn subscriber_opened(&self) {
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.subscribers.inc();
     }
 
     /// A subscriber went away.
     pub fn subscriber_closed(&self) {
-        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.subscribers.dec();
     }
 
     /// An event was sent to a subscriber.
     pub fn record_sse_event(&self) {
-        self.sse_events.fetch_add(1, Ordering::Relaxed);
+        self.sse_events.inc();
     }
 
     /// Subscribers connected now.
     pub fn subscribers(&self) -> u64 {
-        self.subscribers.load(Ordering::Relaxed)
+        self.subscribers.get()
     }
 
     /// Appends acknowledged since start.
     pub fn appends(&self) -> u64 {
-        self.appends.load(Ordering::Relaxed)
+        self.appends.get()
     }
 
     /// Events appended since start.
     pub fn events(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
+        self.events.get()
     }
 
     /// Event bytes appended since start.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.bytes.get()
     }
 
-    /// The Prometheus text exposition of every counter, plus the given gauges.
+    /// The text exposition of every counter, plus the given gauges (each left out when
+    /// unknown).
     pub fn encode(&self, head: Option<u64>, store_bytes: Option<u64>) -> String {
-        let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        // The gauges known only at scrape time live in a registry of their own.
+        let mut scrape = Registry::default();
+        let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                scrape.register(name, help, ConstGauge::new(v));
+            }
         };
-        counter(
-            "tidings_appends_total",
-            "Appends acknowledged (each may carry many events).",
-            "counter",
-            load(&self.appends),
+        gauge(
+            "tidings_head_position",
+            "Global position of the last committed event",
+            head,
         );
-        counter(
-            "tidings_events_appended_total",
-            "Events appended.",
-            "counter",
-            load(&self.events),
+        gauge(
+            "tidings_store_bytes",
+            "Size of the store on disk",
+            store_bytes,
         );
-        counter(
-            "tidings_bytes_appended_total",
-            "Event bytes appended, as the store accounts them.",
-            "counter",
-            load(&self.bytes),
-        );
-        counter(
-            "tidings_append_failures_total",
-            "Appends the store refused or failed.",
-            "counter",
-            load(&self.append_failures),
-        );
-        counter(
-            "tidings_appends_rejected_busy_total",
-            "Appends answered 503 because the append queue was full.",
-            "counter",
-            load(&self.rejected_busy),
-        );
-        counter(
-            "tidings_subscribers",
-            "Server-Sent Events subscribers connected.",
-            "gauge",
-            load(&self.subscribers),
-        );
-        counter(
-            "tidings_sse_events_sent_total",
-            "Events sent to Server-Sent Events subscribers.",
-            "counter",
-            load(&self.sse_events),
-        );
-        if let Some(h) = head {
-            counter(
-                "tidings_head_position",
-                "Global position of the last committed event.",
-                "gauge",
-                h,
-            );
-        }
-        if let Some(b) = store_bytes {
-            counter(
-                "tidings_store_bytes",
-                "Size of the store on disk.",
-                "gauge",
-                b,
-            );
-        }
-        let name = "tidings_append_commit_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time for the store to make an append durable (includes fsync on the embedded store).\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, bucket) in COMMIT_BUCKETS.iter().zip(&self.commit_buckets) {
-            cumulative += load(bucket);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = load(&self.commit_count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            load(&self.commit_sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-        let name = "tidings_http_responses_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} HTTP responses by status code.\n# TYPE {name} counter"
-        );
-        for (status, n) in STATUSES.iter().zip(&self.statuses) {
-            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {}", load(n));
-        }
-        let _ = writeln!(
-            out,
-            "{name}{{status=\"other\"}} {}",
-            load(&self.other_status)
-        );
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &scrape))
+            .and_then(|()| text::encode_eof(&mut out));
         out
     }
 }
@@ -229,5 +259,40 @@ mod tests {
         assert!(text.contains("tidings_http_responses_total{status=\"201\"} 1\n"));
         assert!(text.contains("tidings_http_responses_total{status=\"other\"} 1\n"));
         assert!(text.contains("tidings_head_position 3\n"));
+    }
+
+    #[test]
+    fn exposes_the_names_dashboards_use() {
+        let text = Metrics::default().encode(Some(1), Some(2));
+        for sample in [
+            "tidings_appends_total 0\n",
+            "tidings_events_appended_total 0\n",
+            "tidings_bytes_appended_total 0\n",
+            "tidings_append_failures_total 0\n",
+            "tidings_appends_rejected_busy_total 0\n",
+            "tidings_subscribers 0\n",
+            "tidings_sse_events_sent_total 0\n",
+            "tidings_head_position 1\n",
+            "tidings_store_bytes 2\n",
+            "tidings_append_commit_seconds_count 0\n",
+            "tidings_append_commit_seconds_bucket{le=\"5.0\"} 0\n",
+            "tidings_http_responses_total{status=\"504\"} 0\n",
+            "# TYPE tidings_subscribers gauge\n",
+            "# TYPE tidings_append_commit_seconds histogram\n",
+            "# HELP tidings_appends Appends acknowledged (each may carry many events).\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains(".."),
+            "a help text ends in two periods:\n{text}"
+        );
+        assert!(
+            text.ends_with("# EOF\n"),
+            "the exposition is not closed:\n{text}"
+        );
+        let unknown = Metrics::default().encode(None, None);
+        assert!(!unknown.contains("tidings_head_position"));
+        assert!(!unknown.contains("tidings_store_bytes"));
     }
 }

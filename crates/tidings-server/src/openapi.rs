@@ -261,7 +261,7 @@ pub fn document() -> Value {
             "/ready": { "get": { "summary": "Readiness", "responses": {
                 "200": ok_json("ready", json!({ "type": "object" })), "503": problem("shutting down or store unavailable") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (admin token when tokens are on)", "responses": {
-                "200": { "description": "Prometheus text format 0.0.4", "content": { "text/plain": {} } },
+                "200": { "description": "Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when the Accept header asks for it", "content": { "text/plain": {}, "application/openmetrics-text": {} } },
                 "401": problem_401.clone(), "403": problem_403.clone() } } },
             "/stats": { "get": { "summary": "Head, size and counters for the console", "responses": {
                 "200": ok_json("stats", json!({ "type": "object" })), "401": problem_401, "403": problem_403 } } },

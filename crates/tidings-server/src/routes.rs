@@ -71,52 +71,9 @@ pub(crate) async fn append<S: EventStore>(
     body: Body,
 ) -> Result<Response, Problem> {
     let stream = user_stream(&stream)?;
-    let max = state.config().max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared
-        && len > max as u64
-    {
-        return Err(too_large(max));
-    }
-    if state.is_shutting_down() {
-        return Err(Problem::unavailable(
-            "shutting-down",
-            "the server is shutting down and takes no new appends; retry against the restarted server",
-            5,
-        ));
-    }
-    let Ok(_permit) = state.inner.append_permits.clone().try_acquire_owned() else {
-        state.metrics().record_busy();
-        return Err(Problem::unavailable(
-            "append-queue-full",
-            format!(
-                "{} appends are already pending; retry after a second",
-                state.config().max_pending_appends
-            ),
-            1,
-        )
-        .with("pendingLimit", state.config().max_pending_appends));
-    };
-    let held = crate::kib(declared.map_or(max, |l| l as usize))
-        .min(crate::kib(state.config().max_pending_bytes));
-    let Ok(_budget) = state.inner.body_budget.clone().try_acquire_many_owned(held) else {
-        state.metrics().record_busy();
-        return Err(Problem::unavailable(
-            "append-queue-full",
-            format!(
-                "pending appends already hold {} bytes of request bodies; retry after a second",
-                state.config().max_pending_bytes
-            ),
-            1,
-        )
-        .with("pendingBytesLimit", state.config().max_pending_bytes));
-    };
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| too_large(max))?;
+    let admission = &state.inner.admission;
+    let _admitted = admission.admit(&headers, state.is_shutting_down(), state.metrics())?;
+    let bytes = admission.read_body(body).await?;
     let request = parse_append(&headers, &bytes)?;
     let events = request
         .events
@@ -164,17 +121,6 @@ pub(crate) async fn append<S: EventStore>(
             Err(e.into())
         }
     }
-}
-
-fn too_large(max: usize) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        format!(
-            "the request body is larger than {max} bytes; split the append into smaller batches"
-        ),
-    )
-    .with("limit", max)
 }
 
 /// Percent-encodes one path segment.
@@ -388,14 +334,26 @@ pub(crate) async fn ready<S: EventStore>(State(state): State<AppState<S>>) -> Re
     }
 }
 
-pub(crate) async fn metrics<S: EventStore>(State(state): State<AppState<S>>) -> Response {
+/// `/metrics`: OpenMetrics text for scrapers that ask for it (Prometheus does), and
+/// labelled as the Prometheus text format 0.0.4 for everyone else.
+pub(crate) async fn metrics<S: EventStore>(
+    State(state): State<AppState<S>>,
+    headers: HeaderMap,
+) -> Response {
     let head = state.store().head().await.ok().flatten();
     let size = state.config().store_size.as_ref().and_then(|f| f());
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, content_type)],
         state.metrics().encode(head, size),
     )
         .into_response()

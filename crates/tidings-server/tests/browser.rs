@@ -1,142 +1,171 @@
-//! The web console in a real browser: headless Debian Chromium, driven over the Chrome
-//! DevTools Protocol (a small client below, on `tokio-tungstenite`), against the real
-//! server. Events appended through the API must appear in the live tail and on the
-//! stream page without a reload; the correlation page must draw the causation tree.
+//! The web console in a real browser: headless Debian Chromium, driven over WebDriver
+//! (`fantoccini` talking to a `chromedriver` the test starts), against the real server.
+//! Events appended through the API must appear in the live tail and on the stream page
+//! without a reload; the correlation page must draw the causation tree.
 //!
-//! Skips loudly when Chromium is absent; fails instead when `TIDINGS_REQUIRE_SERVICES=1`.
-//! `TIDINGS_CHROMIUM` overrides the browser path. Screenshots of each page are written to
-//! `target/console-screenshots/`.
+//! Skips loudly when Chromium or chromedriver is absent; fails instead when
+//! `TIDINGS_REQUIRE_SERVICES=1`. `TIDINGS_CHROMIUM` and `TIDINGS_CHROMEDRIVER` override
+//! the paths. Screenshots of each page are written to `target/console-screenshots/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{TestServer, http, skip_or_fail};
-use futures::{SinkExt, StreamExt};
+use fantoccini::{Client, ClientBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
 /// The longest any single wait for the page may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn chromium() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("TIDINGS_CHROMIUM") {
+/// The first of `candidates` that exists, or the path in `var` when it is set.
+fn find(var: &str, candidates: &[&str]) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(var) {
         return Some(PathBuf::from(p));
     }
-    [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
+    candidates.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A page in Chromium, reached over one DevTools session.
-struct Page {
-    ws: Socket,
-    session: String,
-    next_id: u64,
+fn chromium() -> Option<PathBuf> {
+    find(
+        "TIDINGS_CHROMIUM",
+        &[
+            "/usr/bin/chromium",
+            "/usr/bin/chromium-browser",
+            "/usr/bin/google-chrome",
+        ],
+    )
 }
 
-async fn call(
-    ws: &mut Socket,
-    id: u64,
-    session: Option<&str>,
-    method: &str,
-    params: Value,
-) -> Value {
-    let mut msg = json!({"id": id, "method": method, "params": params});
-    if let Some(s) = session {
-        msg["sessionId"] = json!(s);
-    }
-    ws.send(Message::Text(msg.to_string().into()))
-        .await
-        .unwrap();
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no answer to {method}"))
-            .expect("DevTools connection closed")
-            .unwrap();
-        let Message::Text(text) = frame else { continue };
-        let v: Value = serde_json::from_str(&text).unwrap();
-        if v["id"] == id {
-            if let Some(e) = v.get("error") {
-                panic!("{method} failed: {e}");
+fn chromedriver() -> Option<PathBuf> {
+    find(
+        "TIDINGS_CHROMEDRIVER",
+        &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+    )
+}
+
+/// A `chromedriver` on a free loopback port, with the browser profile it uses; both go
+/// away on drop (chromedriver and every browser it started are killed).
+struct Driver {
+    child: Child,
+    url: String,
+    profile: PathBuf,
+}
+
+impl Driver {
+    async fn start(binary: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("no free port for chromedriver")
+            .port();
+        let profile =
+            std::env::temp_dir().join(format!("tidings-chromium-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+        // Its own process group, so that drop can kill the browsers along with it.
+        let child = std::os::unix::process::CommandExt::process_group(
+            Command::new(binary)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            0,
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let driver = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            profile,
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ready = http()
+                .get(format!("{}/status", driver.url))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            if let Some(r) = ready {
+                let status: Value = r.json().await.unwrap();
+                if status["value"]["ready"] == json!(true) {
+                    return driver;
+                }
             }
-            return v["result"].clone();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver did not start within the wait"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// A session with a fresh headless Chromium at `browser`.
+    async fn session(&self, browser: &Path) -> Client {
+        let args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1400,900".to_owned(),
+            format!("--user-data-dir={}", self.profile.display()),
+        ];
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": browser, "args": args},
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object")
+        };
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("chromedriver refused a Chromium session: {e}"))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the browsers it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// A page in Chromium, reached over one WebDriver session.
+struct Page {
+    client: Client,
 }
 
 impl Page {
-    async fn open(ws_url: &str, url: &str) -> Self {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-        let target = call(
-            &mut ws,
-            1,
-            None,
-            "Target.createTarget",
-            json!({"url": "about:blank"}),
-        )
-        .await;
-        let attached = call(
-            &mut ws,
-            2,
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-        let session = attached["sessionId"].as_str().unwrap().to_owned();
-        let mut page = Self {
-            ws,
-            session,
-            next_id: 10,
-        };
-        page.cmd(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
-        )
-        .await;
-        page.cmd("Page.enable", json!({})).await;
-        page.cmd("Page.navigate", json!({"url": url})).await;
-        page
-    }
-
-    async fn cmd(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        call(
-            &mut self.ws,
-            self.next_id,
-            Some(&self.session.clone()),
-            method,
-            params,
-        )
-        .await
+    async fn open(driver: &Driver, browser: &Path, url: &str) -> Self {
+        let client = driver.session(browser).await;
+        client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        Self { client }
     }
 
     async fn eval(&mut self, expression: &str) -> Value {
-        let r = self
-            .cmd(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        if let Some(e) = r.get("exceptionDetails") {
-            panic!("{expression} threw: {e}");
-        }
-        r["result"]["value"].clone()
+        self.client
+            .execute(&format!("return ({expression});"), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{expression} threw: {e}"))
     }
 
     /// Polls `expression` until it is true; fails after [`WAIT`].
@@ -166,16 +195,16 @@ impl Page {
                 "page {name} shows {junk:?}: {text}"
             );
         }
-        let shot = self
-            .cmd("Page.captureScreenshot", json!({"format": "png"}))
-            .await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap())
-            .unwrap();
+        let png = self.client.screenshot().await.unwrap();
         let dir =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Ends the WebDriver session, which closes the browser.
+    async fn close(self) {
+        self.client.close().await.unwrap();
     }
 }
 
@@ -198,44 +227,17 @@ async fn console_shows_live_events_and_causation_trees() {
             "Chromium is not installed (apt-get install chromium)",
         );
     };
+    let Some(driver_binary) = chromedriver() else {
+        return skip_or_fail(
+            "console_shows_live_events_and_causation_trees",
+            "chromedriver is not installed (apt-get install chromium-driver)",
+        );
+    };
     let s = TestServer::start().await;
-    let profile = std::env::temp_dir().join(format!("tidings-chromium-{}", std::process::id()));
-    let mut child = tokio::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--remote-debugging-port=0",
-            "--window-size=1400,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", browser.display()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ws_url = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("Chromium exited without a DevTools endpoint");
-    })
-    .await
-    .expect("Chromium did not start within the wait");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let driver = Driver::start(&driver_binary).await;
 
     // Live tail: open it first, then append; the events appear without a reload.
-    let mut page = Page::open(&ws_url, &s.url("/#/tail")).await;
+    let mut page = Page::open(&driver, &browser, &s.url("/#/tail")).await;
     page.wait_for(
         "the live tail connected",
         "document.querySelector('.status')?.textContent.includes('live')",
@@ -402,7 +404,7 @@ async fn console_shows_live_events_and_causation_trees() {
     .await;
     assert_eq!(page.eval("window.__noReload").await, "still here");
 
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    page.close().await;
+    drop(driver);
     s.stop().await.unwrap();
 }

@@ -9,27 +9,37 @@
 //!
 //! Each throughput workload runs for `--seconds`; nothing is timed in tests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, anyhow, ensure};
 use serde_json::Value;
 
-fn event_json(extra: Option<u64>) -> Value {
-    let mut e: Value = serde_json::from_str(super::FIXTURE).unwrap();
-    let obj = e.as_object_mut().unwrap();
+/// Locks `m`, carrying on with the data if another thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn event_json(extra: Option<u64>) -> Result<Value> {
+    let mut e: Value =
+        serde_json::from_str(super::FIXTURE).context("the OrderCreated fixture is not JSON")?;
+    let obj = e
+        .as_object_mut()
+        .context("the OrderCreated fixture is not a JSON object")?;
     obj.remove("eventId");
     if let Some(n) = extra {
         obj["metadata"]["userId"] = Value::String(n.to_string());
     }
-    e
+    Ok(e)
 }
 
-async fn throughput(base: &str, clients: usize, batch: usize, secs: u64) -> (f64, u64) {
+async fn throughput(base: &str, clients: usize, batch: usize, secs: u64) -> Result<(f64, u64)> {
+    let event = event_json(None)?;
     let body: Vec<u8> = if batch == 1 {
-        serde_json::to_vec(&event_json(None)).unwrap()
+        serde_json::to_vec(&event)?
     } else {
-        serde_json::to_vec(&vec![event_json(None); batch]).unwrap()
+        serde_json::to_vec(&vec![event; batch])?
     };
     // Leaked once so every request borrows it without copying.
     let body: &'static [u8] = Box::leak(body.into_boxed_slice());
@@ -42,7 +52,7 @@ async fn throughput(base: &str, clients: usize, batch: usize, secs: u64) -> (f64
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()
-            .unwrap();
+            .context("cannot build an HTTP client")?;
         let url = format!("{base}/streams/load-{batch}-{c}");
         let events = events.clone();
         let errors = errors.clone();
@@ -67,27 +77,31 @@ async fn throughput(base: &str, clients: usize, batch: usize, secs: u64) -> (f64
         }));
     }
     for t in tasks {
-        t.await.unwrap();
+        t.await.context("a load client failed")?;
     }
     let took = start.elapsed().as_secs_f64();
-    (
+    Ok((
         events.load(Ordering::Relaxed) as f64 / took,
         errors.load(Ordering::Relaxed),
-    )
+    ))
 }
 
-async fn sse_latency(base: &str, count: u64) -> Vec<Duration> {
+async fn sse_latency(base: &str, count: u64) -> Result<Vec<Duration>> {
     let http = reqwest::Client::new();
     let mut sub = http
         .get(format!("{base}/subscribe/all?type=Latency"))
         .send()
         .await
-        .unwrap();
-    assert_eq!(sub.status(), 200);
+        .context("cannot subscribe to /subscribe/all")?;
+    ensure!(
+        sub.status() == 200,
+        "subscribing to /subscribe/all answered {}",
+        sub.status()
+    );
     let origin = Instant::now();
     let writer_http = reqwest::Client::new();
     let url = format!("{base}/streams/latency");
-    let sent = Arc::new(std::sync::Mutex::new(vec![Duration::ZERO; count as usize]));
+    let sent = Arc::new(Mutex::new(vec![Duration::ZERO; count as usize]));
     let sent_w = sent.clone();
     let writer = tokio::spawn(async move {
         // Let the subscription reach the live phase before the first event.
@@ -96,33 +110,54 @@ async fn sse_latency(base: &str, count: u64) -> Vec<Duration> {
         let mut tick = tokio::time::interval(Duration::from_millis(2));
         for i in 0..count {
             tick.tick().await;
-            let mut e = event_json(Some(i));
+            let mut e = event_json(Some(i))?;
             e["eventType"] = Value::String("Latency".into());
-            sent_w.lock().unwrap()[i as usize] = origin.elapsed();
-            let r = writer_http.post(&url).json(&e).send().await.unwrap();
-            assert_eq!(r.status(), 201);
+            lock(&sent_w)[i as usize] = origin.elapsed();
+            let r = writer_http
+                .post(&url)
+                .json(&e)
+                .send()
+                .await
+                .with_context(|| format!("appending latency event {i}"))?;
+            ensure!(
+                r.status() == 201,
+                "appending latency event {i} answered {}",
+                r.status()
+            );
             let _ = r.bytes().await;
         }
+        anyhow::Ok(())
     });
     let mut latencies = Vec::with_capacity(count as usize);
     let mut buf: Vec<u8> = Vec::new();
     while (latencies.len() as u64) < count {
-        let chunk = sub.chunk().await.unwrap().expect("subscription ended");
+        let chunk = sub
+            .chunk()
+            .await
+            .context("reading the subscription")?
+            .ok_or_else(|| anyhow!("the subscription ended before every event arrived"))?;
         let arrived = origin.elapsed();
         buf.extend_from_slice(&chunk);
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let msg: Vec<u8> = buf.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&msg);
             if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let v: Value = serde_json::from_str(data).unwrap();
-                let i: usize = v["metadata"]["userId"].as_str().unwrap().parse().unwrap();
-                let at = sent.lock().unwrap()[i];
+                let v: Value = serde_json::from_str(data)
+                    .with_context(|| format!("a subscription event is not JSON: {data}"))?;
+                let i: usize = v["metadata"]["userId"]
+                    .as_str()
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("a latency event has no numeric userId: {data}"))?;
+                let at = lock(&sent)
+                    .get(i)
+                    .copied()
+                    .with_context(|| format!("latency event {i} was never sent"))?;
                 latencies.push(arrived.saturating_sub(at));
             }
         }
     }
-    writer.await.unwrap();
-    latencies
+    writer.await.context("the latency writer failed")??;
+    Ok(latencies)
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -141,9 +176,9 @@ pub fn run(base: &str, seconds: u64, json: bool) -> anyhow::Result<std::process:
             .json()
             .await?;
         let store = stats["store"].as_str().unwrap_or("?").to_owned();
-        let (batch_rate, batch_errors) = throughput(&base, 8, 100, seconds).await;
-        let (single_rate, single_errors) = throughput(&base, 64, 1, seconds).await;
-        let mut lat = sse_latency(&base, 2000).await;
+        let (batch_rate, batch_errors) = throughput(&base, 8, 100, seconds).await?;
+        let (single_rate, single_errors) = throughput(&base, 64, 1, seconds).await?;
+        let mut lat = sse_latency(&base, 2000).await?;
         lat.sort();
         let (p50, p99, max) = (pct(&lat, 0.5), pct(&lat, 0.99), lat[lat.len() - 1]);
         if json {
