@@ -1,4 +1,4 @@
-//! [`Publisher`]: validate, enrich, append, then dispatch.
+//! [`Publisher`]: enrich, append (where the store validates), then dispatch.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use futures::Stream;
 
 use super::Dispatch;
 use super::outcome::DispatchReport;
-use tidings_core::event::{Enricher, Event, EventError, Metadata, NewEvent};
+use tidings_core::event::{Enricher, Event, EventError, Limits, Metadata, NewEvent};
 use tidings_core::handler::causation::current_cause;
 use tidings_core::store::{
     AppendResult, EventAppender, EventReader, EventStreamItem, EventSubscriber, ExpectedVersion,
@@ -50,7 +50,7 @@ pub struct Published {
     pub reports: Vec<DispatchReport>,
 }
 
-/// Publishes events: validates and enriches them, appends them to a stream with an
+/// Publishes events: enriches them, appends them to a stream with an
 /// expected version, then dispatches each recorded event.
 ///
 /// Causation is automatic: an event published while a dispatcher runs a handler for
@@ -162,7 +162,13 @@ where
                     .map_err(|source| PublishError::InvalidEvent { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.append_and_dispatch(stream, expected, events).await?)
+        match self.append_and_dispatch(stream, expected, events).await {
+            Ok(published) => Ok(published),
+            Err(StoreError::InvalidEvent { index, source }) => {
+                Err(PublishError::InvalidEvent { index, source })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn append_and_dispatch(
@@ -255,6 +261,10 @@ where
             .append_and_dispatch(stream, expected, events)
             .await?
             .append)
+    }
+
+    fn limits(&self) -> Limits {
+        self.store.limits()
     }
 }
 

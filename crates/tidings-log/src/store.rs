@@ -275,11 +275,6 @@ impl LogStore {
         self.inner.shared.stopped_reason()
     }
 
-    /// The limits appends are held to.
-    pub fn limits(&self) -> Limits {
-        self.inner.shared.limits
-    }
-
     /// Counters of the write path since the store was opened: commit groups (so
     /// `events / groups` is the average group size), how many were committed inline,
     /// appends, events and bytes.
@@ -418,6 +413,10 @@ impl EventAppender for LogStore {
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send {
         let span = tracing::debug_span!("append", %stream, %expected, events = events.len());
         self.append_inner(stream, expected, events).instrument(span)
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.shared.limits
     }
 }
 

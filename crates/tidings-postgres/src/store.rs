@@ -224,6 +224,10 @@ impl EventAppender for PgStore {
         .instrument(span)
         .await
     }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
 }
 
 impl EventReader for PgStore {

@@ -62,6 +62,10 @@ impl EventAppender for Handles {
     ) -> Result<AppendResult, StoreError> {
         self.appender().append(stream, expected, events).await
     }
+
+    fn limits(&self) -> tidings::Limits {
+        self.appender().limits()
+    }
 }
 
 impl EventReader for Handles {

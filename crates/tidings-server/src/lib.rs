@@ -53,7 +53,7 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tidings::{Enricher, EventStore, Limits};
+use tidings::{Enricher, EventStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -82,8 +82,6 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// The `source` given to events that do not name one. Default `tidings-http`.
     pub default_source: String,
-    /// Event size limits applied while enriching.
-    pub limits: Limits,
     /// Bearer tokens; empty turns authentication off.
     pub tokens: Tokens,
     /// Reports the store's size on disk, for `/stats` and `/metrics`.
@@ -114,7 +112,6 @@ impl Default for ServerConfig {
             max_pending_bytes: 256 << 20,
             heartbeat: Duration::from_secs(15),
             default_source: "tidings-http".to_owned(),
-            limits: Limits::default(),
             tokens: Tokens::none(),
             store_size: None,
             store_description: "store".to_owned(),
@@ -150,7 +147,7 @@ struct Inner<S> {
 impl<S: EventStore> AppState<S> {
     /// State serving `store` with `config`.
     pub fn new(store: S, config: ServerConfig) -> Self {
-        let enricher = Enricher::new(config.default_source.clone()).with_limits(config.limits);
+        let enricher = Enricher::new(config.default_source.clone());
         Self {
             inner: Arc::new(Inner {
                 store,

@@ -335,6 +335,10 @@ where
         }
         Ok(result)
     }
+
+    fn limits(&self) -> tidings_core::Limits {
+        self.inner.limits()
+    }
 }
 
 impl<S: EventReader> EventReader for EventRecorder<S> {

@@ -420,12 +420,15 @@ impl Clock for ManualClock {
     }
 }
 
-/// Validates producers' events and fills in what they left out.
+/// Fills in what producers left out of their events: id, timestamp, schema version and
+/// source.
+///
+/// It does not validate: the store does, once, for every append
+/// (`tidings_core::backend::validate_append`), with the store's own [`Limits`].
 #[derive(Clone)]
 pub struct Enricher {
     source: String,
     default_version: String,
-    limits: Limits,
     clock: std::sync::Arc<dyn Clock>,
 }
 
@@ -434,7 +437,6 @@ impl std::fmt::Debug for Enricher {
         f.debug_struct("Enricher")
             .field("source", &self.source)
             .field("default_version", &self.default_version)
-            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -445,7 +447,6 @@ impl Enricher {
         Self {
             source: source.into(),
             default_version: DEFAULT_EVENT_VERSION.to_owned(),
-            limits: Limits::default(),
             clock: std::sync::Arc::new(SystemClock),
         }
     }
@@ -453,12 +454,6 @@ impl Enricher {
     /// Uses another clock.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = std::sync::Arc::new(clock);
-        self
-    }
-
-    /// Uses other limits.
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
         self
     }
 
@@ -478,10 +473,11 @@ impl Enricher {
         &self.clock
     }
 
-    /// Validates `event` and fills id, timestamp, version and source when missing.
+    /// Fills id, timestamp, version and source when missing. Fails only when the event
+    /// has no type or no data, without which it is not an event; everything else is
+    /// checked by the store when the event is appended.
     pub fn enrich(&self, event: NewEvent) -> Result<Event, EventError> {
         let event_type = event.event_type.ok_or(EventError::MissingType)?;
-        validate_event_type(&event_type)?;
         let data = event.data.ok_or(EventError::MissingData)?;
         let event = Event {
             event_id: event.event_id.unwrap_or_else(Uuid::now_v7),
@@ -494,7 +490,6 @@ impl Enricher {
             data,
             metadata: event.metadata,
         };
-        event.validate(&self.limits)?;
         Ok(event)
     }
 }
@@ -548,50 +543,78 @@ mod tests {
     }
 
     #[test]
-    fn enrichment_refuses_bad_events() {
+    fn bad_events_are_refused_by_the_one_validation_point() {
+        // The enricher refuses only what is not an event (no type, no data); every other
+        // check is the store's, through `validate_append`.
+        let stream = crate::StreamId::new("s-1").unwrap();
+        let checked = |enricher: &Enricher, event: NewEvent, limits: Limits| {
+            let event = enricher.enrich(event)?;
+            match crate::backend::validate_append(&stream, std::slice::from_ref(&event), &limits) {
+                Ok(_) => Ok(event),
+                Err(crate::StoreError::InvalidEvent { index: 0, source }) => Err(source),
+                Err(other) => panic!("not an event error: {other}"),
+            }
+        };
         let e = Enricher::new("svc");
+        let default = Limits::default();
         let no_type = NewEvent {
             data: Some(Payload::null()),
             ..NewEvent::default()
         };
-        assert_eq!(e.enrich(no_type), Err(EventError::MissingType));
+        assert_eq!(checked(&e, no_type, default), Err(EventError::MissingType));
         let no_data = NewEvent {
             event_type: Some("A".into()),
             ..NewEvent::default()
         };
-        assert_eq!(e.enrich(no_data), Err(EventError::MissingData));
+        assert_eq!(checked(&e, no_data, default), Err(EventError::MissingData));
         assert_eq!(
-            e.enrich(NewEvent::new("A", Payload::null())),
+            checked(&e, NewEvent::new("A", Payload::null()), default),
             Err(EventError::MissingData)
         );
         assert_eq!(
-            e.enrich(NewEvent::new("", serde_json::json!(1))),
+            checked(&e, NewEvent::new("", serde_json::json!(1)), default),
             Err(EventError::MissingType)
         );
         assert!(matches!(
-            e.enrich(NewEvent::new("x".repeat(257), serde_json::json!(1))),
+            checked(
+                &e,
+                NewEvent::new("x".repeat(257), serde_json::json!(1)),
+                default
+            ),
             Err(EventError::TypeTooLong { len: 257, .. })
         ));
         assert!(matches!(
-            e.enrich(NewEvent::new("A\tB", serde_json::json!(1))),
+            checked(&e, NewEvent::new("A\tB", serde_json::json!(1)), default),
             Err(EventError::TypeControlCharacter { offset: 1 })
         ));
         assert_eq!(
-            e.enrich(NewEvent::new("A", serde_json::json!(1)).with_user_id("a\0b")),
+            checked(
+                &e,
+                NewEvent::new("A", serde_json::json!(1)).with_user_id("a\0b"),
+                default
+            ),
             Err(EventError::NulCharacter {
                 field: "metadata.userId".into()
             })
         );
         assert!(matches!(
-            e.enrich(NewEvent::new("A", serde_json::json!(1)).with_meta("k", "\0")),
+            checked(
+                &e,
+                NewEvent::new("A", serde_json::json!(1)).with_meta("k", "\0"),
+                default
+            ),
             Err(EventError::NulCharacter { .. })
         ));
-        let small = Enricher::new("svc").with_limits(Limits {
+        let small = Limits {
             max_event_bytes: 100,
             max_append_bytes: 1000,
-        });
+        };
         assert!(matches!(
-            small.enrich(NewEvent::new("A", serde_json::json!("x".repeat(100)))),
+            checked(
+                &e,
+                NewEvent::new("A", serde_json::json!("x".repeat(100))),
+                small
+            ),
             Err(EventError::TooLarge { max: 100, .. })
         ));
     }

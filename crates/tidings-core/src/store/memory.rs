@@ -187,6 +187,10 @@ impl EventAppender for InMemoryStore {
             tracing::debug_span!("append", %stream, %expected, events = events.len()).entered();
         self.append_now(stream, expected, events)
     }
+
+    fn limits(&self) -> Limits {
+        self.limits
+    }
 }
 
 impl EventReader for InMemoryStore {

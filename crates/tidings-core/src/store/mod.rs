@@ -22,7 +22,7 @@ use futures::Stream;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventError};
+use crate::event::{Event, EventError, Limits};
 use crate::stream::{StreamId, StreamIdError};
 
 pub use catch_up::CatchUp;
@@ -441,6 +441,11 @@ pub trait EventAppender: Send + Sync {
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> impl Future<Output = Result<AppendResult, StoreError>> + Send;
+
+    /// The size limits this store holds appends to. Whatever sits in front of a store (a
+    /// server answering `413`, a producer sizing its batches) takes them from here, so
+    /// the two cannot disagree.
+    fn limits(&self) -> Limits;
 }
 
 /// Reads streams and the global log.

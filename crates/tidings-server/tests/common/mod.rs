@@ -118,6 +118,10 @@ impl EventAppender for GatedStore {
         self.gate.acquire().await.unwrap().forget();
         self.inner.append(stream, expected, events).await
     }
+
+    fn limits(&self) -> tidings::Limits {
+        self.inner.limits()
+    }
 }
 
 impl EventReader for GatedStore {
