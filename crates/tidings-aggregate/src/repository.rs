@@ -19,6 +19,7 @@ use tidings_core::stream::StreamId;
 
 /// Why a load or save failed. A failed save leaves the events uncommitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RepositoryError {
     /// Someone else wrote to the stream since it was loaded: reload and retry.
     #[error("concurrency conflict on {stream}: expected {expected}, actual {}", actual.map_or_else(|| "no stream".to_owned(), |v| v.to_string()))]

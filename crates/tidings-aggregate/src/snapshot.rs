@@ -32,6 +32,7 @@ pub struct Snapshot {
 
 /// Why a snapshot store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The state could not be serialized.
     #[error("the state of {stream} could not be serialized: {reason}")]

@@ -18,6 +18,7 @@ use tidings_core::stream::StreamId;
 
 /// Why a publish was refused or failed. Nothing was appended and nothing dispatched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// An event was refused by validation.
     #[error("event {index} of the publish was refused: {source}")]

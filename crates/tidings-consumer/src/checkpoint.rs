@@ -26,6 +26,7 @@ pub const CHECKPOINT_EVENT_TYPE: &str = "$Checkpoint";
 
 /// Why a checkpoint could not be loaded or saved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     /// Another instance saved this checkpoint since this one last loaded or saved it.
     #[error(

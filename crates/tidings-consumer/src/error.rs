@@ -7,6 +7,7 @@ use super::checkpoint::CheckpointError;
 
 /// Why a consumer-group operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumerError {
     /// The group's name does not make valid system stream names.
     #[error("consumer group name {name:?} is not usable: {source}")]

@@ -4,6 +4,7 @@ use tidings_core::StoreError;
 
 /// Why [`crate::PgStore`] could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PgStoreError {
     /// The connection URL was refused (the message never repeats it: it may hold a
     /// password).

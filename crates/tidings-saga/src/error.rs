@@ -14,6 +14,7 @@ use tidings_core::stream::{StreamId, StreamIdError};
 /// timers and the commands it decided, in one append) or not at all, and commands
 /// recorded but not yet carried out are carried out on the next delivery or restart.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SagaError {
     /// The runtime's checkpoint could not be loaded or saved; [`CheckpointError::Conflict`]
     /// means another runtime of the same saga moved it.

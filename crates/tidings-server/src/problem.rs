@@ -159,7 +159,8 @@ impl From<StoreError> for Problem {
             StoreError::Corrupt(_) => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "store-corrupt", detail)
             }
-            StoreError::Backend(_) => {
+            // `StoreError::Backend`, and any store failure this server does not name yet.
+            _ => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "store-failure", detail)
             }
         }

@@ -29,6 +29,7 @@ impl Default for CheckpointPolicy {
 
 /// Why a projection stopped.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProjectionError {
     /// The projection refused an event; the checkpoint is before it.
     #[error(

@@ -330,6 +330,7 @@ impl Default for Limits {
 
 /// Why an event was refused. Nothing is written when any event of an append is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventError {
     /// `eventType` is missing or empty.
     #[error("event must have an eventType")]

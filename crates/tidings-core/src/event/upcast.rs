@@ -86,6 +86,7 @@ impl Upcaster {
 
 /// Why upcasting failed or an upcaster was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpcastError {
     /// Another upcaster already reads this type and version.
     #[error("an upcaster for {event_type} version {from} is already registered")]

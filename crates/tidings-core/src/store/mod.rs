@@ -363,6 +363,7 @@ pub enum Start {
 
 /// Everything a store can refuse or fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The stream is not at the expected version. Nothing was written.
     #[error("wrong expected version on stream {stream}: expected {expected}, actual {}", fmt_version(*.actual))]

@@ -44,6 +44,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a transport operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The broker could not be reached or refused the connection.
     #[error("cannot connect to {url}: {source}")]
