@@ -111,7 +111,7 @@ macro_rules! with_store {
                 let $s = $crate::store::open_embedded(&dir)?;
                 let closer = $s.clone();
                 let result = $body;
-                // Finishes queued appends and checkpoints the indexes so the next open is quick.
+                // Finishes queued appends and snapshots the indexes so the next open is quick.
                 closer
                     .close()
                     .await

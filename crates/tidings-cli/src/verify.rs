@@ -41,13 +41,13 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match &r.index {
         IndexCheck::Current { covered } => {
-            println!("index      checkpoint matches the log ({covered} events covered)")
+            println!("index      snapshot matches the log ({covered} events covered)")
         }
-        IndexCheck::Missing => println!("index      no checkpoint; the next open rebuilds it"),
+        IndexCheck::Missing => println!("index      no snapshot; the next open rebuilds it"),
         IndexCheck::Stale(why) => {
-            println!("index      stale checkpoint ({why}); the next open rebuilds it")
+            println!("index      stale snapshot ({why}); the next open rebuilds it")
         }
-        IndexCheck::Mismatch(why) => println!("index      checkpoint CONTRADICTS the log: {why}"),
+        IndexCheck::Mismatch(why) => println!("index      snapshot CONTRADICTS the log: {why}"),
     }
     if r.is_ok() {
         println!("result     ok");

@@ -871,3 +871,44 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
         assert!(all.iter().any(|e| e.position == p));
     }
 }
+
+#[tokio::test]
+async fn the_server_holds_events_to_its_stores_limits() {
+    // No limit of the server's own: an event the store's limits refuse is refused by
+    // the server, with the store's limit named, and nothing is written.
+    let store = tidings::InMemoryStore::with_limits(tidings::Limits {
+        max_event_bytes: 300,
+        max_append_bytes: 1000,
+    });
+    let s = TestServer::start_with(store.clone(), ServerConfig::default()).await;
+    let p = problem(
+        post(
+            &s,
+            "a",
+            "any",
+            json!({"eventType": "A", "data": "x".repeat(400)}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["index"], 0);
+    assert!(
+        p["reason"].as_str().unwrap().contains("the limit is 300"),
+        "{p}"
+    );
+    let five = json!([ev("A", 1), ev("A", 2), ev("A", 3), ev("A", 4), ev("A", 5)]);
+    let many: Vec<Value> = (0..8)
+        .map(|i| json!({"eventType": "A", "data": "y".repeat(150 + i)}))
+        .collect();
+    let p = problem(
+        post(&s, "a", "any", Value::Array(many)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(p["limit"], 1000);
+    assert!(store.all_events().is_empty());
+    let r = post(&s, "a", "any", five).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    s.stop().await.unwrap();
+}

@@ -473,3 +473,53 @@ async fn commands_reach_an_aggregate_once_per_command_id() {
         Some(opened.event_id.to_string())
     );
 }
+
+#[tokio::test]
+async fn a_runtime_whose_checkpoint_moved_behind_it_stops_instead_of_overwriting_it() {
+    use tidings::consumer::CheckpointError;
+    let store = InMemoryStore::new();
+    let sent = Sent::default();
+    let a = runtime(&store, &clock(), &sent).await;
+    let b = Arc::new(runtime(&store, &clock(), &sent).await);
+    append(&store, "tickets", "TicketOpened", "t-7").await;
+    assert_eq!(a.catch_up().await.unwrap(), 1);
+    assert_eq!(a.checkpoint().await.unwrap(), 1);
+
+    // b starts following from the checkpoint a saved, and waits for new events.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move {
+            b.run(async {
+                stopped.await.ok();
+            })
+            .await
+        }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    // a moves the checkpoint past the next event before b sees it (this test runs on
+    // one thread, so b does not run until this task yields)...
+    append(&store, "tickets", "TicketAnswered", "t-7").await;
+    assert_eq!(a.catch_up().await.unwrap(), 1);
+    let moved = a.checkpoint().await.unwrap();
+    assert!(moved > 1, "{moved}");
+    // ...so b, which last saw the checkpoint at 1, may not write its own over it.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), follower)
+        .await
+        .expect("the follower stops on its own")
+        .unwrap();
+    drop(stop);
+    assert!(
+        matches!(
+            &outcome,
+            Err(SagaError::Checkpoint {
+                source: CheckpointError::Conflict { .. },
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(a.checkpoint().await.unwrap(), moved);
+}

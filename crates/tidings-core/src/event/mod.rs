@@ -475,10 +475,13 @@ impl Enricher {
     }
 
     /// Fills id, timestamp, version and source when missing. Fails only when the event
-    /// has no type or no data, without which it is not an event; everything else is
-    /// checked by the store when the event is appended.
+    /// has no type (or an empty one) or no data, without which it is not an event;
+    /// everything else is checked by the store when the event is appended.
     pub fn enrich(&self, event: NewEvent) -> Result<Event, EventError> {
-        let event_type = event.event_type.ok_or(EventError::MissingType)?;
+        let event_type = event
+            .event_type
+            .filter(|t| !t.is_empty())
+            .ok_or(EventError::MissingType)?;
         let data = event.data.ok_or(EventError::MissingData)?;
         let event = Event {
             event_id: event.event_id.unwrap_or_else(Uuid::now_v7),
