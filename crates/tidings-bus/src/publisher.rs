@@ -66,7 +66,7 @@ pub struct Published {
 ///
 /// A `Publisher` is itself a store ([`EventAppender`], [`EventReader`],
 /// [`EventSubscriber`]): appending through it applies causation and dispatches, reads go
-/// to the store, so a [`Repository`](tidings_aggregate::Repository) built on it publishes
+/// to the store, so a repository (`tidings::aggregate::Repository`) built on it publishes
 /// what aggregates decide.
 ///
 /// ```

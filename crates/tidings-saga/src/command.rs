@@ -130,7 +130,7 @@ impl CommandEnvelope {
 /// A handler may be called more than once with the same
 /// [`command_id`](CommandEnvelope::command_id) (after a failure or a crash); it must do
 /// the work once. It runs with the saga's triggering event as the current
-/// [`Cause`](tidings_core::handler::Cause), so a [`Publisher`](tidings_bus::Publisher) inside it sets
+/// [`Cause`](tidings_core::handler::Cause), so a publisher (`tidings::bus::Publisher`) inside it sets
 /// causation and correlation.
 pub trait CommandHandler: Send + Sync + 'static {
     /// Handles one command. An error leaves it pending: it is sent again later.

@@ -186,7 +186,7 @@ impl<S: EventStore, G: Saga> SagaRuntimeBuilder<S, G> {
 impl<S: EventStore, G: Saga> SagaRuntime<S, G> {
     /// A builder for a runtime running `saga` on `store`.
     ///
-    /// Pass a [`Publisher`](tidings_bus::Publisher) as the store to have what the saga
+    /// Pass a publisher (`tidings::bus::Publisher`) as the store to have what the saga
     /// publishes dispatched as well as appended.
     pub fn builder(store: S, saga: G) -> SagaRuntimeBuilder<S, G> {
         SagaRuntimeBuilder {
