@@ -431,9 +431,9 @@ pub enum StoreError {
         stream: StreamId,
         /// Its revision.
         revision: Revision,
-        /// Why.
+        /// Why (boxed: it is rare, and keeps every store result small).
         #[source]
-        source: crate::event::upcast::UpcastError,
+        source: Box<crate::event::upcast::UpcastError>,
     },
     /// An I/O or backend failure.
     #[error("backend failure: {0}")]

@@ -73,7 +73,7 @@ fn upcast_one(upcasters: &Upcasters, event: RecordedEvent) -> Result<RecordedEve
         .map_err(|source| StoreError::Upcast {
             stream,
             revision,
-            source,
+            source: Box::new(source),
         })
 }
 
