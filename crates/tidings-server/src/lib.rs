@@ -36,6 +36,7 @@ mod admission;
 pub mod append;
 pub mod auth;
 mod console;
+pub mod format;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
