@@ -26,9 +26,11 @@
 //! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`) |
 //! | `GET /streams` | list streams (`prefix`, `after`, `limit`) |
 //! | `GET /correlations/{id}` | one business transaction, in commit order |
-//! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events |
+//! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events (`format=cloudevents`) |
 //! | `GET /health`, `/ready`, `/metrics`, `/stats`, `/openapi.json` | operations |
 //! | `GET /` | the web console |
+//!
+//! The four read routes answer in CloudEvents when `Accept` asks for it; see [`format`].
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -268,6 +268,43 @@ async fn unacceptable_and_malformed_accept_headers() {
     let r = get(s.url("/streams/order-1/9"), Some(ONE)).await;
     assert_eq!(r.status(), 404);
     assert_eq!(content_type(&r), "application/problem+json");
+    // The OpenAPI document describes all of it.
+    let doc: Value = get(s.url("/openapi.json"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/streams/{stream}",
+        "/streams/{stream}/{revision}",
+        "/all",
+        "/correlations/{id}",
+    ] {
+        let op = &doc["paths"][path]["get"];
+        assert!(!op["responses"]["406"].is_null(), "{path}");
+        assert!(
+            !op["responses"]["200"]["content"][BATCH].is_null(),
+            "{path}"
+        );
+    }
+    assert!(
+        !doc["paths"]["/streams/{stream}/{revision}"]["get"]["responses"]["200"]["content"][ONE]
+            .is_null()
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["CloudEvent"]["properties"]["tidingsposition"]["type"],
+        "string"
+    );
+    for path in ["/subscribe/all", "/subscribe/streams/{stream}"] {
+        let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == "format"
+                    && p["schema"]["enum"] == json!(["json", "cloudevents"])),
+            "{path}"
+        );
+    }
     s.stop().await.unwrap();
 }
 
