@@ -30,7 +30,7 @@
 //! | `GET /health`, `/ready`, `/metrics`, `/stats`, `/openapi.json` | operations |
 //! | `GET /` | the web console |
 //!
-//! The four read routes answer in CloudEvents when `Accept` asks for it; see [`format`].
+//! The four read routes answer in CloudEvents when `Accept` asks for it; see [`format`](mod@format).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -31,7 +31,7 @@ async fn json_of(r: reqwest::Response, expected_type: &str) -> Value {
 }
 
 /// Two native events on `order-1` and one on `order-2`, all in correlation `corr-1`.
-async fn seed_events(s: &TestServer) {
+async fn record_events(s: &TestServer) {
     let c = http();
     let first = json!([
         {
@@ -70,7 +70,7 @@ async fn seed_events(s: &TestServer) {
 #[tokio::test]
 async fn reads_answer_cloudevents_when_asked() {
     let s = TestServer::start().await;
-    seed_events(&s).await;
+    record_events(&s).await;
 
     // The batch form of a stream read: one structured CloudEvent per recorded event.
     let batch = json_of(get(s.url("/streams/order-1"), Some(BATCH)).await, BATCH).await;
@@ -166,7 +166,7 @@ async fn reads_answer_cloudevents_when_asked() {
 #[tokio::test]
 async fn the_default_json_is_unchanged_and_paging_survives() {
     let s = TestServer::start().await;
-    seed_events(&s).await;
+    record_events(&s).await;
     // No Accept, */* and application/json answer the same bytes.
     for (path, shape) in [
         ("/streams/order-1", "events"),
@@ -222,7 +222,7 @@ async fn the_default_json_is_unchanged_and_paging_survives() {
 #[tokio::test]
 async fn unacceptable_and_malformed_accept_headers() {
     let s = TestServer::start().await;
-    seed_events(&s).await;
+    record_events(&s).await;
     for path in [
         "/streams/order-1",
         "/streams/order-1/0",
@@ -320,7 +320,7 @@ fn envelope(mut recorded: Value) -> Value {
 #[tokio::test]
 async fn a_cloudevent_read_back_appends_as_it_is() {
     let s = TestServer::start().await;
-    seed_events(&s).await;
+    record_events(&s).await;
     let c = http();
     let ce = json_of(get(s.url("/streams/order-1/0"), Some(ONE)).await, ONE).await;
     let batch = json_of(get(s.url("/streams/order-1"), Some(BATCH)).await, BATCH).await;
@@ -430,7 +430,7 @@ async fn subscribe(url: String, last_id: Option<u64>) -> SseReader {
 #[tokio::test]
 async fn server_sent_events_in_cloudevents() {
     let s = TestServer::start().await;
-    seed_events(&s).await;
+    record_events(&s).await;
     let c = http();
 
     // $all from the start: each data line is one structured CloudEvent; ids are positions.

@@ -507,7 +507,7 @@ mod tests {
             b"{}",
         )
         .unwrap();
-        assert!(binary.metadata.extra.get(POSITION_EXTENSION).is_none());
+        assert!(!binary.metadata.extra.contains_key(POSITION_EXTENSION));
     }
 
     #[test]
