@@ -206,7 +206,7 @@ impl Transport for NatsTransport {
                 event_id,
                 source,
             };
-            let w = wire::encode(&message.event);
+            let w = wire::encode_message(&message);
             let mut headers = HeaderMap::new();
             for (k, v) in w.headers {
                 headers.insert(k, v);
@@ -337,14 +337,17 @@ impl NatsTransport {
             .flat_map(|h| h.iter())
             .filter_map(|(k, vs)| vs.first().map(|v| (k.to_string(), v.as_str().to_owned())))
             .collect();
-        let decoded = wire::decode(
+        let decoded = wire::decode_message(
             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &message.payload,
         );
         match decoded {
-            Ok(event) => {
+            Ok((event, origin)) => {
                 tracing::debug!(event_id = %event.event_id, "delivering");
-                Ok(BrokerMessage::new(event, topic, attempt, NatsSettle(acker)))
+                Ok(
+                    BrokerMessage::new(event, topic, attempt, NatsSettle(acker))
+                        .with_origin(origin),
+                )
             }
             Err(source) => {
                 // A message that is not an event would come back forever: terminate it.

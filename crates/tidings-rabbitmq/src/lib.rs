@@ -340,18 +340,16 @@ fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<BrokerMessage
     if let Some(ct) = d.properties.content_type() {
         headers.push((wire::CONTENT_TYPE.to_owned(), ct.as_str().to_owned()));
     }
-    match wire::decode(
+    match wire::decode_message(
         headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         &d.data,
     ) {
-        Ok(event) => {
+        Ok((event, origin)) => {
             tracing::debug!(event_id = %event.event_id, "delivering");
-            Ok(BrokerMessage::new(
-                event,
-                topic,
-                attempt,
-                RabbitSettle(d.acker),
-            ))
+            Ok(
+                BrokerMessage::new(event, topic, attempt, RabbitSettle(d.acker))
+                    .with_origin(origin),
+            )
         }
         Err(source) => {
             tracing::warn!(error = %source, "undecodable message rejected");
@@ -379,7 +377,7 @@ impl Transport for RabbitTransport {
                 event_id,
                 source,
             };
-            let w = wire::encode(&message.event);
+            let w = wire::encode_message(&message);
             let mut headers = FieldTable::default();
             let mut content_type = String::new();
             for (k, v) in w.headers {

@@ -26,8 +26,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use tidings_core::event::{Enricher, Event, NewEvent};
+use tidings_core::store::RecordedEvent;
+use tidings_core::stream::StreamId;
 use tidings_core::transport::{
-    BrokerMessage, BrokerMessages, Message, Subscription, TopicMap, Transport, TransportError,
+    BrokerMessage, BrokerMessages, DeadLetters, Message, Origin, Subscription, TopicMap, Transport,
+    TransportError,
 };
 
 /// How long a subscriber may stay silent before a check calls it stalled: long enough
@@ -43,6 +46,7 @@ where
     Fut: Future<Output = T>,
 {
     publish_delivers_the_envelope(fresh().await).await;
+    the_origin_in_a_store_survives_the_broker(fresh().await).await;
     names_are_checked(fresh().await).await;
     topic_routing(fresh().await).await;
     every_group_gets_every_message(fresh().await).await;
@@ -53,6 +57,18 @@ where
     if t.deduplicates_by_event_id() {
         duplicate_event_ids_are_dropped(t).await;
     }
+}
+
+/// The dead-letter checks, each on a fresh transport, for backends that keep dead
+/// letters ([`DeadLetters`]).
+pub async fn run_dead_letters<T, F, Fut>(mut fresh: F)
+where
+    T: Transport + DeadLetters + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    dead_letters_keep_the_reason_and_replay_to_their_group_only(fresh().await).await;
+    dead_letters_can_be_deleted(fresh().await).await;
 }
 
 /// [`run_all`] on transports made by `connect`, then `cleanup` on every one of them —
@@ -389,4 +405,171 @@ pub async fn duplicate_event_ids_are_dropped<T: Transport>(t: T) {
         "the second publish of one event id must be dropped"
     );
     ack(d).await;
+}
+
+/// A message published with its origin in a store is delivered with that origin, and
+/// [`BrokerMessage::recorded`] gives back the recorded event; one without an origin has
+/// none, and its recorded form names the topic as its stream.
+pub async fn the_origin_in_a_store_survives_the_broker<T: Transport>(t: T) {
+    let topic = unique("origin");
+    let mut subs = subscribe(&t, Subscription::new(unique("g"), &topic)).await;
+    let e = event("OrderCreated", json!({"orderId": "o-1"}));
+    let recorded = RecordedEvent {
+        stream: StreamId::new("order-o-1").unwrap_or_else(|e| panic!("{e}")),
+        revision: 7,
+        position: 1_234_567,
+        recorded_at: e.timestamp,
+        event: e.clone(),
+    };
+    t.publish(Message::recorded(&topic, &recorded))
+        .await
+        .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
+    let plain = event("Plain", json!({}));
+    publish(&t, &topic, plain.clone()).await;
+    let d = next(&mut subs, "origin").await;
+    assert_eq!(
+        d.origin(),
+        Some(&Origin::of(&recorded)),
+        "the origin was lost"
+    );
+    assert_eq!(
+        d.recorded().unwrap_or_else(|e| panic!("{e}")),
+        recorded,
+        "the recorded event differs from the store's"
+    );
+    assert_eq!(d.event(), &e, "origin headers leaked into the envelope");
+    ack(d).await;
+    let d = next(&mut subs, "no origin").await;
+    assert_eq!(d.origin(), None);
+    let r = d.recorded().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (r.stream.as_str(), r.revision, r.position),
+        (topic.as_str(), 0, 0)
+    );
+    assert_eq!(r.event, plain);
+    ack(d).await;
+}
+
+/// A dead-lettered message is listed with its reason, attempts and event; replaying it
+/// delivers it again to that group only, as a first attempt, and takes it off the list.
+pub async fn dead_letters_keep_the_reason_and_replay_to_their_group_only<
+    T: Transport + DeadLetters,
+>(
+    t: T,
+) {
+    let topic = unique("dead");
+    let (g1, g2) = (unique("g1"), unique("g2"));
+    let mut s1 = subscribe(&t, Subscription::new(&g1, &topic)).await;
+    let mut s2 = subscribe(&t, Subscription::new(&g2, &topic)).await;
+    let e = event("Poison", json!({"n": 1}));
+    publish(&t, &topic, e.clone()).await;
+    let d = next(&mut s1, "g1 first delivery").await;
+    d.nack(Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("nack: {e}"));
+    let d = next(&mut s1, "g1 second delivery").await;
+    assert_eq!(d.attempt(), 2);
+    d.dead_letter("handler failed: boom")
+        .await
+        .unwrap_or_else(|e| panic!("dead letter: {e}"));
+    ack(next(&mut s2, "g2 delivery").await).await;
+
+    let letters = dead_letters_eventually(&t, &g1, 1).await;
+    let l = &letters[0];
+    assert_eq!(l.event, e, "the dead letter's event differs");
+    assert_eq!(l.reason, "handler failed: boom");
+    assert_eq!(l.group, g1);
+    assert_eq!(l.topic, topic);
+    assert!(l.attempts >= 2, "attempts {}", l.attempts);
+    assert!(
+        t.dead_letters(&g2, 10)
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"))
+            .is_empty(),
+        "g2 acked; it has no dead letters"
+    );
+
+    assert!(
+        t.replay_dead_letter(&g1, &l.id)
+            .await
+            .unwrap_or_else(|e| panic!("replay: {e}")),
+        "the dead letter was not found to replay"
+    );
+    let marker = event("Marker", json!({}));
+    publish(&t, &topic, marker.clone()).await;
+    let d = next(&mut s1, "g1 replay").await;
+    assert_eq!(d.event(), &e, "the replay is not the dead letter's event");
+    assert_eq!(d.attempt(), 1, "a replay starts its attempts again");
+    ack(d).await;
+    assert_eq!(
+        next(&mut s1, "g1 marker").await.event().event_id,
+        marker.event_id
+    );
+    let d = next(&mut s2, "g2 marker").await;
+    assert_eq!(
+        d.event().event_id,
+        marker.event_id,
+        "a replay for g1 reached g2"
+    );
+    ack(d).await;
+    assert!(
+        dead_letters_eventually(&t, &g1, 0).await.is_empty(),
+        "a replayed dead letter is no longer listed"
+    );
+}
+
+/// A deleted dead letter is gone; deleting or replaying it again finds nothing.
+pub async fn dead_letters_can_be_deleted<T: Transport + DeadLetters>(t: T) {
+    let topic = unique("dead");
+    let group = unique("g");
+    let mut subs = subscribe(&t, Subscription::new(&group, &topic)).await;
+    publish(&t, &topic, event("Poison", json!({}))).await;
+    next(&mut subs, "delivery")
+        .await
+        .dead_letter("bad input")
+        .await
+        .unwrap_or_else(|e| panic!("dead letter: {e}"));
+    let letters = dead_letters_eventually(&t, &group, 1).await;
+    let id = letters[0].id.clone();
+    assert!(
+        t.delete_dead_letter(&group, &id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+    assert!(dead_letters_eventually(&t, &group, 0).await.is_empty());
+    assert!(
+        !t.delete_dead_letter(&group, &id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+    assert!(
+        !t.replay_dead_letter(&group, &id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+}
+
+/// The dead letters of `group` once there are `count` of them (brokers may record a dead
+/// letter a moment after the settle returns). Panics after [`STALL`].
+async fn dead_letters_eventually<T: DeadLetters>(
+    t: &T,
+    group: &str,
+    count: usize,
+) -> Vec<tidings_core::transport::DeadLetter> {
+    let deadline = tokio::time::Instant::now() + STALL;
+    loop {
+        let list = t
+            .dead_letters(group, 100)
+            .await
+            .unwrap_or_else(|e| panic!("listing dead letters of {group}: {e}"));
+        if list.len() == count {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} has {} dead letters, expected {count}",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

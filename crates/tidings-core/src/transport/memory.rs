@@ -11,8 +11,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    BoxError, BrokerMessage, BrokerMessages, Message, Settle, Subscription, Transport,
-    TransportError, check_topic,
+    BoxError, BrokerMessage, BrokerMessages, DeadLetter, DeadLetters, Message, Settle,
+    Subscription, Transport, TransportError, check_topic,
 };
 
 #[derive(Debug)]
@@ -32,11 +32,14 @@ struct Group {
 struct State {
     groups: HashMap<String, Group>,
     published_ids: HashSet<Uuid>,
+    /// Per group, what it gave up on, oldest first.
+    dead: HashMap<String, Vec<DeadLetter>>,
 }
 
 /// The transport contract in one process: durable-for-the-process consumer groups,
-/// competing subscribers, redelivery of what was nacked or dropped, and deduplication
-/// by event id (for the transport's whole life). Clones share the same broker.
+/// competing subscribers, redelivery of what was nacked or dropped, dead letters per
+/// group, and deduplication by event id (for the transport's whole life). Clones share
+/// the same broker.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -145,12 +148,14 @@ impl Transport for InMemoryTransport {
                             let event = pending.message.event.clone();
                             let topic = pending.message.topic.clone();
                             let attempt = pending.deliveries;
+                            let origin = pending.message.origin.clone();
                             let settle = MemorySettle {
                                 state: state.clone(),
                                 group: group.clone(),
                                 pending: Some(pending),
                             };
-                            let d = BrokerMessage::new(event, topic, attempt, settle);
+                            let d = BrokerMessage::new(event, topic, attempt, settle)
+                                .with_origin(origin);
                             drop(_e);
                             return Some((Ok(d), (state, group, notify)));
                         }
@@ -201,6 +206,86 @@ impl Settle for MemorySettle {
     fn reject(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         self.pending = None;
         futures::future::ready(Ok(())).boxed()
+    }
+
+    fn dead_letter(
+        mut self: Box<Self>,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), BoxError>> {
+        if let Some(p) = self.pending.take() {
+            let letter = DeadLetter {
+                id: Uuid::new_v4().to_string(),
+                group: self.group.clone(),
+                topic: p.message.topic,
+                event: p.message.event,
+                origin: p.message.origin,
+                reason,
+                attempts: p.deliveries,
+                dead_at: jiff::Timestamp::now(),
+            };
+            lock(&self.state)
+                .dead
+                .entry(self.group.clone())
+                .or_default()
+                .push(letter);
+        }
+        futures::future::ready(Ok(())).boxed()
+    }
+}
+
+impl DeadLetters for InMemoryTransport {
+    fn dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<DeadLetter>, TransportError>> + Send {
+        let list = self
+            .lock()
+            .dead
+            .get(group)
+            .map(|d| d.iter().take(limit).cloned().collect())
+            .unwrap_or_default();
+        std::future::ready(Ok(list))
+    }
+
+    fn replay_dead_letter(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<bool, TransportError>> + Send {
+        let mut s = self.lock();
+        let letter = s.dead.get_mut(group).and_then(|d| {
+            let i = d.iter().position(|l| l.id == id)?;
+            Some(d.remove(i))
+        });
+        let found = letter.is_some();
+        if let Some(l) = letter {
+            let g = s.groups.entry(group.to_owned()).or_default();
+            g.ready.push_back(Pending {
+                message: Message {
+                    topic: l.topic,
+                    event: l.event,
+                    origin: l.origin,
+                },
+                deliveries: 0,
+            });
+            g.notify.notify_waiters();
+        }
+        std::future::ready(Ok(found))
+    }
+
+    fn delete_dead_letter(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<bool, TransportError>> + Send {
+        let mut s = self.lock();
+        let found = s.dead.get_mut(group).is_some_and(|d| {
+            let before = d.len();
+            d.retain(|l| l.id != id);
+            d.len() < before
+        });
+        std::future::ready(Ok(found))
     }
 }
 

@@ -15,6 +15,12 @@
 //!   [`BrokerMessage::attempt`] tells how many times it has been delivered.
 //! - Backends that can ([`Transport::deduplicates_by_event_id`]) drop a second publish
 //!   of the same event id.
+//! - A message published from a store (by the outbox relay) carries its [`Origin`] —
+//!   stream, revision and global position — so a consumer in another process sees the
+//!   same [`RecordedEvent`] a subscriber of the store would ([`BrokerMessage::recorded`]).
+//! - [`BrokerMessage::dead_letter`] gives a message up with a reason. Backends that keep
+//!   dead letters ([`DeadLetters`]) list them with that reason, replay them to their group
+//!   and delete them.
 //!
 //! On the wire a message is the CloudEvents binary mode of its event ([`wire`]): `ce-*`
 //! headers, a JSON content type and the payload as the body.
@@ -33,8 +39,12 @@ use futures::Stream;
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
+use jiff::Timestamp;
+
 use crate::event::Event;
 use crate::event::cloudevents::CloudEventError;
+use crate::store::{Position, RecordedEvent, Revision};
+use crate::stream::StreamId;
 
 pub use memory::InMemoryTransport;
 pub use topic::{TopicMap, is_valid_name};
@@ -105,6 +115,31 @@ pub enum TransportError {
     },
 }
 
+/// Where a message's event sits in the store it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The event's stream.
+    pub stream: StreamId,
+    /// Its revision in the stream.
+    pub revision: Revision,
+    /// Its position in the store's global log.
+    pub position: Position,
+    /// When the store committed it.
+    pub recorded_at: Timestamp,
+}
+
+impl Origin {
+    /// Where `event` sits.
+    pub fn of(event: &RecordedEvent) -> Self {
+        Self {
+            stream: event.stream.clone(),
+            revision: event.revision,
+            position: event.position,
+            recorded_at: event.recorded_at,
+        }
+    }
+}
+
 /// An event and the topic it is published to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -112,6 +147,8 @@ pub struct Message {
     pub topic: String,
     /// The event.
     pub event: Event,
+    /// Where the event sits in the store it came from, when it came from one.
+    pub origin: Option<Origin>,
 }
 
 impl Message {
@@ -120,6 +157,7 @@ impl Message {
         Self {
             topic: topic.into(),
             event,
+            origin: None,
         }
     }
 
@@ -128,6 +166,16 @@ impl Message {
         Self {
             topic: topics.topic_for(&event.event_type).to_owned(),
             event,
+            origin: None,
+        }
+    }
+
+    /// A message for `topic` carrying a recorded event and where the store keeps it.
+    pub fn recorded(topic: impl Into<String>, event: &RecordedEvent) -> Self {
+        Self {
+            topic: topic.into(),
+            event: event.event.clone(),
+            origin: Some(Origin::of(event)),
         }
     }
 }
@@ -198,6 +246,12 @@ pub trait Settle: Send + 'static {
     /// Gives the message up: it is not delivered to this group again (a backend may
     /// dead-letter it).
     fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>>;
+    /// Gives the message up into the group's dead letters, keeping `reason` and the
+    /// attempts made. Backends without dead letters reject it.
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), BoxError>> {
+        let _ = reason;
+        self.reject()
+    }
 }
 
 /// One message handed to one subscriber of a group, waiting to be settled.
@@ -207,6 +261,7 @@ pub trait Settle: Send + 'static {
 /// wait).
 pub struct BrokerMessage {
     event: Event,
+    origin: Option<Origin>,
     topic: String,
     attempt: u32,
     settle: Box<dyn Settle>,
@@ -236,11 +291,48 @@ impl BrokerMessage {
             outcome = tracing::field::Empty);
         Self {
             event,
+            origin: None,
             topic,
             attempt,
             settle: Box::new(settle),
             span,
         }
+    }
+
+    /// Sets where the event sits in the store it came from. For backends.
+    pub fn with_origin(mut self, origin: Option<Origin>) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Where the event sits in the store it came from, when the message says.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+
+    /// The event as a store recorded it, for handlers written against
+    /// [`RecordedEvent`]. A message published from a store (it has an [`Origin`]) gives
+    /// back exactly what the store holds. A message published directly has no place in
+    /// a store: its stream is its topic, its revision and position are 0, and its
+    /// recording time is the event's timestamp. Fails only when such a topic is not a
+    /// valid stream name (topics checked by [`is_valid_name`] always are).
+    pub fn recorded(&self) -> Result<RecordedEvent, crate::stream::StreamIdError> {
+        Ok(match &self.origin {
+            Some(o) => RecordedEvent {
+                stream: o.stream.clone(),
+                revision: o.revision,
+                position: o.position,
+                recorded_at: o.recorded_at,
+                event: self.event.clone(),
+            },
+            None => RecordedEvent {
+                stream: StreamId::new(&self.topic)?,
+                revision: 0,
+                position: 0,
+                recorded_at: self.event.timestamp,
+                event: self.event.clone(),
+            },
+        })
     }
 
     /// The delivery's `transport.deliver` span (topic, event id and type, attempt, and
@@ -305,6 +397,18 @@ impl BrokerMessage {
             .map_err(|source| TransportError::Settle { event_id, source })
     }
 
+    /// Gives the message up into its group's dead letters with `reason` (a backend
+    /// without dead letters rejects it). [`DeadLetters`] lists, replays and deletes them.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), TransportError> {
+        let event_id = self.event.event_id;
+        self.span.record("outcome", "dead-letter");
+        self.settle
+            .dead_letter(reason.into())
+            .instrument(self.span)
+            .await
+            .map_err(|source| TransportError::Settle { event_id, source })
+    }
+
     /// The event, dropping the delivery unsettled (it will come again).
     pub fn into_event(self) -> Event {
         self.event
@@ -359,4 +463,53 @@ pub trait Transport: Send + Sync {
     fn deduplicates_by_event_id(&self) -> bool {
         false
     }
+}
+
+/// A message a consumer group gave up on, kept with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The backend's id for it: what [`DeadLetters::replay_dead_letter`] and
+    /// [`DeadLetters::delete_dead_letter`] take.
+    pub id: String,
+    /// The group that gave it up.
+    pub group: String,
+    /// The topic it was published to.
+    pub topic: String,
+    /// The event.
+    pub event: Event,
+    /// Where the event sits in the store it came from, when the message said.
+    pub origin: Option<Origin>,
+    /// Why it was given up: the consumer's last error.
+    pub reason: String,
+    /// How many times it had been delivered to the group.
+    pub attempts: u32,
+    /// When it was given up.
+    pub dead_at: Timestamp,
+}
+
+/// The dead letters a broker keeps per consumer group: listed with their last error,
+/// replayed to their group, or deleted.
+pub trait DeadLetters: Send + Sync {
+    /// Up to `limit` dead letters of `group`, oldest first.
+    fn dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, TransportError>> + Send;
+
+    /// Delivers dead letter `id` to `group` again (to that group only, as a first
+    /// attempt) and removes it from the dead letters. `Ok(false)` when there is no such
+    /// dead letter.
+    fn replay_dead_letter(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, TransportError>> + Send;
+
+    /// Removes dead letter `id` of `group`. `Ok(false)` when there is no such dead letter.
+    fn delete_dead_letter(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<bool, TransportError>> + Send;
 }
