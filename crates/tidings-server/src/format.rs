@@ -10,8 +10,9 @@
 //! | `application/cloudevents+json` | one structured CloudEvent on the one-event route; the batch (with its own content type) on the list routes |
 //!
 //! Each CloudEvent is [`tidings::event::cloudevents::recorded_to_structured`] of the
-//! recorded event, so the stream, revision and position travel as the `tidingsstream`,
-//! `tidingsrevision` and `tidingsposition` extensions.
+//! recorded event, so the stream, revision, position and recording time travel as the
+//! `tidingsstream`, `tidingsrevision`, `tidingsposition` and `tidingsrecordedat`
+//! extensions (the names a transport message's origin uses too).
 //!
 //! The choice is the offer with the highest `q`, then the most specific matching range,
 //! then the one the client listed first, then the order above. Entries that cannot be

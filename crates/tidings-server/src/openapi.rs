@@ -61,7 +61,7 @@ fn events_page() -> Value {
 }
 
 /// What the read routes say about `Accept` (OpenAPI ignores `Accept` header parameters).
-const NEGOTIATION: &str = "Content negotiation by Accept (q-values honoured): no Accept, application/json, application/* or */* get the Tidings JSON; application/cloudevents-batch+json gets a JSON array of structured CloudEvents 1.0; application/cloudevents+json gets one structured CloudEvent on GET /streams/{stream}/{revision} and the batch (content type application/cloudevents-batch+json) on the list routes. The recorded stream, revision and position are the extensions tidingsstream, tidingsrevision and tidingsposition (strings). A CloudEvents page that is full links to the next one in a Link header (rel=\"next\"). Unparseable Accept entries are ignored; an Accept naming only other types gets 406.";
+const NEGOTIATION: &str = "Content negotiation by Accept (q-values honoured): no Accept, application/json, application/* or */* get the Tidings JSON; application/cloudevents-batch+json gets a JSON array of structured CloudEvents 1.0; application/cloudevents+json gets one structured CloudEvent on GET /streams/{stream}/{revision} and the batch (content type application/cloudevents-batch+json) on the list routes. The recorded stream, revision, position and recording time are the extensions tidingsstream, tidingsrevision, tidingsposition (decimal strings) and tidingsrecordedat (RFC 3339); an append ignores them. A CloudEvents page that is full links to the next one in a Link header (rel=\"next\"). Unparseable Accept entries are ignored; an Accept naming only other types gets 406.";
 
 /// A read route's 200: the Tidings JSON `schema`, or CloudEvents.
 fn ok_read(description: &str, schema: Value, one: bool) -> Value {
@@ -120,7 +120,7 @@ pub fn document() -> Value {
     let sse_format = param(
         "format",
         "query",
-        "data of each message: json (the RecordedEvent, default) or cloudevents (one structured CloudEvent 1.0 with the tidingsstream, tidingsrevision and tidingsposition extensions); a query parameter because EventSource cannot set headers",
+        "data of each message: json (the RecordedEvent, default) or cloudevents (one structured CloudEvent 1.0 with the tidingsstream, tidingsrevision, tidingsposition and tidingsrecordedat extensions); a query parameter because EventSource cannot set headers",
         json!({ "enum": ["json", "cloudevents"], "default": "json" }),
     );
     let problem_406 = problem(
@@ -189,7 +189,8 @@ pub fn document() -> Value {
                         "eventversion": string(), "correlationid": string(), "causationid": string(), "userid": string(),
                         "tidingsstream": { "type": "string", "description": "the stream it was recorded in (ignored on append)" },
                         "tidingsrevision": { "type": "string", "description": "its revision, decimal (ignored on append)" },
-                        "tidingsposition": { "type": "string", "description": "its global position, decimal (ignored on append)" }
+                        "tidingsposition": { "type": "string", "description": "its global position, decimal (ignored on append)" },
+                        "tidingsrecordedat": { "type": "string", "format": "date-time", "description": "when the store committed it (ignored on append)" }
                     },
                     "additionalProperties": { "type": "string" }
                 },

@@ -8,8 +8,8 @@
 //!
 //! With `?format=cloudevents` each `data` is instead the event as one structured
 //! CloudEvent ([`tidings::event::cloudevents::recorded_to_structured`]: the stream,
-//! revision and position ride along as the `tidingsstream`, `tidingsrevision` and
-//! `tidingsposition` extensions). `?format=json` is the default. The format is a query
+//! revision, position and recording time ride along as the `tidingsstream`,
+//! `tidingsrevision`, `tidingsposition` and `tidingsrecordedat` extensions). `?format=json` is the default. The format is a query
 //! parameter because `EventSource` cannot set request headers; ids and `Last-Event-ID`
 //! resumption are the same in both formats.
 

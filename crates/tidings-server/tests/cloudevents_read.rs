@@ -118,6 +118,7 @@ async fn reads_answer_cloudevents_when_asked() {
     assert_eq!(native["eventId"], ce["id"]);
     assert_eq!(native["timestamp"], ce["time"]);
     assert_eq!(native["position"], 0);
+    assert_eq!(native["recordedAt"], ce["tidingsrecordedat"]);
 
     // /all and /correlations: the batch, also for application/cloudevents+json.
     for accept in [BATCH, ONE] {
@@ -381,7 +382,12 @@ async fn a_cloudevent_read_back_appends_as_it_is() {
     assert_eq!(again["tidingsstream"], "copy-one");
     assert_eq!(again["tidingsposition"], "0");
     let mut expected = ce.clone();
-    for k in ["tidingsstream", "tidingsrevision", "tidingsposition"] {
+    for k in [
+        "tidingsstream",
+        "tidingsrevision",
+        "tidingsposition",
+        "tidingsrecordedat",
+    ] {
         expected.as_object_mut().unwrap().remove(k);
         again.as_object_mut().unwrap().remove(k);
     }

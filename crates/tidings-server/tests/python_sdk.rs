@@ -176,6 +176,7 @@ async fn python_sdk_requests_are_accepted() {
             assert_eq!(a["tidingsstream"], "python-sdk");
             assert_eq!(a["tidingsrevision"], revision.to_string());
             assert_eq!(a["tidingsposition"], revision.to_string());
+            assert!(a["tidingsrecordedat"].as_str().is_some(), "{p}");
             assert_eq!(p["data"]["orderId"], "order-123");
             assert_eq!(p["data"]["note"], "café & \"quotes\"");
         }

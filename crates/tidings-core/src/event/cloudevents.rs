@@ -15,17 +15,19 @@
 //! | `event_version`         | extension `eventversion`        |
 //! | `metadata.extra[k]`     | extension `k` (when `k` is a valid attribute name) |
 //!
-//! A [`RecordedEvent`] also carries where the store recorded it, as three extensions
-//! whose values are decimal strings or the stream name ([`recorded_to_structured`]):
+//! A [`RecordedEvent`] also carries where the store recorded it, as four extensions
+//! ([`recorded_to_structured`]), the same ones a transport message's
+//! [`crate::transport::Origin`] travels as (`transport::wire`):
 //!
 //! | Recorded coordinate     | CloudEvents extension           |
 //! |-------------------------|---------------------------------|
 //! | `stream`                | `tidingsstream`                 |
-//! | `revision`              | `tidingsrevision` (string: CloudEvents integers are 32-bit) |
-//! | `position`              | `tidingsposition` (string, likewise) |
+//! | `revision`              | `tidingsrevision` (a decimal string: CloudEvents integers are 32-bit) |
+//! | `position`              | `tidingsposition` (a decimal string, likewise) |
+//! | `recorded_at`           | `tidingsrecordedat` (RFC 3339)  |
 //!
-//! The store assigns these, so they are ignored on the way in: a CloudEvent read from one
-//! store can be appended to another as it is.
+//! The store assigns these, so [`from_structured`] and [`from_binary`] ignore them: a
+//! CloudEvent read from one store can be appended to another as it is.
 //!
 //! CloudEvents ids are any string, Tidings ids are UUIDs. An incoming id that is a UUID
 //! is kept; any other id becomes a name-based UUID (v5) of `source` and `id`, so the same
@@ -59,13 +61,15 @@ pub const STREAM_EXTENSION: &str = "tidingsstream";
 pub const REVISION_EXTENSION: &str = "tidingsrevision";
 /// Extension attribute carrying a recorded event's global position (a decimal string).
 pub const POSITION_EXTENSION: &str = "tidingsposition";
+/// Extension attribute carrying when the store committed a recorded event (RFC 3339).
+pub const RECORDED_AT_EXTENSION: &str = "tidingsrecordedat";
 
 /// True for the extensions only a store assigns (ignored on input, never taken from
 /// metadata on output).
 fn is_recorded_coordinate(name: &str) -> bool {
     matches!(
         name,
-        STREAM_EXTENSION | REVISION_EXTENSION | POSITION_EXTENSION
+        STREAM_EXTENSION | REVISION_EXTENSION | POSITION_EXTENSION | RECORDED_AT_EXTENSION
     )
 }
 
@@ -211,7 +215,8 @@ pub fn to_structured(event: &Event) -> Value {
 }
 
 /// The structured-mode JSON of a recorded event: [`to_structured`] of its envelope plus
-/// the `tidingsstream`, `tidingsrevision` and `tidingsposition` extensions.
+/// the `tidingsstream`, `tidingsrevision`, `tidingsposition` and `tidingsrecordedat`
+/// extensions.
 ///
 /// ```
 /// let json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"),
@@ -229,6 +234,7 @@ pub fn to_structured(event: &Event) -> Value {
 /// assert_eq!(ce["tidingsstream"], "order-1");
 /// assert_eq!(ce["tidingsrevision"], "3");
 /// assert_eq!(ce["tidingsposition"], "42");
+/// assert_eq!(ce["tidingsrecordedat"], "2024-01-15T10:30:00Z");
 /// // The store assigns the coordinates: they are not read back as metadata.
 /// let back = tidings::event::cloudevents::from_structured(ce).unwrap();
 /// assert!(back.metadata.extra.is_empty());
@@ -239,6 +245,10 @@ pub fn recorded_to_structured(event: &RecordedEvent) -> Value {
         map.insert(STREAM_EXTENSION.into(), event.stream.as_str().into());
         map.insert(REVISION_EXTENSION.into(), event.revision.to_string().into());
         map.insert(POSITION_EXTENSION.into(), event.position.to_string().into());
+        map.insert(
+            RECORDED_AT_EXTENSION.into(),
+            event.recorded_at.to_string().into(),
+        );
     }
     value
 }
@@ -481,8 +491,14 @@ mod tests {
         assert_eq!(ce[STREAM_EXTENSION], "order-1");
         assert_eq!(ce[REVISION_EXTENSION], "7");
         assert_eq!(ce[POSITION_EXTENSION], u64::MAX.to_string());
+        assert_eq!(ce[RECORDED_AT_EXTENSION], event.timestamp.to_string());
         let mut plain = to_structured(&event);
-        for k in [STREAM_EXTENSION, REVISION_EXTENSION, POSITION_EXTENSION] {
+        for k in [
+            STREAM_EXTENSION,
+            REVISION_EXTENSION,
+            POSITION_EXTENSION,
+            RECORDED_AT_EXTENSION,
+        ] {
             assert!(plain.get(k).is_none(), "{k} is only for recorded events");
             plain[k] = ce[k].clone();
         }
@@ -508,6 +524,33 @@ mod tests {
         )
         .unwrap();
         assert!(!binary.metadata.extra.contains_key(POSITION_EXTENSION));
+    }
+
+    #[test]
+    fn recorded_extensions_are_the_transport_origin_headers() {
+        use crate::transport::{Message, Origin, wire};
+        let event = fixture();
+        let recorded = RecordedEvent {
+            stream: crate::StreamId::new("order-1").unwrap(),
+            revision: 3,
+            position: 41,
+            recorded_at: "2024-01-15T10:30:01.5Z".parse().unwrap(),
+            event: event.clone(),
+        };
+        let ce = recorded_to_structured(&recorded);
+        let mut message = Message::new("orders", event);
+        message.origin = Some(Origin::of(&recorded));
+        let headers = wire::encode_message(&message).headers;
+        for (extension, header) in [
+            (STREAM_EXTENSION, wire::ORIGIN_STREAM),
+            (REVISION_EXTENSION, wire::ORIGIN_REVISION),
+            (POSITION_EXTENSION, wire::ORIGIN_POSITION),
+            (RECORDED_AT_EXTENSION, wire::ORIGIN_RECORDED_AT),
+        ] {
+            assert_eq!(format!("ce-{extension}"), header);
+            let value = headers.iter().find(|(k, _)| k == header).unwrap();
+            assert_eq!(ce[extension], value.1.as_str(), "{extension}");
+        }
     }
 
     #[test]
