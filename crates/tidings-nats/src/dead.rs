@@ -139,7 +139,10 @@ impl Settle for NatsSettle {
                 // again after the ack wait.
                 letter.store(reason).await?;
             }
-            acker.ack_with(AckKind::Term).await
+            // Confirmed, so that Ok means the group is done with it. Should the TERM be
+            // lost anyway, the redelivery's dead letter has the same `Nats-Msg-Id` and
+            // is dropped as a duplicate.
+            acker.double_ack_with(AckKind::Term).await
         }
         .boxed()
     }

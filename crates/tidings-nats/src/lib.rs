@@ -39,6 +39,9 @@
 //! [`BrokerMessage::attempt`](tidings_core::transport::BrokerMessage::attempt) is
 //! JetStream's exact delivery count (a replayed dead letter starts again at 1).
 //!
+//! - **Ack**, **nack** and **reject** are sent without waiting for the server's
+//!   confirmation (one message each, no round trip). One lost with the connection means
+//!   the message comes again after the ack wait: delivery is at least once.
 //! - **Reject** is a `TERM`: the group gives the message up and no dead letter is kept.
 //!   It stays the cheap "drop this" it always was; use
 //!   [`dead_letter`](tidings_core::transport::BrokerMessage::dead_letter) to keep it.
@@ -49,7 +52,8 @@
 //!   fails the error is returned and the original stays unsettled, so it is delivered
 //!   again after the ack wait: a message is never lost between the two streams. The
 //!   publish carries a `Nats-Msg-Id` made of the group, stream and stream sequence of
-//!   the delivery, so dead-lettering the same delivery twice keeps one dead letter.
+//!   the delivery, so dead-lettering the same delivery twice keeps one dead letter. The
+//!   `TERM` that follows waits for the server's confirmation.
 //! - **A message that is not a valid event** (not CloudEvents binary mode, or not a
 //!   Tidings event) is dead-lettered the same way with the reason
 //!   `not a valid event: …`, its raw headers and body kept, then `TERM`ed; the

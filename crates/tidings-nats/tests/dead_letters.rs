@@ -70,15 +70,11 @@ async fn a_message_that_is_not_an_event_becomes_a_dead_letter_with_its_reason() 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("ce-id", "not-enough");
     headers.insert("X-Custom", "kept");
-    js.publish_with_headers(
-        format!("{prefix}.{topic}"),
-        headers,
-        "not an event".into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    js.publish_with_headers(format!("{prefix}.{topic}"), headers, "not an event".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let good = event("Fine", json!({"n": 1}));
     t.publish(Message::new(&topic, good.clone())).await.unwrap();
 
@@ -110,7 +106,8 @@ async fn a_message_that_is_not_an_event_becomes_a_dead_letter_with_its_reason() 
         assert_eq!(l.attempts, 1);
         assert!(l.dead_at.is_some());
         assert!(
-            l.headers.contains(&("X-Custom".to_owned(), "kept".to_owned())),
+            l.headers
+                .contains(&("X-Custom".to_owned(), "kept".to_owned())),
             "the raw headers are kept: {:?}",
             l.headers
         );
@@ -142,7 +139,10 @@ async fn a_dead_letter_that_cannot_be_stored_leaves_the_message_unsettled() {
     };
     let topic = unique("unstored");
     let group = unique("g");
-    let mut subs = t.subscribe(Subscription::new(&group, &topic)).await.unwrap();
+    let mut subs = t
+        .subscribe(Subscription::new(&group, &topic))
+        .await
+        .unwrap();
     let e = event("Poison", json!({}));
     t.publish(Message::new(&topic, e.clone())).await.unwrap();
     let d = next(&mut subs, "first delivery").await;
@@ -169,7 +169,10 @@ async fn reasons_keep_their_lines_and_bad_ids_and_groups_are_answered() {
     };
     let topic = unique("reason");
     let group = unique("g");
-    let mut subs = t.subscribe(Subscription::new(&group, &topic)).await.unwrap();
+    let mut subs = t
+        .subscribe(Subscription::new(&group, &topic))
+        .await
+        .unwrap();
     t.publish(Message::new(&topic, event("Poison", json!({}))))
         .await
         .unwrap();

@@ -129,7 +129,9 @@ async fn a_subscription_and_publishes_survive_a_lost_connection() {
         .await
         .unwrap();
     let before = event("Before", json!({}));
-    t.publish(Message::new(&topic, before.clone())).await.unwrap();
+    t.publish(Message::new(&topic, before.clone()))
+        .await
+        .unwrap();
     let d = next(&mut subs, "before the cut").await;
     assert_eq!(d.event(), &before);
     d.ack().await.unwrap();
@@ -175,7 +177,9 @@ async fn a_subscription_and_publishes_survive_a_lost_connection() {
         "the event published during the cut arrives exactly once: {got:?}"
     );
     assert_eq!(count(after.event_id), 1, "{got:?}");
-    assert_eq!(count(before.event_id), 0, "{got:?}");
+    // An ack is not confirmed by JetStream: one sent just before the cut can be lost
+    // with the connection, and then the message comes again (at least once).
+    assert!(count(before.event_id) <= 1, "{got:?}");
     t.delete_stream().await.unwrap();
 }
 
