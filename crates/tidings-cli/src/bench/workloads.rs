@@ -551,6 +551,10 @@ pub(super) async fn group<S: EventStore>(
     for w in workers {
         w.await??;
     }
+    // The group's log reader is aborted on drop; let it go (and release its store
+    // handle) before the workload's directory is removed.
+    drop(group);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(Row::new(
         name,
         &Target::Log(PathBuf::new()),
