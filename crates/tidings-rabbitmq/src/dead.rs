@@ -139,32 +139,28 @@ pub(crate) struct RabbitSettle {
     pub(crate) received: Received,
 }
 
-fn boxed(e: lapin::Error) -> BoxError {
-    Box::new(e)
+/// An ack, nack or reject's outcome: lapin answers `false` without sending anything when
+/// the delivery's channel is gone, in which case the broker delivers the message again.
+fn settled(outcome: Result<bool, lapin::Error>) -> Result<(), BoxError> {
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Box::new(RabbitError::ChannelGone)),
+        Err(e) => Err(Box::new(RabbitError::from(e))),
+    }
 }
 
 impl Settle for RabbitSettle {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        async move {
-            self.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(boxed)
-        }
-        .boxed()
+        async move { settled(self.acker.ack(BasicAckOptions::default()).await) }.boxed()
     }
 
     fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BoxError>> {
         let requeue = |acker: Acker| async move {
-            acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await
-                .map(|_| ())
-                .map_err(boxed)
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            settled(acker.nack(requeue).await)
         };
         if delay.is_zero() {
             return requeue(self.acker).boxed();
@@ -186,11 +182,11 @@ impl Settle for RabbitSettle {
 
     fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         async move {
-            self.acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(|_| ())
-                .map_err(boxed)
+            settled(
+                self.acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await,
+            )
         }
         .boxed()
     }
@@ -199,15 +195,15 @@ impl Settle for RabbitSettle {
     /// publish fails the delivery stays unsettled, so the broker delivers it again.
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), BoxError>> {
         async move {
+            if !self.acker.usable() {
+                // Its channel is gone: the broker delivers it again; keep no copy.
+                return Err(Box::new(RabbitError::ChannelGone) as BoxError);
+            }
             self.received
                 .publish_dead(&reason)
                 .await
                 .map_err(|e| Box::new(e) as BoxError)?;
-            self.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(boxed)
+            settled(self.acker.ack(BasicAckOptions::default()).await)
         }
         .boxed()
     }

@@ -247,6 +247,10 @@ pub enum RabbitError {
     /// The broker refused a publish (negative confirm).
     #[error("the broker nacked the message")]
     Nacked,
+    /// The delivery's channel closed (the connection dropped, or its subscriber went
+    /// away): it cannot be settled any more, and the broker delivers it again.
+    #[error("the delivery's channel is closed; the broker delivers the message again")]
+    ChannelGone,
     /// The channel was not in confirm mode.
     #[error("publisher confirms are not enabled")]
     NotConfirmed,
