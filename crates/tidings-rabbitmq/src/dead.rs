@@ -494,7 +494,7 @@ impl RabbitTransport {
                 let Some(d) = scan.next().await? else { break };
                 if found(d) {
                     let tag = d.delivery_tag;
-                    outcome = Some(on_found(self, &d).await?);
+                    outcome = Some(on_found(self, d).await?);
                     scan.remove(tag).await?;
                     break;
                 }

@@ -142,9 +142,9 @@ async fn dead_letters_are_listed_in_order_without_being_consumed() {
         for e in &sent {
             t.publish(Message::new(&topic, e.clone())).await.unwrap();
         }
-        for i in 0..sent.len() {
+        for (i, e) in sent.iter().enumerate() {
             let d = next(&mut subs, "delivery").await;
-            assert_eq!(d.event().event_id, sent[i].event_id);
+            assert_eq!(d.event().event_id, e.event_id);
             d.dead_letter(format!("reason {i}")).await.unwrap();
         }
         let first = letters_eventually(&t, &group, 4).await;
