@@ -37,7 +37,9 @@
 //! stays unsettled, so it is delivered again: a dead letter is never lost, and at worst
 //! kept twice (when the ack after a confirmed publish fails). A reject does not requeue:
 //! the broker dead-letters it to the same queue (reason `rejected`, from its `x-death`
-//! header; its id is built from that record and the message id), unless
+//! header; its id is built from that record and the message id; its attempts read 1,
+//! because the broker does not keep the delivery count when it dead-letters — give up
+//! with `dead_letter(reason)` to keep it), unless
 //! [`RabbitConfig::dead_letter_exchange`] sends rejects to an exchange of your own, in
 //! which case they are not listed. A delivered message that is not a valid event is
 //! dead-lettered with reason `not a valid event: …` (and surfaces once as

@@ -107,6 +107,7 @@ async fn rejects_are_listed_and_replayable() {
         assert_eq!(l.event, e);
         assert_eq!(l.topic, topic);
         assert_eq!(l.group, group);
+        // The broker dead-letters without x-delivery-count: a reject reports at least 1.
         assert!(l.attempts >= 1, "attempts {}", l.attempts);
         // The id is stable from one listing to the next.
         assert_eq!(letters_eventually(&t, &group, 1).await[0].id, l.id);
