@@ -217,3 +217,22 @@ impl Backoff {
         self.next = self.min;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_jitter() {
+        let config = RabbitConfig::new("amqp://x")
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(400));
+        let mut b = Backoff::new(&config);
+        for base in [100, 200, 400, 400] {
+            let wait = b.step();
+            let base = Duration::from_millis(base);
+            assert!(wait >= base / 2 && wait < base, "{wait:?} for {base:?}");
+        }
+        b.reset();
+        assert!(b.step() < Duration::from_millis(100));
+    }
+}

@@ -88,7 +88,9 @@
 //! - An open subscription ([`BrokerMessages`]) keeps going: it re-declares its topology
 //!   and consumes again once the broker is back. Messages it held unacked are delivered
 //!   again by the broker (to it or another subscriber); settling a delivery received
-//!   before the drop fails with [`TransportError::Settle`].
+//!   before the drop fails with [`TransportError::Settle`]. AMQP acks have no reply: an
+//!   ack that returned just before the connection dropped may not have reached the
+//!   broker, and its message is then delivered again (consumers deduplicate).
 //! - [`RabbitTransport::connect`] does not retry: a broker that is down at start is
 //!   [`TransportError::Connect`], within the connect timeout.
 //!

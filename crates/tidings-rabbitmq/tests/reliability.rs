@@ -362,12 +362,19 @@ async fn a_dropped_connection_is_reopened_and_subscriptions_resume() {
     let t = RabbitTransport::connect(
         config(&proxied_url)
             .exchange(direct.exchange_name())
+            // Prefetch 1: the broker hands out "held" only once it has processed the ack
+            // of "acked" (AMQP acks have no reply; one still in flight at the cut would be
+            // lost, and its message rightly delivered again).
+            .prefetch(1)
             .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500)),
     )
     .await
     .unwrap();
+    let (topic, group) = (unique("orders"), unique("g"));
+    // Declared through `direct` too, so that its cleanup deletes the queues even when the
+    // proxied transport is still cut off.
+    drop(subscribe(&direct, &group, &topic).await);
     cleaning_up(&[&t, &direct], async {
-        let (topic, group) = (unique("orders"), unique("g"));
         let mut subs = subscribe(&t, &group, &topic).await;
         let acked = event("Acked", serde_json::json!({}));
         let held = event("Held", serde_json::json!({}));
