@@ -572,7 +572,8 @@ impl<T: Transport + 'static, H: EventHandler, I: Inbox> BrokerConsumer<T, H, I> 
                 }
             }
         }
-        match self.call(&event, attempt, &message).await {
+        let (topic, parent) = (message.topic().to_owned(), message.span().clone());
+        match self.call(&event, attempt, &topic, &parent).await {
             Ok(()) => {
                 inner.lock().breaker.on_success();
                 if let Err(e) = inner.inbox.record(event.event_id).await {
@@ -618,13 +619,14 @@ impl<T: Transport + 'static, H: EventHandler, I: Inbox> BrokerConsumer<T, H, I> 
         &self,
         event: &RecordedEvent,
         attempt: u32,
-        message: &BrokerMessage,
+        topic: &str,
+        parent: &tracing::Span,
     ) -> Result<(), HandlerError> {
         let span = tracing::info_span!(
-            parent: message.span(),
+            parent: parent,
             "broker_handler",
             group = %self.inner.subscription.group,
-            topic = %message.topic(),
+            topic = %topic,
             event_type = %event.event_type,
             event_id = %event.event_id,
             attempt,
