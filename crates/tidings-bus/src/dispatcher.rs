@@ -198,7 +198,9 @@ impl EventHandler for Dispatcher {
             if failures.is_empty() {
                 Ok(())
             } else {
-                Err(tidings_core::handler::HandlerError::new(failures.join("; ")))
+                Err(tidings_core::handler::HandlerError::new(
+                    failures.join("; "),
+                ))
             }
         })
     }
@@ -235,7 +237,9 @@ mod tests {
             handler_fn(move |e: RecordedEvent| {
                 let s = s.clone();
                 async move {
-                    s.lock().unwrap().push(current_cause().map(|c| c.event_id) == Some(e.event_id));
+                    s.lock()
+                        .unwrap()
+                        .push(current_cause().map(|c| c.event_id) == Some(e.event_id));
                     Ok(())
                 }
             }),

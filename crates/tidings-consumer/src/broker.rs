@@ -473,9 +473,11 @@ impl<T: Transport + 'static, H: EventHandler, I: Inbox> BrokerConsumer<T, H, I> 
                 Some(Permit::Trial) => (true, true, None),
                 Some(Permit::WaitUntil(t)) => (false, false, Some(t)),
                 // Another runner holds the trial: look again shortly.
-                Some(Permit::WaitForTrial) => {
-                    (false, false, Some(Instant::now() + Duration::from_millis(20)))
-                }
+                Some(Permit::WaitForTrial) => (
+                    false,
+                    false,
+                    Some(Instant::now() + Duration::from_millis(20)),
+                ),
             };
             let mut took_trial = false;
             tokio::select! {

@@ -288,7 +288,7 @@ impl<S: EventStore> StoreInbox<S> {
     }
 
     /// How many ids the window holds now (0 before it is loaded).
-    pub async fn len(&self) -> usize {
+    pub async fn remembered(&self) -> usize {
         self.state.lock().await.window.order.len()
     }
 
@@ -478,7 +478,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use tidings_core::store::{EventAppender, InMemoryStore};
+    use tidings_core::store::{EventAppender, EventReader, InMemoryStore};
 
     #[tokio::test]
     async fn window_keeps_the_last_ids_across_instances() {
@@ -488,7 +488,7 @@ mod tests {
         for id in &ids {
             a.record(*id).await.unwrap();
         }
-        assert_eq!(a.len().await, 4);
+        assert_eq!(a.remembered().await, 4);
         let b = StoreInbox::new(store.clone(), "w").window(4);
         assert_eq!(b.load().await.unwrap(), 4);
         assert!(b.seen(ids[9]).await.unwrap() && b.seen(ids[6]).await.unwrap());
@@ -550,9 +550,13 @@ mod tests {
             .unwrap();
         clock.advance(Duration::from_secs(7200));
         let hour = Duration::from_secs(3600);
-        let young = StoreInbox::new(store.clone(), "aged").with_clock(clock.clone()).max_age(hour);
+        let young = StoreInbox::new(store.clone(), "aged")
+            .with_clock(clock.clone())
+            .max_age(hour);
         assert!(!young.seen(id).await.unwrap());
-        let old = StoreInbox::new(store, "aged").with_clock(clock).max_age(3 * hour);
+        let old = StoreInbox::new(store, "aged")
+            .with_clock(clock)
+            .max_age(3 * hour);
         assert!(old.seen(id).await.unwrap());
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::json;
 use tidings::bus::{Dispatcher, HandlerError, handler_fn};
 use tidings::consumer::{
-    BreakerState, BrokerConsumer, CircuitBreaker, ConsumerGroup, Inbox, RetryPolicy, StoreInbox,
-    Jitter,
+    BreakerState, BrokerConsumer, CircuitBreaker, ConsumerGroup, Inbox, Jitter, RetryPolicy,
+    StoreInbox,
 };
 use tidings::event::upcast::{Upcaster, Upcasters};
 use tidings::handler::{current_attempt, current_cause};
@@ -59,7 +59,10 @@ async fn stop(runner: (oneshot::Sender<()>, JoinHandle<()>)) {
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -67,7 +70,11 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 /// Subscribing is immediate in memory; a publish right after `start` could still race
 /// the runner's first subscribe, so subscribe the group once up front.
 async fn create_group(bus: &InMemoryTransport, group: &str, topic: &str) {
-    drop(bus.subscribe(Subscription::new(group, topic)).await.unwrap());
+    drop(
+        bus.subscribe(Subscription::new(group, topic))
+            .await
+            .unwrap(),
+    );
 }
 
 #[derive(Default)]
@@ -112,17 +119,20 @@ async fn poison_is_retried_then_dead_lettered_while_others_flow_and_replays_once
             Ok(())
         }
     });
-    let consumer = BrokerConsumer::builder(bus.clone(), Subscription::new("billing", "orders"), handler)
-        .retry(
-            RetryPolicy::new(4)
-                .base(Duration::from_millis(30))
-                .jitter(Jitter::None),
-        )
-        .breaker(CircuitBreaker::disabled())
-        .build();
+    let consumer =
+        BrokerConsumer::builder(bus.clone(), Subscription::new("billing", "orders"), handler)
+            .retry(
+                RetryPolicy::new(4)
+                    .base(Duration::from_millis(30))
+                    .jitter(Jitter::None),
+            )
+            .breaker(CircuitBreaker::disabled())
+            .build();
     let runner = start(&consumer);
 
-    bus.publish(Message::new("orders", event("Poison", json!({})))).await.unwrap();
+    bus.publish(Message::new("orders", event("Poison", json!({}))))
+        .await
+        .unwrap();
     for i in 0..5 {
         bus.publish(Message::new("orders", event("Good", json!({ "n": i }))))
             .await
@@ -132,14 +142,23 @@ async fn poison_is_retried_then_dead_lettered_while_others_flow_and_replays_once
 
     // Attempts 1..=4 seen by the handler through the task-local; the dead letter keeps
     // the last error.
-    assert_eq!(log.attempts_of("Poison"), vec![Some(1), Some(2), Some(3), Some(4)]);
+    assert_eq!(
+        log.attempts_of("Poison"),
+        vec![Some(1), Some(2), Some(3), Some(4)]
+    );
     assert_eq!(log.attempts_of("Good"), vec![Some(1); 5]);
     let all = log.all();
     let last_poison = all.iter().rposition(|(t, _)| t == "Poison").unwrap();
     let last_good = all.iter().rposition(|(t, _)| t == "Good").unwrap();
-    assert!(last_good < last_poison, "good events wait for nothing: {all:?}");
+    assert!(
+        last_good < last_poison,
+        "good events wait for nothing: {all:?}"
+    );
     let stats = consumer.stats();
-    assert_eq!((stats.handled, stats.retried, stats.dead_lettered), (5, 3, 1));
+    assert_eq!(
+        (stats.handled, stats.retried, stats.dead_lettered),
+        (5, 3, 1)
+    );
     let dead = bus.dead_letters("billing", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "cannot bill, attempt 4");
@@ -148,7 +167,11 @@ async fn poison_is_retried_then_dead_lettered_while_others_flow_and_replays_once
 
     // Fixed, the replayed dead letter is delivered once, as a first attempt.
     fixed.store(true, Ordering::SeqCst);
-    assert!(bus.replay_dead_letter("billing", &dead[0].id).await.unwrap());
+    assert!(
+        bus.replay_dead_letter("billing", &dead[0].id)
+            .await
+            .unwrap()
+    );
     eventually("the replay", || consumer.stats().handled == 6).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
@@ -180,14 +203,17 @@ async fn the_open_breaker_keeps_the_handler_from_being_called() {
             }
         }
     });
-    let consumer = BrokerConsumer::builder(bus.clone(), Subscription::new("mailer", "orders"), handler)
-        .retry(RetryPolicy::new(100).base(Duration::from_millis(1)))
-        .breaker(CircuitBreaker::new(3, Duration::from_millis(150)))
-        .build();
+    let consumer =
+        BrokerConsumer::builder(bus.clone(), Subscription::new("mailer", "orders"), handler)
+            .retry(RetryPolicy::new(100).base(Duration::from_millis(1)))
+            .breaker(CircuitBreaker::new(3, Duration::from_millis(150)))
+            .build();
     let c2 = consumer.clone();
     let _ = state.set(Box::new(move || c2.stats().breaker));
     let runner = start(&consumer);
-    bus.publish(Message::new("orders", event("OrderCreated", json!({})))).await.unwrap();
+    bus.publish(Message::new("orders", event("OrderCreated", json!({}))))
+        .await
+        .unwrap();
     eventually("recovery", || consumer.stats().handled == 1).await;
     stop(runner).await;
 
@@ -224,11 +250,17 @@ async fn the_store_inbox_drops_a_duplicate_across_a_restart() {
     // First life: handles the event and records its id in `$inbox-billing`.
     let bus = InMemoryTransport::new();
     create_group(&bus, "billing", "orders").await;
-    let first = BrokerConsumer::builder(bus.clone(), Subscription::new("billing", "orders"), make_handler())
-        .inbox(StoreInbox::new(store.clone(), "billing"))
-        .build();
+    let first = BrokerConsumer::builder(
+        bus.clone(),
+        Subscription::new("billing", "orders"),
+        make_handler(),
+    )
+    .inbox(StoreInbox::new(store.clone(), "billing"))
+    .build();
     let runner = start(&first);
-    bus.publish(Message::new("orders", e.clone())).await.unwrap();
+    bus.publish(Message::new("orders", e.clone()))
+        .await
+        .unwrap();
     eventually("first handling", || first.stats().handled == 1).await;
     stop(runner).await;
 
@@ -236,13 +268,21 @@ async fn the_store_inbox_drops_a_duplicate_across_a_restart() {
     // delivers the same event again (a redelivery after a lost ack, a relay replay).
     let bus = InMemoryTransport::new();
     create_group(&bus, "billing", "orders").await;
-    let second = BrokerConsumer::builder(bus.clone(), Subscription::new("billing", "orders"), make_handler())
-        .inbox(StoreInbox::new(store.clone(), "billing"))
-        .build();
+    let second = BrokerConsumer::builder(
+        bus.clone(),
+        Subscription::new("billing", "orders"),
+        make_handler(),
+    )
+    .inbox(StoreInbox::new(store.clone(), "billing"))
+    .build();
     let runner = start(&second);
-    bus.publish(Message::new("orders", e.clone())).await.unwrap();
+    bus.publish(Message::new("orders", e.clone()))
+        .await
+        .unwrap();
     let fresh = event("OrderCreated", json!({ "orderId": "o-2" }));
-    bus.publish(Message::new("orders", fresh.clone())).await.unwrap();
+    bus.publish(Message::new("orders", fresh.clone()))
+        .await
+        .unwrap();
     eventually("the fresh event", || second.stats().handled == 1).await;
     eventually("the skip", || second.stats().skipped == 1).await;
     stop(runner).await;
@@ -275,14 +315,23 @@ async fn a_dispatcher_is_the_handler_and_sees_cause_and_attempt() {
             }
         }),
     );
-    let consumer = BrokerConsumer::builder(bus.clone(), Subscription::new("shipping", "orders"), dispatcher)
-        .retry(RetryPolicy::new(3).base(Duration::from_millis(1)))
-        .build();
+    let consumer = BrokerConsumer::builder(
+        bus.clone(),
+        Subscription::new("shipping", "orders"),
+        dispatcher,
+    )
+    .retry(RetryPolicy::new(3).base(Duration::from_millis(1)))
+    .build();
     let runner = start(&consumer);
-    bus.publish(Message::new("orders", event("OrderCreated", json!({})))).await.unwrap();
+    bus.publish(Message::new("orders", event("OrderCreated", json!({}))))
+        .await
+        .unwrap();
     eventually("handled", || consumer.stats().handled == 1).await;
     stop(runner).await;
-    assert_eq!(*seen.lock().unwrap(), vec![(true, Some(1)), (true, Some(2))]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(true, Some(1)), (true, Some(2))]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,15 +352,17 @@ async fn upcasters_run_before_the_handler_and_a_failed_upcast_is_dead_lettered()
     let handler = handler_fn(move |e: RecordedEvent| {
         let s = s.clone();
         async move {
-            s.lock()
-                .unwrap()
-                .push((e.event_version.clone(), e.data.to_value()["currency"].clone()));
+            s.lock().unwrap().push((
+                e.event_version.clone(),
+                e.data.to_value()["currency"].clone(),
+            ));
             Ok(())
         }
     });
-    let consumer = BrokerConsumer::builder(bus.clone(), Subscription::new("reports", "orders"), handler)
-        .upcasters(upcasters)
-        .build();
+    let consumer =
+        BrokerConsumer::builder(bus.clone(), Subscription::new("reports", "orders"), handler)
+            .upcasters(upcasters)
+            .build();
     let runner = start(&consumer);
     let old = event("OrderCreated", json!({ "orderId": "o-1" }));
     assert_eq!(old.event_version, "1.0");
@@ -325,9 +376,16 @@ async fn upcasters_run_before_the_handler_and_a_failed_upcast_is_dead_lettered()
     })
     .await;
     stop(runner).await;
-    assert_eq!(*seen.lock().unwrap(), vec![("2.0".to_owned(), json!("USD"))]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![("2.0".to_owned(), json!("USD"))]
+    );
     let dead = bus.dead_letters("reports", 10).await.unwrap();
-    assert!(dead[0].reason.starts_with("cannot upcast:"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.starts_with("cannot upcast:"),
+        "{}",
+        dead[0].reason
+    );
     assert!(dead[0].reason.contains("no orderId"), "{}", dead[0].reason);
     assert_eq!(dead[0].attempts, 1);
 }
@@ -349,9 +407,10 @@ async fn concurrency_handles_several_at_once() {
             Ok(())
         }
     });
-    let consumer = BrokerConsumer::builder(bus.clone(), Subscription::new("fan", "orders"), handler)
-        .concurrency(4)
-        .build();
+    let consumer =
+        BrokerConsumer::builder(bus.clone(), Subscription::new("fan", "orders"), handler)
+            .concurrency(4)
+            .build();
     let runner = start(&consumer);
     for _ in 0..8 {
         bus.publish(Message::new("orders", event("OrderCreated", json!({}))))

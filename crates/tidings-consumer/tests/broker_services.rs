@@ -69,8 +69,12 @@ async fn poison_is_retried_then_leaves_the_group<T: Transport + Clone + 'static>
             .enrich(NewEvent::new(t, json!({})))
             .unwrap()
     };
-    bus.publish(Message::new("orders", event("Poison"))).await.unwrap();
-    bus.publish(Message::new("orders", event("Good"))).await.unwrap();
+    bus.publish(Message::new("orders", event("Poison")))
+        .await
+        .unwrap();
+    bus.publish(Message::new("orders", event("Good")))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let s = consumer.stats();

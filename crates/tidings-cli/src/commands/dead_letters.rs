@@ -65,7 +65,7 @@ pub enum Outcome {
     /// The dead letters, oldest first.
     Listed(Vec<DeadLetter>),
     /// The one asked for.
-    Shown(DeadLetter),
+    Shown(Box<DeadLetter>),
     /// The ids delivered to the group again.
     Replayed(Vec<String>),
     /// The ids removed.
@@ -102,7 +102,7 @@ pub async fn execute<T: Transport + DeadLetters>(
                 .into_iter()
                 .find(|l| l.id == id)
             {
-                Some(l) => Outcome::Shown(l),
+                Some(l) => Outcome::Shown(Box::new(l)),
                 None => bail!("group {group:?} has no dead letter {id:?}"),
             }
         }
@@ -323,7 +323,7 @@ mod tests {
         let shown = execute(&bus, Action::Show, "billing", Some(&list[1].id), false, 10)
             .await
             .unwrap();
-        assert_eq!(shown, Outcome::Shown(list[1].clone()));
+        assert_eq!(shown, Outcome::Shown(Box::new(list[1].clone())));
         print(&shown, false).unwrap();
         assert!(
             execute(&bus, Action::Show, "billing", Some("nope"), false, 10)
@@ -337,9 +337,16 @@ mod tests {
             "replay needs --id or --all"
         );
 
-        let replayed = execute(&bus, Action::Replay, "billing", Some(&list[0].id), false, 10)
-            .await
-            .unwrap();
+        let replayed = execute(
+            &bus,
+            Action::Replay,
+            "billing",
+            Some(&list[0].id),
+            false,
+            10,
+        )
+        .await
+        .unwrap();
         assert_eq!(replayed, Outcome::Replayed(vec![list[0].id.clone()]));
         // The replayed message is delivered to the group again, as a first attempt.
         let mut sub = bus
@@ -347,7 +354,10 @@ mod tests {
             .await
             .unwrap();
         let again = sub.next().await.unwrap().unwrap();
-        assert_eq!((again.event().event_type.as_str(), again.attempt()), ("A", 1));
+        assert_eq!(
+            (again.event().event_type.as_str(), again.attempt()),
+            ("A", 1)
+        );
         again.ack().await.unwrap();
 
         let deleted = execute(&bus, Action::Delete, "billing", None, true, 10)
@@ -370,14 +380,13 @@ mod tests {
             #[command(flatten)]
             a: DeadLettersArgs,
         }
-        let cli = Cli::try_parse_from([
-            "x", "list", "--bus", "kafka://h", "--group", "g",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["x", "list", "--bus", "kafka://h", "--group", "g"]).unwrap();
         assert!(run(cli.a).await.is_err());
         assert!(
-            Cli::try_parse_from(["x", "replay", "--bus", "nats://h", "--group", "g", "--id", "1", "--all"])
-                .is_err()
+            Cli::try_parse_from([
+                "x", "replay", "--bus", "nats://h", "--group", "g", "--id", "1", "--all"
+            ])
+            .is_err()
         );
     }
 }

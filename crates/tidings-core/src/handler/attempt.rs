@@ -30,7 +30,9 @@ mod tests {
     async fn scope_is_visible_inside_and_gone_outside() {
         assert_eq!(current_attempt(), None);
         assert_eq!(with_attempt(3, async { current_attempt() }).await, Some(3));
-        let nested = with_attempt(1, async { with_attempt(2, async { current_attempt() }).await });
+        let nested = with_attempt(1, async {
+            with_attempt(2, async { current_attempt() }).await
+        });
         assert_eq!(nested.await, Some(2));
         assert_eq!(current_attempt(), None);
     }
