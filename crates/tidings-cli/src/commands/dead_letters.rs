@@ -243,21 +243,27 @@ pub async fn run_on<T: Transport + DeadLetters>(transport: &T, a: &DeadLettersAr
     print(&outcome, a.json)
 }
 
-/// `tidings dead-letters`.
-///
-/// The NATS and RabbitMQ transports keep their dead letters through `DeadLetters`
-/// implementations that live in `tidings-nats` and `tidings-rabbitmq`; until those
-/// are present, the command reports the bus as unsupported. Wiring one is:
-/// connect (`NatsTransport::connect(NatsConfig::new(url).stream(&a.nats_stream)
-/// .subject_prefix(&a.nats_prefix))`, `RabbitTransport::connect(RabbitConfig::new(url)
-/// .exchange(&a.exchange))`) and call [`run_on`].
+/// `tidings dead-letters`: connects to the bus named by `--bus` (NATS JetStream or
+/// RabbitMQ) and runs the verb on its dead letters ([`run_on`]).
 pub async fn run(a: DeadLettersArgs) -> Result<()> {
     let scheme = a.bus.split("://").next().unwrap_or_default();
     match scheme {
-        "nats" | "tls" | "amqp" | "amqps" => bail!(
-            "dead letters on {scheme}:// are not available in this build: the transport does \
-             not implement DeadLetters yet"
-        ),
+        "nats" | "tls" => {
+            let t = tidings_nats::NatsTransport::connect(
+                tidings_nats::NatsConfig::new(&a.bus)
+                    .stream(&a.nats_stream)
+                    .subject_prefix(&a.nats_prefix),
+            )
+            .await?;
+            run_on(&t, &a).await
+        }
+        "amqp" | "amqps" => {
+            let t = tidings_rabbitmq::RabbitTransport::connect(
+                tidings_rabbitmq::RabbitConfig::new(&a.bus).exchange(&a.exchange),
+            )
+            .await?;
+            run_on(&t, &a).await
+        }
         _ => bail!(
             "--bus {:?}: expected nats://… or amqp://…",
             a.bus.split('@').next_back().unwrap_or_default()
