@@ -13,6 +13,8 @@
 //! - [`CircuitBreaker`] — pauses delivery while a dependency keeps failing.
 //! - [`Idempotent`] — a handler wrapper that skips event ids it has handled, with a
 //!   bounded [`SeenEvents`] set.
+//! - [`relay`] — the [`OutboxRelay`]: the store's log published to a broker, confirmed,
+//!   in order, from a fenced checkpoint.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -54,6 +56,7 @@ mod idempotent;
 pub mod parked;
 pub mod projection;
 mod reader;
+pub mod relay;
 mod retry;
 mod stats;
 
@@ -67,5 +70,6 @@ pub use error::ConsumerError;
 pub use group::{ConsumerGroup, ConsumerGroupBuilder, DEFAULT_BUFFER};
 pub use idempotent::{DEFAULT_SEEN_CAPACITY, Idempotent, SeenEvents};
 pub use parked::ParkedEvent;
+pub use relay::{OutboxRelay, RelayError, RelayStats};
 pub use retry::{Jitter, JitterRng, RetryPolicy};
 pub use stats::ConsumerStats;
