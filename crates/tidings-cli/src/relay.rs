@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tidings::consumer::relay::{OutboxRelay, RelayStats};
 use tidings::consumer::CheckpointStore;
+use tidings::consumer::relay::{OutboxRelay, RelayStats};
 use tidings::store::{EventReader, EventSubscriber};
 use tidings::transport::{TopicMap, Transport};
 use tokio::sync::watch;
@@ -136,10 +136,11 @@ where
             go(TransportKind::Nats(t)).await
         }
         Broker::Amqp(url) => {
-            let t =
-                tidings_rabbitmq::RabbitTransport::connect(tidings_rabbitmq::RabbitConfig::new(url))
-                    .await
-                    .context("connecting to RabbitMQ")?;
+            let t = tidings_rabbitmq::RabbitTransport::connect(
+                tidings_rabbitmq::RabbitConfig::new(url),
+            )
+            .await
+            .context("connecting to RabbitMQ")?;
             let closer = t.clone();
             let result = go(TransportKind::Rabbit(t)).await;
             let _ = closer.close().await;
@@ -258,8 +259,7 @@ fn line(s: &RelayStats) -> String {
     let mut out = format!(
         "relayed {} position {} head {} lag {}",
         s.relayed,
-        s.position
-            .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        s.position.map_or_else(|| "-".to_owned(), |p| p.to_string()),
         s.head.map_or_else(|| "-".to_owned(), |h| h.to_string()),
         s.lag
     );
@@ -371,9 +371,15 @@ mod tests {
         assert_eq!(t.topic_for("Other"), "events");
         assert!(topic_map("events", &["nope".to_owned()]).is_err());
         assert!(matches!(broker("nats://h:4222").unwrap(), Broker::Nats(_)));
-        assert!(matches!(broker("amqp://g:g@h:5672/%2f").unwrap(), Broker::Amqp(_)));
+        assert!(matches!(
+            broker("amqp://g:g@h:5672/%2f").unwrap(),
+            Broker::Amqp(_)
+        ));
         assert!(broker("http://x").is_err());
-        assert_eq!(redact("amqp://guest:pw@h:5672/%2f"), "amqp://***@h:5672/%2f");
+        assert_eq!(
+            redact("amqp://guest:pw@h:5672/%2f"),
+            "amqp://***@h:5672/%2f"
+        );
     }
 
     #[test]

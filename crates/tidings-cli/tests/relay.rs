@@ -16,7 +16,9 @@ use futures::StreamExt;
 use tidings::consumer::relay::{CheckpointCadence, OutboxRelay};
 use tidings::store::ReadAll;
 use tidings::transport::{BrokerMessages, Subscription, TopicMap, Transport};
-use tidings::{Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
+use tidings::{
+    Enricher, EventAppender, EventReader, ExpectedVersion, NewEvent, RecordedEvent, StreamId,
+};
 use tidings_nats::{NatsConfig, NatsTransport};
 use tidings_testkit::services::service_url;
 use tidings_testkit::transport_conformance::unique;
@@ -26,12 +28,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 async fn append_events(store: &tidings_log::LogStore, n: u64) {
     let enricher = Enricher::new("relay-test");
     for i in 0..n {
-        let t = if i % 3 == 0 { "OrderCreated" } else { "OrderNoted" };
+        let t = if i % 3 == 0 {
+            "OrderCreated"
+        } else {
+            "OrderNoted"
+        };
         let e = enricher
             .enrich(NewEvent::new(t, serde_json::json!({ "i": i })))
             .unwrap();
         let stream = StreamId::new(&format!("order-{}", i % 7)).unwrap();
-        store.append(&stream, ExpectedVersion::Any, vec![e]).await.unwrap();
+        store
+            .append(&stream, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
     }
 }
 
@@ -72,7 +81,12 @@ fn assert_exactly_once(store_events: &[RecordedEvent], seen: &[RecordedEvent]) {
     assert_eq!(seen.len(), store_events.len());
     let by_id: HashMap<_, _> = seen.iter().map(|e| (e.event_id, e)).collect();
     for e in store_events {
-        assert_eq!(by_id.get(&e.event_id), Some(&e), "{} with its origin", e.event_id);
+        assert_eq!(
+            by_id.get(&e.event_id),
+            Some(&e),
+            "{} with its origin",
+            e.event_id
+        );
     }
 }
 
@@ -144,10 +158,7 @@ async fn a_killed_relay_restarts_and_nats_sees_each_event_once_with_its_origin()
                 .await
         }
     });
-    watch
-        .wait_for(|s| s.lag == 0 && s.next >= N)
-        .await
-        .unwrap();
+    watch.wait_for(|s| s.lag == 0 && s.next >= N).await.unwrap();
     stop.send(()).unwrap();
     let resumed = task.await.unwrap().unwrap();
     assert!(
@@ -228,10 +239,13 @@ async fn tidings_relay_publishes_a_data_dir_to_nats_and_stops_on_ctrl_c() {
     let mut text = String::new();
     for _ in 0..50 {
         let mut conn = std::net::TcpStream::connect(&metrics).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
         text.clear();
         conn.read_to_string(&mut text).unwrap();
-        if text.contains("tidings_relay_published_total 12") && text.contains("tidings_relay_lag_events 0") {
+        if text.contains("tidings_relay_published_total 12")
+            && text.contains("tidings_relay_lag_events 0")
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -248,7 +262,12 @@ async fn tidings_relay_publishes_a_data_dir_to_nats_and_stops_on_ctrl_c() {
     assert!(status.success());
     let code = child.wait().unwrap();
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(code.success(), "exit {code:?}; stdout {out}");
     assert!(out.contains("stopped: relayed 12 events"), "{out}");
 }

@@ -181,9 +181,7 @@ impl RelayStats {
     }
 
     fn update_lag(&mut self) {
-        self.lag = self
-            .head
-            .map_or(0, |h| (h + 1).saturating_sub(self.next));
+        self.lag = self.head.map_or(0, |h| (h + 1).saturating_sub(self.next));
     }
 }
 
@@ -242,7 +240,11 @@ impl Backoff {
             Some(n) => rng.next_u64() % n,
             None => rng.next_u64(),
         };
-        Duration::from_millis(u64::try_from(base).unwrap_or(u64::MAX).saturating_add(extra))
+        Duration::from_millis(
+            u64::try_from(base)
+                .unwrap_or(u64::MAX)
+                .saturating_add(extra),
+        )
     }
 }
 
@@ -647,7 +649,10 @@ where
         if event.position < run.next {
             return Ok(Wake::Ready(()));
         }
-        if event.stream.is_system() || !self.filter.matches(event.stream.as_str(), &event.event_type)
+        if event.stream.is_system()
+            || !self
+                .filter
+                .matches(event.stream.as_str(), &event.event_type)
         {
             run.next = event.position + 1;
             self.update(|s| {

@@ -17,8 +17,8 @@ use tidings::transport::{
     TransportError,
 };
 use tidings::{
-    Enricher, EventAppender, EventReader, EventSubscriber, ExpectedVersion, Filter,
-    InMemoryStore, NewEvent, Position, RecordedEvent, Revision, Start, StoreError, StreamId,
+    Enricher, EventAppender, EventReader, EventSubscriber, ExpectedVersion, Filter, InMemoryStore,
+    NewEvent, Position, RecordedEvent, Revision, Start, StoreError, StreamId,
 };
 use tokio::sync::{Semaphore, oneshot};
 
@@ -107,7 +107,10 @@ async fn append(store: &InMemoryStore, stream: &str, types: &[&str]) {
         .enumerate()
         .map(|(i, t)| event(t, i as u64))
         .collect();
-    store.append(&id, ExpectedVersion::Any, events).await.unwrap();
+    store
+        .append(&id, ExpectedVersion::Any, events)
+        .await
+        .unwrap();
 }
 
 async fn all_events(store: &InMemoryStore) -> Vec<RecordedEvent> {

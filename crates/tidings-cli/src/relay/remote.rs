@@ -141,8 +141,7 @@ impl FileCheckpoint {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
-        {
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             bail!(
                 "the relay checkpoint {} is held by another relay (lock {})",
                 path.display(),
@@ -211,7 +210,10 @@ mod tests {
         assert_eq!(cp.load("relay-x").await.unwrap(), None);
         cp.save("relay-x", &Checkpoint::at(7)).await.unwrap();
         assert_eq!(cp.load("relay-x").await.unwrap(), Some(Checkpoint::at(7)));
-        assert!(FileCheckpoint::open(&path).is_err(), "a second relay is refused");
+        assert!(
+            FileCheckpoint::open(&path).is_err(),
+            "a second relay is refused"
+        );
         drop(cp);
         assert!(FileCheckpoint::open(&path).is_ok());
     }
