@@ -174,3 +174,87 @@ impl Dispatch for Dispatcher {
         Box::pin(Dispatcher::dispatch(self, event))
     }
 }
+
+/// A dispatcher is itself a handler, so a consumer (a `ConsumerGroup` member, a
+/// `BrokerConsumer`) can feed one: every matching handler runs; the call fails when any
+/// of them failed, with each failure as `"<handler>: <error>"` joined by `"; "`. A
+/// middleware that stops the event counts as success (it chose to drop it). A retry runs
+/// every handler again — the ones that succeeded included — so handlers behind a
+/// retrying consumer must be idempotent.
+impl EventHandler for Dispatcher {
+    fn handle<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+    ) -> BoxFuture<'a, Result<(), tidings_core::handler::HandlerError>> {
+        Box::pin(async move {
+            let report = Dispatcher::dispatch(self, event.clone()).await;
+            let failures: Vec<String> = report
+                .failures()
+                .map(|o| match &o.result {
+                    Err(e) => format!("{}: {e}", o.handler),
+                    Ok(()) => o.handler.clone(),
+                })
+                .collect();
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(tidings_core::handler::HandlerError::new(
+                    failures.join("; "),
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tidings_core::handler::{HandlerError, current_cause, handler_fn};
+    use tidings_core::{Enricher, NewEvent, StreamId};
+
+    fn recorded(event_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            stream: StreamId::new("order-1").unwrap(),
+            revision: 0,
+            position: 0,
+            recorded_at: jiff::Timestamp::UNIX_EPOCH,
+            event: Enricher::new("s")
+                .enrich(NewEvent::new(event_type, serde_json::json!({})))
+                .unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_is_an_event_handler() {
+        let d = Dispatcher::new();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        d.on(
+            "A",
+            "ok",
+            handler_fn(move |e: RecordedEvent| {
+                let s = s.clone();
+                async move {
+                    s.lock()
+                        .unwrap()
+                        .push(current_cause().map(|c| c.event_id) == Some(e.event_id));
+                    Ok(())
+                }
+            }),
+        );
+        d.on(
+            "B",
+            "broken",
+            handler_fn(|_e| async { Err(HandlerError::new("boom")) }),
+        );
+        let as_handler: &dyn EventHandler = &d;
+        as_handler.handle(&recorded("A")).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![true]);
+        let err = as_handler.handle(&recorded("B")).await.unwrap_err();
+        assert_eq!(err.message(), "broken: boom");
+        // No handler for the type: nothing failed.
+        as_handler.handle(&recorded("C")).await.unwrap();
+    }
+}

@@ -46,6 +46,8 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
     Import(commands::import::ImportArgs),
+    /// List, show, replay or delete a consumer group's dead letters on a broker.
+    DeadLetters(commands::dead_letters::DeadLettersArgs),
     /// Run the standard workloads against a store and print a table (or JSON).
     Bench(bench::BenchArgs),
     /// Check every checksum of an embedded store and its indexes against the log.
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
                         Command::Correlation(a) => commands::correlation::run(a).await,
                         Command::Export(a) => commands::export::run(a).await,
                         Command::Import(a) => commands::import::run(a).await,
+                        Command::DeadLetters(a) => commands::dead_letters::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
                         Command::Relay(a) => relay::run(a).await,
                         Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),

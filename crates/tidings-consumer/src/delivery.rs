@@ -12,7 +12,7 @@ use super::checkpoint::CheckpointStore;
 use super::error::ConsumerError;
 use super::group::{ConsumerGroup, Origin, Shared, Status};
 use super::parked::{Resolution, parked_record, resolved_record};
-use tidings_core::handler::{Cause, EventHandler, HandlerError, with_cause};
+use tidings_core::handler::{Cause, EventHandler, HandlerError, with_attempt, with_cause};
 use tidings_core::store::{EventStore, ExpectedVersion, RecordedEvent};
 
 /// One member of a [`ConsumerGroup`]: takes deliveries and settles them. Leaves the
@@ -51,8 +51,9 @@ impl<S: EventStore, C: CheckpointStore> Member<S, C> {
 
     /// Runs `handler` on every delivery until the group shuts down: success acks,
     /// failure (or panic) nacks with the error's message. Each call runs in a `tracing`
-    /// span `consumer_handler` and with the event as its [`Cause`], so what the handler
-    /// publishes carries causation.
+    /// span `consumer_handler`, with the event as its [`Cause`], so what the handler
+    /// publishes carries causation, and with the delivery's attempt as the current one
+    /// ([`current_attempt`](tidings_core::handler::current_attempt)).
     pub async fn run<H: EventHandler + ?Sized>(&self, handler: &H) -> Result<(), ConsumerError> {
         while let Some(delivery) = self.next().await? {
             match handle(self.group.name(), self.id, handler, &delivery).await {
@@ -91,7 +92,10 @@ async fn handle<S: EventStore, C: CheckpointStore, H: EventHandler + ?Sized>(
         attempt = delivery.attempt(),
         outcome = tracing::field::Empty,
     );
-    let run = with_cause(Cause::of(event), handler.handle(event));
+    let run = with_attempt(
+        delivery.attempt(),
+        with_cause(Cause::of(event), handler.handle(event)),
+    );
     let result = match AssertUnwindSafe(run)
         .catch_unwind()
         .instrument(span.clone())

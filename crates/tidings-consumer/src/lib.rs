@@ -13,6 +13,9 @@
 //! - [`CircuitBreaker`] — pauses delivery while a dependency keeps failing.
 //! - [`Idempotent`] — a handler wrapper that skips event ids it has handled, with a
 //!   bounded [`SeenEvents`] set.
+//! - [`BrokerConsumer`] — the same guarantees for a consumer group on a message broker
+//!   (`Transport`): retries, dead letters, breaker, upcasting, an [`Inbox`]
+//!   ([`StoreInbox`] keeps handled ids in `$inbox-<name>`).
 //! - [`relay`] — the [`OutboxRelay`]: the store's log published to a broker, confirmed,
 //!   in order, from a fenced checkpoint.
 //!
@@ -48,11 +51,13 @@
 #![forbid(unsafe_code)]
 
 mod breaker;
+mod broker;
 mod checkpoint;
 mod delivery;
 mod error;
 mod group;
 mod idempotent;
+mod inbox;
 pub mod parked;
 pub mod projection;
 mod reader;
@@ -61,6 +66,9 @@ mod retry;
 mod stats;
 
 pub use breaker::{BreakerState, CircuitBreaker, Permit};
+pub use broker::{
+    BrokerConsumer, BrokerConsumerBuilder, BrokerConsumerError, BrokerStats, DEFAULT_CONCURRENCY,
+};
 pub use checkpoint::{
     CHECKPOINT_EVENT_TYPE, Checkpoint, CheckpointError, CheckpointStore, InMemoryCheckpoints,
     StoreCheckpoints, checkpoint_stream,
@@ -69,6 +77,9 @@ pub use delivery::{Delivery, Member};
 pub use error::ConsumerError;
 pub use group::{ConsumerGroup, ConsumerGroupBuilder, DEFAULT_BUFFER};
 pub use idempotent::{DEFAULT_SEEN_CAPACITY, Idempotent, SeenEvents};
+pub use inbox::{
+    DEFAULT_INBOX_WINDOW, INBOX_EVENT_TYPE, Inbox, InboxError, NoInbox, StoreInbox, inbox_stream,
+};
 pub use parked::ParkedEvent;
 pub use relay::{OutboxRelay, RelayError, RelayStats};
 pub use retry::{Jitter, JitterRng, RetryPolicy};

@@ -14,8 +14,9 @@
 //! - **At-least-once.** The checkpoint is saved after batches, so after a crash the
 //!   events confirmed since the last save are published again. Duplicates carry the same
 //!   event id and are removed downstream: JetStream drops them by `Nats-Msg-Id` within
-//!   its duplicate window ([`Transport::deduplicates_by_event_id`]); on RabbitMQ the
-//!   consumer's inbox (or [`Idempotent`](crate::Idempotent)) drops them by event id.
+//!   its duplicate window ([`Transport::deduplicates_by_event_id`]); on RabbitMQ a
+//!   [`BrokerConsumer`](crate::BrokerConsumer)'s [`Inbox`](crate::Inbox) (or
+//!   [`Idempotent`](crate::Idempotent)) drops them by event id.
 //! - **Fenced.** The checkpoint is `relay-<name>` in a [`CheckpointStore`]; with
 //!   [`StoreCheckpoints`] each save carries the version the relay last saw, so two
 //!   relays with the same name cannot both advance it: the one that saves second stops

@@ -1,23 +1,98 @@
 //! # tidings-rabbitmq
 //!
-//! The Tidings bus [`Transport`] on RabbitMQ, with publisher confirms.
+//! The Tidings bus [`Transport`] on RabbitMQ, with publisher confirms, per-group dead
+//! letters ([`DeadLetters`](tidings_core::transport::DeadLetters)) and reconnection.
 //!
 //! ```text
-//! topic "orders" ──publish──► topic exchange <exchange>, routing key "orders"
+//! topic "orders" ──publish──► durable topic exchange <exchange>, routing key "orders"
 //!                             (persistent; confirmed by the broker before publish returns)
 //! group "billing" ◄─consume── durable quorum queue "<exchange>.billing",
-//!                             bound with each of the group's topics, manual acks
+//!                             bound with each of the group's topics, manual acks;
+//!                             dead-letter exchange "" (the default exchange) with
+//!                             routing key "<exchange>.billing.dead", at-least-once
+//! dead letters    ◄────────── durable classic queue "<exchange>.billing.dead"
+//!                             (dead_letter(reason) publishes here, confirmed, then acks;
+//!                              reject() reaches it through the broker's dead-lettering)
+//! replay          ──────────► default exchange, routing key "<exchange>.billing":
+//!                             that group only
 //! ```
 //!
-//! A message is an event in CloudEvents binary mode ([`tidings_core::transport::wire`]): `ce-*`
-//! AMQP headers, `content-type: application/json`, `message-id` and `type` properties
-//! and the JSON payload as the body. Subscribers of one group consume from the same
-//! queue, so they compete (prefetch bounds what each holds). Each subscriber has its own
-//! channel: dropping its [`BrokerMessages`] closes it and RabbitMQ requeues what it held. A
-//! nack waits for its delay and then requeues; a reject does not requeue, so the queue's
-//! dead-letter exchange (when [`RabbitConfig::dead_letter_exchange`] names one) gets the
-//! message. [`BrokerMessage::attempt`](tidings_core::transport::BrokerMessage::attempt) comes from the
-//! quorum queue's `x-delivery-count`. RabbitMQ does not deduplicate by event id.
+//! A message is an event in CloudEvents binary mode ([`tidings_core::transport::wire`]):
+//! `ce-*` AMQP headers, `content-type: application/json`, `message-id` and `type`
+//! properties and the JSON payload as the body. Subscribers of one group consume from the
+//! same queue, so they compete (prefetch bounds what each holds). Each subscriber has its
+//! own channel: dropping its [`BrokerMessages`] closes it and RabbitMQ requeues what it
+//! held. A nack waits for its delay and then requeues.
+//! [`BrokerMessage::attempt`](tidings_core::transport::BrokerMessage::attempt) comes from
+//! the quorum queue's `x-delivery-count`.
+//!
+//! ## Dead letters
+//!
+//! [`BrokerMessage::dead_letter`](tidings_core::transport::BrokerMessage::dead_letter)
+//! publishes the message — same body and headers, the origin's included — to the group's
+//! dead-letter queue with `tidings-dead-id` (a fresh UUID: the dead letter's id),
+//! `tidings-dead-reason`, `tidings-dead-attempts`, `tidings-dead-at`,
+//! `tidings-dead-group` and `tidings-topic`, waits for the publisher confirm, and only
+//! then acks the original. If the publish fails, the error is returned and the original
+//! stays unsettled, so it is delivered again: a dead letter is never lost, and at worst
+//! kept twice (when the ack after a confirmed publish fails). A reject does not requeue:
+//! the broker dead-letters it to the same queue (reason `rejected`, from its `x-death`
+//! header; its id is built from that record and the message id; its attempts read 1,
+//! because the broker does not keep the delivery count when it dead-letters — give up
+//! with `dead_letter(reason)` to keep it), unless
+//! [`RabbitConfig::dead_letter_exchange`] sends rejects to an exchange of your own, in
+//! which case they are not listed. A delivered message that is not a valid event is
+//! dead-lettered with reason `not a valid event: …` (and surfaces once as
+//! [`TransportError::Decode`]; the stream goes on). Listing reads the queue with
+//! `basic.get` and requeues what it read (see [`RabbitTransport`]'s
+//! [`DeadLetters`](tidings_core::transport::DeadLetters) implementation).
+//!
+//! The dead-letter queue is a *classic* queue: listing requeues every message it reads,
+//! which on a quorum queue would count as a failed delivery each time (RabbitMQ 4 drops or
+//! dead-letters a quorum queue's message after 20 by default), and a classic queue puts
+//! requeued messages back in their place, which keeps the list in order. It is durable and
+//! holds persistent messages, but it lives on one node.
+//!
+//! ## Deduplication
+//!
+//! RabbitMQ does not deduplicate by event id, so
+//! [`Transport::deduplicates_by_event_id`] is false: a publish retried after an
+//! unconfirmed one, a replay, or a redelivery after a lost ack can each deliver an event
+//! twice. Consumers deduplicate by event id with an inbox (idempotent handling).
+//!
+//! ## What a confirm means (durability)
+//!
+//! [`Transport::publish`] returns once RabbitMQ sent its publisher confirm for a
+//! persistent message (delivery mode 2). For a message routed to a durable classic queue
+//! the confirm is sent after the message is written to disk (fsynced); for a quorum queue,
+//! after a majority of its replicas have written it to their Raft log and fsynced. Group
+//! queues are declared as **quorum** queues (`x-queue-type: quorum`): replicated across
+//! the cluster's nodes (on a single node, durable on that node), with a real
+//! `x-delivery-count`. A message routed to no queue (no group is bound to its topic yet)
+//! is confirmed too, and is gone: subscribe before publishing. RabbitMQ cannot change an
+//! existing queue's type or arguments: declaring `<exchange>.<group>` over a queue made
+//! with other arguments (for instance a classic queue, or one without this dead-letter
+//! set-up) fails with `PRECONDITION_FAILED`, reported as [`RabbitError::QueueMismatch`]
+//! inside [`TransportError::Subscribe`]; move the messages and delete the old queue (or use
+//! another exchange name) to migrate.
+//!
+//! ## Reconnection
+//!
+//! The transport reconnects by itself when the connection drops, waiting between attempts
+//! with exponential backoff and jitter ([`RabbitConfig::reconnect_backoff`]).
+//! - A publish while the broker is unreachable fails promptly with
+//!   [`TransportError::Publish`] (within the connect timeout at worst; at once while
+//!   waiting out the backoff, with [`RabbitError::Disconnected`] as its source). It is not
+//!   retried inside: the caller (such as an outbox relay) retries, which is safe because
+//!   consumers deduplicate by event id.
+//! - An open subscription ([`BrokerMessages`]) keeps going: it re-declares its topology
+//!   and consumes again once the broker is back. Messages it held unacked are delivered
+//!   again by the broker (to it or another subscriber); settling a delivery received
+//!   before the drop fails with [`TransportError::Settle`]. AMQP acks have no reply: an
+//!   ack that returned just before the connection dropped may not have reached the
+//!   broker, and its message is then delivered again (consumers deduplicate).
+//! - [`RabbitTransport::connect`] does not retry: a broker that is down at start is
+//!   [`TransportError::Connect`], within the connect timeout.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tidings_core::TransportError> {
@@ -36,27 +111,31 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeSet;
+mod connection;
+mod dead;
+
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use lapin::Acker;
-use lapin::Confirmation;
+use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Consumer};
 use tidings_core::transport::{
-    BoxError, BrokerMessage, BrokerMessages, Message, Settle, Subscription, Transport,
-    TransportError, check_topic, wire,
+    BoxError, BrokerMessage, BrokerMessages, Message, Subscription, Transport, TransportError,
+    check_topic, wire,
 };
 use tracing::Instrument;
+
+use connection::{Backoff, Inner};
+pub use dead::{
+    DEAD_AT_HEADER, DEAD_ATTEMPTS_HEADER, DEAD_GROUP_HEADER, DEAD_ID_HEADER, DEAD_REASON_HEADER,
+    TOPIC_HEADER, UNDECODABLE_EVENT_TYPE,
+};
 
 /// Where and how to run the transport.
 #[derive(Debug, Clone)]
@@ -66,11 +145,14 @@ pub struct RabbitConfig {
     prefetch: u16,
     dead_letter_exchange: Option<String>,
     connect_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
 }
 
 impl RabbitConfig {
     /// The broker at `url` (`amqp://user:pass@host:5672/%2f`), exchange `tidings`,
-    /// prefetch 32 per subscriber, no dead-letter exchange.
+    /// prefetch 32 per subscriber, rejects dead-lettered to each group's dead-letter
+    /// queue, a 5 s connect timeout, reconnect backoff from 200 ms to 30 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -78,11 +160,13 @@ impl RabbitConfig {
             prefetch: 32,
             dead_letter_exchange: None,
             connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
         }
     }
 
     /// The topic exchange every topic is published to; group queues are named
-    /// `<exchange>.<group>`.
+    /// `<exchange>.<group>`, their dead-letter queues `<exchange>.<group>.dead`.
     pub fn exchange(mut self, name: impl Into<String>) -> Self {
         self.exchange = name.into();
         self
@@ -94,15 +178,26 @@ impl RabbitConfig {
         self
     }
 
-    /// The exchange rejected messages go to (set on queues when they are created).
+    /// Sends rejected messages to this exchange (with their routing key) instead of the
+    /// group's dead-letter queue; set on queues when they are created. Such rejects are
+    /// not listed by [`DeadLetters`](tidings_core::transport::DeadLetters); messages given
+    /// up with a reason still are.
     pub fn dead_letter_exchange(mut self, exchange: impl Into<String>) -> Self {
         self.dead_letter_exchange = Some(exchange.into());
         self
     }
 
-    /// How long to wait for the broker when connecting.
+    /// How long to wait for the broker when connecting (and reconnecting).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// The wait between reconnection attempts: `min` after the first failure, doubling
+    /// up to `max`, each wait scaled by a random factor in [0.5, 1).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min.max(Duration::from_millis(1));
+        self.reconnect_max = max.max(self.reconnect_min);
         self
     }
 
@@ -117,166 +212,234 @@ impl RabbitConfig {
     }
 }
 
-/// A [`Transport`] over one RabbitMQ topic exchange. Cheap to clone.
+/// What went wrong on the RabbitMQ side: the source inside a [`TransportError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RabbitError {
+    /// The connection is down and the next reconnection attempt is not due yet.
+    #[error("not connected to RabbitMQ; reconnecting (next attempt in {retry_in:?})")]
+    Disconnected {
+        /// When the next attempt is due.
+        retry_in: Duration,
+    },
+    /// [`RabbitTransport::close`] was called.
+    #[error("the transport is closed")]
+    Closed,
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// A queue exists with other arguments than the ones this crate declares (such as
+    /// another queue type).
+    #[error(
+        "queue {queue:?} exists with other arguments (queue type or dead-lettering) than \
+         this transport declares; RabbitMQ cannot change them: migrate its messages and \
+         delete it, or use another exchange name: {source}"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A message published to a queue by name was not routed: the queue does not exist.
+    #[error("queue {queue:?} does not exist")]
+    Unroutable {
+        /// The queue.
+        queue: String,
+    },
+    /// The broker refused a publish (negative confirm).
+    #[error("the broker nacked the message")]
+    Nacked,
+    /// The delivery's channel closed (the connection dropped, or its subscriber went
+    /// away): it cannot be settled any more, and the broker delivers it again.
+    #[error("the delivery's channel is closed; the broker delivers the message again")]
+    ChannelGone,
+    /// The channel was not in confirm mode.
+    #[error("publisher confirms are not enabled")]
+    NotConfirmed,
+    /// An AMQP error.
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+/// The AMQP reply code of a channel or connection error (404, 406, …).
+fn amqp_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// A [`Transport`] over one RabbitMQ topic exchange. Cheap to clone; clones share one
+/// connection, which is reopened when it drops.
 #[derive(Clone)]
 pub struct RabbitTransport {
-    connection: Arc<Connection>,
-    publisher: Channel,
-    config: Arc<RabbitConfig>,
-    queues: Arc<Mutex<BTreeSet<String>>>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for RabbitTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitTransport")
-            .field("url", &self.config.redacted_url())
-            .field("exchange", &self.config.exchange)
+            .field("url", &self.inner.config.redacted_url())
+            .field("exchange", &self.inner.config.exchange)
             .finish_non_exhaustive()
     }
 }
 
-fn boxed(e: lapin::Error) -> BoxError {
-    Box::new(e)
-}
-
 impl RabbitTransport {
-    /// Connects, opens a confirming publisher channel and declares the exchange.
+    /// Connects, opens a confirming publisher channel and declares the exchange. Fails
+    /// with [`TransportError::Connect`] within the connect timeout when the broker cannot
+    /// be reached.
     pub async fn connect(config: RabbitConfig) -> Result<Self, TransportError> {
         let url = config.redacted_url();
-        let connect_error = |source: BoxError| TransportError::Connect {
-            url: url.clone(),
-            source,
-        };
-        let connection = tokio::time::timeout(
-            config.connect_timeout,
-            Connection::connect(&config.url, ConnectionProperties::default()),
-        )
-        .await
-        .map_err(|_| connect_error("timed out".into()))?
-        .map_err(|e| connect_error(boxed(e)))?;
-        let publisher = connection
-            .create_channel()
+        let inner = Inner::connect(config)
             .await
-            .map_err(|e| connect_error(boxed(e)))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| connect_error(boxed(e)))?;
-        publisher
-            .exchange_declare(
-                config.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| connect_error(boxed(e)))?;
+            .map_err(|e| TransportError::Connect {
+                url,
+                source: Box::new(e),
+            })?;
         Ok(Self {
-            connection: Arc::new(connection),
-            publisher,
-            config: Arc::new(config),
-            queues: Arc::default(),
+            inner: Arc::new(inner),
         })
     }
 
     /// The queue of consumer group `group`.
     pub fn queue_name(&self, group: &str) -> String {
-        format!("{}.{group}", self.config.exchange)
+        format!("{}.{group}", self.inner.config.exchange)
+    }
+
+    /// The dead-letter queue of consumer group `group`.
+    pub fn dead_letter_queue_name(&self, group: &str) -> String {
+        dead::dead_queue_name(&self.inner.config.exchange, group)
     }
 
     /// The exchange's name.
     pub fn exchange_name(&self) -> &str {
-        &self.config.exchange
+        &self.inner.config.exchange
     }
 
-    /// Deletes the queues this transport declared and the exchange (tests clean up with
-    /// this).
+    fn connect_error(&self, e: RabbitError) -> TransportError {
+        TransportError::Connect {
+            url: self.inner.config.redacted_url(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Deletes the queues this transport declared (with their dead-letter queues) and
+    /// the exchange (tests clean up with this).
     pub async fn delete_topology(&self) -> Result<(), TransportError> {
         let queues: Vec<String> = self
+            .inner
             .queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .cloned()
             .collect();
-        let failed = |source: BoxError| TransportError::Connect {
-            url: self.config.redacted_url(),
-            source,
-        };
+        let live = self.inner.live().await.map_err(|e| self.connect_error(e))?;
         for q in queues {
-            self.publisher
+            live.publisher
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await
-                .map_err(|e| failed(boxed(e)))?;
+                .map_err(|e| self.connect_error(e.into()))?;
         }
-        self.publisher
+        live.publisher
             .exchange_delete(
-                self.config.exchange.as_str().into(),
+                self.inner.config.exchange.as_str().into(),
                 ExchangeDeleteOptions::default(),
             )
             .await
-            .map_err(|e| failed(boxed(e)))?;
+            .map_err(|e| self.connect_error(e.into()))?;
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connection; the transport does not reconnect afterwards.
     pub async fn close(&self) -> Result<(), TransportError> {
-        self.connection
-            .close(200, "bye".into())
-            .await
-            .map_err(|e| TransportError::Connect {
-                url: self.config.redacted_url(),
-                source: boxed(e),
-            })
+        self.inner.close().await.map_err(|e| self.connect_error(e))
     }
+}
 
-    async fn open_subscriber(&self, subscription: &Subscription) -> Result<Channel, BoxError> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
-            .await?;
-        let queue = self.queue_name(&subscription.group);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        if let Some(dlx) = &self.config.dead_letter_exchange {
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(dlx.as_str().into()),
-            );
+/// Declares a queue, reporting `PRECONDITION_FAILED` as [`RabbitError::QueueMismatch`].
+async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(), RabbitError> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    match channel.queue_declare(queue.into(), options, args).await {
+        Ok(_) => Ok(()),
+        Err(source) if amqp_code(&source) == Some(406) => Err(RabbitError::QueueMismatch {
+            queue: queue.to_owned(),
+            source,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Declares a group's dead-letter queue and queue, binds its topics, and starts
+/// consuming on a channel of its own.
+async fn start_consumer(
+    inner: &Inner,
+    subscription: &Subscription,
+) -> Result<(Consumer, ChannelGuard), RabbitError> {
+    let config = &inner.config;
+    let live = inner.live().await?;
+    let channel = live.connection.create_channel().await?;
+    let guard = ChannelGuard(channel.clone());
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let queue = format!("{}.{}", config.exchange, subscription.group);
+    let dead_queue = dead::dead_queue_name(&config.exchange, &subscription.group);
+    let mut dead_args = FieldTable::default();
+    dead_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    declare_queue(&channel, &dead_queue, dead_args).await?;
+    inner.remember_queue(&dead_queue);
+    let mut args = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    args.insert("x-queue-type".into(), text("quorum"));
+    match &config.dead_letter_exchange {
+        Some(dlx) => {
+            args.insert("x-dead-letter-exchange".into(), text(dlx));
         }
+        None => {
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(&dead_queue));
+        }
+    }
+    // At-least-once dead-lettering: the quorum queue keeps a rejected message until its
+    // dead-letter queue confirms it (this needs the reject-publish overflow).
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    declare_queue(&channel, &queue, args).await?;
+    inner.remember_queue(&queue);
+    for topic in &subscription.topics {
         channel
-            .queue_declare(
+            .queue_bind(
                 queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
+                config.exchange.as_str().into(),
+                topic.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
             )
             .await?;
-        self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(queue.clone());
-        for topic in &subscription.topics {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.config.exchange.as_str().into(),
-                    topic.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(channel)
     }
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((consumer, guard))
 }
 
 /// Closes a subscriber's channel when its deliveries are dropped, so RabbitMQ requeues
@@ -286,6 +449,9 @@ struct ChannelGuard(Channel);
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
         let channel = self.0.clone();
+        if !channel.status().connected() {
+            return;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(e) = channel.close(200, "subscriber dropped".into()).await {
@@ -318,10 +484,19 @@ fn header_count(value: &AMQPValue) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
-fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<BrokerMessage, TransportError> {
-    let topic = d.routing_key.as_str().to_owned();
+fn to_delivery(
+    inner: &Arc<Inner>,
+    group: &str,
+    d: lapin::message::Delivery,
+) -> Result<BrokerMessage, TransportError> {
     let empty = FieldTable::default();
     let table = d.properties.headers().as_ref().unwrap_or(&empty);
+    // A replay arrives through the default exchange: its topic is in a header.
+    let topic = table
+        .inner()
+        .get(TOPIC_HEADER)
+        .and_then(header_text)
+        .unwrap_or_else(|| d.routing_key.as_str().to_owned());
     // x-delivery-count counts earlier deliveries; classic queues only say "redelivered".
     let earlier = table
         .inner()
@@ -335,30 +510,40 @@ fn to_delivery(group: &str, d: lapin::message::Delivery) -> Result<BrokerMessage
     let mut headers: Vec<(String, String)> = table
         .inner()
         .iter()
+        .filter(|(k, _)| !k.as_str().starts_with("tidings-"))
         .filter_map(|(k, v)| header_text(v).map(|v| (k.as_str().to_owned(), v)))
         .collect();
     if let Some(ct) = d.properties.content_type() {
         headers.push((wire::CONTENT_TYPE.to_owned(), ct.as_str().to_owned()));
     }
-    match wire::decode_message(
+    let decoded = wire::decode_message(
         headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         &d.data,
-    ) {
+    );
+    let received = dead::Received {
+        inner: inner.clone(),
+        group: group.to_owned(),
+        topic: topic.clone(),
+        attempt,
+        properties: d.properties,
+        body: d.data,
+    };
+    match decoded {
         Ok((event, origin)) => {
             tracing::debug!(event_id = %event.event_id, "delivering");
-            Ok(
-                BrokerMessage::new(event, topic, attempt, RabbitSettle(d.acker))
-                    .with_origin(origin),
-            )
+            let settle = dead::RabbitSettle {
+                acker: d.acker,
+                received,
+            };
+            Ok(BrokerMessage::new(event, topic, attempt, settle).with_origin(origin))
         }
         Err(source) => {
-            tracing::warn!(error = %source, "undecodable message rejected");
-            let acker = d.acker;
-            tokio::spawn(async move {
-                if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
-                    tracing::warn!(error = %e, "rejecting an undecodable message failed");
-                }
-            });
+            tracing::warn!(error = %source, "a message that is not a valid event goes to the dead letters");
+            dead::dead_letter_undecodable(
+                d.acker,
+                received,
+                format!("not a valid event: {source}"),
+            );
             Err(TransportError::Decode { topic, source })
         }
     }
@@ -393,25 +578,25 @@ impl Transport for RabbitTransport {
                 .with_type(ShortString::from(message.event.event_type.as_str()))
                 .with_delivery_mode(2)
                 .with_headers(headers);
-            let confirm = self
+            let live = self.inner.live().await.map_err(|e| failed(Box::new(e)))?;
+            let amqp = |e: lapin::Error| failed(Box::new(RabbitError::from(e)));
+            let confirm = live
                 .publisher
                 .basic_publish(
-                    self.config.exchange.as_str().into(),
+                    self.inner.config.exchange.as_str().into(),
                     message.topic.as_str().into(),
                     BasicPublishOptions::default(),
                     &w.body,
                     properties,
                 )
                 .await
-                .map_err(|e| failed(boxed(e)))?
+                .map_err(amqp)?
                 .await
-                .map_err(|e| failed(boxed(e)))?;
+                .map_err(amqp)?;
             match confirm {
                 Confirmation::Ack(_) => Ok(()),
-                Confirmation::Nack(_) => Err(failed("the broker nacked the message".into())),
-                Confirmation::NotRequested => {
-                    Err(failed("publisher confirms are not enabled".into()))
-                }
+                Confirmation::Nack(_) => Err(failed(Box::new(RabbitError::Nacked))),
+                Confirmation::NotRequested => Err(failed(Box::new(RabbitError::NotConfirmed))),
             }
         }
         .instrument(span)
@@ -421,91 +606,72 @@ impl Transport for RabbitTransport {
         &self,
         subscription: Subscription,
     ) -> impl Future<Output = Result<BrokerMessages, TransportError>> + Send {
-        let this = self.clone();
+        let inner = self.inner.clone();
         async move {
             subscription.validate()?;
             let group = subscription.group.clone();
-            let failed = |source: BoxError| TransportError::Subscribe {
-                group: group.clone(),
-                source,
-            };
-            let channel = this.open_subscriber(&subscription).await.map_err(failed)?;
-            let guard = ChannelGuard(channel.clone());
-            let consumer = channel
-                .basic_consume(
-                    this.queue_name(&group).as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| failed(boxed(e)))?;
-            let stream = consumer.map(move |item| {
-                let _keep_channel_open = &guard;
-                match item {
-                    Ok(d) => to_delivery(&group, d),
-                    Err(e) => Err(TransportError::Subscribe {
-                        group: group.clone(),
-                        source: boxed(e),
-                    }),
+            let current = start_consumer(&inner, &subscription).await.map_err(|e| {
+                TransportError::Subscribe {
+                    group: group.clone(),
+                    source: Box::new(e),
                 }
-            });
-            Ok(BrokerMessages::new(stream))
+            })?;
+            let state = Subscriber {
+                backoff: Backoff::new(&inner.config),
+                inner,
+                subscription,
+                current: Some(current),
+            };
+            Ok(BrokerMessages::new(futures::stream::unfold(
+                state,
+                |mut s| async move {
+                    let item = s.next().await;
+                    Some((item, s))
+                },
+            )))
         }
     }
 }
 
-struct RabbitSettle(Acker);
+/// One subscriber's consumer, restarted after the connection (or its channel) drops.
+struct Subscriber {
+    inner: Arc<Inner>,
+    subscription: Subscription,
+    current: Option<(Consumer, ChannelGuard)>,
+    backoff: Backoff,
+}
 
-impl Settle for RabbitSettle {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        async move {
-            self.0
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(boxed)
-        }
-        .boxed()
-    }
-
-    fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BoxError>> {
-        let requeue = |acker: Acker| async move {
-            acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await
-                .map(|_| ())
-                .map_err(boxed)
-        };
-        if delay.is_zero() {
-            return requeue(self.0).boxed();
-        }
-        // RabbitMQ has no delayed requeue without a plugin: hold the message unacked for
-        // the delay (it stays counted against the prefetch), then requeue it.
-        let acker = self.0;
-        tokio::spawn(
-            async move {
-                tokio::time::sleep(delay).await;
-                if let Err(e) = requeue(acker).await {
-                    tracing::warn!(error = %e, "delayed nack failed; the message comes back when the channel closes");
+impl Subscriber {
+    async fn next(&mut self) -> Result<BrokerMessage, TransportError> {
+        let group = self.subscription.group.as_str();
+        loop {
+            let Some((consumer, _guard)) = &mut self.current else {
+                match start_consumer(&self.inner, &self.subscription).await {
+                    Ok(current) => {
+                        tracing::info!(group, "consuming again after a reconnect");
+                        self.backoff.reset();
+                        self.current = Some(current);
+                    }
+                    Err(e) => {
+                        let wait = self.backoff.step();
+                        tracing::warn!(group, error = %e, retry_in = ?wait,
+                            "resuming the subscription failed");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                continue;
+            };
+            match consumer.next().await {
+                Some(Ok(d)) => return to_delivery(&self.inner, group, d),
+                Some(Err(e)) => {
+                    tracing::warn!(group, error = %e, "the subscription dropped; resuming");
+                }
+                None => {
+                    tracing::warn!(group, "the subscription ended; resuming");
                 }
             }
-            .in_current_span(),
-        );
-        futures::future::ready(Ok(())).boxed()
-    }
-
-    fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        async move {
-            self.0
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(|_| ())
-                .map_err(boxed)
+            self.current = None;
+            tokio::time::sleep(self.backoff.step()).await;
         }
-        .boxed()
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -52,6 +53,41 @@ async fn rabbitmq_transport_conformance() {
         },
     )
     .await;
+}
+
+/// Dead letters with reasons: listed, replayed to their group only, deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_dead_letters_conformance() {
+    let Ok(url) = std::env::var("TIDINGS_AMQP_URL") else {
+        return skip("TIDINGS_AMQP_URL is not set");
+    };
+    let made: Arc<Mutex<Vec<RabbitTransport>>> = Arc::default();
+    match RabbitTransport::connect(config(&url)).await {
+        Ok(probe) => made.lock().unwrap().push(probe),
+        Err(e) => return skip(&format!("{url} is unreachable: {e}")),
+    }
+    let run = AssertUnwindSafe(transport_conformance::run_dead_letters(|| {
+        let url = url.clone();
+        let made = made.clone();
+        async move {
+            let t = RabbitTransport::connect(config(&url))
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}"));
+            made.lock().unwrap().push(t.clone());
+            t
+        }
+    }))
+    .catch_unwind()
+    .await;
+    let made = std::mem::take(&mut *made.lock().unwrap());
+    for t in made {
+        if let Err(e) = t.delete_topology().await {
+            eprintln!("cleanup: deleting exchange {}: {e}", t.exchange_name());
+        }
+    }
+    if let Err(panic) = run {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// A rejected message goes to the queue's dead-letter exchange, routing key and

@@ -26,9 +26,11 @@
 //! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`) |
 //! | `GET /streams` | list streams (`prefix`, `after`, `limit`) |
 //! | `GET /correlations/{id}` | one business transaction, in commit order |
-//! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events |
+//! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events (`format=cloudevents`) |
 //! | `GET /health`, `/ready`, `/metrics`, `/stats`, `/openapi.json` | operations |
 //! | `GET /` | the web console |
+//!
+//! The four read routes answer in CloudEvents when `Accept` asks for it; see [`format`](mod@format).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -36,6 +38,7 @@ mod admission;
 pub mod append;
 pub mod auth;
 mod console;
+pub mod format;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;

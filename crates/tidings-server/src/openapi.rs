@@ -60,9 +60,26 @@ fn events_page() -> Value {
     })
 }
 
+/// What the read routes say about `Accept` (OpenAPI ignores `Accept` header parameters).
+const NEGOTIATION: &str = "Content negotiation by Accept (q-values honoured): no Accept, application/json, application/* or */* get the Tidings JSON; application/cloudevents-batch+json gets a JSON array of structured CloudEvents 1.0; application/cloudevents+json gets one structured CloudEvent on GET /streams/{stream}/{revision} and the batch (content type application/cloudevents-batch+json) on the list routes. The recorded stream, revision, position and recording time are the extensions tidingsstream, tidingsrevision, tidingsposition (decimal strings) and tidingsrecordedat (RFC 3339); an append ignores them. A CloudEvents page that is full links to the next one in a Link header (rel=\"next\"). Unparseable Accept entries are ignored; an Accept naming only other types gets 406.";
+
+/// A read route's 200: the Tidings JSON `schema`, or CloudEvents.
+fn ok_read(description: &str, schema: Value, one: bool) -> Value {
+    let batch = json!({ "schema": { "$ref": "#/components/schemas/CloudEventsBatch" } });
+    let mut content = json!({
+        "application/json": { "schema": schema },
+        "application/cloudevents-batch+json": batch
+    });
+    if one {
+        content["application/cloudevents+json"] =
+            json!({ "schema": { "$ref": "#/components/schemas/CloudEvent" } });
+    }
+    json!({ "description": description, "content": content })
+}
+
 fn sse_response() -> Value {
     json!({
-        "description": "Server-Sent Events: one message per event, id = global position, data = RecordedEvent JSON; `: heartbeat` comments when idle",
+        "description": "Server-Sent Events: one message per event, id = global position, data = RecordedEvent JSON (or one structured CloudEvent with format=cloudevents); `: heartbeat` comments when idle",
         "content": { "text/event-stream": { "schema": { "type": "string" } } }
     })
 }
@@ -99,6 +116,15 @@ pub fn document() -> Value {
         "header",
         "resume after this global position",
         integer(),
+    );
+    let sse_format = param(
+        "format",
+        "query",
+        "data of each message: json (the RecordedEvent, default) or cloudevents (one structured CloudEvent 1.0 with the tidingsstream, tidingsrevision, tidingsposition and tidingsrecordedat extensions); a query parameter because EventSource cannot set headers",
+        json!({ "enum": ["json", "cloudevents"], "default": "json" }),
+    );
+    let problem_406 = problem(
+        "Accept names none of application/json, application/cloudevents+json, application/cloudevents-batch+json",
     );
     let problem_400 = problem("malformed request: bad JSON, bad stream name, bad header or query");
     let problem_401 = problem("a bearer token is required or unknown");
@@ -151,6 +177,27 @@ pub fn document() -> Value {
                         "stream": string(), "revision": integer(), "position": integer(),
                         "recordedAt": { "type": "string", "format": "date-time" }
                     }
+                },
+                "CloudEvent": {
+                    "type": "object",
+                    "description": "A recorded event as a structured CloudEvent 1.0 (tidings::event::cloudevents); other metadata travels as further string extensions",
+                    "required": ["specversion", "id", "source", "type"],
+                    "properties": {
+                        "specversion": { "const": "1.0" }, "id": string(), "source": string(), "type": string(),
+                        "time": { "type": "string", "format": "date-time" },
+                        "datacontenttype": { "const": "application/json" }, "data": {},
+                        "eventversion": string(), "correlationid": string(), "causationid": string(), "userid": string(),
+                        "tidingsstream": { "type": "string", "description": "the stream it was recorded in (ignored on append)" },
+                        "tidingsrevision": { "type": "string", "description": "its revision, decimal (ignored on append)" },
+                        "tidingsposition": { "type": "string", "description": "its global position, decimal (ignored on append)" },
+                        "tidingsrecordedat": { "type": "string", "format": "date-time", "description": "when the store committed it (ignored on append)" }
+                    },
+                    "additionalProperties": { "type": "string" }
+                },
+                "CloudEventsBatch": {
+                    "type": "array",
+                    "description": "CloudEvents 1.0 batched mode",
+                    "items": { "$ref": "#/components/schemas/CloudEvent" }
                 },
                 "StreamInfo": {
                     "type": "object",
@@ -212,49 +259,54 @@ pub fn document() -> Value {
                 },
                 "get": {
                     "summary": "Read a stream",
+                    "description": NEGOTIATION,
                     "parameters": [stream.clone(), from.clone(), limit.clone(),
                         param("direction", "query", "forward or backward", json!({ "enum": ["forward", "backward"] }))],
                     "responses": {
-                        "200": ok_json("a page of events", events_page()),
+                        "200": ok_read("a page of events", events_page(), false),
                         "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
-                        "404": problem("the stream has no events")
+                        "404": problem("the stream has no events"), "406": problem_406.clone()
                     }
                 }
             },
             "/streams/{stream}/{revision}": { "get": {
                 "summary": "One event",
+                "description": NEGOTIATION,
                 "parameters": [stream.clone(), param("revision", "path", "revision in the stream", integer())],
                 "responses": {
-                    "200": ok_json("the event", json!({ "$ref": "#/components/schemas/RecordedEvent" })),
+                    "200": ok_read("the event (a one-element array for application/cloudevents-batch+json)", json!({ "$ref": "#/components/schemas/RecordedEvent" }), true),
                     "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
-                    "404": problem("no event at that revision")
+                    "404": problem("no event at that revision"), "406": problem_406.clone()
                 }
             } },
             "/all": { "get": {
                 "summary": "Read the global log by position",
+                "description": NEGOTIATION,
                 "parameters": [from.clone(), limit.clone(), event_type.clone(), prefix.clone()],
                 "responses": {
-                    "200": ok_json("a page of events", events_page()),
-                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone()
+                    "200": ok_read("a page of events", events_page(), false),
+                    "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
+                    "406": problem_406.clone()
                 }
             } },
             "/correlations/{id}": { "get": {
                 "summary": "Every event of one business transaction, in commit order, with causationId links",
+                "description": NEGOTIATION,
                 "parameters": [param("id", "path", "correlation id", string()), from.clone(), limit.clone()],
                 "responses": {
-                    "200": ok_json("the events", events_page()),
+                    "200": ok_read("the events", events_page(), false),
                     "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
-                    "404": problem("no event carries this correlation id")
+                    "404": problem("no event carries this correlation id"), "406": problem_406
                 }
             } },
             "/subscribe/all": { "get": {
                 "summary": "Live subscription to the global log",
-                "parameters": [from.clone(), event_type.clone(), prefix, last_event_id.clone()],
+                "parameters": [from.clone(), event_type.clone(), prefix, last_event_id.clone(), sse_format.clone()],
                 "responses": { "200": sse_response(), "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone() }
             } },
             "/subscribe/streams/{stream}": { "get": {
                 "summary": "Live subscription to one stream (from is a revision)",
-                "parameters": [stream, from, event_type, last_event_id],
+                "parameters": [stream, from, event_type, last_event_id, sse_format],
                 "responses": { "200": sse_response(), "400": problem_400, "401": problem_401.clone(), "403": problem_403.clone() }
             } },
             "/health": { "get": { "summary": "Liveness", "responses": { "200": ok_json("alive", json!({ "type": "object" })) } } },

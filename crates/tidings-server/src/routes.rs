@@ -12,6 +12,9 @@ use serde_json::json;
 use tidings::{Direction, Filter, ListStreams, ReadAll, ReadStream, StreamId, StreamIdError};
 
 use crate::append::parse_append;
+use crate::format::{
+    ReadFormat, Shape, batch_response, cloudevent_response, negotiate, next_link, vary_accept,
+};
 use crate::problem::Problem;
 use crate::{AppState, EventStore};
 
@@ -146,8 +149,11 @@ pub(crate) struct ReadStreamQuery {
 pub(crate) async fn read_stream<S: EventStore>(
     State(state): State<AppState<S>>,
     Path(stream): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
     q: Result<Query<ReadStreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let format = negotiate(&headers, Shape::List)?;
     let q = query(q)?;
     let stream = any_stream(&stream)?;
     let limit = limit(q.limit)?;
@@ -174,20 +180,36 @@ pub(crate) async fn read_stream<S: EventStore>(
         Direction::Backward => events.last().and_then(|e| e.revision.checked_sub(1)),
     };
     let next = if events.len() < limit { None } else { next };
-    Ok(Json(json!({
-        "stream": stream.as_str(),
-        "version": version,
-        "direction": direction,
-        "events": events,
-        "next": next,
-    }))
-    .into_response())
+    if format != ReadFormat::Json {
+        return Ok(batch_page(&events, &uri, next));
+    }
+    Ok(vary_accept(
+        Json(json!({
+            "stream": stream.as_str(),
+            "version": version,
+            "direction": direction,
+            "events": events,
+            "next": next,
+        }))
+        .into_response(),
+    ))
+}
+
+/// A page of events as a CloudEvents batch; the next page, if any, in a `Link` header.
+fn batch_page(events: &[tidings::RecordedEvent], uri: &Uri, next: Option<u64>) -> Response {
+    let mut response = batch_response(events);
+    if let Some(link) = next.and_then(|n| next_link(uri, n)) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    vary_accept(response)
 }
 
 pub(crate) async fn read_event<S: EventStore>(
     State(state): State<AppState<S>>,
     Path((stream, revision)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let format = negotiate(&headers, Shape::One)?;
     let stream = any_stream(&stream)?;
     let revision: u64 = revision.parse().map_err(|_| {
         Problem::bad_request(
@@ -200,7 +222,11 @@ pub(crate) async fn read_event<S: EventStore>(
         .read_stream(&stream, ReadStream::forward().from(revision).limit(1))
         .await?;
     match events.into_iter().next().filter(|e| e.revision == revision) {
-        Some(e) => Ok(Json(e).into_response()),
+        Some(e) => Ok(vary_accept(match format {
+            ReadFormat::Json => Json(e).into_response(),
+            ReadFormat::CloudEvent => cloudevent_response(&e),
+            ReadFormat::CloudEventsBatch => batch_response(std::slice::from_ref(&e)),
+        })),
         None => Err(Problem::not_found(
             "event-not-found",
             format!("stream {stream} has no event at revision {revision}"),
@@ -239,8 +265,11 @@ pub(crate) fn filter_of(event_type: Option<&str>, stream_prefix: Option<&str>) -
 
 pub(crate) async fn read_all<S: EventStore>(
     State(state): State<AppState<S>>,
+    headers: HeaderMap,
+    uri: Uri,
     q: Result<Query<ReadAllQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let format = negotiate(&headers, Shape::List)?;
     let q = query(q)?;
     let limit = limit(q.limit)?;
     let from = q.from.unwrap_or(0);
@@ -255,7 +284,12 @@ pub(crate) async fn read_all<S: EventStore>(
     } else {
         None
     };
-    Ok(Json(json!({ "head": head, "events": events, "next": next })).into_response())
+    if format != ReadFormat::Json {
+        return Ok(batch_page(&events, &uri, next));
+    }
+    Ok(vary_accept(
+        Json(json!({ "head": head, "events": events, "next": next })).into_response(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,8 +330,11 @@ pub(crate) struct CorrelationQuery {
 pub(crate) async fn correlation<S: EventStore>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
     q: Result<Query<CorrelationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    let format = negotiate(&headers, Shape::List)?;
     let q = query(q)?;
     let limit = limit(q.limit.or(Some(MAX_LIMIT)))?;
     let events = state
@@ -316,7 +353,12 @@ pub(crate) async fn correlation<S: EventStore>(
     } else {
         None
     };
-    Ok(Json(json!({ "correlationId": id, "events": events, "next": next })).into_response())
+    if format != ReadFormat::Json {
+        return Ok(batch_page(&events, &uri, next));
+    }
+    Ok(vary_accept(
+        Json(json!({ "correlationId": id, "events": events, "next": next })).into_response(),
+    ))
 }
 
 pub(crate) async fn health() -> Response {

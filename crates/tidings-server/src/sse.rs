@@ -5,6 +5,13 @@
 //! `Last-Event-ID: N` gets every matching event after position N: the subscription is the
 //! store's catch-up-then-live read, so there is no gap and no duplicate. Idle connections
 //! get `: heartbeat` comments; on shutdown every subscription ends cleanly.
+//!
+//! With `?format=cloudevents` each `data` is instead the event as one structured
+//! CloudEvent ([`tidings::event::cloudevents::recorded_to_structured`]: the stream,
+//! revision, position and recording time ride along as the `tidingsstream`,
+//! `tidingsrevision`, `tidingsposition` and `tidingsrecordedat` extensions). `?format=json` is the default. The format is a query
+//! parameter because `EventSource` cannot set request headers; ids and `Last-Event-ID`
+//! resumption are the same in both formats.
 
 use std::convert::Infallible;
 
@@ -14,6 +21,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use tidings::event::cloudevents::recorded_to_structured;
 use tidings::store::EventStreamItem;
 use tidings::{Position, ReadStream, Start, StreamId};
 
@@ -37,12 +45,33 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<Position>, Problem> {
     })
 }
 
+/// What each SSE message's `data` holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SseFormat {
+    /// The recorded event's Tidings JSON.
+    #[default]
+    Json,
+    /// The recorded event as one structured CloudEvent.
+    CloudEvents,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FormatQuery {
+    #[serde(default)]
+    format: SseFormat,
+}
+
+type Rejection = axum::extract::rejection::QueryRejection;
+
 pub(crate) async fn subscribe_all<S: EventStore>(
     State(state): State<AppState<S>>,
     headers: HeaderMap,
-    q: Result<Query<ReadAllQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<ReadAllQuery>, Rejection>,
+    f: Result<Query<FormatQuery>, Rejection>,
 ) -> Result<Response, Problem> {
     let q = query(q)?;
+    let format = query(f)?.format;
     let start = match (last_event_id(&headers)?, q.from) {
         (Some(last), _) => Start::At(last + 1),
         (None, Some(from)) => Start::At(from),
@@ -50,7 +79,7 @@ pub(crate) async fn subscribe_all<S: EventStore>(
     };
     let filter = filter_of(q.event_type.as_deref(), q.stream_prefix.as_deref());
     let events = state.store().subscribe_all(start, filter);
-    Ok(respond(&state, events, None))
+    Ok(respond(&state, events, None, format))
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,9 +93,11 @@ pub(crate) async fn subscribe_stream<S: EventStore>(
     State(state): State<AppState<S>>,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    q: Result<Query<StreamSubscribeQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<StreamSubscribeQuery>, Rejection>,
+    f: Result<Query<FormatQuery>, Rejection>,
 ) -> Result<Response, Problem> {
     let q = query(q)?;
+    let format = query(f)?.format;
     let stream = any_stream(&stream)?;
     let start = match (last_event_id(&headers)?, q.from) {
         (Some(last), _) => Start::At(revision_after_position(&state, &stream, last).await?),
@@ -75,7 +106,7 @@ pub(crate) async fn subscribe_stream<S: EventStore>(
     };
     let types = filter_of(q.event_type.as_deref(), None);
     let events = state.store().subscribe_stream(&stream, start);
-    Ok(respond(&state, events, Some(types)))
+    Ok(respond(&state, events, Some(types), format))
 }
 
 /// The first revision of `stream` whose global position is after `position`.
@@ -124,6 +155,7 @@ fn respond<S: EventStore>(
     state: &AppState<S>,
     events: impl Stream<Item = EventStreamItem> + Send + 'static,
     types: Option<tidings::Filter>,
+    format: SseFormat,
 ) -> Response {
     state.metrics().subscriber_opened();
     let guard = SubscriberGuard(state.clone());
@@ -145,7 +177,12 @@ fn respond<S: EventStore>(
             Ok(match item {
                 Ok(e) => {
                     metrics.record_sse_event();
-                    let data = serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned());
+                    let data = match format {
+                        SseFormat::Json => {
+                            serde_json::to_string(&e).unwrap_or_else(|_| "{}".to_owned())
+                        }
+                        SseFormat::CloudEvents => recorded_to_structured(&e).to_string(),
+                    };
                     SseEvent::default().id(e.position.to_string()).data(data)
                 }
                 Err(e) => SseEvent::default()

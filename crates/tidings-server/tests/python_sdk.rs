@@ -1,5 +1,6 @@
 //! The official CloudEvents Python SDK's HTTP requests (structured and binary mode) are
-//! accepted as they are. Skips loudly without python3 and the `cloudevents` package;
+//! accepted as they are, and the SDK parses what the read routes answer in CloudEvents
+//! (one structured event, and each element of a batch). Skips loudly without python3 and the `cloudevents` package;
 //! fails instead when `TIDINGS_REQUIRE_SERVICES=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
@@ -12,6 +13,41 @@ const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/python/cloudevents_requests.py"
 );
+const PARSE_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/cloudevents_parse.py"
+);
+
+/// Runs a Python script with `stdin`; its stdout, or why it cannot run.
+fn python(script: &str, stdin: &str) -> Result<std::process::Output, String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    Ok(child.wait_with_output().unwrap())
+}
+
+/// An HTTP response as the SDK's `from_http` takes it: headers and body text.
+async fn as_message(r: reqwest::Response) -> Value {
+    assert_eq!(r.status(), 200);
+    let headers: serde_json::Map<String, Value> = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().into()))
+        .collect();
+    serde_json::json!({ "headers": headers, "body": r.text().await.unwrap() })
+}
 
 #[tokio::test]
 async fn python_sdk_requests_are_accepted() {
@@ -77,6 +113,77 @@ async fn python_sdk_requests_are_accepted() {
         assert_eq!(stored["metadata"]["causationId"], "user-action-1");
         assert_eq!(stored["metadata"]["userId"], "user-789");
         eprintln!("accepted {} {} mode", r["sdk"], r["mode"]);
+    }
+
+    // What an SDK producer wrote, an SDK consumer reads: one event, and the batch.
+    let single = c
+        .get(s.url("/streams/python-sdk/0"))
+        .header("accept", "application/cloudevents+json")
+        .send()
+        .await
+        .unwrap();
+    let batch = c
+        .get(s.url("/streams/python-sdk"))
+        .header("accept", "application/cloudevents-batch+json")
+        .send()
+        .await
+        .unwrap();
+    let doc = serde_json::json!({
+        "single": as_message(single).await,
+        "batch": as_message(batch).await,
+    });
+    let output = python(PARSE_SCRIPT, &doc.to_string())
+        .unwrap_or_else(|e| panic!("python3 ran once but not now: {e}"));
+    assert!(
+        output.status.success(),
+        "the SDK could not parse the read responses: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let per_sdk = 1 + requests.len();
+    assert!(
+        parsed.len() >= per_sdk,
+        "expected the single event and {} batch elements, got {parsed:?}",
+        requests.len()
+    );
+    assert_eq!(parsed.len() % per_sdk, 0, "{parsed:?}");
+    for chunk in parsed.chunks(per_sdk) {
+        // The single event is revision 0; the batch is revisions 0, 1, …
+        for (p, revision) in chunk.iter().zip(std::iter::once(0).chain(0..)) {
+            let a = &p["attributes"];
+            let r = &requests[revision];
+            let sent_id = format!(
+                "py-{}-{}",
+                r["sdk"].as_str().unwrap(),
+                r["mode"].as_str().unwrap()
+            );
+            assert_eq!(a["id"], sent_id.as_str(), "{p}");
+            assert_eq!(a["specversion"], "1.0");
+            assert_eq!(a["type"], "OrderCreated");
+            assert_eq!(a["source"], "/order-service");
+            assert!(
+                a["time"].as_str().is_some_and(|t| t.starts_with("20")),
+                "{p}"
+            );
+            assert_eq!(a["correlationid"], "corr-py");
+            assert_eq!(a["causationid"], "user-action-1");
+            assert_eq!(a["userid"], "user-789");
+            assert_eq!(a["eventversion"], "2.0");
+            assert_eq!(a["tidingsstream"], "python-sdk");
+            assert_eq!(a["tidingsrevision"], revision.to_string());
+            assert_eq!(a["tidingsposition"], revision.to_string());
+            assert!(a["tidingsrecordedat"].as_str().is_some(), "{p}");
+            assert_eq!(p["data"]["orderId"], "order-123");
+            assert_eq!(p["data"]["note"], "café & \"quotes\"");
+        }
+        eprintln!(
+            "the {} SDK parsed the single event and the batch",
+            chunk[0]["sdk"]
+        );
     }
     s.stop().await.unwrap();
 }

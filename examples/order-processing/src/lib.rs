@@ -6,6 +6,7 @@
 //! payment handlers registered on it, and a [`Repository`] of orders that publishes what
 //! it saves. `tidings demo` runs it.
 
+pub mod distributed;
 pub mod events;
 pub mod order;
 pub mod payment;

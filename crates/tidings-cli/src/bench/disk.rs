@@ -30,6 +30,26 @@ pub(super) fn rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
+/// CPU time (user + system, all threads) this process has used so far, in seconds, from
+/// `/proc/self/stat` (0 where it cannot be read).
+pub(super) fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    let hz = rustix::param::clock_ticks_per_second();
+    ticks as f64 / hz.max(1) as f64
+}
+
 /// The disk's limits: median fdatasync latency of a 4 KiB overwrite in a preallocated
 /// file, and sequential write bandwidth with an fdatasync every MiB, both over blocks
 /// already written (as the store's zero-filled segments are).

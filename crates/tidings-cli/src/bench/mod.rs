@@ -12,7 +12,7 @@ mod workloads;
 
 use disk::{Disk, disk_probe};
 use workloads::{
-    aggregate_load, appends, memory, open_existing, read_all, read_stream, reopen,
+    aggregate_load, appends, group, memory, open_existing, read_all, read_stream, reopen,
     subscribe_latency,
 };
 
@@ -321,10 +321,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     args.events.unwrap_or(10_000_000),
                 ))?
             }
+            "group-1" | "group-4" => {
+                target.embedded_only(w)?;
+                let n = args.events.unwrap_or(1_000_000);
+                let members = if w == "group-1" { 1 } else { 4 };
+                let every = args.batch.unwrap_or(1_000) as u64;
+                on_store!(rt, &target, w, |store| group(
+                    &store, &template, w, n, members, every
+                ))
+            }
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
-                "unknown workload {other}; try one of {} or all, reopen, memory",
+                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4",
                 STANDARD.join(", ")
             ),
         };
@@ -496,6 +505,10 @@ fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64, cpu_ns: f
         "subscribe-latency" => ("p99 < 5000 µs".into(), Some(row.p99_us < 5000.0)),
         "reopen" => ("< 2 s for 10M events".into(), Some(row.seconds < 2.0)),
         "memory" => ("RSS < 1 GiB for 1M streams x 10".into(), None),
+        "group-1" => (
+            ">= 200000 acked/s".into(),
+            Some(row.events_per_sec >= 200_000.0),
+        ),
         _ => (String::new(), None),
     };
     row.target = text;

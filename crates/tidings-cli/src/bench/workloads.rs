@@ -504,3 +504,71 @@ pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
         r.note = Some(format!("{} streams", store.stream_count()));
     }))
 }
+
+/// Store-backed consumer group throughput: `n` events in the store, then a group of
+/// `members` members with a no-op handler acknowledges all of them from the beginning.
+/// The group checkpoints every `checkpoint_every` settled events. Returns the row with
+/// the CPU time the process spent per acknowledged event.
+pub(super) async fn group<S: EventStore>(
+    store: &S,
+    template: &Event,
+    name: &str,
+    n: u64,
+    members: usize,
+    checkpoint_every: u64,
+) -> anyhow::Result<Row> {
+    use tidings::bus::{HandlerError, handler_fn};
+    use tidings::{ConsumerGroup, RecordedEvent};
+    populate(store, template, "populating", n, 4, 100, true).await?;
+    let n = store.head().await?.map_or(0, |h| h + 1);
+    let pb = bar(n, name);
+    let cpu_before = super::disk::cpu_seconds();
+    let start = Instant::now();
+    let group = ConsumerGroup::builder(name, store.clone())
+        .checkpoint_every(checkpoint_every)
+        .start()
+        .await?;
+    let mut workers = Vec::new();
+    for _ in 0..members.max(1) {
+        let member = group.join();
+        workers.push(tokio::spawn(async move {
+            let noop = handler_fn(|_e: RecordedEvent| async { Ok::<(), HandlerError>(()) });
+            member.run(&noop).await
+        }));
+    }
+    loop {
+        let acked = group.stats().acked;
+        pb.set_position(acked);
+        if acked >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = super::disk::cpu_seconds() - cpu_before;
+    pb.finish_and_clear();
+    group.shutdown().await?;
+    for w in workers {
+        w.await??;
+    }
+    // The group's log reader is aborted on drop; let it go (and release its store
+    // handle) before the workload's directory is removed.
+    drop(group);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(Row::new(
+        name,
+        &Target::Log(PathBuf::new()),
+        n,
+        members,
+        1,
+        secs,
+        n as f64 / secs,
+        &[],
+    )
+    .with(|r| {
+        r.note = Some(format!(
+            "{members} member(s), no-op handler, checkpoint every {checkpoint_every} events; CPU {:.2} µs per acked event (all threads)",
+            cpu * 1e6 / n.max(1) as f64
+        ));
+    }))
+}

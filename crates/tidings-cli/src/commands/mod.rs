@@ -8,6 +8,7 @@
 
 pub mod append;
 pub mod correlation;
+pub mod dead_letters;
 pub mod export;
 pub mod import;
 mod progress;

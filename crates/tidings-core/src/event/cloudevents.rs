@@ -15,6 +15,20 @@
 //! | `event_version`         | extension `eventversion`        |
 //! | `metadata.extra[k]`     | extension `k` (when `k` is a valid attribute name) |
 //!
+//! A [`RecordedEvent`] also carries where the store recorded it, as four extensions
+//! ([`recorded_to_structured`]), the same ones a transport message's
+//! [`crate::transport::Origin`] travels as (`transport::wire`):
+//!
+//! | Recorded coordinate     | CloudEvents extension           |
+//! |-------------------------|---------------------------------|
+//! | `stream`                | `tidingsstream`                 |
+//! | `revision`              | `tidingsrevision` (a decimal string: CloudEvents integers are 32-bit) |
+//! | `position`              | `tidingsposition` (a decimal string, likewise) |
+//! | `recorded_at`           | `tidingsrecordedat` (RFC 3339)  |
+//!
+//! The store assigns these, so [`from_structured`] and [`from_binary`] ignore them: a
+//! CloudEvent read from one store can be appended to another as it is.
+//!
 //! CloudEvents ids are any string, Tidings ids are UUIDs. An incoming id that is a UUID
 //! is kept; any other id becomes a name-based UUID (v5) of `source` and `id`, so the same
 //! CloudEvent always maps to the same Tidings id (re-sending it is idempotent), and the
@@ -28,6 +42,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Event, Metadata, NewEvent, Payload};
+use crate::RecordedEvent;
 
 /// The CloudEvents spec version this module speaks.
 pub const SPEC_VERSION: &str = "1.0";
@@ -39,6 +54,24 @@ const CAUSATION: &str = "causationid";
 const USER: &str = "userid";
 const EVENT_VERSION: &str = "eventversion";
 const JSON: &str = "application/json";
+
+/// Extension attribute carrying a recorded event's stream.
+pub const STREAM_EXTENSION: &str = "tidingsstream";
+/// Extension attribute carrying a recorded event's revision in its stream (a decimal string).
+pub const REVISION_EXTENSION: &str = "tidingsrevision";
+/// Extension attribute carrying a recorded event's global position (a decimal string).
+pub const POSITION_EXTENSION: &str = "tidingsposition";
+/// Extension attribute carrying when the store committed a recorded event (RFC 3339).
+pub const RECORDED_AT_EXTENSION: &str = "tidingsrecordedat";
+
+/// True for the extensions only a store assigns (ignored on input, never taken from
+/// metadata on output).
+fn is_recorded_coordinate(name: &str) -> bool {
+    matches!(
+        name,
+        STREAM_EXTENSION | REVISION_EXTENSION | POSITION_EXTENSION | RECORDED_AT_EXTENSION
+    )
+}
 
 /// Why a CloudEvent could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,7 +165,8 @@ fn extensions(event: &Event) -> Vec<(String, String)> {
                 | "datacontenttype"
                 | "data"
                 | "data_base64"
-        ) || k == ORIGINAL_ID_KEY;
+        ) || k == ORIGINAL_ID_KEY
+            || is_recorded_coordinate(k);
         if is_attribute_name(k) && !reserved {
             out.push((k.clone(), v.clone()));
         }
@@ -178,6 +212,45 @@ pub fn to_structured(event: &Event) -> Value {
         map.insert(k, v.into());
     }
     Value::Object(map)
+}
+
+/// The structured-mode JSON of a recorded event: [`to_structured`] of its envelope plus
+/// the `tidingsstream`, `tidingsrevision`, `tidingsposition` and `tidingsrecordedat`
+/// extensions.
+///
+/// ```
+/// let json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"),
+///     "/../../fixtures/order-created.json")).unwrap();
+/// let event: tidings::Event = serde_json::from_str(&json).unwrap();
+/// let recorded = tidings::RecordedEvent {
+///     stream: tidings::StreamId::new("order-1").unwrap(),
+///     revision: 3,
+///     position: 42,
+///     recorded_at: event.timestamp,
+///     event,
+/// };
+/// let ce = tidings::event::cloudevents::recorded_to_structured(&recorded);
+/// assert_eq!(ce["type"], "OrderCreated");
+/// assert_eq!(ce["tidingsstream"], "order-1");
+/// assert_eq!(ce["tidingsrevision"], "3");
+/// assert_eq!(ce["tidingsposition"], "42");
+/// assert_eq!(ce["tidingsrecordedat"], "2024-01-15T10:30:00Z");
+/// // The store assigns the coordinates: they are not read back as metadata.
+/// let back = tidings::event::cloudevents::from_structured(ce).unwrap();
+/// assert!(back.metadata.extra.is_empty());
+/// ```
+pub fn recorded_to_structured(event: &RecordedEvent) -> Value {
+    let mut value = to_structured(&event.event);
+    if let Value::Object(map) = &mut value {
+        map.insert(STREAM_EXTENSION.into(), event.stream.as_str().into());
+        map.insert(REVISION_EXTENSION.into(), event.revision.to_string().into());
+        map.insert(POSITION_EXTENSION.into(), event.position.to_string().into());
+        map.insert(
+            RECORDED_AT_EXTENSION.into(),
+            event.recorded_at.to_string().into(),
+        );
+    }
+    value
 }
 
 fn string_attribute(name: &str, value: Value) -> Result<String, CloudEventError> {
@@ -233,7 +306,7 @@ pub fn from_structured(value: Value) -> Result<NewEvent, CloudEventError> {
             "data" => data = Some(v),
             "data_base64" => data_base64 = Some(string_attribute(&k, v)?),
             _ => {
-                if v.is_null() {
+                if v.is_null() || is_recorded_coordinate(&k) {
                     continue;
                 }
                 ext.push((k.clone(), string_attribute(&k, v)?));
@@ -397,6 +470,87 @@ mod tests {
             .enrich(from_structured(ce).unwrap())
             .unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn recorded_coordinates_go_out_and_are_ignored_coming_in() {
+        let mut event = fixture();
+        // Metadata cannot impersonate the coordinates.
+        event
+            .metadata
+            .extra
+            .insert(STREAM_EXTENSION.into(), "forged".into());
+        let recorded = RecordedEvent {
+            stream: crate::StreamId::new("order-1").unwrap(),
+            revision: 7,
+            position: u64::MAX,
+            recorded_at: event.timestamp,
+            event: event.clone(),
+        };
+        let ce = recorded_to_structured(&recorded);
+        assert_eq!(ce[STREAM_EXTENSION], "order-1");
+        assert_eq!(ce[REVISION_EXTENSION], "7");
+        assert_eq!(ce[POSITION_EXTENSION], u64::MAX.to_string());
+        assert_eq!(ce[RECORDED_AT_EXTENSION], event.timestamp.to_string());
+        let mut plain = to_structured(&event);
+        for k in [
+            STREAM_EXTENSION,
+            REVISION_EXTENSION,
+            POSITION_EXTENSION,
+            RECORDED_AT_EXTENSION,
+        ] {
+            assert!(plain.get(k).is_none(), "{k} is only for recorded events");
+            plain[k] = ce[k].clone();
+        }
+        assert_eq!(
+            plain, ce,
+            "the recorded form is the envelope's form plus three"
+        );
+        let back = Enricher::new("x")
+            .enrich(from_structured(ce).unwrap())
+            .unwrap();
+        event.metadata.extra.remove(STREAM_EXTENSION);
+        assert_eq!(back, event);
+        let binary = from_binary(
+            [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "T"),
+                ("ce-tidingsposition", "9"),
+            ],
+            None,
+            b"{}",
+        )
+        .unwrap();
+        assert!(!binary.metadata.extra.contains_key(POSITION_EXTENSION));
+    }
+
+    #[test]
+    fn recorded_extensions_are_the_transport_origin_headers() {
+        use crate::transport::{Message, Origin, wire};
+        let event = fixture();
+        let recorded = RecordedEvent {
+            stream: crate::StreamId::new("order-1").unwrap(),
+            revision: 3,
+            position: 41,
+            recorded_at: "2024-01-15T10:30:01.5Z".parse().unwrap(),
+            event: event.clone(),
+        };
+        let ce = recorded_to_structured(&recorded);
+        let mut message = Message::new("orders", event);
+        message.origin = Some(Origin::of(&recorded));
+        let headers = wire::encode_message(&message).headers;
+        for (extension, header) in [
+            (STREAM_EXTENSION, wire::ORIGIN_STREAM),
+            (REVISION_EXTENSION, wire::ORIGIN_REVISION),
+            (POSITION_EXTENSION, wire::ORIGIN_POSITION),
+            (RECORDED_AT_EXTENSION, wire::ORIGIN_RECORDED_AT),
+        ] {
+            assert_eq!(format!("ce-{extension}"), header);
+            let value = headers.iter().find(|(k, _)| k == header).unwrap();
+            assert_eq!(ce[extension], value.1.as_str(), "{extension}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! A handler is written once against these types and runs unchanged whatever feeds it:
 //! the in-process bus, a dispatcher, a consumer group, a projection or a saga.
 
+pub mod attempt;
 pub mod causation;
 
 use std::error::Error;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use crate::store::RecordedEvent;
 
+pub use attempt::{current_attempt, with_attempt};
 pub use causation::{Cause, current_cause, with_cause};
 
 /// A boxed, sendable future (what handlers and middleware return).

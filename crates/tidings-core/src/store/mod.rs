@@ -13,6 +13,7 @@
 mod catch_up;
 mod memory;
 pub mod subscription;
+mod upcasting;
 
 use std::fmt;
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::stream::{StreamId, StreamIdError};
 
 pub use catch_up::CatchUp;
 pub use memory::InMemoryStore;
+pub use upcasting::Upcasting;
 
 /// Events (or streams) read per store call when a reader pages through a store.
 pub const PAGE: usize = 512;
@@ -421,6 +423,18 @@ pub enum StoreError {
     /// Stored data failed a check.
     #[error("corruption: {0}")]
     Corrupt(String),
+    /// A stored event could not be brought to its current schema (see
+    /// [`Upcasting`]). The event is stored as it was; fix the upcaster.
+    #[error("event {revision} of {stream} could not be upcast: {source}")]
+    Upcast {
+        /// Its stream.
+        stream: StreamId,
+        /// Its revision.
+        revision: Revision,
+        /// Why (boxed: it is rare, and keeps every store result small).
+        #[source]
+        source: Box<crate::event::upcast::UpcastError>,
+    },
     /// An I/O or backend failure.
     #[error("backend failure: {0}")]
     Backend(String),
