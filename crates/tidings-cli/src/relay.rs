@@ -133,7 +133,7 @@ where
             let t = tidings_nats::NatsTransport::connect(tidings_nats::NatsConfig::new(url))
                 .await
                 .context("connecting to NATS")?;
-            go(TransportKind::Nats(t)).await
+            go(TransportKind::Nats(Box::new(t))).await
         }
         Broker::Amqp(url) => {
             let t = tidings_rabbitmq::RabbitTransport::connect(
@@ -152,7 +152,7 @@ where
 /// Either broker, as one [`Transport`] type.
 #[derive(Debug, Clone)]
 enum TransportKind {
-    Nats(tidings_nats::NatsTransport),
+    Nats(Box<tidings_nats::NatsTransport>),
     Rabbit(tidings_rabbitmq::RabbitTransport),
 }
 
