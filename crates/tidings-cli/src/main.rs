@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod commands;
 mod demo;
+mod relay;
 mod serve;
 mod store;
 mod verify;
@@ -51,6 +52,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check every checksum of an embedded store and its indexes against the log.
     Verify(verify::VerifyArgs),
+    /// Publish the store's log to NATS JetStream or RabbitMQ (the outbox relay).
+    Relay(relay::RelayArgs),
     /// Runs the order example (in memory, or on the embedded store with --data) and prints the event flow.
     Demo(demo::DemoArgs),
 }
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
                         Command::Import(a) => commands::import::run(a).await,
                         Command::DeadLetters(a) => commands::dead_letters::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
+                        Command::Relay(a) => relay::run(a).await,
                         Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),
                     }
                 })

@@ -16,6 +16,8 @@
 //! - [`BrokerConsumer`] — the same guarantees for a consumer group on a message broker
 //!   (`Transport`): retries, dead letters, breaker, upcasting, an [`Inbox`]
 //!   ([`StoreInbox`] keeps handled ids in `$inbox-<name>`).
+//! - [`relay`] — the [`OutboxRelay`]: the store's log published to a broker, confirmed,
+//!   in order, from a fenced checkpoint.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -59,6 +61,7 @@ mod inbox;
 pub mod parked;
 pub mod projection;
 mod reader;
+pub mod relay;
 mod retry;
 mod stats;
 
@@ -78,5 +81,6 @@ pub use inbox::{
     DEFAULT_INBOX_WINDOW, INBOX_EVENT_TYPE, Inbox, InboxError, NoInbox, StoreInbox, inbox_stream,
 };
 pub use parked::ParkedEvent;
+pub use relay::{OutboxRelay, RelayError, RelayStats};
 pub use retry::{Jitter, JitterRng, RetryPolicy};
 pub use stats::ConsumerStats;
