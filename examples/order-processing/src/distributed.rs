@@ -25,14 +25,22 @@
 //!   ([`Importer`]), so a repeat is an idempotent re-append.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
+use serde_json::json;
 use tidings::bus::{BoxFuture, EventHandler, HandlerError, current_cause};
-use tidings::saga::{CommandEnvelope, CommandHandler};
-use tidings::transport::TopicMap;
-use tidings::{Enricher, EventAppender, ExpectedVersion, NewEvent, RecordedEvent, StreamId};
+use tidings::consumer::{BrokerConsumer, OutboxRelay, RetryPolicy};
+use tidings::saga::{CommandEnvelope, CommandHandler, SagaRuntime};
+use tidings::transport::{Subscription, TopicMap, Transport};
+use tidings::{
+    Enricher, EventAppender, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StreamId,
+};
 
-use crate::saga::{PROCESS_PAYMENT, REFUND_PAYMENT, RESERVE_INVENTORY, SCHEDULE_SHIPPING};
+use crate::saga::{
+    OrderProcessingSaga, PROCESS_PAYMENT, REFUND_PAYMENT, RESERVE_INVENTORY, SCHEDULE_SHIPPING,
+};
+use crate::services::{InventoryService, PaymentService, ServiceConfig, ShippingService};
 
 /// The topic the payment service takes its commands from.
 pub const PAYMENT_COMMANDS: &str = "payment-commands";
@@ -195,6 +203,261 @@ impl<S: EventAppender + 'static> EventHandler for Importer<S> {
             Ok(())
         })
     }
+}
+
+/// Which of the three services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Orders and the order saga.
+    Order,
+    /// Payments.
+    Payment,
+    /// Inventory and shipping.
+    Fulfilment,
+}
+
+impl Role {
+    /// Every role, in the order the demo starts them.
+    pub const ALL: [Role; 3] = [Role::Order, Role::Payment, Role::Fulfilment];
+
+    /// The role's name: `order`, `payment` or `fulfilment`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Order => "order",
+            Role::Payment => "payment",
+            Role::Fulfilment => "fulfilment",
+        }
+    }
+
+    /// The role named `name`.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// The names one run uses on the broker — topics and consumer groups carry the run's
+/// id — so that runs sharing a broker never see each other's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    run: String,
+}
+
+impl Names {
+    /// Names for run `run` (letters, digits, `-` and `_`).
+    pub fn new(run: impl Into<String>) -> Self {
+        Self { run: run.into() }
+    }
+
+    /// The run's id.
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
+    /// The run's topic for `base` (one of the topic constants of this module).
+    pub fn topic(&self, base: &str) -> String {
+        format!("{base}-{}", self.run)
+    }
+
+    /// Where a role's relay sends what its service records.
+    pub fn routes(&self, role: Role) -> TopicMap {
+        let base = match role {
+            Role::Order => order_topics(),
+            Role::Payment => payment_topics(),
+            Role::Fulfilment => fulfilment_topics(),
+        };
+        let mut map = TopicMap::new(self.topic(base.default_topic()));
+        for t in [
+            PROCESS_PAYMENT,
+            REFUND_PAYMENT,
+            RESERVE_INVENTORY,
+            SCHEDULE_SHIPPING,
+        ] {
+            if base.topic_for(t) != base.default_topic() {
+                map = map.route(t, self.topic(base.topic_for(t)));
+            }
+        }
+        map
+    }
+
+    /// The consumer group a role's service reads with, and its topics.
+    pub fn subscription(&self, role: Role) -> Subscription {
+        let group = format!("{}-service-{}", role.name(), self.run);
+        match role {
+            Role::Order => {
+                Subscription::new(group, self.topic(PAYMENTS)).topic(self.topic(FULFILMENT))
+            }
+            Role::Payment => Subscription::new(group, self.topic(PAYMENT_COMMANDS)),
+            Role::Fulfilment => Subscription::new(group, self.topic(FULFILMENT_COMMANDS)),
+        }
+    }
+}
+
+/// Creates the run's three consumer groups on the broker. Call it once before any
+/// service starts: a group receives only what is published after it exists, and the
+/// services start in any order.
+pub async fn declare_groups<T: Transport>(
+    transport: &T,
+    names: &Names,
+) -> Result<(), ServiceError> {
+    for role in Role::ALL {
+        drop(transport.subscribe(names.subscription(role)).await?);
+    }
+    Ok(())
+}
+
+/// Why a service stopped.
+pub type ServiceError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Wraps a service's command handler (to observe or slow it, as a test or the demo does).
+pub type Wrap = Arc<dyn Fn(Arc<dyn CommandHandler>) -> Arc<dyn CommandHandler> + Send + Sync>;
+
+/// Runs one service on its own `store` until `shutdown` completes: an outbox relay from
+/// the store to `transport`, a broker consumer for the role's commands or answers, and
+/// for the order role the order saga. `wrap` wraps the role's command handlers.
+pub async fn run_service<S, T>(
+    role: Role,
+    names: &Names,
+    store: S,
+    transport: T,
+    config: &ServiceConfig,
+    wrap: Option<Wrap>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServiceError>
+where
+    S: EventStore,
+    T: Transport + Clone + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let relay = OutboxRelay::builder("demo", store.clone(), transport.clone())
+        .topics(names.routes(role))
+        .build()?;
+    let relay_task = tokio::spawn({
+        let stop = stop();
+        async move { relay.run(stop).await.map(|_| ()) }
+    });
+    let wrap = |h: Arc<dyn CommandHandler>| match &wrap {
+        Some(w) => w(h),
+        None => h,
+    };
+    let handler: Arc<dyn EventHandler> = match role {
+        Role::Order => Arc::new(Importer::new(store.clone())),
+        Role::Payment => {
+            let payment = wrap(Arc::new(PaymentService::new(
+                store.clone(),
+                config.payment_limit,
+            )));
+            Arc::new(
+                CommandReceiver::new()
+                    .on(PROCESS_PAYMENT, Arc::clone(&payment))
+                    .on(REFUND_PAYMENT, payment),
+            )
+        }
+        Role::Fulfilment => Arc::new(
+            CommandReceiver::new()
+                .on(
+                    RESERVE_INVENTORY,
+                    wrap(Arc::new(InventoryService::new(
+                        store.clone(),
+                        config.out_of_stock.iter().cloned(),
+                    ))),
+                )
+                .on(
+                    SCHEDULE_SHIPPING,
+                    wrap(Arc::new(ShippingService::new(store.clone()))),
+                ),
+        ),
+    };
+    let consumer = BrokerConsumer::builder(transport, names.subscription(role), handler)
+        .retry(RetryPolicy::default())
+        .build();
+    let consumer_task = tokio::spawn({
+        let stop = stop();
+        async move { consumer.run(stop).await }
+    });
+    let saga_task = if role == Role::Order {
+        let remote: Arc<dyn CommandHandler> = Arc::new(RemoteCommand::new(store.clone()));
+        let runtime = [
+            PROCESS_PAYMENT,
+            REFUND_PAYMENT,
+            RESERVE_INVENTORY,
+            SCHEDULE_SHIPPING,
+        ]
+        .into_iter()
+        .fold(
+            SagaRuntime::builder(store.clone(), OrderProcessingSaga::default()),
+            |b, name| b.command_handler(name, Arc::clone(&remote)),
+        )
+        .build()
+        .await?;
+        let stop = stop();
+        Some(tokio::spawn(async move { runtime.run(stop).await }))
+    } else {
+        None
+    };
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    relay_task.await??;
+    consumer_task.await??;
+    if let Some(saga) = saga_task {
+        saga.await??;
+    }
+    Ok(())
+}
+
+/// The demo's orders: order id, items and total. The second costs more than the demo's
+/// payment limit, so its payment fails and the saga cancels it.
+pub fn demo_orders(names: &Names) -> Vec<(String, serde_json::Value, f64)> {
+    vec![
+        (
+            format!("order-123-{}", names.run()),
+            json!([
+                {"productId": "product-789", "quantity": 2, "price": 29.99},
+                {"productId": "product-790", "quantity": 1, "price": 15.5}
+            ]),
+            75.48,
+        ),
+        (
+            format!("order-124-{}", names.run()),
+            json!([{"productId": "product-555", "quantity": 1, "price": 450.0}]),
+            450.0,
+        ),
+    ]
+}
+
+/// Places `orders` in the order service's `store`: one `OrderCreated` each, in the
+/// order's own stream. Placing again is idempotent (the ids derive from the order ids).
+pub async fn place_orders<S: EventAppender>(
+    store: &S,
+    orders: &[(String, serde_json::Value, f64)],
+) -> Result<(), ServiceError> {
+    for (order_id, items, total) in orders {
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, order_id.as_bytes());
+        let event = Enricher::new(crate::SERVICE).enrich(
+            NewEvent::new(
+                "OrderCreated",
+                json!({
+                    "orderId": order_id,
+                    "customerId": "customer-456",
+                    "items": items,
+                    "totalAmount": total,
+                    "status": "draft",
+                    "currency": "EUR",
+                }),
+            )
+            .with_version("2.0")
+            .with_id(id),
+        )?;
+        store
+            .append(&StreamId::new(order_id)?, ExpectedVersion::Any, vec![event])
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
