@@ -54,8 +54,11 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Publish the store's log to NATS JetStream or RabbitMQ (the outbox relay).
     Relay(relay::RelayArgs),
-    /// Runs the order example (in memory, or on the embedded store with --data) and prints the event flow.
+    /// Runs the order example (in memory, on the embedded store with --data, or as three services over a broker with --bus) and prints the event flow.
     Demo(demo::DemoArgs),
+    /// One service of `tidings demo --bus` (started by it).
+    #[command(hide = true)]
+    DemoService(demo::services::ServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
                         Command::Import(a) => commands::import::run(a).await,
                         Command::DeadLetters(a) => commands::dead_letters::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
+                        Command::DemoService(a) => demo::services::run_service_process(a).await,
                         Command::Relay(a) => relay::run(a).await,
                         Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),
                     }

@@ -6,6 +6,8 @@
 //! printed with its stream, revision, correlation and causation, so the chain
 //! `OrderConfirmed → PaymentProcessed → OrderPaymentConfirmed` can be followed.
 
+pub mod services;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -30,11 +32,18 @@ pub struct DemoArgs {
     /// Run on the in-memory store instead of the embedded one.
     #[arg(long)]
     pub memory: bool,
+    /// Run the flow as three services in three processes, each with its own embedded
+    /// store, over this broker: nats://HOST:PORT or amqp://USER:PASS@HOST:PORT/VHOST.
+    #[arg(long, conflicts_with = "memory")]
+    pub bus: Option<String>,
 }
 
 /// Runs the demo against the in-memory store (or the embedded store with `--data`) and
 /// prints the flow.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(bus) = &args.bus {
+        return services::run(bus, args.data.as_deref(), args.payment_limit).await;
+    }
     if args.memory {
         let events = run_flow(InMemoryStore::new(), args.payment_limit).await?;
         eprintln!("Store: in memory");
