@@ -191,7 +191,7 @@ impl PgInbox {
         let Some(mut tx) = self.claim(event_id).await? else {
             return Ok(Handled::AlreadyHandled);
         };
-        match handler(&mut *tx).await {
+        match handler(&mut tx).await {
             Ok(value) => {
                 tx.commit().await.map_err(self.db("commit"))?;
                 Ok(Handled::Done(value))
@@ -215,7 +215,7 @@ impl PgInbox {
         event_id: Uuid,
     ) -> Result<Option<Transaction<'static, Postgres>>, PgInboxError> {
         let mut tx = self.pool.begin().await.map_err(self.db("begin"))?;
-        if self.record_in(&mut *tx, event_id).await? {
+        if self.record_in(&mut tx, event_id).await? {
             Ok(Some(tx))
         } else {
             tx.rollback().await.map_err(self.db("rollback"))?;
