@@ -179,7 +179,9 @@ impl PgInbox {
     /// The handler gets the transaction's connection and returns a boxed future
     /// borrowing it (`|conn| Box::pin(async move { … })`); values it needs are moved in.
     /// When it fails, the transaction is rolled back and its error comes back as
-    /// [`HandleError::Handler`]. See the type's example.
+    /// [`HandleError::Handler`]. The handler must pass its statements' errors on: after a
+    /// failed statement PostgreSQL aborts the transaction, and committing it then records
+    /// neither the effect nor the id. See the type's example.
     pub async fn handle_once<T, E, F>(
         &self,
         event_id: Uuid,
