@@ -21,11 +21,18 @@
 //! Each store lives in one schema (default `tidings`), created with its tables on
 //! connect; the SQL is in the crate's `sql/` directory. Timestamps are stored as integer
 //! microseconds, payloads as their exact JSON text.
+//!
+//! [`PgInbox`] is the transactional inbox: a handler whose effects live in PostgreSQL
+//! records the event id in the same transaction as its writes, so a duplicate delivery
+//! never repeats the effect. With the cargo feature `inbox` (off by default, so the crate
+//! depends on `tidings-core` alone otherwise) it also implements
+//! `tidings_consumer::Inbox`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod append;
 mod error;
+mod inbox;
 mod listener;
 mod migrate;
 mod options;
@@ -34,5 +41,6 @@ mod store;
 mod writer;
 
 pub use error::PgStoreError;
+pub use inbox::{DEFAULT_INBOX_RETENTION, HandleError, Handled, PgInbox, PgInboxError};
 pub use options::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PgStoreBuilder};
 pub use store::PgStore;

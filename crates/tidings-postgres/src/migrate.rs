@@ -17,11 +17,18 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Never edit one that has shipped; add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../sql/migrations/0001_events.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../sql/migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "inbox",
+        sql: include_str!("../sql/migrations/0002_inbox.sql"),
+    },
+];
 
 /// Brings the store's schema up to date.
 pub(crate) async fn migrate(pool: &PgPool, schema: &str) -> Result<(), PgStoreError> {
