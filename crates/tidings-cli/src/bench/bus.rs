@@ -17,7 +17,7 @@ use tidings::bus::{HandlerError, handler_fn};
 use tidings::consumer::BrokerConsumer;
 use tidings::consumer::relay::OutboxRelay;
 use tidings::transport::{Message, Subscription, TopicMap, Transport};
-use tidings::{Event, EventStore, ExpectedVersion, RecordedEvent, StreamId};
+use tidings::{Event, EventAppender, EventReader, ExpectedVersion, RecordedEvent, StreamId};
 use tidings_log::LogStore;
 
 use super::workloads::{fresh, micros, populate};
