@@ -331,7 +331,10 @@ async fn broker_consumer<T: Transport + Clone + 'static>(
             break;
         }
         if running.is_finished() {
-            bail!("the broker consumer stopped after {} of {n} events", s.handled);
+            bail!(
+                "the broker consumer stopped after {} of {n} events",
+                s.handled
+            );
         }
         if s.handled != last.0 {
             last = (s.handled, Instant::now());
@@ -409,7 +412,9 @@ async fn bus_latency<T: Transport + Clone + 'static>(
     let mut child = ChildGuard(
         Command::new(exe)
             .arg("bench-consumer")
-            .args(["--bus", url, "--run", run, "--topic", TOPIC, "--group", GROUP])
+            .args([
+                "--bus", url, "--run", run, "--topic", TOPIC, "--group", GROUP,
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -572,7 +577,10 @@ mod tests {
     #[test]
     fn bus_urls() {
         assert_eq!(label("nats://127.0.0.1:4222").unwrap(), "nats");
-        assert_eq!(label("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap(), "rmq");
+        assert_eq!(
+            label("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap(),
+            "rmq"
+        );
         assert!(label("postgres://x").is_err());
         assert!(label("nats").is_err());
     }
