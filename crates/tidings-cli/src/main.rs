@@ -59,6 +59,9 @@ enum Command {
     /// One service of `tidings demo --bus` (started by it).
     #[command(hide = true)]
     DemoService(demo::services::ServiceArgs),
+    /// The consumer process of `tidings bench --workload bus-latency` (started by it).
+    #[command(hide = true)]
+    BenchConsumer(bench::bus::ConsumerArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
                         Command::Demo(a) => demo::run(a).await,
                         Command::DemoService(a) => demo::services::run_service_process(a).await,
                         Command::Relay(a) => relay::run(a).await,
+                        Command::BenchConsumer(a) => bench::bus::run_consumer(a).await,
                         Command::Bench(_) | Command::Verify(_) => unreachable!("handled above"),
                     }
                 })

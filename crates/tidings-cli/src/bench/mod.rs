@@ -5,7 +5,12 @@
 //! `OrderCreated` fixture's data and metadata with a fresh id and stream. The disk's own
 //! limits (fdatasync latency of a 4 KiB overwrite, sequential bandwidth with an fdatasync
 //! per MiB) are measured in the same directory first and printed beside every run.
+//!
+//! With `--bus nats://…|amqp://…` the bus workloads (`relay`, `bus-latency`,
+//! `broker-consumer`; `--workload bus` runs the three) measure the outbox relay, the raw
+//! transport and a broker consumer against that broker.
 
+pub mod bus;
 mod disk;
 mod http;
 mod workloads;
@@ -49,7 +54,10 @@ pub struct BenchArgs {
     /// append-1, append-concurrent, append-batch, read-all, read-stream,
     /// subscribe-latency, aggregate-load, disk; `all` runs these in turn. Also: reopen
     /// (open time of a cleanly closed store of --events events) and memory (resident
-    /// memory with --events/10 streams of 10 events).
+    /// memory with --events/10 streams of 10 events). With --bus: relay (outbox relay
+    /// and raw publishes with confirmations), bus-latency (append to a handler in another
+    /// process), broker-consumer (a backlog acknowledged; --writers is its concurrency),
+    /// or bus for the three.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Events to write (or read), per workload; each has its own default.
@@ -74,6 +82,13 @@ pub struct BenchArgs {
     /// With --server: seconds per throughput workload.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The broker for the bus workloads: nats://HOST:PORT or
+    /// amqp://USER:PASS@HOST:PORT/VHOST. With `--workload all` the bus workloads run too.
+    #[arg(long)]
+    bus: Option<String>,
+    /// bus-latency: appends per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
     /// Diagnosis only: acknowledge appends without fsync, to see what the CPU alone
     /// allows. Rows then say `durable: false` and no target is judged.
     #[arg(long)]
@@ -220,10 +235,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.store)?;
     std::fs::create_dir_all(target.root())
         .with_context(|| format!("creating {}", target.root().display()))?;
-    let workloads: Vec<&str> = if args.workload == "all" {
-        STANDARD.to_vec()
-    } else {
-        vec![args.workload.as_str()]
+    let bus_label = args.bus.as_deref().map(bus::label).transpose()?;
+    let mut workloads: Vec<&str> = match args.workload.as_str() {
+        "all" => STANDARD.to_vec(),
+        "bus" => bus::WORKLOADS.to_vec(),
+        w => vec![w],
+    };
+    if args.workload == "all" && args.bus.is_some() {
+        workloads.extend(bus::WORKLOADS);
+    }
+    if bus_label.is_none()
+        && let Some(w) = workloads.iter().find(|w| bus::WORKLOADS.contains(w))
+    {
+        bail!("workload {w} needs --bus nats://… or --bus amqp://…");
+    }
+    let bus_options = bus::BusOptions {
+        url: args.bus.as_deref().unwrap_or_default(),
+        events: args.events,
+        concurrency: args.writers,
+        rate: args.rate,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let template: Event = serde_json::from_str(FIXTURE).context("the bench fixture")?;
@@ -330,14 +360,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     &store, &template, w, n, members, every
                 ))
             }
+            "relay" | "bus-latency" | "broker-consumer" => {
+                let mut rows_of_w = rt.block_on(bus::run(w, &target, &template, &bus_options))?;
+                let last = rows_of_w.pop().context("the workload returned no row")?;
+                for mut r in rows_of_w {
+                    fill(&mut r, &target, &disk, frame_bytes, cpu_ns);
+                    r.store = bus_label.unwrap_or_default().to_owned();
+                    emit(&r, args.json);
+                    rows.push(r);
+                }
+                last
+            }
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
-                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4",
-                STANDARD.join(", ")
+                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, or with --bus: {}, bus",
+                STANDARD.join(", "),
+                bus::WORKLOADS.join(", ")
             ),
         };
         fill(&mut row, &target, &disk, frame_bytes, cpu_ns);
+        if bus::WORKLOADS.contains(&w) {
+            row.store = bus_label.unwrap_or_default().to_owned();
+        }
         let stats = LAST_WRITE_STATS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
