@@ -1,15 +1,11 @@
 //! Running one handler: inside its cause scope and its `tracing` span, timed, with a
 //! panic turned into an error.
 
-use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use futures::FutureExt;
-use tracing::Instrument;
-
 use super::outcome::HandlerOutcome;
-use tidings_core::handler::causation::{Cause, with_cause};
-use tidings_core::handler::{EventHandler, HandlerError};
+use tidings_core::handler::EventHandler;
+use tidings_core::handler::call_handler;
 use tidings_core::store::RecordedEvent;
 
 /// Runs `handler` on `event` and reports how it went. The span `handler` records the
@@ -28,21 +24,9 @@ pub(crate) async fn run_handler(
         outcome = tracing::field::Empty,
     );
     let start = Instant::now();
-    let run = with_cause(Cause::of(event), handler.handle(event));
-    let result = match AssertUnwindSafe(run)
-        .catch_unwind()
-        .instrument(span.clone())
-        .await
-    {
-        Ok(r) => r,
-        Err(panic) => Err(HandlerError::new(format!(
-            "handler panicked: {}",
-            panic_message(panic.as_ref())
-        ))),
-    };
+    let result = call_handler(handler, event, None, &span).await;
     let duration = start.elapsed();
     span.record("duration_ms", duration.as_secs_f64() * 1000.0);
-    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
     if let Err(e) = &result {
         tracing::error!(parent: &span, error = %e, "handler failed");
     }
@@ -51,12 +35,4 @@ pub(crate) async fn run_handler(
         result,
         duration,
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }

@@ -39,23 +39,21 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::breaker::{BreakerState, CircuitBreaker, Permit};
 use super::inbox::{Inbox, NoInbox};
 use super::retry::{JitterRng, RetryPolicy};
 use tidings_core::event::upcast::Upcasters;
-use tidings_core::handler::{Cause, EventHandler, HandlerError, with_attempt, with_cause};
+use tidings_core::handler::{EventHandler, HandlerError, call_handler};
 use tidings_core::store::RecordedEvent;
 use tidings_core::transport::{
     BrokerMessage, BrokerMessages, Subscription, Transport, TransportError,
@@ -634,26 +632,7 @@ impl<T: Transport + 'static, H: EventHandler, I: Inbox> BrokerConsumer<T, H, I> 
             attempt,
             outcome = tracing::field::Empty,
         );
-        let run = with_attempt(
-            attempt,
-            with_cause(Cause::of(event), self.inner.handler.handle(event)),
-        );
-        let result = match AssertUnwindSafe(run)
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-        {
-            Ok(r) => r,
-            Err(panic) => Err(HandlerError::new(format!(
-                "handler panicked: {}",
-                panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)")
-            ))),
-        };
-        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        let result = call_handler(&self.inner.handler, event, Some(attempt), &span).await;
         if let Err(e) = &result {
             tracing::warn!(parent: &span, error = %e, "broker handler failed");
         }

@@ -1,18 +1,15 @@
 //! [`Member`] of a consumer group and the [`Delivery`] it settles: ack, nack, park or
 //! release.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::FutureExt;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::checkpoint::CheckpointStore;
 use super::error::ConsumerError;
 use super::group::{ConsumerGroup, Origin, Shared, Status};
 use super::parked::{Resolution, parked_record, resolved_record};
-use tidings_core::handler::{Cause, EventHandler, HandlerError, with_attempt, with_cause};
+use tidings_core::handler::{EventHandler, HandlerError, call_handler};
 use tidings_core::store::{EventStore, ExpectedVersion, RecordedEvent};
 
 /// One member of a [`ConsumerGroup`]: takes deliveries and settles them. Leaves the
@@ -92,26 +89,7 @@ async fn handle<S: EventStore, C: CheckpointStore, H: EventHandler + ?Sized>(
         attempt = delivery.attempt(),
         outcome = tracing::field::Empty,
     );
-    let run = with_attempt(
-        delivery.attempt(),
-        with_cause(Cause::of(event), handler.handle(event)),
-    );
-    let result = match AssertUnwindSafe(run)
-        .catch_unwind()
-        .instrument(span.clone())
-        .await
-    {
-        Ok(r) => r,
-        Err(panic) => Err(HandlerError::new(format!(
-            "handler panicked: {}",
-            panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)")
-        ))),
-    };
-    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+    let result = call_handler(handler, event, Some(delivery.attempt()), &span).await;
     if let Err(e) = &result {
         tracing::warn!(parent: &span, error = %e, "consumer handler failed");
     }

@@ -136,3 +136,41 @@ where
         Box::pin((self.0)(event.clone()))
     }
 }
+
+/// Calls `handler` on `event` the way every consumer does: inside `span`, with the event
+/// as the [`Cause`] of what the handler publishes, with `attempt` (when given) as the
+/// [`current_attempt`], and with a panic turned into a [`HandlerError`] instead of
+/// unwinding into the consumer. The span's `outcome` field is set to `ok` or `error`.
+pub async fn call_handler<H: EventHandler + ?Sized>(
+    handler: &H,
+    event: &RecordedEvent,
+    attempt: Option<u32>,
+    span: &tracing::Span,
+) -> Result<(), HandlerError> {
+    use futures::FutureExt as _;
+    use tracing::Instrument as _;
+    let caused = with_cause(Cause::of(event), handler.handle(event));
+    let run = async move {
+        match attempt {
+            Some(n) => with_attempt(n, caused).await,
+            None => caused.await,
+        }
+    };
+    let result = match std::panic::AssertUnwindSafe(run)
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+    {
+        Ok(r) => r,
+        Err(panic) => Err(HandlerError::new(format!(
+            "handler panicked: {}",
+            panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)")
+        ))),
+    };
+    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+    result
+}
