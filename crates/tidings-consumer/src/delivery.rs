@@ -48,7 +48,7 @@ impl<S: EventStore, C: CheckpointStore> Member<S, C> {
 
     /// Runs `handler` on every delivery until the group shuts down: success acks,
     /// failure (or panic) nacks with the error's message. Each call runs in a `tracing`
-    /// span `consumer_handler`, with the event as its [`Cause`], so what the handler
+    /// span `consumer_handler`, with the event as its [`Cause`](tidings_core::handler::Cause), so what the handler
     /// publishes carries causation, and with the delivery's attempt as the current one
     /// ([`current_attempt`](tidings_core::handler::current_attempt)).
     pub async fn run<H: EventHandler + ?Sized>(&self, handler: &H) -> Result<(), ConsumerError> {

@@ -18,7 +18,7 @@
 //!
 //! - a saga command is recorded with the command's id as its event id ([`RemoteCommand`]);
 //! - a service answers a command with an event whose id derives from the command's id
-//!   (see [`crate::services`]), so a command delivered twice — say after the payment
+//!   (see [`mod@crate::services`]), so a command delivered twice — say after the payment
 //!   service was killed between taking the payment and acknowledging the command — is
 //!   answered once;
 //! - an answer is taken into the order service's store under its own id and stream
