@@ -230,22 +230,13 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before retry `failures` (from 1).
     pub fn delay(&self, failures: u32, rng: &mut JitterRng) -> Duration {
-        let base = self.base.as_millis();
-        let exp = failures.saturating_sub(1).min(40);
-        let top = base
-            .saturating_mul(1u128 << exp)
-            .min(self.cap.as_millis())
-            .max(base);
-        let span = u64::try_from(top - base).unwrap_or(u64::MAX);
-        let extra = match span.checked_add(1) {
+        let base = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
+        let top = crate::retry::exponential_millis(self.base, self.cap, failures).max(base);
+        let extra = match (top - base).checked_add(1) {
             Some(n) => rng.next_u64() % n,
             None => rng.next_u64(),
         };
-        Duration::from_millis(
-            u64::try_from(base)
-                .unwrap_or(u64::MAX)
-                .saturating_add(extra),
-        )
+        Duration::from_millis(base.saturating_add(extra))
     }
 }
 

@@ -145,11 +145,7 @@ impl RetryPolicy {
     /// The delay before the next attempt of an event that has failed `failed_attempts`
     /// times (from 1).
     pub fn delay(&self, failed_attempts: u32, rng: &mut JitterRng) -> Duration {
-        let exp = failed_attempts.saturating_sub(1).min(63);
-        let factor = 1u128 << exp;
-        let millis = self.base.as_millis().saturating_mul(factor);
-        let capped = millis.min(self.cap.as_millis());
-        let capped = u64::try_from(capped).unwrap_or(u64::MAX);
+        let capped = exponential_millis(self.base, self.cap, failed_attempts);
         let jittered = match self.jitter {
             Jitter::None => capped,
             Jitter::Full => rng.up_to(capped),
@@ -157,6 +153,14 @@ impl RetryPolicy {
         };
         Duration::from_millis(jittered)
     }
+}
+
+/// `base × 2^(failures-1)`, at most `cap`, in whole milliseconds: the exponential step
+/// every backoff of this crate shares (retries, the relay's reconnects).
+pub(crate) fn exponential_millis(base: Duration, cap: Duration, failures: u32) -> u64 {
+    let exp = failures.saturating_sub(1).min(63);
+    let millis = base.as_millis().saturating_mul(1u128 << exp);
+    u64::try_from(millis.min(cap.as_millis())).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
