@@ -3,7 +3,7 @@
 //! What every part of Tidings, and every backend, agrees on: the event envelope
 //! ([`event`]), stream names ([`StreamId`]), the store traits and the in-memory store
 //! ([`store`]), the handler vocabulary ([`handler`]), the broker transport trait
-//! ([`transport`]), and the checks every store backend runs before it writes
+//! ([`transport`]), the consumer-group contract ([`group`]), and the checks every store backend runs before it writes
 //! ([`backend`]).
 //!
 //! Applications name the `tidings` crate, which re-exports all of this; store and
@@ -26,6 +26,7 @@
 
 pub mod backend;
 pub mod event;
+pub mod group;
 pub mod handler;
 pub mod store;
 pub mod stream;

@@ -37,7 +37,7 @@ pub use tidings_aggregate as aggregate;
 pub use tidings_bus as bus;
 pub use tidings_consumer as consumer;
 pub use tidings_consumer::projection;
-pub use tidings_core::{domain_event, event, handler, store, transport};
+pub use tidings_core::{domain_event, event, group, handler, store, transport};
 pub use tidings_saga as saga;
 
 pub use tidings_aggregate::{Aggregate, AggregateRoot, Repository};
