@@ -1,4 +1,5 @@
-//! The client commands: append, read, tail, streams, correlation, export, import.
+//! The client commands: append, read, tail, streams, correlation, export, import, and
+//! consumer groups (`group`, `parked`).
 //!
 //! Each works against a local store (`--data DIR` or `--store`) or a server (`--server
 //! URL`). Human output is an aligned table; `--json` prints machine-readable JSON.
@@ -10,6 +11,7 @@ pub mod append;
 pub mod correlation;
 pub mod dead_letters;
 pub mod export;
+pub mod group;
 pub mod import;
 mod progress;
 pub mod read;
