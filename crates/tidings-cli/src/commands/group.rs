@@ -513,18 +513,21 @@ async fn consume(g: &dyn Groups, c: &ConsumeArgs) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        for m in batch {
-            let line = |kind: &str| {
-                json!({
-                    "kind": kind, "member": lease.member, "id": m.id,
-                    "stream": m.event.stream, "revision": m.event.revision,
-                    "position": m.event.position, "eventId": m.event.event_id,
-                    "attempt": m.attempt, "replay": m.replay, "at": now_micros() as u64,
-                })
-            };
-            if c.target.json {
-                println!("{}", line("received"));
+        let line = |kind: &str, m: &tidings::group::GroupMessage| {
+            json!({
+                "kind": kind, "member": lease.member, "id": m.id,
+                "stream": m.event.stream, "revision": m.event.revision,
+                "position": m.event.position, "eventId": m.event.event_id,
+                "attempt": m.attempt, "replay": m.replay, "at": now_micros() as u64,
+            })
+        };
+        if c.target.json {
+            // The whole batch is held from here on, whatever is handled first.
+            for m in &batch {
+                println!("{}", line("received", m));
             }
+        }
+        for m in batch {
             if c.handle_ms > 0 {
                 let until = tokio::time::Instant::now() + Duration::from_millis(c.handle_ms);
                 // Handling takes time; the lease is kept alive meanwhile.
@@ -545,7 +548,7 @@ async fn consume(g: &dyn Groups, c: &ConsumeArgs) -> Result<()> {
                 Settlement::Ack
             };
             if c.target.json {
-                println!("{}", line("settling"));
+                println!("{}", line("settling", &m));
             }
             let report = g.settle(&lease, vec![(m.id, how)]).await?;
             last_beat = tokio::time::Instant::now();
@@ -557,7 +560,7 @@ async fn consume(g: &dyn Groups, c: &ConsumeArgs) -> Result<()> {
                 "acked"
             };
             if c.target.json {
-                println!("{}", line(kind));
+                println!("{}", line(kind, &m));
             } else {
                 println!(
                     "{kind:7} {}@{} {} (attempt {}{})",
