@@ -993,3 +993,53 @@ async fn bad_requests_change_nothing() {
     assert_eq!(counts["w"], 0);
     fx.drop().await;
 }
+
+/// The shared consumer-group suite. Each check gets a fresh schema; a restart is a
+/// new `PgGroups` with a pool of its own after the old one closed (left its members).
+struct Harness {
+    url: String,
+    schemas: common::Schemas,
+}
+
+impl tidings_testkit::group_conformance::GroupHarness for Harness {
+    type Store = PgStore;
+    type Groups = PgGroups;
+
+    fn fresh(&self) -> tidings_core::handler::BoxFuture<'_, (PgStore, PgGroups)> {
+        Box::pin(async move {
+            let store = store_in(&self.url, &self.schemas.fresh()).await;
+            let groups = store.groups();
+            (store, groups)
+        })
+    }
+
+    fn reopen<'a>(
+        &'a self,
+        store: &'a PgStore,
+        old: PgGroups,
+    ) -> tidings_core::handler::BoxFuture<'a, PgGroups> {
+        Box::pin(async move {
+            old.close().await.unwrap();
+            PgGroups::connect_with(
+                PgStore::builder(&self.url)
+                    .schema(store.schema())
+                    .max_connections(4),
+            )
+            .await
+            .unwrap()
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_conformance_suite() {
+    let Some(url) = database("the_group_conformance_suite").await else {
+        return;
+    };
+    let harness = Harness {
+        url: url.clone(),
+        schemas: common::Schemas::default(),
+    };
+    tidings_testkit::group_conformance::run_all(&harness).await;
+    harness.schemas.drop_all(&url).await;
+}

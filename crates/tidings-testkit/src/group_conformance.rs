@@ -324,7 +324,12 @@ pub async fn administration<H: GroupHarness>(h: &H) {
         g.fetch(&m, 1, Duration::ZERO).await.is_err(),
         "a member of a deleted group must not fetch"
     );
-    create(&g, "billing", fast()).await;
+    // Round-robin, so both events of the one stream come without settling the first.
+    let recreated = GroupSettings {
+        strategy: Strategy::RoundRobin,
+        ..fast()
+    };
+    create(&g, "billing", recreated).await;
     assert!(
         g.parked("billing", 10)
             .await

@@ -87,6 +87,9 @@ struct Shared {
     /// Each group's cursor as last seen here: a fetch skips reading the log while the
     /// head it knows of is below it.
     read_upto: Mutex<HashMap<i64, u64>>,
+    /// Members joined through this handle and not yet left, by member id, for
+    /// [`PgGroups::close`].
+    joined: Mutex<HashMap<String, MemberLease>>,
 }
 
 impl std::fmt::Debug for PgGroups {
@@ -161,6 +164,22 @@ impl PgGroups {
     /// The store the groups read.
     pub fn store(&self) -> &PgStore {
         &self.store
+    }
+
+    /// Leaves every group as each member joined through this handle (or its clones)
+    /// and not yet left, so their messages go to other members at once: call it on a
+    /// graceful shutdown. A process that dies without it loses nothing either; its
+    /// members' messages move once their leases lapse. Returns the first failure
+    /// after trying every member.
+    pub async fn close(&self) -> Result<(), GroupError> {
+        let leases: Vec<MemberLease> = lock(&self.shared.joined).values().cloned().collect();
+        let mut first_error = None;
+        for lease in leases {
+            if let Err(e) = self.leave(&lease).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Waits up to `wait` for messages, running the fetch transaction whenever
@@ -318,7 +337,9 @@ impl Groups for PgGroups {
         let member_name = member_name.to_owned();
         Box::pin(async move {
             validate_group_name(&group)?;
-            tx::join(self, &group, &member_name).await
+            let lease = tx::join(self, &group, &member_name).await?;
+            lock(&self.shared.joined).insert(lease.member.clone(), lease.clone());
+            Ok(lease)
         })
     }
 
@@ -330,7 +351,9 @@ impl Groups for PgGroups {
     fn leave(&self, lease: &MemberLease) -> BoxFuture<'_, Result<(), GroupError>> {
         let lease = lease.clone();
         Box::pin(async move {
-            if tx::leave(self, &lease).await? {
+            let released = tx::leave(self, &lease).await?;
+            lock(&self.shared.joined).remove(&lease.member);
+            if released {
                 self.shared.ready.notify_waiters();
             }
             Ok(())
@@ -419,8 +442,8 @@ impl Groups for PgGroups {
     }
 }
 
-/// The cursor cache's lock, even after a panic elsewhere (it holds only hints).
-fn lock(m: &Mutex<HashMap<i64, u64>>) -> std::sync::MutexGuard<'_, HashMap<i64, u64>> {
+/// A lock on what the clones share, even after a panic elsewhere (it holds hints).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
