@@ -346,7 +346,7 @@ async fn three_members_on_postgres_share_a_group_across_a_sigkill() {
         let events: Vec<tidings::Event> = (0..PER_STREAM)
             .map(|n| serde_json::from_value(event(&prefix, s, n)).unwrap())
             .collect();
-        let stream = tidings::StreamId::new(format!("{prefix}{s}")).unwrap();
+        let stream = tidings::StreamId::new(&format!("{prefix}{s}")).unwrap();
         tidings::EventAppender::append(&store, &stream, tidings::ExpectedVersion::Any, events)
             .await
             .unwrap();

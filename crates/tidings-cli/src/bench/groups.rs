@@ -212,7 +212,7 @@ async fn redelivery<S: EventStore>(
     let mut gaps = Vec::new();
     for round in 0..rounds {
         // One message at a time, so the survivor can only get the dead member's.
-        let stream = tidings::StreamId::new(format!("redelivery-{round}"))?;
+        let stream = tidings::StreamId::new(&format!("redelivery-{round}"))?;
         store
             .append(
                 &stream,

@@ -203,7 +203,8 @@ impl Opened {
 
     async fn close(self) -> Result<()> {
         match self {
-            Self::Remote(_) | Self::Postgres(_) => {}
+            Self::Remote(_) => {}
+            Self::Postgres(g) => g.close().await?,
             Self::Memory(g) => g.shutdown().await?,
             Self::Embedded { groups, store } => {
                 groups.shutdown().await?;
