@@ -127,7 +127,11 @@ impl RemoteGroups {
     }
 
     fn member_path(lease: &MemberLease) -> String {
-        format!("/groups/{}/members/{}", enc(&lease.group), enc(&lease.member))
+        format!(
+            "/groups/{}/members/{}",
+            enc(&lease.group),
+            enc(&lease.member)
+        )
     }
 }
 
@@ -206,8 +210,8 @@ impl Groups for RemoteGroups {
     ) -> BoxFuture<'_, Result<GroupInfo, GroupError>> {
         let name = name.to_owned();
         Box::pin(async move {
-            let body = serde_json::to_value(&settings)
-                .map_err(|e| GroupError::Backend(e.to_string()))?;
+            let body =
+                serde_json::to_value(&settings).map_err(|e| GroupError::Backend(e.to_string()))?;
             let path = format!("/groups/{}", enc(&name));
             self.must(Method::PUT, &path, Some(body), &name).await
         })
@@ -382,15 +386,27 @@ mod tests {
             }
         );
         assert!(matches!(
-            problem_to_error(StatusCode::NOT_FOUND, &p("consumer group \"g\" does not exist"), "g"),
+            problem_to_error(
+                StatusCode::NOT_FOUND,
+                &p("consumer group \"g\" does not exist"),
+                "g"
+            ),
             GroupError::NotFound { .. }
         ));
         assert!(matches!(
-            problem_to_error(StatusCode::NOT_FOUND, &json!({"detail": "consumer group \"g\" has no parked message 7", "id": 7}), "g"),
+            problem_to_error(
+                StatusCode::NOT_FOUND,
+                &json!({"detail": "consumer group \"g\" has no parked message 7", "id": 7}),
+                "g"
+            ),
             GroupError::ParkedNotFound { id: 7, .. }
         ));
         assert!(matches!(
-            problem_to_error(StatusCode::CONFLICT, &p("consumer group \"g\" exists already"), "g"),
+            problem_to_error(
+                StatusCode::CONFLICT,
+                &p("consumer group \"g\" exists already"),
+                "g"
+            ),
             GroupError::AlreadyExists { .. }
         ));
         assert!(matches!(
@@ -401,5 +417,91 @@ mod tests {
             problem_to_error(StatusCode::SERVICE_UNAVAILABLE, &Value::Null, "g"),
             GroupError::Backend(_)
         ));
+    }
+}
+
+/// The consumer-group conformance suite through a server: `RemoteGroups` speaking to
+/// the routes of a server hosting an in-memory store's groups.
+#[cfg(test)]
+mod conformance {
+    use std::sync::{Arc, Mutex};
+
+    use tidings::InMemoryStore;
+    use tidings::consumer::HostedGroups;
+    use tidings_testkit::group_conformance::{GroupHarness, run_all};
+
+    use super::*;
+
+    struct Hosted {
+        groups: HostedGroups<InMemoryStore>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// Servers by URL, so `reopen` can stop the one behind a client.
+    #[derive(Default)]
+    struct ThroughServer {
+        servers: Mutex<Vec<(String, Hosted)>>,
+    }
+
+    impl ThroughServer {
+        async fn serve(&self, store: InMemoryStore) -> RemoteGroups {
+            let groups = HostedGroups::open(store.clone()).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let state = tidings_server::AppState::with_groups(
+                store,
+                Arc::new(groups.clone()),
+                tidings_server::ServerConfig::default(),
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                tidings_server::serve(listener, state, shutdown)
+                    .await
+                    .unwrap();
+            });
+            let hosted = Hosted { groups, stop, task };
+            self.servers.lock().unwrap().push((url.clone(), hosted));
+            RemoteGroups::new(&url, None).unwrap()
+        }
+    }
+
+    impl GroupHarness for ThroughServer {
+        type Store = InMemoryStore;
+        type Groups = RemoteGroups;
+
+        fn fresh(&self) -> BoxFuture<'_, (InMemoryStore, RemoteGroups)> {
+            Box::pin(async move {
+                let store = InMemoryStore::new();
+                let groups = self.serve(store.clone()).await;
+                (store, groups)
+            })
+        }
+
+        fn reopen<'a>(
+            &'a self,
+            store: &'a InMemoryStore,
+            old: RemoteGroups,
+        ) -> BoxFuture<'a, RemoteGroups> {
+            Box::pin(async move {
+                let hosted = {
+                    let mut servers = self.servers.lock().unwrap();
+                    let i = servers.iter().position(|(u, _)| *u == old.base).unwrap();
+                    servers.remove(i).1
+                };
+                hosted.groups.shutdown().await.unwrap();
+                let _ = hosted.stop.send(());
+                hosted.task.await.unwrap();
+                self.serve(store.clone()).await
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_servers_groups_keep_the_group_semantics_over_http() {
+        run_all(&ThroughServer::default()).await;
     }
 }

@@ -243,7 +243,10 @@ fn three_members_one_killed(group: &str, target: &[String]) {
                 && l["member"] != victim_lines[0]["member"]
                 && l["attempt"].as_u64().unwrap() >= 2
         });
-        assert!(redelivered, "{k:?}, held by the killed member, was not redelivered");
+        assert!(
+            redelivered,
+            "{k:?}, held by the killed member, was not redelivered"
+        );
     }
 
     // Per-stream order: revision r+1 was handed out only after r was being settled.

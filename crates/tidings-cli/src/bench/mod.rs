@@ -364,7 +364,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             w if groups::WORKLOADS.contains(&w) => {
                 target.embedded_only(w)?;
-                let n = args.events.unwrap_or(if w.contains("http") { 100_000 } else { 200_000 });
+                let n = args
+                    .events
+                    .unwrap_or(if w.contains("http") { 100_000 } else { 200_000 });
                 on_store!(rt, &target, w, |store| groups::run(&store, &template, w, n))
             }
             "relay" | "bus-latency" | "broker-consumer" => {

@@ -219,10 +219,7 @@ impl Opened {
 }
 
 /// Runs `f` with the target's groups, closing them after, whatever `f` returned.
-async fn with_groups<T>(
-    t: &Target,
-    f: impl AsyncFnOnce(&dyn Groups) -> Result<T>,
-) -> Result<T> {
+async fn with_groups<T>(t: &Target, f: impl AsyncFnOnce(&dyn Groups) -> Result<T>) -> Result<T> {
     let opened = Opened::open(t).await?;
     let result = f(opened.groups()).await;
     let closed = opened.close().await;
@@ -312,14 +309,26 @@ pub async fn run_parked(a: ParkedArgs) -> Result<()> {
                             format!("{}@{}", p.event.stream, p.event.revision),
                             p.event.event_type.clone(),
                             p.attempts.to_string(),
-                            if p.held { "held".to_owned() } else { String::new() },
+                            if p.held {
+                                "held".to_owned()
+                            } else {
+                                String::new()
+                            },
                             short(&p.reason, 60),
                             p.parked_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["ID", "EVENT", "TYPE", "ATTEMPTS", "", "REASON", "PARKED (UTC)"],
+                    &[
+                        "ID",
+                        "EVENT",
+                        "TYPE",
+                        "ATTEMPTS",
+                        "",
+                        "REASON",
+                        "PARKED (UTC)",
+                    ],
                     &rows,
                 );
             }
@@ -395,7 +404,10 @@ fn print_description(d: &GroupDescription) {
         }
     );
     println!("filter      {}", filter_text(s));
-    println!("checkpoint  {} (head {}, lag {})", d.checkpoint, d.head, d.lag);
+    println!(
+        "checkpoint  {} (head {}, lag {})",
+        d.checkpoint, d.head, d.lag
+    );
     println!("in flight   {}", d.in_flight);
     println!("parked      {}", d.parked);
     println!(
@@ -428,7 +440,9 @@ fn print_description(d: &GroupDescription) {
 /// The settings `d` describes, on top of `base`.
 fn settings_from(d: &Define, base: GroupSettings) -> Result<GroupSettings> {
     let mut s = match &d.settings {
-        Some(text) => serde_json::from_str(text).context("--settings is not valid group settings")?,
+        Some(text) => {
+            serde_json::from_str(text).context("--settings is not valid group settings")?
+        }
         None => base,
     };
     if let Some(v) = &d.strategy {
