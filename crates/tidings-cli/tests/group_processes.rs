@@ -170,9 +170,8 @@ fn three_members_one_killed(group: &str, target: &[String]) {
 
     // Wait until every event is acknowledged by someone.
     let total = (STREAMS * PER_STREAM) as usize;
-    let all_lines = || -> Vec<Value> { members.iter().flat_map(|m| m.lines()).collect() };
     loop {
-        let lines = all_lines();
+        let lines = all_lines(&members);
         let settled: HashSet<Key> = lines
             .iter()
             .filter(|l| l["kind"] == "acked" || l["kind"] == "settling")
@@ -204,7 +203,7 @@ fn three_members_one_killed(group: &str, target: &[String]) {
         let _ = m.child.wait();
     }
     std::thread::sleep(Duration::from_millis(100));
-    let lines = all_lines();
+    let lines = all_lines(&members);
 
     // Exactly once: no event acknowledged twice, and no settle refused as stale.
     let mut acks: HashMap<Key, usize> = HashMap::new();
@@ -249,6 +248,12 @@ fn three_members_one_killed(group: &str, target: &[String]) {
         );
     }
 
+    eprintln!(
+        "{group}: {} acknowledgements by 3 members; member 0 killed holding {:?}, redelivered to the others",
+        acks.len(),
+        held_at_death
+    );
+
     // Per-stream order: revision r+1 was handed out only after r was being settled.
     let mut first_settle: BTreeMap<Key, u64> = BTreeMap::new();
     for l in lines.iter().filter(|l| l["kind"] == "settling") {
@@ -272,6 +277,10 @@ fn three_members_one_killed(group: &str, target: &[String]) {
             r - 1
         );
     }
+}
+
+fn all_lines(members: &[MemberProcess]) -> Vec<Value> {
+    members.iter().flat_map(MemberProcess::lines).collect()
 }
 
 /// The messages a member fetched and had not begun to settle, from its lines.
