@@ -249,6 +249,12 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
     /// Saves the checkpoint if it moved and `checkpoint_every` settled events passed
     /// since the last save (or `force`).
     pub(crate) async fn save_checkpoint(&self, force: bool) -> Result<(), ConsumerError> {
+        self.save_checkpoint_when(if force { Due::Always } else { Due::Every })
+            .await
+    }
+
+    /// Saves the checkpoint if it moved and `due` says so.
+    pub(crate) async fn save_checkpoint_when(&self, due: Due) -> Result<(), ConsumerError> {
         let mut saved = self.saved.lock().await;
         let (checkpoint, settled) = {
             let st = self.lock();
@@ -258,7 +264,11 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
             };
             (checkpoint, st.settled)
         };
-        let due = force || settled.saturating_sub(saved.1) >= self.checkpoint_every;
+        let due = match due {
+            Due::Always => true,
+            Due::Every => settled.saturating_sub(saved.1) >= self.checkpoint_every,
+            Due::Settled => settled != saved.1,
+        };
         let changed = checkpoint.next != saved.0 || settled != saved.1;
         if due && changed {
             if let Err(e) = self
@@ -280,6 +290,18 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
         }
         Ok(())
     }
+}
+
+/// When a checkpoint save is due (it is only written if the checkpoint moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Now.
+    Always,
+    /// After `checkpoint_every` settled events.
+    Every,
+    /// After any settled event: a timer's save, which does not write again only
+    /// because the reader passed the checkpoint records it wrote itself.
+    Settled,
 }
 
 /// What a hosted group sets beyond the builder's public options.

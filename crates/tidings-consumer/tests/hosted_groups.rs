@@ -705,3 +705,88 @@ async fn workers_share_the_work_and_retry_failures() {
     }
     assert!(groups.describe("g").await.unwrap().members.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_group_stops_saving_its_checkpoint() {
+    use tidings::EventReader;
+    let store = InMemoryStore::new();
+    append(&store, "s", 0).await;
+    let groups = HostedGroups::open(store.clone()).await.unwrap();
+    groups.create("g", quick()).await.unwrap();
+    let m = groups.join("g", "m").await.unwrap();
+    let ms = fetch_n(&groups, &m, 1).await;
+    ack_all(&groups, &m, &ms).await;
+    // The group's first incarnation is the first record of `$groups`.
+    let checkpoints = StreamId::system("$checkpoint-g@0").unwrap();
+    let mut saved = None;
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        saved = store.stream_version(&checkpoints).await.unwrap();
+        if saved.is_some() {
+            break;
+        }
+    }
+    assert!(saved.is_some(), "the checkpoint was never saved");
+    // Each save is a record the group reads past; that alone is no reason to save.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = store.stream_version(&checkpoints).await.unwrap();
+    assert!(later <= saved.map(|v| v + 1), "{saved:?} -> {later:?}");
+}
+
+/// A handler that blocks its thread past the lease starves the worker's heartbeat: the
+/// lease lapses, the settle is refused, and the worker joins again and handles the
+/// message a second time (at-least-once). Real time: the blocking is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_lapsed_joins_again() {
+    let store = InMemoryStore::new();
+    append(&store, "s", 0).await;
+    let groups = Arc::new(HostedGroups::open(store.clone()).await.unwrap());
+    let settings = GroupSettings {
+        lease: Duration::from_millis(100),
+        ..quick()
+    };
+    groups.create("g", settings).await.unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |_e| {
+            let calls = calls.clone();
+            async move {
+                let first = {
+                    let mut calls = calls.lock().unwrap();
+                    calls.push(tidings_core::handler::current_attempt());
+                    calls.len() == 1
+                };
+                if first {
+                    std::thread::sleep(Duration::from_millis(600));
+                }
+                Ok(())
+            }
+        })
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = GroupWorker::new(groups.clone(), "g", "sleepy").wait(Duration::from_millis(50));
+    let run = tokio::spawn(async move {
+        worker
+            .run(&handler, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    for _ in 0..3000 {
+        if groups.stats("g").unwrap().acked == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(groups.stats("g").unwrap().acked, 1);
+    stop.send(()).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert!(stats.rejoined >= 1, "{stats:?}");
+    assert_eq!(stats.handled, 2, "{stats:?}");
+    assert!(stats.stale <= 1, "{stats:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0], Some(1));
+    assert!(calls[1] >= Some(2), "{calls:?}");
+}

@@ -16,7 +16,7 @@ use super::breaker::CircuitBreaker;
 use super::checkpoint::StoreCheckpoints;
 use super::delivery::{Done, Failed, fail_entry};
 use super::error::ConsumerError;
-use super::group::{ConsumerGroup, Hosting, Origin, Status, Take, take_now};
+use super::group::{ConsumerGroup, Due, Hosting, Origin, Status, Take, take_now};
 use super::parked::{ParkedEvent, Resolution, read_parked, resolved_record};
 use super::retry::{Jitter, RetryPolicy};
 use registry::{Change, Registered};
@@ -338,6 +338,11 @@ impl<S: EventStore> Hosted<S> {
     async fn renew(&self, lease: &MemberLease) -> Result<u64, GroupError> {
         self.sweep().await;
         self.check_running()?;
+        self.touch(lease)
+    }
+
+    /// Renews `lease` without sweeping first.
+    fn touch(&self, lease: &MemberLease) -> Result<u64, GroupError> {
         let period = lock(&self.settings).lease;
         let mut members = lock(&self.members);
         match members.by_lease.get_mut(&lease.member) {
@@ -600,7 +605,7 @@ impl<S: EventStore> Hosted<S> {
                 report.stale.push(delivery);
             }
         }
-        self.renew(lease).await?;
+        self.touch(lease)?;
         Ok(report)
     }
 
@@ -814,7 +819,7 @@ async fn tick<S: EventStore>(hosted: Weak<Hosted<S>>) {
         h.sweep().await;
         if last_save.elapsed() >= CHECKPOINT_INTERVAL {
             last_save = Instant::now();
-            if let Err(e) = h.engine.save_checkpoint().await {
+            if let Err(e) = h.engine.shared.save_checkpoint_when(Due::Settled).await {
                 tracing::warn!(group = %h.name, error = %e, "could not save the checkpoint");
             }
         }
