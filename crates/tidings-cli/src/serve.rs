@@ -1,12 +1,20 @@
-//! `tidings serve`: the HTTP API, Server-Sent Events and the web console.
+//! `tidings serve`: the HTTP API, Server-Sent Events, consumer groups and the web console.
+//!
+//! The server hosts the consumer groups of the store it serves
+//! ([`HostedGroups`]: settings, checkpoints and parked lists in the store's own `$groups`,
+//! `$checkpoint-…` and `$parked-…` streams), so members in any language share them over
+//! HTTP. That holds for every store, PostgreSQL included: its groups are then hosted by
+//! this server process, and members reach them through it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tidings::EventStore;
+use tidings::consumer::HostedGroups;
 use tidings_server::{AppState, Role, ServerConfig, Tokens};
 
 use crate::store::{StoreSpec, with_store};
@@ -96,7 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     with_store!(spec, |store| serve_store(store, config, addr).await)
 }
 
-async fn serve_store<S: EventStore>(
+async fn serve_store<S: EventStore + Clone>(
     store: S,
     config: ServerConfig,
     addr: SocketAddr,
@@ -106,12 +114,22 @@ async fn serve_store<S: EventStore>(
         .await
         .with_context(|| format!("cannot listen on {addr} (is another server running there?)"))?;
     let local = listener.local_addr()?;
-    let state = AppState::new(store, config);
+    let groups = HostedGroups::open(store.clone())
+        .await
+        .context("cannot open the store's consumer groups")?;
+    let state = AppState::with_groups(store, Arc::new(groups.clone()), config);
     println!("Tidings is listening on http://{local} (store: {description})");
     println!("Open the console at http://{local}/  ·  API: http://{local}/openapi.json");
-    tidings_server::serve(listener, state, tidings_server::shutdown_signal())
+    let served = tidings_server::serve(listener, state, tidings_server::shutdown_signal())
         .await
-        .context("the server failed")?;
+        .context("the server failed");
+    // Saves each group's checkpoint, so a restart delivers as little again as it can.
+    let stopped = groups
+        .shutdown()
+        .await
+        .context("cannot save the consumer groups' checkpoints");
+    served?;
+    stopped?;
     println!("Tidings stopped cleanly.");
     Ok(())
 }
