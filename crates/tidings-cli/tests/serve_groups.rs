@@ -1,6 +1,8 @@
-//! `tidings serve` hosts the consumer groups of its embedded store: a member settles
+//! `tidings serve` serves the consumer groups of its store. Embedded: a member settles
 //! over HTTP, the server stops on SIGTERM, and the next server on the same data
-//! directory has the group with its settled state and parked list.
+//! directory has the group with its settled state and parked list. PostgreSQL: two
+//! servers on one database serve the same groups, so a member joined through one goes
+//! on through the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::io::{BufRead, BufReader};
@@ -18,9 +20,13 @@ struct Server {
 
 impl Server {
     fn start(data: &std::path::Path) -> Self {
+        Self::start_on(&["--data", data.to_str().unwrap()])
+    }
+
+    fn start_on(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -161,5 +167,83 @@ async fn served_groups_survive_a_restart() {
     )
     .await;
     assert_eq!(status, 410, "{p}");
+    assert!(b.terminate().success());
+}
+
+#[tokio::test]
+async fn servers_on_one_database_share_its_groups() {
+    use reqwest::Method;
+    let Some(url) = tidings_testkit::services::service_url(
+        "servers_on_one_database_share_its_groups",
+        "TIDINGS_POSTGRES_URL",
+    ) else {
+        return;
+    };
+    let a = Server::start_on(&["--store", &url]);
+    let b = Server::start_on(&["--store", &url]);
+    let group = format!("served-{}", std::process::id());
+    let stream = format!("{group}-order");
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/groups", a.url),
+        Some(json!({"name": group, "settings": {"start": "end"}})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/streams/{stream}", b.url),
+        Some(json!({"eventType": "OrderPlaced", "data": {}})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, lease) = call(
+        Method::POST,
+        format!("{}/groups/{group}/members", a.url),
+        Some(json!({"name": "roaming"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let member = lease["member"].as_str().unwrap().to_owned();
+    // Fetched through the other server, settled through the first.
+    let (status, got) = call(
+        Method::GET,
+        format!(
+            "{}/groups/{group}/members/{member}/messages?waitMs=10000",
+            b.url
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    let message = &got["messages"][0];
+    assert_eq!(message["event"]["stream"], stream.as_str());
+    let (status, report) = call(
+        Method::POST,
+        format!("{}/groups/{group}/members/{member}/settle", a.url),
+        Some(json!({"settlements": [{"id": message["id"], "action": "park", "reason": "shared"}]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(report["settled"], 1, "{report}");
+    let (status, parked) = call(
+        Method::GET,
+        format!("{}/groups/{group}/parked", b.url),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(parked["parked"][0]["reason"], "shared", "{parked}");
+    // A server that stops does not make the members leave.
+    assert!(a.terminate().success());
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/groups/{group}/members/{member}/heartbeat", b.url),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(Method::DELETE, format!("{}/groups/{group}", b.url), None).await;
+    assert_eq!(status, 204);
     assert!(b.terminate().success());
 }
