@@ -1043,3 +1043,111 @@ async fn the_group_conformance_suite() {
     tidings_testkit::group_conformance::run_all(&harness).await;
     harness.schemas.drop_all(&url).await;
 }
+
+/// A process whose worker dies mid-message (its task aborted, its pool closed, never
+/// leaving): once its lease lapses, the worker of another process handles what it held,
+/// with one more attempt, and every event is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_process_workers_messages_go_to_the_other_process() {
+    use std::sync::{Arc, Mutex};
+    use tidings::bus::handler_fn;
+    use tidings::consumer::GroupWorker;
+
+    let Some(fx) = Fixture::new("a_dead_process_workers_messages_go_to_the_other_process").await
+    else {
+        return;
+    };
+    for s in 0..10 {
+        fx.append(&format!("w-{s}"), 2).await;
+    }
+    fx.groups
+        .create(
+            "work",
+            GroupSettings {
+                lease: Duration::from_millis(300),
+                ..settings(Strategy::Pinned)
+            },
+        )
+        .await
+        .unwrap();
+
+    // The doomed process takes a batch and hangs in its handler.
+    let doomed_store = PgStore::builder(&fx.url)
+        .schema(&fx.schema)
+        .max_connections(2)
+        .connect()
+        .await
+        .unwrap();
+    let doomed = Arc::new(doomed_store.groups());
+    let (took, mut taken) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
+    let worker = GroupWorker::new(Arc::clone(&doomed), "work", "doomed").batch(4);
+    let dying = tokio::spawn(async move {
+        let handler = handler_fn(move |e: tidings::RecordedEvent| {
+            let took = took.clone();
+            async move {
+                let _ = took.send((e.stream.to_string(), e.revision));
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        worker.run(&handler, std::future::pending()).await
+    });
+    let first = tokio::time::timeout(PATIENCE, taken.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    dying.abort();
+    let _ = dying.await;
+    doomed_store.close().await;
+
+    // The surviving process handles everything, the dead one's message included.
+    let handled: Arc<Mutex<Vec<(String, u64, u32)>>> = Arc::default();
+    let seen = Arc::clone(&handled);
+    let survivor = Arc::new(fx.other().await);
+    let worker = GroupWorker::new(Arc::clone(&survivor), "work", "survivor");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        let handler = handler_fn(move |e: tidings::RecordedEvent| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let attempt = tidings::handler::current_attempt().unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push((e.stream.to_string(), e.revision, attempt));
+                Ok(())
+            }
+        });
+        worker
+            .run(&handler, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let d = fx.groups.describe("work").await.unwrap();
+        if d.lag == 0 && d.in_flight == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stalled: {d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let handled = handled.lock().unwrap().clone();
+    let mut keys: Vec<(String, u64)> = handled.iter().map(|(s, r, _)| (s.clone(), *r)).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "every event handled: {handled:?}");
+    let retried: Vec<u32> = handled
+        .iter()
+        .filter(|(s, r, _)| (s, *r) == (&first.0, first.1))
+        .map(|(_, _, a)| *a)
+        .collect();
+    assert_eq!(
+        retried,
+        [2],
+        "the dead worker's message came with one more attempt"
+    );
+    fx.drop().await;
+}
