@@ -28,8 +28,8 @@ pub const COMMIT_BUCKETS: [f64; 14] = [
 ];
 
 /// Status codes counted one by one; anything else lands in `other`.
-const STATUSES: [u16; 16] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 504,
+const STATUSES: [u16; 18] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 500, 501, 503, 504,
 ];
 
 /// A gauge of unsigned values.
