@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::model::{FsResult, Kind, Model};
+use crate::model::{FsResult, Kind, Model, Op};
 
 /// How long the kernel may cache names and attributes. Every change goes through the
 /// kernel, so its caches stay right while the power is on; a power cut is followed by a
@@ -33,10 +33,10 @@ pub(crate) fn lock(model: &Mutex<Model>) -> MutexGuard<'_, Model> {
 }
 
 impl LossyFs {
-    /// Runs `f` on the model when the power is on.
-    fn with<T>(&self, f: impl FnOnce(&mut Model) -> FsResult<T>) -> FsResult<T> {
+    /// Runs `f`, a request of kind `op`, on the model when the power is on.
+    fn with<T>(&self, op: Op, f: impl FnOnce(&mut Model) -> FsResult<T>) -> FsResult<T> {
         let mut m = lock(&self.model);
-        m.check_power()?;
+        m.begin(op)?;
         f(&mut m)
     }
 }
@@ -90,7 +90,7 @@ fn reply_empty(r: FsResult<()>, reply: ReplyEmpty) {
 impl Filesystem for LossyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_entry(
-            self.with(|m| {
+            self.with(Op::Read, |m| {
                 let ino = m.lookup(parent.0, name)?;
                 self.attr(m, ino)
             }),
@@ -99,7 +99,7 @@ impl Filesystem for LossyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.with(|m| self.attr(m, ino.0)) {
+        match self.with(Op::Read, |m| self.attr(m, ino.0)) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -123,7 +123,7 @@ impl Filesystem for LossyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let r = self.with(|m| {
+        let r = self.with(Op::Resize, |m| {
             if let Some(len) = size {
                 m.set_len(ino.0, len)?;
             }
@@ -148,7 +148,7 @@ impl Filesystem for LossyFs {
         reply: ReplyEntry,
     ) {
         reply_entry(
-            self.with(|m| {
+            self.with(Op::Create, |m| {
                 let ino = m.create(parent.0, name, Kind::Dir, (mode & !umask & 0o7777) as u16)?;
                 self.attr(m, ino)
             }),
@@ -173,7 +173,7 @@ impl Filesystem for LossyFs {
             return;
         }
         reply_entry(
-            self.with(|m| {
+            self.with(Op::Create, |m| {
                 let ino = m.create(parent.0, name, Kind::File, (mode & !umask & 0o7777) as u16)?;
                 self.attr(m, ino)
             }),
@@ -191,7 +191,7 @@ impl Filesystem for LossyFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self.with(|m| {
+        let r = self.with(Op::Create, |m| {
             let ino = m.create(parent.0, name, Kind::File, (mode & !umask & 0o7777) as u16)?;
             self.attr(m, ino)
         });
@@ -202,11 +202,17 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.with(|m| m.remove(parent.0, name, false)), reply);
+        reply_empty(
+            self.with(Op::Remove, |m| m.remove(parent.0, name, false)),
+            reply,
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.with(|m| m.remove(parent.0, name, true)), reply);
+        reply_empty(
+            self.with(Op::Remove, |m| m.remove(parent.0, name, true)),
+            reply,
+        );
     }
 
     fn rename(
@@ -225,14 +231,16 @@ impl Filesystem for LossyFs {
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         reply_empty(
-            self.with(|m| m.rename(parent.0, name, newparent.0, newname, no_replace)),
+            self.with(Op::Rename, |m| {
+                m.rename(parent.0, name, newparent.0, newname, no_replace)
+            }),
             reply,
         );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // No FOPEN_KEEP_CACHE: the kernel drops its cached pages of a file at each open.
-        match self.with(|m| m.node(ino.0).map(|_| ())) {
+        match self.with(Op::Read, |m| m.node(ino.0).map(|_| ())) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -249,7 +257,7 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.with(|m| m.read(ino.0, offset, size as usize)) {
+        match self.with(Op::Read, |m| m.read(ino.0, offset, size as usize)) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(e),
         }
@@ -267,7 +275,7 @@ impl Filesystem for LossyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.with(|m| m.write(ino.0, offset, data)) {
+        match self.with(Op::Write, |m| m.write(ino.0, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),
         }
@@ -293,7 +301,7 @@ impl Filesystem for LossyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.with(|m| m.sync_file(ino.0)), reply);
+        reply_empty(self.with(Op::SyncFile, |m| m.sync_file(ino.0)), reply);
     }
 
     fn readdir(
@@ -304,7 +312,7 @@ impl Filesystem for LossyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.with(|m| m.list(ino.0)) {
+        let entries = match self.with(Op::Read, |m| m.list(ino.0)) {
             Ok(e) => e,
             Err(e) => {
                 reply.error(e);
@@ -338,7 +346,7 @@ impl Filesystem for LossyFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.with(|m| m.sync_dir(ino.0)), reply);
+        reply_empty(self.with(Op::SyncDir, |m| m.sync_dir(ino.0)), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -348,7 +356,7 @@ impl Filesystem for LossyFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply_empty(self.with(|m| m.node(ino.0).map(|_| ())), reply);
+        reply_empty(self.with(Op::Read, |m| m.node(ino.0).map(|_| ())), reply);
     }
 
     fn fallocate(
@@ -362,7 +370,7 @@ impl Filesystem for LossyFs {
         reply: ReplyEmpty,
     ) {
         reply_empty(
-            self.with(|m| m.allocate(ino.0, offset, length, mode)),
+            self.with(Op::Resize, |m| m.allocate(ino.0, offset, length, mode)),
             reply,
         );
     }

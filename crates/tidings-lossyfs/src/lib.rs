@@ -41,7 +41,7 @@ mod model;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use model::{CutReport, Stats};
+pub use model::{CutReport, Op, Stats};
 
 use crate::fs::{LossyFs, lock};
 use crate::model::Model;
@@ -154,6 +154,16 @@ impl LossyDisk {
     /// while the power is off changes nothing.
     pub fn cut_power(&self) {
         lock(&self.model).cut();
+    }
+
+    /// Cuts the power when the `nth` request of kind `op` (counted from now, from 1)
+    /// arrives, before it is served: that request and every later one fail with `EIO`.
+    /// This places a cut at an exact point of a program's I/O (between a write and its
+    /// sync, between a rename and the directory sync…), where a cut by the clock would
+    /// mostly find the program idle. Replaces a trigger armed before; [`Self::power_on`]
+    /// disarms it.
+    pub fn cut_power_at(&self, op: Op, nth: u64) {
+        lock(&self.model).arm(op, nth);
     }
 
     /// Whether the power is on.

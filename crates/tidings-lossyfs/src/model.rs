@@ -249,6 +249,36 @@ pub struct CutReport {
     pub torn_dirs_kept: usize,
 }
 
+/// A kind of request, for [`crate::LossyDisk::cut_power_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Any request that changes something (every kind below).
+    AnyChange,
+    /// A write of file data.
+    Write,
+    /// `fsync` or `fdatasync` of a file.
+    SyncFile,
+    /// `fsync` of a directory.
+    SyncDir,
+    /// A rename.
+    Rename,
+    /// A new file or directory.
+    Create,
+    /// An unlink or rmdir.
+    Remove,
+    /// A change of a file's size (truncate, `fallocate`) or permissions.
+    Resize,
+    /// Reads, lookups, listings: never counted, never a trigger.
+    Read,
+}
+
+/// A power cut waiting for its request.
+#[derive(Debug, Clone, Copy)]
+struct Trigger {
+    op: Op,
+    left: u64,
+}
+
 /// The whole disk.
 #[derive(Debug)]
 pub(crate) struct Model {
@@ -257,6 +287,7 @@ pub(crate) struct Model {
     pub(crate) powered: bool,
     pub(crate) stats: Stats,
     torn: Option<Rng>,
+    trigger: Option<Trigger>,
 }
 
 pub(crate) type FsResult<T> = Result<T, Errno>;
@@ -280,17 +311,38 @@ impl Model {
             powered: true,
             stats: Stats::default(),
             torn: torn_seed.map(Rng),
+            trigger: None,
         }
     }
 
-    /// Fails with EIO while the power is off (and counts the refusal).
-    pub(crate) fn check_power(&mut self) -> FsResult<()> {
+    /// Admits a request of kind `op`: fails with EIO while the power is off (and counts
+    /// the refusal), and cuts the power first when `op` is the armed trigger's request.
+    pub(crate) fn begin(&mut self, op: Op) -> FsResult<()> {
+        if op != Op::Read
+            && let Some(t) = self.trigger.as_mut()
+            && (t.op == op || t.op == Op::AnyChange)
+        {
+            t.left = t.left.saturating_sub(1);
+            if t.left == 0 {
+                self.trigger = None;
+                self.cut();
+            }
+        }
         if self.powered {
             Ok(())
         } else {
             self.stats.refused += 1;
             Err(Errno::EIO)
         }
+    }
+
+    /// Cuts the power when the `nth` (from 1) request of kind `op` arrives from now on,
+    /// before it is served. Replaces a trigger armed before.
+    pub(crate) fn arm(&mut self, op: Op, nth: u64) {
+        self.trigger = Some(Trigger {
+            op,
+            left: nth.max(1),
+        });
     }
 
     pub(crate) fn node(&self, ino: u64) -> FsResult<&Node> {
@@ -403,7 +455,8 @@ impl Model {
             }
         }
         self.entries_mut(parent)?.remove(name);
-        self.entries_mut(new_parent)?.insert(new_name.to_owned(), ino);
+        self.entries_mut(new_parent)?
+            .insert(new_name.to_owned(), ino);
         Ok(())
     }
 
@@ -494,6 +547,7 @@ impl Model {
 
     /// Powers on again: the visible state becomes the durable one (see the module doc).
     pub(crate) fn power_on(&mut self) -> CutReport {
+        self.trigger = None;
         let mut report = CutReport::default();
         let before = self.live_reachable();
         let mut old = std::mem::take(&mut self.nodes);
@@ -533,7 +587,10 @@ impl Model {
             }
             self.nodes.insert(ino, node);
         }
-        report.nodes_lost = before.iter().filter(|i| !self.nodes.contains_key(i)).count();
+        report.nodes_lost = before
+            .iter()
+            .filter(|i| !self.nodes.contains_key(i))
+            .count();
         self.powered = true;
         report
     }
@@ -585,7 +642,11 @@ mod tests {
         assert_eq!(c.read(4998, 10), b"\0\0hello");
         assert_eq!(c.read(0, 3), b"\0\0\0");
         c.write(8192, &[0; 8192]);
-        assert_eq!(c.pages.len(), 1, "zeros written to absent pages are not stored");
+        assert_eq!(
+            c.pages.len(),
+            1,
+            "zeros written to absent pages are not stored"
+        );
         c.set_len(5002);
         assert_eq!(c.len(), 5002);
         c.set_len(6000);
@@ -601,7 +662,7 @@ mod tests {
         m.sync_file(f).unwrap();
         m.write(f, 0, b"TWO-and-more").unwrap();
         m.cut();
-        assert_eq!(m.check_power(), Err(Errno::EIO));
+        assert_eq!(m.begin(Op::Read), Err(Errno::EIO));
         let r = m.power_on();
         assert_eq!(r.files_reverted, 1);
         assert_eq!(content(&m, f), b"one");
@@ -619,7 +680,11 @@ mod tests {
         m.rename(ROOT, name("a"), ROOT, name("c"), false).unwrap();
         m.cut();
         let r = m.power_on();
-        assert_eq!(m.lookup(ROOT, name("a")), Ok(a), "the rename was not synced");
+        assert_eq!(
+            m.lookup(ROOT, name("a")),
+            Ok(a),
+            "the rename was not synced"
+        );
         assert_eq!(m.lookup(ROOT, name("b")), Err(Errno::ENOENT));
         assert_eq!(m.lookup(ROOT, name("c")), Err(Errno::ENOENT));
         assert_eq!(r.nodes_lost, 1);
@@ -681,8 +746,27 @@ mod tests {
         assert!(kept > 0 && kept < 16, "some of the 16 sectors: {kept}");
         assert_eq!(bytes.len(), 8192);
         for sector in bytes.chunks(SECTOR) {
-            assert!(sector == [7; SECTOR] || sector == [0; SECTOR], "whole sectors");
+            assert!(
+                sector == [7; SECTOR] || sector == [0; SECTOR],
+                "whole sectors"
+            );
         }
+    }
+
+    #[test]
+    fn an_armed_trigger_cuts_before_its_request() {
+        let mut m = Model::new(None);
+        m.arm(Op::SyncFile, 2);
+        assert_eq!(m.begin(Op::Write), Ok(()));
+        assert_eq!(m.begin(Op::SyncFile), Ok(()));
+        assert_eq!(m.begin(Op::Write), Ok(()));
+        assert_eq!(m.begin(Op::SyncFile), Err(Errno::EIO));
+        assert!(!m.powered);
+        assert_eq!(m.begin(Op::Read), Err(Errno::EIO));
+        m.power_on();
+        m.arm(Op::AnyChange, 1);
+        assert_eq!(m.begin(Op::Read), Ok(()), "reads never trigger");
+        assert_eq!(m.begin(Op::Rename), Err(Errno::EIO));
     }
 
     #[test]

@@ -34,7 +34,9 @@ fn synced_data_and_entries_survive_a_power_cut_and_the_rest_does_not() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let disk = LossyDisk::new();
-    let Some(mut m) = mount(&disk, dir) else { return };
+    let Some(mut m) = mount(&disk, dir) else {
+        return;
+    };
 
     std::fs::create_dir(dir.join("data")).unwrap();
     File::open(dir).unwrap().sync_all().unwrap(); // "data" is durable
@@ -44,7 +46,10 @@ fn synced_data_and_entries_survive_a_power_cut_and_the_rest_does_not() {
     kept.write_all(b"synced").unwrap();
     kept.sync_data().unwrap();
     kept.write_all(b" and more").unwrap(); // never synced
-    File::create(data.join("created-late")).unwrap().sync_all().unwrap();
+    File::create(data.join("created-late"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     std::fs::write(data.join("unsynced-file"), b"x").unwrap();
 
     let tmp_snap = data.join("snap.tmp");
@@ -97,7 +102,9 @@ fn a_directory_never_synced_in_its_parent_is_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let disk = LossyDisk::new();
-    let Some(mut m) = mount(&disk, dir) else { return };
+    let Some(mut m) = mount(&disk, dir) else {
+        return;
+    };
     std::fs::create_dir_all(dir.join("a/b")).unwrap();
     let mut f = File::create(dir.join("a/b/f")).unwrap();
     f.write_all(b"x").unwrap();
@@ -118,7 +125,9 @@ fn a_busy_mount_refuses_to_unmount_and_can_retry() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let disk = LossyDisk::new();
-    let Some(mut m) = mount(&disk, dir) else { return };
+    let Some(mut m) = mount(&disk, dir) else {
+        return;
+    };
     assert!(disk.mount(dir).is_err(), "one mount at a time");
     let f = File::create(dir.join("open")).unwrap();
     let e = m.unmount().unwrap_err();
