@@ -217,9 +217,17 @@ impl Mount {
         // Unmounting here first keeps the session when the mount is busy, so the caller
         // can retry; without root, fuser goes through `fusermount3 -u`.
         match rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::empty()) {
-            // The serving thread ends when the kernel closes the connection.
-            Ok(()) => session.join().map_err(err)?,
-            Err(rustix::io::Errno::PERM) => session.umount_and_join().map_err(err)?,
+            // The serving thread ends when the kernel closes the connection; how its
+            // last read of the device ended does not change that the mount is gone.
+            Ok(()) => drop(session.join()),
+            Err(rustix::io::Errno::PERM) => {
+                if let Err(e) = session.umount_and_join() {
+                    // fusermount failed (or the thread did): the mount may be gone or
+                    // not; there is no session left to retry with either way.
+                    *self.mounted.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return Err(err(e));
+                }
+            }
             Err(e) => {
                 let e = err(e.into());
                 self.session = Some(session);
