@@ -324,7 +324,12 @@ pub async fn administration<H: GroupHarness>(h: &H) {
         g.fetch(&m, 1, Duration::ZERO).await.is_err(),
         "a member of a deleted group must not fetch"
     );
-    create(&g, "billing", fast()).await;
+    // (Round-robin, so that both events of the one stream come in one fetch.)
+    let round_robin = GroupSettings {
+        strategy: Strategy::RoundRobin,
+        ..fast()
+    };
+    create(&g, "billing", round_robin).await;
     assert!(
         g.parked("billing", 10)
             .await
