@@ -594,13 +594,22 @@ fn run(test: &str, rounds: u32, torn: bool) {
     rt.block_on(check_streams(&http, &url, &all, &record.lock().unwrap()))
         .unwrap_or_else(|e| fail(rounds, e, &server.said()));
     server.kill();
+    // The cuts had rolls and index snapshots to fall into.
+    let names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let segments = names.iter().filter(|n| n.ends_with(".seg")).count();
+    assert!(segments > 2, "the log should have rolled: {names:?}");
+    assert!(names.iter().any(|n| n == "index.ckpt"), "{names:?}");
     unmount(&mut mount);
 
     let r = record.lock().unwrap();
     totals.acks = r.acks.len();
     totals.acked_events = r.acks.iter().map(|a| r.attempts[a.attempt].ids.len()).sum();
     eprintln!(
-        "{test}: {} power cuts ({} while the store was opening) in {:.1} s; {} acknowledged appends \
+        "{test}: {} power cuts ({} while the store was opening) in {:.1} s; {segments} segments; \
+         {} acknowledged appends \
          ({} events) all found; {} conflicts, {} refused; {} torn tails reported; cuts by request \
          {:?}; the disk lost {:?}; {:?}",
         totals.cuts,
