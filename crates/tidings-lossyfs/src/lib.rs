@@ -15,6 +15,9 @@
 //!   seeded random subset of the unsynced 512-byte sectors and of the directories'
 //!   unsynced entries, as a disk that wrote part of its cache before dying.
 //!
+//! The binary `tidings-lossyfs MOUNTPOINT --control SOCKET` serves the same disk to other
+//! processes, with `cut`, `restore`, `stats` and `quit` sent on a Unix socket.
+//!
 //! Everything lives in memory. Mounting needs `/dev/fuse` and either root (the mount is
 //! made with `mount(2)` directly, no libfuse) or `fusermount3` from Debian's `fuse3`.
 //!
