@@ -11,18 +11,39 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tidings_core::handler::HandlerError;
-use tidings_core::store::{Position, RecordedEvent};
+use tidings_core::store::{EventStore, Position, RecordedEvent};
 
-use super::StoredModel;
+use super::{CheckpointPolicy, ProjectionError, StoredModel, StoredVersions, VersionedRunner};
 
 /// The built-in read models: name and what each holds.
 pub const BUILTIN: [(&str, &str); 2] = [
-    (EventTypes::NAME, "events and last position per event type"),
-    (
-        Categories::NAME,
-        "streams and events per stream category (the stream name up to its first `-`)",
-    ),
+    (EventTypes::NAME, EventTypes::ABOUT),
+    (Categories::NAME, Categories::ABOUT),
 ];
+
+/// How often a built-in read model is saved: every this many applied events (and at
+/// the end of a rebuild).
+pub const SAVE_EVERY: u64 = 10_000;
+
+/// A built-in read model: a [`StoredModel`] with the name it is known by.
+pub trait Builtin: StoredModel {
+    /// Its name, which is also its projection's name.
+    const NAME: &'static str;
+    /// What it holds, in a line.
+    const ABOUT: &'static str;
+}
+
+/// The runner of built-in model `M` over `store`, as the `tidings` binary and server run
+/// it: versions in `$projection-<NAME>-v<N>`, saved every [`SAVE_EVERY`] events.
+pub async fn open<S: EventStore, M: Builtin>(
+    store: S,
+) -> Result<VersionedRunner<S, StoredVersions<S, M>>, ProjectionError> {
+    let versions = StoredVersions::new(M::NAME, store.clone());
+    VersionedRunner::builder(M::NAME, store, versions)
+        .checkpoint_policy(CheckpointPolicy::EveryEvents(SAVE_EVERY))
+        .open()
+        .await
+}
 
 /// Events per event type, with the position of the last one.
 ///
@@ -48,10 +69,12 @@ pub struct TypeCount {
     pub last_position: Position,
 }
 
-impl EventTypes {
-    /// The name the binary and the server know it by.
-    pub const NAME: &'static str = "event-types";
+impl Builtin for EventTypes {
+    const NAME: &'static str = "event-types";
+    const ABOUT: &'static str = "events and last position per event type";
+}
 
+impl EventTypes {
     /// Events of type `event_type` (0 if none).
     pub fn count(&self, event_type: &str) -> u64 {
         self.types.get(event_type).map_or(0, |t| t.events)
@@ -124,10 +147,13 @@ pub fn category(stream: &str) -> &str {
     stream.split_once('-').map_or(stream, |(c, _)| c)
 }
 
-impl Categories {
-    /// The name the binary and the server know it by.
-    pub const NAME: &'static str = "categories";
+impl Builtin for Categories {
+    const NAME: &'static str = "categories";
+    const ABOUT: &'static str =
+        "streams and events per stream category (the stream name up to its first `-`)";
+}
 
+impl Categories {
     /// One category's counts.
     pub fn get(&self, category: &str) -> Option<&CategoryCount> {
         self.categories.get(category)
