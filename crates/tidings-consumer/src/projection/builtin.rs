@@ -1,6 +1,6 @@
 //! The built-in read models an operator of a store asks for: what event types it holds,
 //! and what categories of streams. Both are [`StoredModel`]s, so
-//! [`StoredVersions`](super::StoredVersions) runs them blue/green; the `tidings` binary
+//! [`StoredVersions`] runs them blue/green; the `tidings` binary
 //! rebuilds them (`tidings projection rebuild`) and the server serves them
 //! (`GET /projections/{name}`).
 //!

@@ -218,3 +218,54 @@ impl<S: EventStore, M: StoredModel> VersionedProjection for StoredVersions<S, M>
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
+mod tests {
+    use super::*;
+    use crate::projection::builtin::EventTypes;
+    use tidings_core::event::{Enricher, NewEvent};
+    use tidings_core::store::{EventAppender, EventReader, InMemoryStore, ReadAll};
+
+    async fn events(store: &InMemoryStore, n: usize) -> Vec<RecordedEvent> {
+        let e = Enricher::new("test");
+        let batch = (0..n)
+            .map(|_| e.enrich(NewEvent::new("A", serde_json::json!({}))).unwrap())
+            .collect();
+        let stream = StreamId::new("a-1").unwrap();
+        store
+            .append(&stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+        store.read_all(ReadAll::new(0, 100)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_saved_model_skips_events_applied_again_and_two_writers_conflict() {
+        let store = InMemoryStore::new();
+        let all = events(&store, 3).await;
+        let versions = StoredVersions::<_, EventTypes>::new("types", store.clone());
+        let mut v1 = versions.open(1).await.unwrap();
+        for e in &all[..2] {
+            v1.apply(e).await.unwrap();
+        }
+        v1.flush().await.unwrap();
+
+        // Reopened (a restart from an older checkpoint): the first two come again.
+        let mut again = versions.open(1).await.unwrap();
+        assert_eq!((again.next(), again.model().count("A")), (2, 2));
+        for e in &all {
+            again.apply(e).await.unwrap();
+        }
+        assert_eq!((again.next(), again.model().count("A")), (3, 3));
+        again.flush().await.unwrap();
+
+        // v1 did not see that save: it may not overwrite it.
+        v1.apply(&all[2]).await.unwrap();
+        let err = v1.flush().await.unwrap_err();
+        assert!(err.message().contains("another instance"), "{err}");
+        assert_eq!(versions.open(1).await.unwrap().model().count("A"), 3);
+        // Other versions are other streams.
+        assert!(versions.open(2).await.unwrap().model().is_empty());
+    }
+}
