@@ -334,6 +334,7 @@ async fn show<S: EventStore, M: Render>(store: S, json: bool) -> Result<()> {
 }
 
 async fn rebuild<S: EventStore, M: Builtin>(store: S, json: bool) -> Result<()> {
+    let end = store.head().await?.map_or(0, |h| h + 1);
     let mut runner = builtin::open::<_, M>(store).await?;
     let from = runner.live_version();
     let target = runner.versions().rebuild_target();
@@ -347,7 +348,7 @@ async fn rebuild<S: EventStore, M: Builtin>(store: S, json: bool) -> Result<()> 
             "building from the start of the log"
         }
     );
-    let bar = progress::positions(0, &format!("{} v{target}", M::NAME));
+    let bar = progress::positions(end, &format!("{} v{target}", M::NAME));
     let report = runner
         .rebuild_with(|p: &RebuildProgress| {
             bar.set_length(p.end);
