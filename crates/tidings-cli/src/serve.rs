@@ -1,12 +1,25 @@
-//! `tidings serve`: the HTTP API, Server-Sent Events and the web console.
+//! `tidings serve`: the HTTP API, Server-Sent Events, consumer groups and the web console.
+//!
+//! The server serves the consumer groups of its store, so members in any language share
+//! them over HTTP. The embedded and in-memory stores' groups are hosted by the server
+//! ([`HostedGroups`]: settings, checkpoints and parked lists in the store's own
+//! `$groups`, `$checkpoint-…` and `$parked-…` streams; leases in the server's memory).
+//! On PostgreSQL they are [`PgGroups`], kept in the database's tables, leases included:
+//! several servers on one database serve the same groups, and a member may go on
+//! through any of them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tidings::EventStore;
+use tidings::consumer::HostedGroups;
+use tidings::group::Groups;
+use tidings::{EventStore, InMemoryStore};
+use tidings_log::LogStore;
+use tidings_postgres::{PgGroups, PgStore};
 use tidings_server::{AppState, Role, ServerConfig, Tokens};
 
 use crate::store::{StoreSpec, with_store};
@@ -96,22 +109,84 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     with_store!(spec, |store| serve_store(store, config, addr).await)
 }
 
-async fn serve_store<S: EventStore>(
-    store: S,
-    config: ServerConfig,
-    addr: SocketAddr,
-) -> Result<()> {
+/// The consumer groups a server serves.
+enum ServedGroups<S: EventStore> {
+    /// Hosted by this process over the store.
+    Hosted(HostedGroups<S>),
+    /// Kept in PostgreSQL.
+    Postgres(PgGroups),
+}
+
+impl<S: EventStore> ServedGroups<S> {
+    fn shared(&self) -> Arc<dyn Groups> {
+        match self {
+            Self::Hosted(g) => Arc::new(g.clone()),
+            Self::Postgres(g) => Arc::new(g.clone()),
+        }
+    }
+
+    /// Saves what the server holds when it stops.
+    async fn stop(&self) -> Result<()> {
+        match self {
+            // Saves each group's checkpoint, so a restart delivers as little again as it
+            // can.
+            Self::Hosted(g) => g
+                .shutdown()
+                .await
+                .context("cannot save the consumer groups' checkpoints"),
+            // Everything is in the database already, and members are not made to leave:
+            // their leases live there too, so they may go on through another server.
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+}
+
+/// A store whose consumer groups `tidings serve` knows how to serve.
+trait GroupHome: EventStore + Clone {
+    async fn served_groups(&self) -> Result<ServedGroups<Self>>;
+}
+
+async fn hosted<S: EventStore + Clone>(store: &S) -> Result<ServedGroups<S>> {
+    let groups = HostedGroups::open(store.clone())
+        .await
+        .context("cannot open the store's consumer groups")?;
+    Ok(ServedGroups::Hosted(groups))
+}
+
+impl GroupHome for InMemoryStore {
+    async fn served_groups(&self) -> Result<ServedGroups<Self>> {
+        hosted(self).await
+    }
+}
+
+impl GroupHome for LogStore {
+    async fn served_groups(&self) -> Result<ServedGroups<Self>> {
+        hosted(self).await
+    }
+}
+
+impl GroupHome for PgStore {
+    async fn served_groups(&self) -> Result<ServedGroups<Self>> {
+        Ok(ServedGroups::Postgres(self.groups()))
+    }
+}
+
+async fn serve_store<S: GroupHome>(store: S, config: ServerConfig, addr: SocketAddr) -> Result<()> {
     let description = config.store_description.clone();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (is another server running there?)"))?;
     let local = listener.local_addr()?;
-    let state = AppState::new(store, config);
+    let groups = store.served_groups().await?;
+    let state = AppState::with_groups(store, groups.shared(), config);
     println!("Tidings is listening on http://{local} (store: {description})");
     println!("Open the console at http://{local}/  ·  API: http://{local}/openapi.json");
-    tidings_server::serve(listener, state, tidings_server::shutdown_signal())
+    let served = tidings_server::serve(listener, state, tidings_server::shutdown_signal())
         .await
-        .context("the server failed")?;
+        .context("the server failed");
+    let stopped = groups.stop().await;
+    served?;
+    stopped?;
     println!("Tidings stopped cleanly.");
     Ok(())
 }

@@ -44,6 +44,7 @@ use super::reader::{ReaderGuard, read_log};
 use super::retry::{JitterRng, RetryPolicy};
 use super::stats::ConsumerStats;
 use tidings_core::event::{Clock, SystemClock};
+use tidings_core::group::Strategy;
 use tidings_core::store::{EventStore, Filter, Position, RecordedEvent, Revision};
 use tidings_core::stream::StreamId;
 
@@ -61,8 +62,17 @@ pub(crate) enum Origin {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
+    /// Waiting to be handed out, not before this instant.
     Ready { not_before: Instant },
-    InFlight { member: u64 },
+    /// Out with `member` under the hand-out `delivery` since `since`.
+    InFlight {
+        member: u64,
+        delivery: u64,
+        since: Instant,
+    },
+    /// Being written to the parked stream: neither ready nor held by anyone, and (for
+    /// per-stream order) still in its stream's way.
+    Parking,
 }
 
 #[derive(Debug)]
@@ -82,6 +92,10 @@ pub(crate) struct Counters {
     pub(crate) parked: u64,
     pub(crate) replayed: u64,
     pub(crate) released: u64,
+    pub(crate) skipped: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) expired: u64,
+    pub(crate) held: u64,
 }
 
 #[derive(Debug)]
@@ -108,7 +122,22 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     pub(crate) failed: Option<ConsumerError>,
     /// The last checkpoint saved.
-    saved_checkpoint: Position,
+    pub(crate) saved_checkpoint: Position,
+    /// How entries are handed out.
+    pub(crate) strategy: Strategy,
+    /// Which log events are buffered (applied as they are read).
+    pub(crate) filter: Filter,
+    /// Retries and parking.
+    pub(crate) retry: RetryPolicy,
+    /// At most this many unsettled log events are buffered.
+    pub(crate) buffer: usize,
+    /// The last hand-out's id.
+    pub(crate) next_delivery: u64,
+    /// Sequenced parking: log events of a stream with unresolved parked events are
+    /// parked behind them.
+    pub(crate) sequenced: bool,
+    /// Unresolved parked records per original stream (kept for sequenced parking).
+    pub(crate) parked_per_stream: std::collections::HashMap<StreamId, usize>,
 }
 
 impl State {
@@ -127,6 +156,50 @@ impl State {
         while self.settled_above.len() > keep {
             self.settled_above.pop_last();
         }
+    }
+
+    /// True when the log events of `stream` are parked behind a parked one.
+    pub(crate) fn blocked(&self, stream: &StreamId) -> bool {
+        self.sequenced && self.parked_per_stream.get(stream).is_some_and(|n| *n > 0)
+    }
+
+    /// One parked record of `stream` was resolved (acknowledged, skipped or deleted
+    /// after a replay, or parked anew).
+    pub(crate) fn parked_resolved(&mut self, stream: &StreamId) {
+        if let Some(n) = self.parked_per_stream.get_mut(stream) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.parked_per_stream.remove(stream);
+            }
+        }
+    }
+
+    /// Hands the entry `seq` to `member` with a fresh delivery id.
+    pub(crate) fn hand_out(&mut self, seq: u64, member: u64, now: Instant) -> Option<Handed> {
+        self.next_delivery += 1;
+        let delivery = self.next_delivery;
+        let entry = self.entries.get_mut(&seq)?;
+        entry.status = Status::InFlight {
+            member,
+            delivery,
+            since: now,
+        };
+        let handed = Handed {
+            seq,
+            delivery,
+            event: entry.event.clone(),
+            attempt: entry.failures + 1,
+            replay: matches!(entry.origin, Origin::Parked(_)),
+        };
+        self.counters.delivered += 1;
+        Some(handed)
+    }
+
+    /// True when entry `seq` is out under the hand-out `delivery`.
+    pub(crate) fn holds(&self, seq: u64, delivery: u64) -> bool {
+        self.entries.get(&seq).is_some_and(
+            |e| matches!(e.status, Status::InFlight { delivery: d, .. } if d == delivery),
+        )
     }
 
     pub(crate) fn push(&mut self, event: RecordedEvent, origin: Origin) {
@@ -152,12 +225,12 @@ impl State {
 /// What the group was built with.
 pub(crate) struct Shared<S, C> {
     pub(crate) name: String,
+    /// The checkpoint's name in the checkpoint store.
+    pub(crate) checkpoint_name: String,
     pub(crate) store: S,
     pub(crate) checkpoints: C,
     pub(crate) parked_stream: StreamId,
-    pub(crate) retry: RetryPolicy,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) buffer: usize,
     pub(crate) checkpoint_every: u64,
     pub(crate) state: Mutex<State>,
     /// Woken on every change a waiting member or the reader may care about.
@@ -176,6 +249,12 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
     /// Saves the checkpoint if it moved and `checkpoint_every` settled events passed
     /// since the last save (or `force`).
     pub(crate) async fn save_checkpoint(&self, force: bool) -> Result<(), ConsumerError> {
+        self.save_checkpoint_when(if force { Due::Always } else { Due::Every })
+            .await
+    }
+
+    /// Saves the checkpoint if it moved and `due` says so.
+    pub(crate) async fn save_checkpoint_when(&self, due: Due) -> Result<(), ConsumerError> {
         let mut saved = self.saved.lock().await;
         let (checkpoint, settled) = {
             let st = self.lock();
@@ -185,10 +264,18 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
             };
             (checkpoint, st.settled)
         };
-        let due = force || settled.saturating_sub(saved.1) >= self.checkpoint_every;
+        let due = match due {
+            Due::Always => true,
+            Due::Every => settled.saturating_sub(saved.1) >= self.checkpoint_every,
+            Due::Settled => settled != saved.1,
+        };
         let changed = checkpoint.next != saved.0 || settled != saved.1;
         if due && changed {
-            if let Err(e) = self.checkpoints.save(&self.name, &checkpoint).await {
+            if let Err(e) = self
+                .checkpoints
+                .save(&self.checkpoint_name, &checkpoint)
+                .await
+            {
                 if let CheckpointError::Conflict { .. } = e {
                     // Another instance owns the checkpoint: stop delivering rather than
                     // handle events twice over with nothing to show for it.
@@ -205,8 +292,34 @@ impl<S: EventStore, C: CheckpointStore> Shared<S, C> {
     }
 }
 
+/// When a checkpoint save is due (it is only written if the checkpoint moved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Now.
+    Always,
+    /// After `checkpoint_every` settled events.
+    Every,
+    /// After any settled event: a timer's save, which does not write again only
+    /// because the reader passed the checkpoint records it wrote itself.
+    Settled,
+}
+
+/// What a hosted group sets beyond the builder's public options.
+#[derive(Debug, Clone)]
+pub(crate) struct Hosting {
+    /// The checkpoint's name.
+    pub(crate) checkpoint_name: String,
+    /// The parked stream.
+    pub(crate) parked_stream: StreamId,
+    /// Where to start when no checkpoint was saved.
+    pub(crate) start: Position,
+    pub(crate) strategy: Strategy,
+    pub(crate) sequenced: bool,
+}
+
 /// Builds a [`ConsumerGroup`]; see [`ConsumerGroup::builder`].
 pub struct ConsumerGroupBuilder<S, C> {
+    hosting: Option<Hosting>,
     name: String,
     store: S,
     checkpoints: C,
@@ -236,6 +349,7 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
     /// `$checkpoint-<group>` stream.
     pub fn checkpoints<C2: CheckpointStore>(self, checkpoints: C2) -> ConsumerGroupBuilder<S, C2> {
         ConsumerGroupBuilder {
+            hosting: self.hosting,
             name: self.name,
             store: self.store,
             checkpoints,
@@ -294,32 +408,67 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
         self
     }
 
+    /// Hosted groups: their own checkpoint and parked stream names, start, strategy
+    /// and sequenced parking; the filter is applied as events are read, so it may
+    /// change while the group runs.
+    pub(crate) fn hosting(mut self, hosting: Hosting) -> Self {
+        self.hosting = Some(hosting);
+        self
+    }
+
     /// Loads the checkpoint and starts reading. Call inside a Tokio runtime.
     pub async fn start(self) -> Result<ConsumerGroup<S, C>, ConsumerError> {
         let invalid = |source| ConsumerError::InvalidName {
             name: self.name.clone(),
             source,
         };
-        let parked_stream = StreamId::system(&format!("$parked-{}", self.name)).map_err(invalid)?;
-        StreamId::system(&format!("$checkpoint-{}", self.name)).map_err(invalid)?;
-        let loaded = self.checkpoints.load(&self.name).await?.unwrap_or_default();
+        let (checkpoint_name, parked_stream, start, strategy, sequenced) = match &self.hosting {
+            Some(h) => (
+                h.checkpoint_name.clone(),
+                h.parked_stream.clone(),
+                h.start,
+                h.strategy,
+                h.sequenced,
+            ),
+            None => (
+                self.name.clone(),
+                StreamId::system(&format!("$parked-{}", self.name)).map_err(invalid)?,
+                0,
+                Strategy::Pinned,
+                false,
+            ),
+        };
+        StreamId::system(&format!("$checkpoint-{checkpoint_name}")).map_err(invalid)?;
+        let loaded = self
+            .checkpoints
+            .load(&checkpoint_name)
+            .await?
+            .unwrap_or_else(|| Checkpoint::at(start));
         let from = loaded.next;
         let mut settled_above: BTreeSet<Position> =
             loaded.settled.into_iter().filter(|&p| p > from).collect();
         while settled_above.len() > self.buffer {
             settled_above.pop_last();
         }
+        // Unresolved parked events per stream, for sequenced parking (kept for every
+        // hosted group: sequenced parking may be switched on later).
+        let mut parked_per_stream = std::collections::HashMap::new();
+        if self.hosting.is_some() {
+            for p in read_parked(&self.store, &self.name, &parked_stream).await? {
+                *parked_per_stream.entry(p.event.stream).or_insert(0) += 1;
+            }
+        }
         let rng = self
             .seed
             .map_or_else(JitterRng::from_entropy, JitterRng::new);
+        let dynamic_filter = self.hosting.is_some();
         let shared = Arc::new(Shared {
             name: self.name,
+            checkpoint_name,
             store: self.store,
             checkpoints: self.checkpoints,
             parked_stream,
-            retry: self.retry,
             clock: self.clock,
-            buffer: self.buffer,
             checkpoint_every: self.checkpoint_every,
             state: Mutex::new(State {
                 entries: BTreeMap::new(),
@@ -337,12 +486,26 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
                 closed: false,
                 failed: None,
                 saved_checkpoint: from,
+                strategy,
+                filter: self.filter.clone(),
+                retry: self.retry,
+                buffer: self.buffer,
+                next_delivery: 0,
+                sequenced,
+                parked_per_stream,
             }),
             changed: Notify::new(),
             saved: tokio::sync::Mutex::new((from, 0)),
         });
         tracing::info!(group = %shared.name, from, "consumer group starting");
-        let reader = tokio::spawn(read_log(shared.clone(), from, self.filter));
+        // A hosted group's filter may change: it reads everything and filters as it
+        // buffers.
+        let subscription = if dynamic_filter {
+            Filter::all()
+        } else {
+            self.filter
+        };
+        let reader = tokio::spawn(read_log(shared.clone(), from, subscription));
         Ok(ConsumerGroup {
             shared,
             _reader: Arc::new(ReaderGuard(reader)),
@@ -401,6 +564,7 @@ impl<S: EventStore> ConsumerGroup<S, StoreCheckpoints<S>> {
         store: S,
     ) -> ConsumerGroupBuilder<S, StoreCheckpoints<S>> {
         ConsumerGroupBuilder {
+            hosting: None,
             name: name.into(),
             checkpoints: StoreCheckpoints::new(store.clone()),
             store,
@@ -487,9 +651,10 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroup<S, C> {
         select: impl Fn(&ParkedEvent) -> bool,
     ) -> Result<usize, ConsumerError> {
         let parked = self.parked().await?;
+        let selected: Vec<ParkedEvent> = parked.into_iter().filter(|p| select(p)).collect();
         let mut st = self.shared.lock();
         let mut queued = 0;
-        for p in parked.into_iter().filter(|p| select(p)) {
+        for p in in_stream_order(selected) {
             if st.replaying.insert(p.parked_revision) {
                 st.push(p.event, Origin::Parked(p.parked_revision));
                 st.counters.replayed += 1;
@@ -529,16 +694,11 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroup<S, C> {
                 if st.closed {
                     return Ok(None);
                 }
-                let now = Instant::now();
-                let (candidate, earliest) = pick(&st, now);
-                match candidate {
-                    None => earliest,
-                    Some(seq) => match st.breaker.permit(now) {
-                        Permit::Allowed => return Ok(self.hand_out(&mut st, seq, member, false)),
-                        Permit::Trial => return Ok(self.hand_out(&mut st, seq, member, true)),
-                        Permit::WaitUntil(t) => Some(t),
-                        Permit::WaitForTrial => None,
-                    },
+                match take_now(&mut st, member, Instant::now()) {
+                    Take::Handed(h, trial) => {
+                        return Ok(Some(Delivery::new(self.shared.clone(), h, member, trial)));
+                    }
+                    Take::WaitUntil(t) => t,
                 }
             };
             match wake_at {
@@ -552,36 +712,77 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroup<S, C> {
             }
         }
     }
+}
 
-    fn hand_out(
-        &self,
-        st: &mut State,
-        seq: u64,
-        member: u64,
-        trial: bool,
-    ) -> Option<Delivery<S, C>> {
-        let entry = st.entries.get_mut(&seq)?;
-        entry.status = Status::InFlight { member };
-        let (event, attempt) = (entry.event.clone(), entry.failures + 1);
-        st.counters.delivered += 1;
-        Some(Delivery::new(
-            self.shared.clone(),
-            seq,
-            member,
-            event,
-            attempt,
-            trial,
-        ))
+/// `parked` (oldest first) reordered so that each stream's events come in their
+/// original log order, while the streams keep their slots: the parked order of a
+/// stream may differ from its log order after sequenced parking or a replay.
+pub(crate) fn in_stream_order(parked: Vec<ParkedEvent>) -> Vec<ParkedEvent> {
+    let mut per_stream: std::collections::HashMap<StreamId, Vec<ParkedEvent>> =
+        std::collections::HashMap::new();
+    let order: Vec<StreamId> = parked.iter().map(|p| p.event.stream.clone()).collect();
+    for p in parked {
+        per_stream
+            .entry(p.event.stream.clone())
+            .or_default()
+            .push(p);
+    }
+    for list in per_stream.values_mut() {
+        // Popped from the back: the highest position last.
+        list.sort_by_key(|p| std::cmp::Reverse(p.event.position));
+    }
+    order
+        .into_iter()
+        .filter_map(|stream| per_stream.get_mut(&stream).and_then(Vec::pop))
+        .collect()
+}
+
+/// One hand-out of an entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Handed {
+    pub(crate) seq: u64,
+    pub(crate) delivery: u64,
+    pub(crate) event: RecordedEvent,
+    pub(crate) attempt: u32,
+    pub(crate) replay: bool,
+}
+
+/// What [`take_now`] found.
+#[allow(clippy::large_enum_variant)] // short-lived, never stored
+pub(crate) enum Take {
+    /// Handed out (the flag: as the breaker's half-open trial).
+    Handed(Handed, bool),
+    /// Nothing now; try again at this instant (None: when something changes).
+    WaitUntil(Option<Instant>),
+}
+
+/// Hands the next ready entry to `member` if the strategy and the breaker allow.
+pub(crate) fn take_now(st: &mut State, member: u64, now: Instant) -> Take {
+    let (candidate, earliest) = pick(st, now);
+    let Some(seq) = candidate else {
+        return Take::WaitUntil(earliest);
+    };
+    let trial = match st.breaker.permit(now) {
+        Permit::Allowed => false,
+        Permit::Trial => true,
+        Permit::WaitUntil(t) => return Take::WaitUntil(Some(t)),
+        Permit::WaitForTrial => return Take::WaitUntil(None),
+    };
+    match st.hand_out(seq, member, now) {
+        Some(h) => Take::Handed(h, trial),
+        None => Take::WaitUntil(None),
     }
 }
 
-/// The entry to deliver now (the oldest ready head of a stream), and otherwise the
-/// earliest instant a head becomes ready.
+/// The entry to deliver now, and otherwise the earliest instant one becomes ready.
+/// Pinned: the oldest ready head of a stream (an entry whose stream has no earlier
+/// unsettled entry). Round-robin: the oldest ready entry.
 fn pick(st: &State, now: Instant) -> (Option<u64>, Option<Instant>) {
+    let pinned = st.strategy == Strategy::Pinned;
     let mut held: HashSet<&StreamId> = HashSet::new();
     let mut earliest: Option<Instant> = None;
     for (seq, e) in &st.entries {
-        if !held.insert(&e.event.stream) {
+        if pinned && !held.insert(&e.event.stream) {
             continue;
         }
         if let Status::Ready { not_before } = e.status {

@@ -16,6 +16,10 @@
 //! - [`BrokerConsumer`] — the same guarantees for a consumer group on a message broker
 //!   (`Transport`): retries, dead letters, breaker, upcasting, an [`Inbox`]
 //!   ([`StoreInbox`] keeps handled ids in `$inbox-<name>`).
+//! - [`HostedGroups`] — consumer groups shared by processes
+//!   ([`Groups`](tidings_core::group::Groups)): any number of named groups of one store,
+//!   settings kept in the store, members anywhere holding leases; [`GroupWorker`] runs
+//!   a handler as one member of a group of any backend.
 //! - [`relay`] — the [`OutboxRelay`]: the store's log published to a broker, confirmed,
 //!   in order, from a fenced checkpoint.
 //!
@@ -56,6 +60,7 @@ mod checkpoint;
 mod delivery;
 mod error;
 mod group;
+mod hosted;
 mod idempotent;
 mod inbox;
 pub mod parked;
@@ -64,6 +69,7 @@ mod reader;
 pub mod relay;
 mod retry;
 mod stats;
+mod worker;
 
 pub use breaker::{BreakerState, CircuitBreaker, Permit};
 pub use broker::{
@@ -76,6 +82,7 @@ pub use checkpoint::{
 pub use delivery::{Delivery, Member};
 pub use error::ConsumerError;
 pub use group::{ConsumerGroup, ConsumerGroupBuilder, DEFAULT_BUFFER};
+pub use hosted::{GROUPS_STREAM, GroupStats, HostedGroups};
 pub use idempotent::{DEFAULT_SEEN_CAPACITY, Idempotent, SeenEvents};
 pub use inbox::{
     DEFAULT_INBOX_WINDOW, INBOX_EVENT_TYPE, Inbox, InboxError, NoInbox, StoreInbox, inbox_stream,
@@ -84,3 +91,4 @@ pub use parked::ParkedEvent;
 pub use relay::{OutboxRelay, RelayError, RelayStats};
 pub use retry::{Jitter, JitterRng, RetryPolicy};
 pub use stats::ConsumerStats;
+pub use worker::{DEFAULT_WORKER_BATCH, DEFAULT_WORKER_WAIT, GroupWorker, WorkerStats};

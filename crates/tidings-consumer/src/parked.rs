@@ -6,15 +6,18 @@
 //! ```text
 //! eventType  $Parked
 //! data       {"stream", "revision", "position", "recordedAt", "event": the envelope}
-//! metadata   parkedReason, parkedAttempts, originalStream, originalPosition,
+//! metadata   parkedReason, parkedAttempts, parkedHeld (sequenced parking only),
+//!            originalStream, originalPosition,
 //!            originalRevision, originalEventId; correlation id copied from the original,
 //!            causation id = the original's event id
 //! ```
 //!
 //! The stream is append-only. A replay queues parked events in the group again; when a
-//! replayed delivery is settled — acknowledged, or parked anew after its attempts — the
-//! group appends a `$ParkedResolved` record `{"parkedRevision": n, "outcome": ...}` (in
-//! the same atomic append as the new `$Parked` record when parked anew). The parked
+//! replayed delivery is settled — acknowledged, skipped, or parked anew after its
+//! attempts — the group appends a `$ParkedResolved` record `{"parkedRevision": n,
+//! "outcome": "acked" | "skipped" | "parked-again"}` (in the same atomic append as the
+//! new `$Parked` record when parked anew); deleting a parked event appends one with
+//! the outcome `"deleted"`. The parked
 //! *list* is every `$Parked` record without a `$ParkedResolved` naming it. A crash after
 //! a replayed event was handled but before its resolution was written leaves it listed:
 //! replay is at-least-once, like everything else.
@@ -47,6 +50,9 @@ pub struct ParkedEvent {
     pub attempts: u32,
     /// The original event, with its stream, revision and position.
     pub event: RecordedEvent,
+    /// True when it was parked behind an earlier parked event of its stream
+    /// (sequenced parking) without being delivered.
+    pub held: bool,
 }
 
 /// The original event as a parked record keeps it. (Not `RecordedEvent` itself: its
@@ -65,7 +71,9 @@ struct Original {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resolution {
     Acked,
+    Skipped,
     ParkedAgain,
+    Deleted,
 }
 
 /// The `$Parked` record for `event`.
@@ -74,6 +82,7 @@ pub(crate) fn parked_record(
     event: &RecordedEvent,
     reason: &str,
     attempts: u32,
+    held: bool,
 ) -> Event {
     let mut metadata = Metadata {
         correlation_id: event.metadata.correlation_id.clone(),
@@ -91,6 +100,11 @@ pub(crate) fn parked_record(
     ] {
         metadata.extra.insert(k.to_owned(), v);
     }
+    if held {
+        metadata
+            .extra
+            .insert("parkedHeld".to_owned(), "true".to_owned());
+    }
     let original = Original {
         stream: event.stream.clone(),
         revision: event.revision,
@@ -107,7 +121,9 @@ pub(crate) fn parked_record(
 pub(crate) fn resolved_record(clock: &dyn Clock, revision: Revision, how: Resolution) -> Event {
     let outcome = match how {
         Resolution::Acked => "acked",
+        Resolution::Skipped => "skipped",
         Resolution::ParkedAgain => "parked-again",
+        Resolution::Deleted => "deleted",
     };
     let data = json!({ "parkedRevision": revision, "outcome": outcome });
     system_event(
@@ -188,6 +204,7 @@ pub(crate) async fn read_parked<R: EventReader>(
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
             event,
+            held: extra.get("parkedHeld").is_some_and(|h| h == "true"),
         });
     }
     Ok(out)

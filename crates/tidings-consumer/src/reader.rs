@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::checkpoint::CheckpointStore;
+use super::delivery::hold_behind;
 use super::error::ConsumerError;
 use super::group::{Origin, Shared};
 use tidings_core::store::{EventStore, Filter, Position, Start};
@@ -36,42 +37,61 @@ pub(crate) async fn read_log<S: EventStore, C: CheckpointStore>(
                 if st.closed {
                     return;
                 }
-                if st.log_pending.len() < shared.buffer {
+                if st.log_pending.len() < st.buffer {
                     break;
                 }
             }
             changed.await;
         }
         let item = events.next().await;
-        let mut st = shared.lock();
-        match item {
-            Some(Ok(event)) => {
-                st.read_upto = st.read_upto.max(event.position + 1);
-                // Settled before a restart (saved with the checkpoint): skip.
-                let settled = st.settled_above.contains(&event.position);
-                if !event.stream.is_system() && !settled {
-                    st.push(event, Origin::Log);
+        let (stop, hold) = {
+            let mut st = shared.lock();
+            let mut hold = Vec::new();
+            match item {
+                Some(Ok(event)) => {
+                    st.read_upto = st.read_upto.max(event.position + 1);
+                    // Settled before a restart (saved with the checkpoint): skip.
+                    let settled = st.settled_above.contains(&event.position);
+                    let wanted = st.filter.matches(event.stream.as_str(), &event.event_type);
+                    if !event.stream.is_system() && !settled && wanted {
+                        let stream = event.stream.clone();
+                        st.push(event, Origin::Log);
+                        hold = hold_behind(&mut st, &stream);
+                    }
+                }
+                Some(Err(source)) => {
+                    tracing::error!(group = %shared.name, error = %source, "consumer group subscription failed");
+                    st.failed = Some(ConsumerError::Subscription {
+                        group: shared.name.clone(),
+                        source,
+                    });
+                }
+                None => {
+                    st.failed = Some(ConsumerError::Subscription {
+                        group: shared.name.clone(),
+                        source: tidings_core::store::StoreError::Closed,
+                    });
                 }
             }
-            Some(Err(source)) => {
-                tracing::error!(group = %shared.name, error = %source, "consumer group subscription failed");
-                st.failed = Some(ConsumerError::Subscription {
-                    group: shared.name.clone(),
-                    source,
-                });
-            }
-            None => {
-                st.failed = Some(ConsumerError::Subscription {
-                    group: shared.name.clone(),
-                    source: tidings_core::store::StoreError::Closed,
-                });
-            }
-        }
-        let stop = st.failed.is_some();
-        drop(st);
+            (st.failed.is_some(), hold)
+        };
         shared.changed.notify_waiters();
         if stop {
             return;
+        }
+        // Sequenced parking: the stream has unresolved parked events, so this one is
+        // parked behind them without being delivered.
+        for seq in hold {
+            let reason = {
+                let st = shared.lock();
+                let first = st.entries.get(&seq).map(|e| e.event.stream.clone());
+                first.map(|s| format!("held behind the parked events of stream {s}"))
+            };
+            if let Some(reason) = reason {
+                if let Err(e) = shared.park_entry(seq, &reason, 0, true).await {
+                    tracing::warn!(group = %shared.name, error = %e, "could not park a held event; it is delivered instead");
+                }
+            }
         }
     }
 }

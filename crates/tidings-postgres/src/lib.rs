@@ -27,11 +27,18 @@
 //! never repeats the effect. With the cargo feature `inbox` (off by default, so the crate
 //! depends on `tidings-core` alone otherwise) it also implements
 //! `tidings_consumer::Inbox`.
+//!
+//! [`PgGroups`] keeps consumer groups (`tidings_core::group::Groups`) in the same schema:
+//! settings, member leases, in-flight messages and parked lists are rows, so members in
+//! any number of processes share a group directly, and a member's messages go to others
+//! once its lease lapses, even when its process was killed
+//! (`docs/decisions/0014-postgres-groups.md`).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod append;
 mod error;
+mod groups;
 mod inbox;
 mod listener;
 mod migrate;
@@ -41,6 +48,9 @@ mod store;
 mod writer;
 
 pub use error::PgStoreError;
+pub use groups::{
+    DEFAULT_GROUP_LOCK_TIMEOUT, DEFAULT_GROUP_POLL, DEFAULT_GROUP_STATEMENT_TIMEOUT, PgGroups,
+};
 pub use inbox::{DEFAULT_INBOX_RETENTION, HandleError, Handled, PgInbox, PgInboxError};
 pub use options::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PgStoreBuilder};
 pub use store::PgStore;

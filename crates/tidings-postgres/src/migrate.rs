@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "inbox",
         sql: include_str!("../sql/migrations/0002_inbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "groups",
+        sql: include_str!("../sql/migrations/0003_groups.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

@@ -363,6 +363,8 @@ function route() {
   if (parts[0] === "tail") return tailPage(params);
   if (parts[0] === "correlation" && parts.length === 2) return correlationPage(parts[1]);
   if (parts[0] === "correlation") return correlationForm();
+  if (parts[0] === "groups" && parts.length === 2) return groupPage(parts[1]);
+  if (parts[0] === "groups") return groupsPage();
   return streamsPage(params);
 }
 

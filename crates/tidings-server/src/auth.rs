@@ -20,11 +20,12 @@ use crate::problem::Problem;
 /// What a token may do. Roles are ordered: each includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    /// Reads, subscriptions, the console.
+    /// Reads, subscriptions, the console, and consuming from consumer groups.
     ReadOnly,
     /// Reads and appends.
     ReadWrite,
-    /// Everything, including `/metrics`.
+    /// Everything, including `/metrics`, managing consumer groups and their parked
+    /// messages.
     Admin,
 }
 
@@ -241,10 +242,27 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if path == "/metrics" {
         return Some(Role::Admin);
     }
+    if path == "/groups" || path.starts_with("/groups/") {
+        return Some(group_role(method, path));
+    }
     if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
         Some(Role::ReadOnly)
     } else {
         Some(Role::ReadWrite)
+    }
+}
+
+/// Consumer groups: consuming is reading, so looking at groups and everything a member
+/// does (join, heartbeat, leave, fetch, stream, settle) needs a read-only token; creating,
+/// changing and deleting groups, and replaying or deleting parked messages, need admin.
+fn group_role(method: &Method, path: &str) -> Role {
+    let read = method == Method::GET || method == Method::HEAD || method == Method::OPTIONS;
+    // "/groups/{group}/members…" is a member's business.
+    let member = path.split('/').nth(3) == Some("members");
+    if read || member {
+        Role::ReadOnly
+    } else {
+        Role::Admin
     }
 }
 
@@ -284,6 +302,43 @@ mod tests {
         assert!(t.authorize(&Method::GET, "/metrics", Some(&w)).is_err());
         assert!(t.authorize(&Method::GET, "/metrics", Some(&a)).is_ok());
         assert!(Tokens::none().authorize(&Method::POST, "/x", None).is_ok());
+    }
+
+    #[test]
+    fn consuming_is_reading_and_managing_groups_is_admin() {
+        let cases = [
+            (Method::GET, "/groups", Role::ReadOnly),
+            (Method::POST, "/groups", Role::Admin),
+            (Method::GET, "/groups/g", Role::ReadOnly),
+            (Method::PUT, "/groups/g", Role::Admin),
+            (Method::DELETE, "/groups/g", Role::Admin),
+            (Method::POST, "/groups/g/members", Role::ReadOnly),
+            (
+                Method::POST,
+                "/groups/g/members/m/heartbeat",
+                Role::ReadOnly,
+            ),
+            (Method::DELETE, "/groups/g/members/m", Role::ReadOnly),
+            (Method::GET, "/groups/g/members/m/messages", Role::ReadOnly),
+            (Method::GET, "/groups/g/members/m/stream", Role::ReadOnly),
+            (Method::POST, "/groups/g/members/m/settle", Role::ReadOnly),
+            (
+                Method::POST,
+                "/groups/g/members/m/messages/1/ack",
+                Role::ReadOnly,
+            ),
+            (Method::GET, "/groups/g/parked", Role::ReadOnly),
+            (Method::POST, "/groups/g/parked/replay", Role::Admin),
+            (Method::DELETE, "/groups/g/parked", Role::Admin),
+            (Method::POST, "/groups/g/parked/1/replay", Role::Admin),
+            (Method::DELETE, "/groups/g/parked/1", Role::Admin),
+            // A group called "members" is managed like any other.
+            (Method::DELETE, "/groups/members", Role::Admin),
+            (Method::POST, "/groupsx", Role::ReadWrite),
+        ];
+        for (method, path, role) in cases {
+            assert_eq!(required_role(&method, path), Some(role), "{method} {path}");
+        }
     }
 
     #[test]

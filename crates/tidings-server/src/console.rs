@@ -17,6 +17,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../assets/app.js"),
     ),
     (
+        "groups.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/groups.js"),
+    ),
+    (
         "app.css",
         "text/css; charset=utf-8",
         include_str!("../assets/app.css"),

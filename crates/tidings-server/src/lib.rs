@@ -32,6 +32,22 @@
 //! | `GET /` | the web console |
 //!
 //! The four read routes answer in CloudEvents when `Accept` asks for it; see [`format`](mod@format).
+//!
+//! With consumer groups ([`AppState::with_groups`]), members in any language share the
+//! work of a group over HTTP ([`groups`](mod@groups), [`groups_sse`](mod@groups_sse)):
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /groups`, `POST /groups` | list groups; create one (`{"name", "settings"}`) |
+//! | `GET`, `PUT`, `DELETE /groups/{group}` | describe (lag, members, in flight, parked); change settings; delete |
+//! | `POST /groups/{group}/members` | join (`{"name"}`): the member's lease |
+//! | `POST /groups/{group}/members/{member}/heartbeat`, `DELETE /groups/{group}/members/{member}` | keep the lease; leave |
+//! | `GET /groups/{group}/members/{member}/messages` | long-poll for messages (`max`, `waitMs`) |
+//! | `GET /groups/{group}/members/{member}/stream` | messages as Server-Sent Events (`max` unsettled at once) |
+//! | `POST /groups/{group}/members/{member}/settle` | settle a batch (`ack`, `retry`, `park`, `skip`) |
+//! | `POST /groups/{group}/members/{member}/messages/{id}/{action}` | settle one message |
+//! | `GET /groups/{group}/parked`, `POST …/parked/replay`, `DELETE …/parked` | list, replay, delete parked messages |
+//! | `POST /groups/{group}/parked/{id}/replay`, `DELETE /groups/{group}/parked/{id}` | replay or delete one |
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -40,6 +56,9 @@ pub mod append;
 pub mod auth;
 mod console;
 pub mod format;
+pub mod groups;
+mod groups_openapi;
+pub mod groups_sse;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -57,12 +76,14 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use tidings::group::Groups;
 use tidings::{Enricher, EventStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::Admission;
+use crate::groups_sse::GroupStreams;
 
 pub use auth::{Role, Tokens};
 pub use metrics::Metrics;
@@ -140,6 +161,8 @@ impl<S> Clone for AppState<S> {
 
 struct Inner<S> {
     store: S,
+    groups: Option<Arc<dyn Groups>>,
+    group_streams: GroupStreams,
     config: ServerConfig,
     enricher: Enricher,
     metrics: Metrics,
@@ -151,12 +174,37 @@ struct Inner<S> {
 }
 
 impl<S: EventStore> AppState<S> {
-    /// State serving `store` with `config`.
+    /// State serving `store` with `config`, without consumer groups (their routes
+    /// answer 501).
     pub fn new(store: S, config: ServerConfig) -> Self {
+        Self::build(store, None, config)
+    }
+
+    /// State serving `store` and its consumer groups `groups` with `config`.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use tidings::InMemoryStore;
+    /// use tidings::consumer::HostedGroups;
+    /// use tidings_server::{AppState, ServerConfig};
+    /// let store = InMemoryStore::new();
+    /// let groups = HostedGroups::open(store.clone()).await.unwrap();
+    /// let state = AppState::with_groups(store, Arc::new(groups), ServerConfig::default());
+    /// assert!(state.groups().is_some());
+    /// # });
+    /// ```
+    pub fn with_groups(store: S, groups: Arc<dyn Groups>, config: ServerConfig) -> Self {
+        Self::build(store, Some(groups), config)
+    }
+
+    fn build(store: S, groups: Option<Arc<dyn Groups>>, config: ServerConfig) -> Self {
         let enricher = Enricher::new(config.default_source.clone());
         Self {
             inner: Arc::new(Inner {
                 store,
+                groups,
+                group_streams: GroupStreams::default(),
                 enricher,
                 metrics: Metrics::default(),
                 admission: Admission::new(&config),
@@ -172,6 +220,11 @@ impl<S: EventStore> AppState<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// The consumer groups served, if any.
+    pub fn groups(&self) -> Option<&Arc<dyn Groups>> {
+        self.inner.groups.as_ref()
     }
 
     /// The configuration.
@@ -226,6 +279,54 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
         .route(
             "/subscribe/streams/{stream}",
             get(sse::subscribe_stream::<S>),
+        )
+        .route("/groups", get(groups::list::<S>).post(groups::create::<S>))
+        .route(
+            "/groups/{group}",
+            get(groups::describe::<S>)
+                .put(groups::update::<S>)
+                .delete(groups::delete::<S>),
+        )
+        .route("/groups/{group}/members", post(groups::join::<S>))
+        .route(
+            "/groups/{group}/members/{member}",
+            axum::routing::delete(groups::leave::<S>),
+        )
+        .route(
+            "/groups/{group}/members/{member}/heartbeat",
+            post(groups::heartbeat::<S>),
+        )
+        .route(
+            "/groups/{group}/members/{member}/messages",
+            get(groups::fetch::<S>),
+        )
+        .route(
+            "/groups/{group}/members/{member}/messages/{id}/{action}",
+            post(groups::settle_one::<S>),
+        )
+        .route(
+            "/groups/{group}/members/{member}/stream",
+            get(groups_sse::stream::<S>),
+        )
+        .route(
+            "/groups/{group}/members/{member}/settle",
+            post(groups::settle::<S>),
+        )
+        .route(
+            "/groups/{group}/parked",
+            get(groups::parked::<S>).delete(groups::delete_parked::<S>),
+        )
+        .route(
+            "/groups/{group}/parked/replay",
+            post(groups::replay_parked::<S>),
+        )
+        .route(
+            "/groups/{group}/parked/{id}",
+            axum::routing::delete(groups::delete_parked_one::<S>),
+        )
+        .route(
+            "/groups/{group}/parked/{id}/replay",
+            post(groups::replay_parked_one::<S>),
         )
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready::<S>))

@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tidings::group::GroupDescription;
 
 /// Upper bounds, in seconds, of the append-commit histogram's buckets.
 pub const COMMIT_BUCKETS: [f64; 14] = [
@@ -27,8 +28,8 @@ pub const COMMIT_BUCKETS: [f64; 14] = [
 ];
 
 /// Status codes counted one by one; anything else lands in `other`.
-const STATUSES: [u16; 16] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503, 504,
+const STATUSES: [u16; 18] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 500, 501, 503, 504,
 ];
 
 /// A gauge of unsigned values.
@@ -38,6 +39,12 @@ type GaugeU64 = Gauge<u64, AtomicU64>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     status: Status,
+}
+
+/// The `group` label of the consumer-group gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
 }
 
 /// A counted status code, or `other`.
@@ -214,8 +221,59 @@ impl Metrics {
     /// The text exposition of every counter, plus the given gauges (each left out when
     /// unknown).
     pub fn encode(&self, head: Option<u64>, store_bytes: Option<u64>) -> String {
+        self.encode_with_groups(head, store_bytes, &[])
+    }
+
+    /// [`Metrics::encode`], plus one gauge of each kind per consumer group, labelled
+    /// `group`: `tidings_group_lag`, `tidings_group_in_flight`, `tidings_group_members`
+    /// and `tidings_group_parked`.
+    pub fn encode_with_groups(
+        &self,
+        head: Option<u64>,
+        store_bytes: Option<u64>,
+        groups: &[GroupDescription],
+    ) -> String {
         // The gauges known only at scrape time live in a registry of their own.
         let mut scrape = Registry::default();
+        if !groups.is_empty() {
+            let family = |scrape: &mut Registry,
+                          name: &str,
+                          help: &str,
+                          value: &dyn Fn(&GroupDescription) -> u64| {
+                let f = Family::<GroupLabels, GaugeU64>::default();
+                for g in groups {
+                    f.get_or_create(&GroupLabels {
+                        group: g.name.clone(),
+                    })
+                    .set(value(g));
+                }
+                scrape.register(name, help, f);
+            };
+            family(
+                &mut scrape,
+                "tidings_group_lag",
+                "Log positions between a consumer group's checkpoint and the head",
+                &|g| g.lag,
+            );
+            family(
+                &mut scrape,
+                "tidings_group_in_flight",
+                "Messages out with a consumer group's members",
+                &|g| g.in_flight as u64,
+            );
+            family(
+                &mut scrape,
+                "tidings_group_members",
+                "Live members of a consumer group",
+                &|g| g.members.len() as u64,
+            );
+            family(
+                &mut scrape,
+                "tidings_group_parked",
+                "Messages in a consumer group's parked list",
+                &|g| g.parked,
+            );
+        }
         let mut gauge = |name: &str, help: &str, value: Option<u64>| {
             if let Some(v) = value {
                 scrape.register(name, help, ConstGauge::new(v));
@@ -262,6 +320,49 @@ mod tests {
     }
 
     #[test]
+    fn exposes_each_groups_gauges() {
+        let mut billing = GroupDescription {
+            name: "billing".to_owned(),
+            settings: tidings::group::GroupSettings::default(),
+            checkpoint: 3,
+            head: 10,
+            lag: 7,
+            members: Vec::new(),
+            in_flight: 2,
+            parked: 1,
+        };
+        billing.members.push(tidings::group::MemberInfo {
+            member: "m1".to_owned(),
+            name: "worker".to_owned(),
+            in_flight: 2,
+            lease_left: Duration::from_secs(5),
+        });
+        let idle = GroupDescription {
+            name: "idle".to_owned(),
+            lag: 0,
+            in_flight: 0,
+            parked: 0,
+            members: Vec::new(),
+            ..billing.clone()
+        };
+        let text = Metrics::default().encode_with_groups(Some(9), None, &[billing, idle]);
+        for sample in [
+            "# TYPE tidings_group_lag gauge\n",
+            "tidings_group_lag{group=\"billing\"} 7\n",
+            "tidings_group_in_flight{group=\"billing\"} 2\n",
+            "tidings_group_members{group=\"billing\"} 1\n",
+            "tidings_group_parked{group=\"billing\"} 1\n",
+            "tidings_group_lag{group=\"idle\"} 0\n",
+            "tidings_group_members{group=\"idle\"} 0\n",
+            "tidings_head_position 9\n",
+            "tidings_appends_total 0\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
     fn exposes_the_names_dashboards_use() {
         let text = Metrics::default().encode(Some(1), Some(2));
         for sample in [
@@ -292,6 +393,7 @@ mod tests {
             "the exposition is not closed:\n{text}"
         );
         let unknown = Metrics::default().encode(None, None);
+        assert!(!unknown.contains("tidings_group_"));
         assert!(!unknown.contains("tidings_head_position"));
         assert!(!unknown.contains("tidings_store_bytes"));
     }

@@ -19,6 +19,26 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/projections/{name}"),
     ("get", "/subscribe/all"),
     ("get", "/subscribe/streams/{stream}"),
+    ("get", "/groups"),
+    ("post", "/groups"),
+    ("get", "/groups/{group}"),
+    ("put", "/groups/{group}"),
+    ("delete", "/groups/{group}"),
+    ("post", "/groups/{group}/members"),
+    ("delete", "/groups/{group}/members/{member}"),
+    ("post", "/groups/{group}/members/{member}/heartbeat"),
+    ("get", "/groups/{group}/members/{member}/messages"),
+    (
+        "post",
+        "/groups/{group}/members/{member}/messages/{id}/{action}",
+    ),
+    ("get", "/groups/{group}/members/{member}/stream"),
+    ("post", "/groups/{group}/members/{member}/settle"),
+    ("get", "/groups/{group}/parked"),
+    ("delete", "/groups/{group}/parked"),
+    ("post", "/groups/{group}/parked/replay"),
+    ("delete", "/groups/{group}/parked/{id}"),
+    ("post", "/groups/{group}/parked/{id}/replay"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -26,29 +46,29 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
-fn problem(description: &str) -> Value {
+pub(crate) fn problem(description: &str) -> Value {
     json!({
         "description": description,
         "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
     })
 }
 
-fn ok_json(description: &str, schema: Value) -> Value {
+pub(crate) fn ok_json(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
-fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
+pub(crate) fn param(name: &str, location: &str, description: &str, schema: Value) -> Value {
     json!({
         "name": name, "in": location, "required": location == "path",
         "description": description, "schema": schema
     })
 }
 
-fn string() -> Value {
+pub(crate) fn string() -> Value {
     json!({ "type": "string" })
 }
 
-fn integer() -> Value {
+pub(crate) fn integer() -> Value {
     json!({ "type": "integer", "minimum": 0 })
 }
 
@@ -88,6 +108,22 @@ fn sse_response() -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = base_document();
+    if let (Some(Value::Object(paths)), Value::Object(more)) =
+        (doc.get_mut("paths"), crate::groups_openapi::paths())
+    {
+        paths.extend(more);
+    }
+    if let (Some(Value::Object(schemas)), Value::Object(more)) = (
+        doc.pointer_mut("/components/schemas"),
+        crate::groups_openapi::schemas(),
+    ) {
+        schemas.extend(more);
+    }
+    doc
+}
+
+fn base_document() -> Value {
     let stream = param("stream", "path", "stream name", string());
     let from = param(
         "from",
@@ -137,7 +173,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tidings",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Event store HTTP API: appends with optimistic concurrency, reads, Server-Sent Events subscriptions and CloudEvents 1.0 in all three HTTP content modes."
+            "description": "Event store HTTP API: appends with optimistic concurrency, reads, Server-Sent Events subscriptions, CloudEvents 1.0 in all three HTTP content modes, and consumer groups whose members may be written in any language."
         },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },

@@ -394,9 +394,10 @@ pub(crate) async fn metrics<S: EventStore>(
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
+    let groups = crate::groups::describe_all(&state).await;
     (
         [(header::CONTENT_TYPE, content_type)],
-        state.metrics().encode(head, size),
+        state.metrics().encode_with_groups(head, size, &groups),
     )
         .into_response()
 }

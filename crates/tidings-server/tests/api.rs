@@ -609,7 +609,8 @@ async fn openapi_matches_the_routes() {
         documented, served,
         "the document and the router's operation list differ"
     );
-    for (method, path) in &documented {
+    // The group routes need a server with groups and a walk in order: tests/groups.rs.
+    for (method, path) in documented.iter().filter(|(_, p)| !p.starts_with("/groups")) {
         let concrete = path
             .replace("{stream}", "s")
             .replace("{revision}", "0")

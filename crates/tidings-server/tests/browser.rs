@@ -1,7 +1,8 @@
 //! The web console in a real browser: headless Debian Chromium, driven over WebDriver
 //! (`fantoccini` talking to a `chromedriver` the test starts), against the real server.
 //! Events appended through the API must appear in the live tail and on the stream page
-//! without a reload; the correlation page must draw the causation tree.
+//! without a reload; the correlation page must draw the causation tree; a consumer
+//! group's page must show its parked events and replay them.
 //!
 //! Skips loudly when Chromium or chromedriver is absent; fails instead when
 //! `TIDINGS_REQUIRE_SERVICES=1`. `TIDINGS_CHROMIUM` and `TIDINGS_CHROMEDRIVER` override
@@ -404,7 +405,163 @@ async fn console_shows_live_events_and_causation_trees() {
     .await;
     assert_eq!(page.eval("window.__noReload").await, "still here");
 
+    // Consumer groups, on a server that hosts them: a group with two poison events
+    // parked; Replay on one, then Replay all; once a member acknowledges the replays the
+    // parked list is empty.
+    let g = TestServer::start_groups(tidings_server::ServerConfig::default()).await;
+    append(
+        &g,
+        "payment-1",
+        json!({"eventType": "PaymentRequested", "data": {"amount": 10}}),
+    )
+    .await;
+    append(
+        &g,
+        "payment-2",
+        json!({"eventType": "PaymentRequested", "data": {"amount": -5}}),
+    )
+    .await;
+    append(
+        &g,
+        "payment-3",
+        json!({"eventType": "PaymentRequested", "data": {"amount": -7}}),
+    )
+    .await;
+    let member = group_member(&g, "billing").await;
+    let messages = group_fetch(&g, "billing", &member, 3).await;
+    let settlements: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            if m["event"]["data"]["amount"].as_i64().unwrap() < 0 {
+                json!({"id": m["id"], "action": "park", "reason": "poison: negative amount"})
+            } else {
+                json!({"id": m["id"], "action": "ack"})
+            }
+        })
+        .collect();
+    group_settle(&g, "billing", &member, settlements).await;
+
+    page.client.goto(&g.url("/#/groups")).await.unwrap();
+    page.wait_for(
+        "the group in the list with two parked",
+        "document.querySelector('#groups-body tr[data-group=\"billing\"] td:last-child')?.textContent === '2'",
+    )
+    .await;
+    page.screenshot("groups").await;
+    page.eval("document.querySelector('#groups-body tr[data-group=\"billing\"] a').click()")
+        .await;
+    page.wait_for(
+        "the parked events on the group page",
+        "document.querySelectorAll('#parked-body tr').length === 2",
+    )
+    .await;
+    let reason = page
+        .eval("document.querySelector('#parked-body td.reason').textContent")
+        .await;
+    assert_eq!(reason, "poison: negative amount");
+    assert_eq!(
+        page.eval("document.getElementById('group-parked').textContent")
+            .await,
+        "2"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('group-members').textContent")
+            .await,
+        "1"
+    );
+    page.screenshot("group").await;
+
+    page.eval("document.querySelector('#parked-body button.replay').click()")
+        .await;
+    page.wait_for(
+        "the replay of one",
+        "document.getElementById('group-notice').textContent.startsWith('Queued 1 ')",
+    )
+    .await;
+    page.eval("document.getElementById('group-notice').textContent = ''")
+        .await;
+    page.eval("document.getElementById('parked-replay-all').click()")
+        .await;
+    page.wait_for(
+        "the replay of the other",
+        "document.getElementById('group-notice').textContent.startsWith('Queued 1 ')",
+    )
+    .await;
+    // A member takes the replays and acknowledges them: they leave the parked list.
+    let replays = group_fetch(&g, "billing", &member, 2).await;
+    assert!(replays.iter().all(|m| m["replay"] == true));
+    let acks: Vec<Value> = replays
+        .iter()
+        .map(|m| json!({"id": m["id"], "action": "ack"}))
+        .collect();
+    group_settle(&g, "billing", &member, acks).await;
+    page.wait_for(
+        "the parked list empty",
+        "document.getElementById('parked-empty') && document.getElementById('group-parked').textContent === '0'",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('parked-replay-all').disabled")
+            .await,
+        true
+    );
+    page.screenshot("group-replayed").await;
+
     page.close().await;
     drop(driver);
     s.stop().await.unwrap();
+    g.stop().await.unwrap();
+}
+
+/// Creates `group` (quick retries) and joins it; the member id.
+async fn group_member(s: &TestServer, group: &str) -> String {
+    let r = http()
+        .post(s.url("/groups"))
+        .json(&json!({"name": group, "settings": {"retryBaseMs": 1, "retryCapMs": 5, "leaseMs": 60000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http()
+        .post(s.url(&format!("/groups/{group}/members")))
+        .json(&json!({"name": "browser-test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let lease: Value = r.json().await.unwrap();
+    lease["member"].as_str().unwrap().to_owned()
+}
+
+/// Long-polls until `n` messages came.
+async fn group_fetch(s: &TestServer, group: &str, member: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let r = http()
+            .get(s.url(&format!(
+                "/groups/{group}/members/{member}/messages?max={}&waitMs=10000",
+                n - got.len()
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        let more = body["messages"].as_array().unwrap().clone();
+        assert!(!more.is_empty(), "no message came within 10 s");
+        got.extend(more);
+    }
+    got
+}
+
+async fn group_settle(s: &TestServer, group: &str, member: &str, settlements: Vec<Value>) {
+    let r = http()
+        .post(s.url(&format!("/groups/{group}/members/{member}/settle")))
+        .json(&json!({ "settlements": settlements }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["stale"], json!([]), "{report}");
 }

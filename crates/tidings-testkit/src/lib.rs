@@ -1,12 +1,14 @@
 //! The test kit: the store conformance suite, a property-test model
 //! of the store, seeded randomness for tests, given/when/then scenarios for aggregates,
 //! given/when/then for sagas ([`SagaScenario`]), the event recorder, the delivery
-//! simulator, the transport conformance suite and the skip-or-fail rule for tests that
+//! simulator, the transport conformance suite, the consumer-group conformance suite
+//! ([`group_conformance`]) and the skip-or-fail rule for tests that
 //! need outside services.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod group_conformance;
 pub mod model;
 pub mod recorder;
 mod saga_scenario;

@@ -24,9 +24,12 @@ pub struct TestServer<S = InMemoryStore> {
 
 impl<S: tidings::EventStore> TestServer<S> {
     pub async fn start_with(store: S, config: ServerConfig) -> Self {
+        Self::start_state(AppState::new(store, config)).await
+    }
+
+    pub async fn start_state(state: AppState<S>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(store, config);
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(tidings_server::serve(listener, state.clone(), async move {
             let _ = rx.await;
@@ -64,6 +67,15 @@ impl TestServer<InMemoryStore> {
 
     pub async fn start_config(config: ServerConfig) -> Self {
         Self::start_with(InMemoryStore::new(), config).await
+    }
+
+    /// A server whose consumer groups are hosted over its in-memory store.
+    pub async fn start_groups(config: ServerConfig) -> Self {
+        let store = InMemoryStore::new();
+        let groups = tidings::consumer::HostedGroups::open(store.clone())
+            .await
+            .unwrap();
+        Self::start_state(AppState::with_groups(store, Arc::new(groups), config)).await
     }
 }
 

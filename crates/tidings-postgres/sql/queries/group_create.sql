@@ -1,0 +1,6 @@
+-- Creates a group; no row when the name is taken.
+-- $1 name, $2 settings (JSON), $3 first position to read (NULL: the head now).
+INSERT INTO tidings_groups (name, settings, read_upto)
+SELECT $1, $2::jsonb, coalesce($3::bigint, (SELECT next_position FROM tidings_position))
+ON CONFLICT (name) DO NOTHING
+RETURNING id

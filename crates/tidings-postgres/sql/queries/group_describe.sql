@@ -1,0 +1,11 @@
+-- A group's numbers now. $1 group name.
+SELECT g.id, g.settings::text AS settings, g.read_upto,
+       (SELECT next_position FROM tidings_position) AS head,
+       (SELECT min(position) FROM tidings_group_messages
+        WHERE group_id = g.id AND parked_id IS NULL) AS first_unsettled,
+       (SELECT count(*) FROM tidings_group_messages
+        WHERE group_id = g.id AND parked_id IS NOT NULL) AS parked,
+       (SELECT count(*) FROM tidings_group_messages
+        WHERE group_id = g.id AND state = 'out') AS in_flight
+FROM tidings_groups g
+WHERE g.name = $1

@@ -1,0 +1,46 @@
+-- Reads the log into the group's window: from the cursor on, the events the group
+-- delivers, until the window holds `buffer` unsettled messages, looking at no more than
+-- `window` positions; then moves the cursor past what it looked at. One statement, so
+-- the counter row and the events are read in one snapshot: positions are gap-free and
+-- become visible in commit order, so every event below next_position is visible here
+-- and the cursor never passes an event it has not seen. (Were positions ever taken from
+-- a sequence with gaps, the cursor would have to stop at a visibility horizon instead:
+-- the oldest position still held by an uncommitted append.)
+-- The cursor row is taken with SKIP LOCKED: while one fetch reads, the others skip it.
+-- No row: someone else is reading, or the window is full.
+-- $1 group id, $2 buffer, $3 event types (empty: all), $4 stream prefix (NULL: all),
+-- $5 positions to look at, at most.
+WITH cursor AS (
+    SELECT read_upto FROM tidings_groups WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED
+),
+room AS (
+    SELECT $2::bigint
+           - (SELECT count(*) FROM tidings_group_messages WHERE group_id = $1 AND state = 'ready')
+           - (SELECT count(*) FROM tidings_group_messages WHERE group_id = $1 AND state = 'out')
+           AS n
+),
+bound AS (
+    SELECT least(p.next_position, c.read_upto + $5::bigint) AS upto, p.next_position AS head
+    FROM tidings_position p, cursor c
+),
+picked AS (
+    SELECT e.position, e.stream
+    FROM tidings_events e, cursor c, bound b
+    WHERE e.position >= c.read_upto AND e.position < b.upto
+      AND NOT starts_with(e.stream, '$')
+      AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3::text[]))
+      AND ($4::text IS NULL OR starts_with(e.stream, $4::text))
+    ORDER BY e.position
+    LIMIT (SELECT greatest(n, 0) FROM room)
+),
+inserted AS (
+    INSERT INTO tidings_group_messages (group_id, position, stream, state)
+    SELECT $1, position, stream, 'ready' FROM picked
+)
+UPDATE tidings_groups g
+SET read_upto = CASE WHEN (SELECT count(*) FROM picked) >= r.n
+                     THEN (SELECT max(position) + 1 FROM picked)
+                     ELSE b.upto END
+FROM cursor c, bound b, room r
+WHERE g.id = $1 AND r.n > 0
+RETURNING g.read_upto, b.head, (SELECT count(*) FROM picked) AS read, r.n AS room
