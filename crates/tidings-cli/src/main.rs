@@ -46,6 +46,8 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
     Import(commands::import::ImportArgs),
+    /// The built-in projections of a local store: list, status, show, rebuild (blue/green).
+    Projection(commands::projection::ProjectionArgs),
     /// List, show, replay or delete a consumer group's dead letters on a broker.
     DeadLetters(commands::dead_letters::DeadLettersArgs),
     /// Run the standard workloads against a store and print a table (or JSON).
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
                         Command::Export(a) => commands::export::run(a).await,
                         Command::Import(a) => commands::import::run(a).await,
                         Command::DeadLetters(a) => commands::dead_letters::run(a).await,
+                        Command::Projection(a) => commands::projection::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
                         Command::DemoService(a) => demo::services::run_service_process(a).await,
                         Command::Relay(a) => relay::run(a).await,

@@ -1,4 +1,5 @@
-//! The client commands: append, read, tail, streams, correlation, export, import.
+//! The client commands: append, read, tail, streams, correlation, export, import, and
+//! the projections of a local store.
 //!
 //! Each works against a local store (`--data DIR` or `--store`) or a server (`--server
 //! URL`). Human output is an aligned table; `--json` prints machine-readable JSON.
@@ -12,6 +13,7 @@ pub mod dead_letters;
 pub mod export;
 pub mod import;
 mod progress;
+pub mod projection;
 pub mod read;
 pub mod streams;
 mod table;
