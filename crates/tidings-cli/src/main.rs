@@ -51,6 +51,8 @@ enum Command {
     Group(commands::group::GroupArgs),
     /// List, replay or delete a consumer group's parked messages.
     Parked(commands::group::ParkedArgs),
+    /// The built-in projections of a local store: list, status, show, rebuild (blue/green).
+    Projection(commands::projection::ProjectionArgs),
     /// List, show, replay or delete a consumer group's dead letters on a broker.
     DeadLetters(commands::dead_letters::DeadLettersArgs),
     /// Run the standard workloads against a store and print a table (or JSON).
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
                         Command::DeadLetters(a) => commands::dead_letters::run(a).await,
                         Command::Group(a) => commands::group::run(a).await,
                         Command::Parked(a) => commands::group::run_parked(a).await,
+                        Command::Projection(a) => commands::projection::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
                         Command::DemoService(a) => demo::services::run_service_process(a).await,
                         Command::Relay(a) => relay::run(a).await,

@@ -22,7 +22,7 @@ use tidings_log::LogStore;
 use tidings_postgres::{PgGroups, PgStore};
 use tidings_server::{AppState, Role, ServerConfig, Tokens};
 
-use crate::store::{StoreSpec, with_store};
+use crate::store::{EmbeddedTuning, StoreSpec, with_store};
 
 /// Options of `tidings serve`.
 #[derive(Debug, Args)]
@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// Seconds between heartbeat comments on idle subscriptions.
     #[arg(long, default_value_t = 15)]
     heartbeat_secs: u64,
+    /// Size of each segment file of the embedded store, in bytes (default 256 MiB;
+    /// a new store's disk usage starts at one segment).
+    #[arg(long, value_name = "BYTES")]
+    segment_size: Option<u64>,
+    /// Events written between background index snapshots of the embedded store
+    /// (default 1,000,000; they bound the rescan after a crash).
+    #[arg(long, value_name = "EVENTS")]
+    index_snapshot_every: Option<u64>,
 }
 
 fn tokens(args: &ServeArgs) -> Result<Tokens> {
@@ -106,7 +114,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         store_description: spec.describe(),
         ..ServerConfig::default()
     };
-    with_store!(spec, |store| serve_store(store, config, addr).await)
+    let tuning = EmbeddedTuning {
+        segment_size: args.segment_size,
+        index_snapshot_every: args.index_snapshot_every,
+    };
+    with_store!(spec, tuning, |store| serve_store(store, config, addr).await)
 }
 
 /// The consumer groups a server serves.

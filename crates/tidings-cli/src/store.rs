@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,11 +70,27 @@ fn dir_size(path: &Path) -> Option<u64> {
     Some(total)
 }
 
+/// How the embedded store lays out its files, when a command lets the user choose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbeddedTuning {
+    /// Size of each segment file (the store's default when `None`).
+    pub segment_size: Option<u64>,
+    /// Events between index snapshots (the store's default when `None`).
+    pub index_snapshot_every: Option<u64>,
+}
+
 /// Opens (or creates) the embedded store in `dir`, reporting what recovery did.
-pub fn open_embedded(dir: &Path) -> Result<tidings_log::LogStore> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let store = tidings_log::LogStore::open(dir).map_err(|e| match e {
+pub fn open_embedded(dir: &Path, tuning: EmbeddedTuning) -> Result<tidings_log::LogStore> {
+    // The store creates the directory itself: it also makes the new directory durable
+    // in its parent, which a plain `create_dir_all` does not.
+    let mut builder = tidings_log::LogStore::builder(dir);
+    if let Some(bytes) = tuning.segment_size {
+        builder = builder.segment_size(bytes);
+    }
+    if let Some(events) = tuning.index_snapshot_every {
+        builder = builder.index_snapshot_every(events);
+    }
+    let store = builder.open().map_err(|e| match e {
         tidings_log::LogError::Locked { .. } => anyhow::anyhow!(
             "the store in {} is open in another process (a running `tidings serve`?); \
              talk to that server with --server URL instead",
@@ -98,17 +114,21 @@ pub fn open_embedded(dir: &Path) -> Result<tidings_log::LogStore> {
     Ok(store)
 }
 
-/// Opens the store `spec` names and evaluates `$body` with it bound to `$s` (each
-/// backend is its own type, so the body is compiled once per backend).
+/// Opens the store `spec` names (with an optional [`EmbeddedTuning`]) and evaluates
+/// `$body` with it bound to `$s` (each backend is its own type, so the body is compiled
+/// once per backend).
 macro_rules! with_store {
-    ($spec:expr, |$s:ident| $body:expr) => {{
+    ($spec:expr, |$s:ident| $body:expr) => {
+        $crate::store::with_store!($spec, $crate::store::EmbeddedTuning::default(), |$s| $body)
+    };
+    ($spec:expr, $tuning:expr, |$s:ident| $body:expr) => {{
         match $spec {
             $crate::store::StoreSpec::Memory => {
                 let $s = tidings::InMemoryStore::new();
                 $body
             }
             $crate::store::StoreSpec::Dir(dir) => {
-                let $s = $crate::store::open_embedded(&dir)?;
+                let $s = $crate::store::open_embedded(&dir, $tuning)?;
                 let closer = $s.clone();
                 let result = $body;
                 // Finishes queued appends and snapshots the indexes so the next open is quick.

@@ -176,6 +176,9 @@ impl LogStoreBuilder {
             }
         })?;
         let durable = self.durability == Durability::Fsync;
+        if durable && !self.salvage {
+            sync_new_store_dir(&*storage, &dir)?;
+        }
         let rec = recovery::recover(
             &*storage,
             &dir,
@@ -222,5 +225,30 @@ impl LogStoreBuilder {
             offset,
         )?;
         LogStore::start(shared, writer, self.channel_capacity, self.inline_commits)
+    }
+}
+
+/// A store about to get its first segment makes its directory's entry durable in the
+/// parent: whoever created the directory (this store, an operator, a deploy script) may
+/// not have synced the parent, and a power cut would then take the directory, and every
+/// acknowledged event in it, away. Existing stores were made durable when created.
+fn sync_new_store_dir(storage: &dyn Storage, dir: &std::path::Path) -> Result<(), LogError> {
+    let names = storage.list(dir).map_err(LogError::io("listing", dir))?;
+    if names
+        .iter()
+        .any(|n| crate::segment::parse_file_name(n).is_some())
+    {
+        return Ok(());
+    }
+    let parent = crate::storage::parent_dir(dir);
+    match storage.sync_dir(parent) {
+        Ok(()) => Ok(()),
+        // A parent this process may not open (mode 711) was set up by someone else, who
+        // made the directory long before; nothing more can be done from here.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(dir = %parent.display(), "cannot sync the store directory's parent: {e}");
+            Ok(())
+        }
+        Err(e) => Err(LogError::io("syncing", parent)(e)),
     }
 }

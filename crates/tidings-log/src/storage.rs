@@ -52,7 +52,7 @@ pub trait StorageFile: Send + Sync {
 
 /// A directory of files.
 pub trait Storage: Send + Sync + 'static {
-    /// Creates a directory and its parents.
+    /// Creates a directory and its parents, each made durable in its parent.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
@@ -119,6 +119,14 @@ pub fn read_full_at(file: &dyn StorageFile, buf: &mut [u8], offset: u64) -> io::
         }
     }
     Ok(done)
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// The operating system's files.
@@ -199,7 +207,23 @@ struct DirLock(#[allow(dead_code)] File);
 
 impl Storage for OsStorage {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        // A new directory's entry is in its parent, and only an fsync of the parent makes
+        // it durable: without one, a power cut can take the directory away with every
+        // file in it, however well those files were synced.
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while !at.as_os_str().is_empty() && !at.exists() {
+            missing.push(at);
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        std::fs::create_dir_all(dir)?;
+        for created in missing {
+            self.sync_dir(parent_dir(created))?;
+        }
+        Ok(())
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {

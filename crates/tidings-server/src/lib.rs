@@ -26,6 +26,7 @@
 //! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`) |
 //! | `GET /streams` | list streams (`prefix`, `after`, `limit`) |
 //! | `GET /correlations/{id}` | one business transaction, in commit order |
+//! | `GET /projections`, `GET /projections/{name}` | the built-in read models (`event-types`, `categories`) |
 //! | `GET /subscribe/all`, `GET /subscribe/streams/{stream}` | Server-Sent Events (`format=cloudevents`) |
 //! | `GET /health`, `/ready`, `/metrics`, `/stats`, `/openapi.json` | operations |
 //! | `GET /` | the web console |
@@ -61,6 +62,7 @@ pub mod groups_sse;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+mod projections;
 mod routes;
 mod sse;
 
@@ -168,6 +170,7 @@ struct Inner<S> {
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     started: Instant,
+    projections: projections::Projections<S>,
 }
 
 impl<S: EventStore> AppState<S> {
@@ -208,6 +211,7 @@ impl<S: EventStore> AppState<S> {
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),
+                projections: projections::Projections::default(),
                 config,
             }),
         }
@@ -269,6 +273,8 @@ pub fn router<S: EventStore>(state: AppState<S>) -> Router {
         .route("/streams/{stream}/{revision}", get(routes::read_event::<S>))
         .route("/all", get(routes::read_all::<S>))
         .route("/correlations/{id}", get(routes::correlation::<S>))
+        .route("/projections", get(projections::list::<S>))
+        .route("/projections/{name}", get(projections::get::<S>))
         .route("/subscribe/all", get(sse::subscribe_all::<S>))
         .route(
             "/subscribe/streams/{stream}",

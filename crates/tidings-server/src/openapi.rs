@@ -15,6 +15,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/streams/{stream}/{revision}"),
     ("get", "/all"),
     ("get", "/correlations/{id}"),
+    ("get", "/projections"),
+    ("get", "/projections/{name}"),
     ("get", "/subscribe/all"),
     ("get", "/subscribe/streams/{stream}"),
     ("get", "/groups"),
@@ -344,6 +346,16 @@ fn base_document() -> Value {
                 "summary": "Live subscription to one stream (from is a revision)",
                 "parameters": [stream, from, event_type, last_event_id, sse_format],
                 "responses": { "200": sse_response(), "400": problem_400, "401": problem_401.clone(), "403": problem_403.clone() }
+            } },
+            "/projections": { "get": {
+                "summary": "The built-in read models (event-types, categories): live version and position",
+                "responses": { "200": ok_json("read models", json!({ "type": "object" })), "401": problem_401.clone(), "403": problem_403.clone() }
+            } },
+            "/projections/{name}": { "get": {
+                "summary": "One built-in read model, whole, from its live version",
+                "parameters": [param("name", "path", "event-types or categories", string())],
+                "responses": { "200": ok_json("the read model", json!({ "type": "object" })), "404": problem("no such projection"),
+                    "401": problem_401.clone(), "403": problem_403.clone() }
             } },
             "/health": { "get": { "summary": "Liveness", "responses": { "200": ok_json("alive", json!({ "type": "object" })) } } },
             "/ready": { "get": { "summary": "Readiness", "responses": {

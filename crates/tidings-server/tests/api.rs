@@ -615,7 +615,8 @@ async fn openapi_matches_the_routes() {
             .replace("{stream}", "s")
             .replace("{revision}", "0")
             .replace("{id}", "c")
-            .replace("{file}", "app.js");
+            .replace("{file}", "app.js")
+            .replace("{name}", "event-types");
         let url = s.url(&concrete);
         let r = match method.as_str() {
             "get" => c

@@ -1,5 +1,6 @@
 //! The client commands: append, read, tail, streams, correlation, export, import, and
 //! consumer groups (`group`, `parked`).
+//! the projections of a local store.
 //!
 //! Each works against a local store (`--data DIR` or `--store`) or a server (`--server
 //! URL`). Human output is an aligned table; `--json` prints machine-readable JSON.
@@ -14,6 +15,7 @@ pub mod export;
 pub mod group;
 pub mod import;
 mod progress;
+pub mod projection;
 pub mod read;
 pub mod streams;
 mod table;

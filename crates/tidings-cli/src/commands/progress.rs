@@ -1,4 +1,5 @@
-//! The progress bars of `tidings export` (events) and `tidings import` (bytes).
+//! The progress bars of `tidings export` (events), `tidings import` (bytes) and
+//! `tidings projection rebuild` (log positions).
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -7,6 +8,16 @@ pub fn events(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(style(
         "{msg} [{bar:40.cyan/blue}] {pos}/{len} events ({per_sec}, eta {eta})",
+    ));
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// A bar counting log positions up to `end`, labelled `what`.
+pub fn positions(end: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(end);
+    bar.set_style(style(
+        "{msg} [{bar:40.cyan/blue}] {pos}/{len} positions ({per_sec}, eta {eta})",
     ));
     bar.set_message(what.to_owned());
     bar

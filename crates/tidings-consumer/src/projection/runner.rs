@@ -6,7 +6,8 @@ use super::Projection;
 use crate::{Checkpoint, CheckpointError, CheckpointStore, StoreCheckpoints};
 use tidings_core::handler::HandlerError;
 use tidings_core::store::{
-    CatchUp, EventStore, Filter, PAGE, Position, RecordedEvent, Start, StoreError,
+    CatchUp, EventStore, ExpectedVersion, Filter, PAGE, Position, RecordedEvent, Revision, Start,
+    StoreError,
 };
 use tidings_core::stream::StreamId;
 
@@ -58,6 +59,60 @@ pub enum ProjectionError {
         /// The projection's error.
         #[source]
         source: HandlerError,
+    },
+    /// Persisting the read model before a checkpoint failed ([`Projection::flush`]); the
+    /// checkpoint was not saved.
+    #[error("projection {projection} could not persist its read model: {source}")]
+    Flush {
+        /// The projection's name.
+        projection: String,
+        /// The projection's error.
+        #[source]
+        source: HandlerError,
+    },
+    /// Opening or retiring a version of a [`VersionedProjection`](super::VersionedProjection)
+    /// failed.
+    #[error("projection {projection} version {version}: {source}")]
+    Version {
+        /// The projection's name.
+        projection: String,
+        /// The version.
+        version: u32,
+        /// The projection's error.
+        #[source]
+        source: HandlerError,
+    },
+    /// The projection's name is not usable: it must make valid stream names and must not
+    /// end in `-v<digits>` (the versions' suffix).
+    #[error("projection name {name:?} is not usable: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another instance changed this projection's versions (`$projection-<name>`) since
+    /// this one read them: a concurrent rebuild. Nothing was swapped.
+    #[error(
+        "projection {projection}: its versions were changed by another instance (expected version {expected}); rerun to pick up its state"
+    )]
+    VersionConflict {
+        /// The projection's name.
+        projection: String,
+        /// The version of `$projection-<name>` this instance expected.
+        expected: ExpectedVersion,
+    },
+    /// A record of `$projection-<name>` could not be decoded.
+    #[error(
+        "projection {projection}: record {revision} of its versions stream is unreadable: {reason}"
+    )]
+    CorruptVersions {
+        /// The projection's name.
+        projection: String,
+        /// The record's revision.
+        revision: Revision,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Reading the store failed.
     #[error("projection {projection}: {source}")]
@@ -223,20 +278,30 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
     /// Applies everything up to the store's head and returns how many events were
     /// applied. Saves the checkpoint by the policy.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
-        let mut pages = CatchUp::new(self.start().await?, self.filter.clone());
         let mut applied = 0;
-        while let Some(page) =
-            pages
-                .next_page(&self.store)
-                .await
-                .map_err(|source| ProjectionError::Store {
-                    projection: self.name.clone(),
-                    source,
-                })?
-        {
-            applied += self.apply_batch(page).await?;
+        while let Some(n) = self.catch_up_page().await? {
+            applied += n;
         }
         Ok(applied)
+    }
+
+    /// Applies the next page of the log (at most [`PAGE`] events) and returns how many
+    /// events were applied, or None when the runner is at the store's head. Saves the
+    /// checkpoint by the policy. [`catch_up`](Self::catch_up) is this in a loop; call it
+    /// yourself to report progress between pages.
+    pub async fn catch_up_page(&mut self) -> Result<Option<u64>, ProjectionError> {
+        let mut pages = CatchUp::new(self.start().await?, self.filter.clone());
+        let page = pages
+            .next_page(&self.store)
+            .await
+            .map_err(|source| ProjectionError::Store {
+                projection: self.name.clone(),
+                source,
+            })?;
+        match page {
+            None => Ok(None),
+            Some(page) => self.apply_batch(page).await.map(Some),
+        }
     }
 
     /// Catches up, then applies events as they are committed, until the store closes or
@@ -294,10 +359,18 @@ impl<S: EventStore, P: Projection, C: CheckpointStore> ProjectionRunner<S, P, C>
         self.catch_up().await
     }
 
-    /// Saves the checkpoint now if it moved.
+    /// Saves the checkpoint now if it moved, after [`Projection::flush`] has persisted
+    /// the read model up to it.
     pub async fn save_checkpoint(&mut self) -> Result<(), ProjectionError> {
         if let Some(next) = self.next {
             if self.saved != Some(next) {
+                self.projection
+                    .flush()
+                    .await
+                    .map_err(|source| ProjectionError::Flush {
+                        projection: self.name.clone(),
+                        source,
+                    })?;
                 self.checkpoints
                     .save(&self.name, &Checkpoint::at(next))
                     .await?;
