@@ -180,7 +180,7 @@ impl Opened {
                 tidings::consumer::HostedGroups::open(tidings::InMemoryStore::new()).await?,
             ),
             StoreSpec::Dir(dir) => {
-                let store = open_embedded(&dir)?;
+                let store = open_embedded(&dir, crate::store::EmbeddedTuning::default())?;
                 let groups = tidings::consumer::HostedGroups::open(store.clone()).await?;
                 Self::Embedded { groups, store }
             }
