@@ -76,6 +76,7 @@ fn slug_of(e: &StoreError) -> &'static str {
         StoreError::InvalidEvent { .. } => "invalid-event",
         StoreError::InvalidStream(_) => "invalid-stream",
         StoreError::AppendTooLarge { .. } => "append-too-large",
+        StoreError::Timeout { .. } => "append-timeout",
         _ => "store-failure",
     }
 }

@@ -62,6 +62,28 @@ pub struct ServeArgs {
     /// (default 1,000,000; they bound the rescan after a crash).
     #[arg(long, value_name = "EVENTS")]
     index_snapshot_every: Option<u64>,
+    /// Longest an append may take (`30s`, `500ms`, or seconds) before it is answered 503
+    /// `append-timeout` with Retry-After; `/ready` answers 503 while appends stall. The
+    /// embedded store keeps the same deadline for its fsync.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    append_timeout: Duration,
+}
+
+/// Parses `500ms`, `30s` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * unit <= 86_400.0 => {
+            Ok(Duration::from_secs_f64(n * unit))
+        }
+        _ => Err(format!(
+            "{text:?} is not a duration: use e.g. 500ms, 30s or 30 (seconds), up to a day"
+        )),
+    }
 }
 
 fn tokens(args: &ServeArgs) -> Result<Tokens> {
@@ -112,11 +134,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokens,
         store_size: spec.size_probe(),
         store_description: spec.describe(),
+        append_timeout: args.append_timeout,
         ..ServerConfig::default()
     };
     let tuning = EmbeddedTuning {
         segment_size: args.segment_size,
         index_snapshot_every: args.index_snapshot_every,
+        append_timeout: Some(args.append_timeout),
     };
     with_store!(spec, tuning, |store| serve_store(store, config, addr).await)
 }

@@ -77,6 +77,8 @@ pub struct EmbeddedTuning {
     pub segment_size: Option<u64>,
     /// Events between index snapshots (the store's default when `None`).
     pub index_snapshot_every: Option<u64>,
+    /// Longest an append waits to be durable (the store's default when `None`).
+    pub append_timeout: Option<std::time::Duration>,
 }
 
 /// Opens (or creates) the embedded store in `dir`, reporting what recovery did.
@@ -89,6 +91,9 @@ pub fn open_embedded(dir: &Path, tuning: EmbeddedTuning) -> Result<tidings_log::
     }
     if let Some(events) = tuning.index_snapshot_every {
         builder = builder.index_snapshot_every(events);
+    }
+    if let Some(timeout) = tuning.append_timeout {
+        builder = builder.append_timeout(timeout);
     }
     let store = builder.open().map_err(|e| match e {
         tidings_log::LogError::Locked { .. } => anyhow::anyhow!(

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tidings_core::{Clock, Limits, SystemClock};
 
@@ -46,6 +47,7 @@ pub struct LogStoreBuilder {
     max_group_bytes: usize,
     index_snapshot_every: u64,
     inline_commits: bool,
+    append_timeout: Duration,
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
 }
@@ -62,6 +64,9 @@ impl std::fmt::Debug for LogStoreBuilder {
     }
 }
 
+/// Default [`LogStoreBuilder::append_timeout`]: 30 s.
+pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default segment size: 256 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 
@@ -77,6 +82,7 @@ impl LogStoreBuilder {
             max_group_bytes: 32 << 20,
             index_snapshot_every: 1_000_000,
             inline_commits: true,
+            append_timeout: DEFAULT_APPEND_TIMEOUT,
             storage: Arc::new(OsStorage),
             clock: Arc::new(SystemClock),
         }
@@ -133,6 +139,18 @@ impl LogStoreBuilder {
     /// every append's I/O on the writer thread (see decision record 0004).
     pub fn inline_commits(mut self, on: bool) -> Self {
         self.inline_commits = on;
+        self
+    }
+
+    /// Longest an append waits for its group to be durable (default 30 s, at least 1 ms).
+    /// Past it the append answers [`tidings_core::StoreError::Timeout`] with
+    /// `outcome_unknown`: it is not withdrawn and may still become durable (it is never
+    /// acknowledged before it is, and a failed fsync is never retried). Retrying it with
+    /// the same event ids is safe: the store deduplicates by event id. An inline commit
+    /// (see [`LogStoreBuilder::inline_commits`]) runs on the calling thread and is not
+    /// interrupted; the deadline covers appends that wait for the writer thread.
+    pub fn append_timeout(mut self, timeout: Duration) -> Self {
+        self.append_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -224,7 +242,13 @@ impl LogStoreBuilder {
             ordinal,
             offset,
         )?;
-        LogStore::start(shared, writer, self.channel_capacity, self.inline_commits)
+        LogStore::start(
+            shared,
+            writer,
+            self.channel_capacity,
+            self.inline_commits,
+            self.append_timeout,
+        )
     }
 }
 

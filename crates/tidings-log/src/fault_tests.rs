@@ -510,3 +510,49 @@ fn a_failed_sync_fails_every_group_behind_it() {
     let store = open(&after).unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(check_after_crash(&store, &[]));
 }
+
+#[test]
+fn an_append_not_durable_within_its_deadline_times_out_and_a_retry_is_deduplicated() {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let disk = SimStorage::new();
+    let store = LogStore::builder(DIR)
+        .segment_size(1 << 20)
+        .inline_commits(false)
+        .append_timeout(std::time::Duration::from_millis(200))
+        .storage(disk.clone())
+        .open()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let event = Enricher::new("sim")
+            .enrich(NewEvent::new("Tested", serde_json::json!({"n": 1})))
+            .unwrap_or_else(|e| panic!("test event: {e}"));
+        let release = ReleaseSyncs(disk.clone());
+        disk.hold_syncs();
+        let stream = sid("deadline");
+        let first = store
+            .append(&stream, ExpectedVersion::Any, vec![event.clone()])
+            .await;
+        match first {
+            Err(StoreError::Timeout {
+                outcome_unknown: true,
+                after,
+                ..
+            }) => assert_eq!(after, std::time::Duration::from_millis(200)),
+            other => panic!("expected a timeout with an unknown outcome, got {other:?}"),
+        }
+        // The write was not withdrawn: once the disk syncs again it becomes durable,
+        // and a retry with the same event id answers it instead of writing it twice.
+        drop(release);
+        let retry = store
+            .append(&stream, ExpectedVersion::Any, vec![event.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("retry: {e}"));
+        assert_eq!(retry.first_revision, 0);
+        let events = store
+            .read_stream(&stream, tidings_core::ReadStream::forward())
+            .await
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        assert_eq!(events.len(), 1, "the event is stored exactly once");
+        assert_eq!(events[0].event_id, event.event_id);
+    });
+}

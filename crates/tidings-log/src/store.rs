@@ -141,6 +141,8 @@ struct Inner {
     in_flight: AtomicUsize,
     /// Whether an idle append may commit inline.
     inline_commits: bool,
+    /// How long an append waits for its group to be durable.
+    append_timeout: std::time::Duration,
 }
 
 /// Counts an append as in flight until it finishes or is dropped.
@@ -223,6 +225,7 @@ impl LogStore {
                 writer: Mutex::new(None),
                 in_flight: AtomicUsize::new(0),
                 inline_commits: false,
+                append_timeout: crate::builder::DEFAULT_APPEND_TIMEOUT,
             }),
         }
     }
@@ -234,6 +237,7 @@ impl LogStore {
         writer: Writer,
         channel_capacity: usize,
         inline_commits: bool,
+        append_timeout: std::time::Duration,
     ) -> Result<Self, LogError> {
         let (tx, rx) = mpsc::channel(channel_capacity);
         let core = Arc::new(Mutex::new(writer));
@@ -250,6 +254,7 @@ impl LogStore {
                 writer: Mutex::new(Some(handle)),
                 in_flight: AtomicUsize::new(0),
                 inline_commits,
+                append_timeout,
             }),
         })
     }
@@ -360,10 +365,28 @@ impl LogStore {
         } else {
             append
         };
-        tx.send(Request::Append(append))
-            .await
-            .map_err(|_| self.closed_error())?;
-        rx.await.map_err(|_| self.closed_error())?
+        // The deadline covers the wait for the writer and for the group's fsync. When it
+        // passes, the append stays queued or in its group and may still become durable:
+        // it is never withdrawn, and the caller learns that its outcome is unknown.
+        let after = self.inner.append_timeout;
+        let durable = async {
+            tx.send(Request::Append(append))
+                .await
+                .map_err(|_| self.closed_error())?;
+            rx.await.map_err(|_| self.closed_error())?
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // No Tokio timer to keep the deadline with (another executor).
+            return durable.await;
+        }
+        match tokio::time::timeout(after, durable).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Timeout {
+                operation: format!("append to {stream}"),
+                after,
+                outcome_unknown: true,
+            }),
+        }
     }
 
     /// Commits an append on the calling thread when it is the only append in flight,

@@ -2,6 +2,14 @@
 
 use tidings_core::StoreError;
 
+use crate::options::Deadlines;
+
+tokio::task_local! {
+    /// The deadlines of the connection a failing request ran on, while the append writer
+    /// runs a batch: lock and statement timeouts there are [`StoreError::Timeout`]s.
+    pub(crate) static DEADLINES: Deadlines;
+}
+
 /// Why [`crate::PgStore`] could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,8 +68,9 @@ const BUSY_CODES: &[(&str, &str)] = &[
 
 /// Maps a database failure onto the store contract's errors.
 ///
-/// Timeouts, lock conflicts and connection exhaustion are [`StoreError::Busy`] (the caller
-/// may retry); a closed pool is [`StoreError::Closed`]; a lost connection and everything
+/// Lock and statement timeouts of appends are [`StoreError::Timeout`]; other timeouts,
+/// lock conflicts and connection exhaustion are [`StoreError::Busy`] (the caller may
+/// retry); a closed pool is [`StoreError::Closed`]; a lost connection and everything
 /// else are [`StoreError::Backend`], saying what happened.
 pub(crate) fn store_error(what: &str, e: sqlx::Error) -> StoreError {
     match &e {
@@ -76,6 +85,9 @@ pub(crate) fn store_error(what: &str, e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
+            if let Some(timeout) = timeout(what, code) {
+                return timeout;
+            }
             match BUSY_CODES.iter().find(|(c, _)| *c == code) {
                 Some((_, why)) => StoreError::Busy(format!("{what}: {why}: {}", db.message())),
                 None if code == "57P01" || code == "57P02" || code == "57P03" => {
@@ -89,6 +101,23 @@ pub(crate) fn store_error(what: &str, e: sqlx::Error) -> StoreError {
         }
         other => StoreError::Backend(format!("{what}: {other}")),
     }
+}
+
+/// A lock or statement timeout on the append writer's connections (which carry
+/// `lock_timeout` and `statement_timeout`), as [`StoreError::Timeout`]. The transaction
+/// is rolled back, so nothing was written — unless the timeout hit the commit itself.
+fn timeout(what: &str, code: &str) -> Option<StoreError> {
+    let deadlines = DEADLINES.try_with(|d| *d).ok()?;
+    let after = match code {
+        "55P03" => deadlines.lock,
+        "57014" => deadlines.statement,
+        _ => return None,
+    };
+    Some(StoreError::Timeout {
+        operation: what.to_owned(),
+        after,
+        outcome_unknown: what.starts_with("commit"),
+    })
 }
 
 /// Whether `e` is the unique index on event ids refusing an id already recorded.

@@ -52,5 +52,7 @@ pub use groups::{
     DEFAULT_GROUP_LOCK_TIMEOUT, DEFAULT_GROUP_POLL, DEFAULT_GROUP_STATEMENT_TIMEOUT, PgGroups,
 };
 pub use inbox::{DEFAULT_INBOX_RETENTION, HandleError, Handled, PgInbox, PgInboxError};
-pub use options::{DEFAULT_SCHEMA, MAX_SCHEMA_LEN, PgStoreBuilder};
+pub use options::{
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_SCHEMA, DEFAULT_STATEMENT_TIMEOUT, MAX_SCHEMA_LEN, PgStoreBuilder,
+};
 pub use store::PgStore;

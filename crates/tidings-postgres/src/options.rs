@@ -35,7 +35,22 @@ pub struct PgStoreBuilder {
     pub(crate) acquire_timeout: Duration,
     pub(crate) limits: Limits,
     pub(crate) application_name: String,
+    pub(crate) deadlines: Deadlines,
 }
+
+/// How long the append writer's connections wait before PostgreSQL cancels a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// `lock_timeout`: longest wait for one lock (a row held by another session).
+    pub(crate) lock: Duration,
+    /// `statement_timeout`: longest run of one statement.
+    pub(crate) statement: Duration,
+}
+
+/// Default `lock_timeout` of append connections: 5 s.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `statement_timeout` of append connections: 30 s.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PgStoreBuilder {
     pub(crate) fn new(url: &str) -> Self {
@@ -46,6 +61,10 @@ impl PgStoreBuilder {
             acquire_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             application_name: "tidings".to_owned(),
+            deadlines: Deadlines {
+                lock: DEFAULT_LOCK_TIMEOUT,
+                statement: DEFAULT_STATEMENT_TIMEOUT,
+            },
         }
     }
 
@@ -57,7 +76,8 @@ impl PgStoreBuilder {
     }
 
     /// Most connections the store's pool opens (default 10). The notification listener
-    /// uses one more.
+    /// uses one more, and the append writer up to two more (its own, which carry
+    /// [`PgStoreBuilder::lock_timeout`] and [`PgStoreBuilder::statement_timeout`]).
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
@@ -73,6 +93,23 @@ impl PgStoreBuilder {
     /// Size limits for events and appends (default [`Limits::default`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Longest an append waits for a lock — the position row, a stream row — held by
+    /// another session (PostgreSQL's `lock_timeout` on the append connections; default
+    /// 5 s, at least 1 ms). Past it the append writes nothing and fails with
+    /// [`tidings_core::StoreError::Timeout`]; retrying it with the same event ids is safe.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.deadlines.lock = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Longest one append statement runs (PostgreSQL's `statement_timeout` on the append
+    /// connections; default 30 s, at least 1 ms). Past it the append writes nothing and
+    /// fails with [`tidings_core::StoreError::Timeout`].
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.deadlines.statement = timeout.max(Duration::from_millis(1));
         self
     }
 

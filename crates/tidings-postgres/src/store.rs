@@ -64,6 +64,8 @@ pub struct PgStore {
 
 struct Inner {
     pool: PgPool,
+    /// The append writer's connections (with lock and statement timeouts).
+    writer_pool: PgPool,
     head: HeadSender,
     writer: Queue,
     schema: String,
@@ -126,10 +128,28 @@ impl PgStore {
             Arc::clone(&head),
         ))
         .abort_handle();
-        let writer = writer::spawn(pool.clone(), channel, Arc::clone(&head), options.limits);
+        // Appends run on connections of their own, which carry the lock and statement
+        // timeouts: a lock held elsewhere fails an append instead of stalling it forever.
+        let deadlines = options.deadlines;
+        let writer_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(options.connect_options("writer")?.options([
+                ("lock_timeout", millis(deadlines.lock)),
+                ("statement_timeout", millis(deadlines.statement)),
+            ]));
+        let writer = writer::spawn(
+            writer_pool.clone(),
+            deadlines,
+            channel,
+            Arc::clone(&head),
+            options.limits,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                writer_pool,
                 head,
                 writer,
                 schema: options.schema,
@@ -171,6 +191,7 @@ impl PgStore {
     pub async fn close(&self) {
         self.inner.listener.abort();
         self.inner.pool.close().await;
+        self.inner.writer_pool.close().await;
     }
 
     async fn fetch_events(
@@ -340,4 +361,9 @@ impl EventSubscriber for PgStore {
     ) -> impl Stream<Item = EventStreamItem> + Send + 'static {
         subscription::subscribe_stream(self.clone(), self.head_watch(), stream.clone(), start)
     }
+}
+
+/// A duration as a PostgreSQL setting in milliseconds (`5000ms`).
+fn millis(d: std::time::Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
 }

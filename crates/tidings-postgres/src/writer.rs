@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::append::{Append, append_batch};
+use crate::error::DEADLINES;
 use crate::listener::{HeadSender, advance};
+use crate::options::Deadlines;
 
 /// Most appends in one transaction.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -33,15 +35,23 @@ pub(crate) struct Request {
 /// The sending side, kept by the store.
 pub(crate) type Queue = mpsc::Sender<Request>;
 
-/// Starts the writer; it ends when every sender is gone.
-pub(crate) fn spawn(pool: PgPool, channel: String, head: HeadSender, limits: Limits) -> Queue {
+/// Starts the writer on `pool`, whose connections carry `deadlines` as `lock_timeout`
+/// and `statement_timeout`; it ends when every sender is gone.
+pub(crate) fn spawn(
+    pool: PgPool,
+    deadlines: Deadlines,
+    channel: String,
+    head: HeadSender,
+    limits: Limits,
+) -> Queue {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, channel, head, limits, rx));
+    tokio::spawn(run(pool, deadlines, channel, head, limits, rx));
     tx
 }
 
 async fn run(
     pool: PgPool,
+    deadlines: Deadlines,
     channel: String,
     head: HeadSender,
     limits: Limits,
@@ -74,7 +84,9 @@ async fn run(
         }
         let (appends, replies): (Vec<Append>, Vec<_>) =
             batch.into_iter().map(|r| (r.append, r.reply)).unzip();
-        let answers = append_batch(&pool, &channel, &appends).await;
+        let answers = DEADLINES
+            .scope(deadlines, append_batch(&pool, &channel, &appends))
+            .await;
         if let Some(last) = answers
             .iter()
             .filter_map(|a| a.as_ref().ok().map(|r| r.position))

@@ -61,16 +61,14 @@ async fn no_free_connection_is_busy_and_a_closed_store_is_closed() {
         .unwrap_or_else(|e| panic!("acquire: {e}"));
     let r = store.read_stream(&s, Default::default()).await;
     assert!(matches!(r, Err(StoreError::Busy(_))), "read: {r:?}");
+    // Appends run on connections of their own (which carry the lock and statement
+    // timeouts), so reads exhausting the pool do not hold them up.
     let r = store
         .append(&s, ExpectedVersion::Exact(0), vec![event("A", json!(2))])
         .await;
-    assert!(matches!(r, Err(StoreError::Busy(_))), "append: {r:?}");
+    assert!(r.is_ok(), "append beside an exhausted read pool: {r:?}");
     drop(held);
-    assert_eq!(
-        store.stream_version(&s).await,
-        Ok(Some(0)),
-        "the busy append wrote"
-    );
+    assert_eq!(store.stream_version(&s).await, Ok(Some(1)));
 
     let cleanup = PgStore::builder(&url)
         .schema(&schema)
@@ -79,7 +77,7 @@ async fn no_free_connection_is_busy_and_a_closed_store_is_closed() {
         .unwrap_or_else(|e| panic!("connect for cleanup: {e}"));
     store.close().await;
     let r = store
-        .append(&s, ExpectedVersion::Exact(0), vec![event("A", json!(3))])
+        .append(&s, ExpectedVersion::Exact(1), vec![event("A", json!(3))])
         .await;
     assert_eq!(r, Err(StoreError::Closed));
     assert_eq!(store.head().await, Err(StoreError::Closed));

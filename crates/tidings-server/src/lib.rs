@@ -65,6 +65,7 @@ pub mod problem;
 mod projections;
 mod routes;
 mod sse;
+mod stalls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,6 +93,9 @@ pub use problem::Problem;
 /// Default cap on a request body: 16 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 
+/// Default [`ServerConfig::append_timeout`]: 30 s.
+pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How the server behaves. Every field has a safe default.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -114,6 +118,11 @@ pub struct ServerConfig {
     pub store_size: Option<Arc<dyn Fn() -> Option<u64> + Send + Sync>>,
     /// A name for the store behind the server, shown by `/stats` and the console.
     pub store_description: String,
+    /// Longest an append may take before it is answered 503 `append-timeout` (its
+    /// outcome may then be unknown: the store call keeps running and may still write).
+    /// While an append is in flight past it, or one timed out within it and none has
+    /// succeeded since, `/ready` answers 503. Default 30 s.
+    pub append_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -126,6 +135,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("default_source", &self.default_source)
             .field("tokens", &self.tokens)
             .field("store_description", &self.store_description)
+            .field("append_timeout", &self.append_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +151,7 @@ impl Default for ServerConfig {
             tokens: Tokens::none(),
             store_size: None,
             store_description: "store".to_owned(),
+            append_timeout: DEFAULT_APPEND_TIMEOUT,
         }
     }
 }
@@ -167,6 +178,7 @@ struct Inner<S> {
     enricher: Enricher,
     metrics: Metrics,
     admission: Admission,
+    stalls: Arc<stalls::Stalls>,
     shutting_down: AtomicBool,
     shutdown: watch::Sender<bool>,
     started: Instant,
@@ -208,6 +220,7 @@ impl<S: EventStore> AppState<S> {
                 enricher,
                 metrics: Metrics::default(),
                 admission: Admission::new(&config),
+                stalls: Arc::default(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 started: Instant::now(),

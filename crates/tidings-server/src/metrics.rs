@@ -72,6 +72,8 @@ pub struct Metrics {
     bytes: Counter,
     append_failures: Counter,
     rejected_busy: Counter,
+    append_timeouts: Counter,
+    appends_stalled: GaugeU64,
     subscribers: GaugeU64,
     sse_events: Counter,
     commit_seconds: Histogram,
@@ -109,6 +111,17 @@ impl Default for Metrics {
             "tidings_appends_rejected_busy",
             "Appends answered 503 because the append queue was full",
         );
+        let append_timeouts = counter(
+            &mut registry,
+            "tidings_append_timeouts",
+            "Appends answered 503 because they did not finish within their deadline (the store's or the server's)",
+        );
+        let appends_stalled = GaugeU64::default();
+        registry.register(
+            "tidings_appends_stalled",
+            "Appends in flight for longer than the append deadline",
+            appends_stalled.clone(),
+        );
         let subscribers = GaugeU64::default();
         registry.register(
             "tidings_subscribers",
@@ -142,6 +155,8 @@ impl Default for Metrics {
             bytes,
             append_failures,
             rejected_busy,
+            append_timeouts,
+            appends_stalled,
             subscribers,
             sse_events,
             commit_seconds,
@@ -164,6 +179,21 @@ impl Metrics {
     pub fn record_append_failure(&self, took: Duration) {
         self.append_failures.inc();
         self.observe_commit(took);
+    }
+
+    /// An append that did not finish within its deadline.
+    pub fn record_append_timeout(&self) {
+        self.append_timeouts.inc();
+    }
+
+    /// Appends timed out since start.
+    pub fn append_timeouts(&self) -> u64 {
+        self.append_timeouts.get()
+    }
+
+    /// Sets how many appends are in flight for longer than the append deadline.
+    pub fn set_appends_stalled(&self, n: u64) {
+        self.appends_stalled.set(n);
     }
 
     /// An append refused because the queue was full.
@@ -371,6 +401,9 @@ mod tests {
             "tidings_bytes_appended_total 0\n",
             "tidings_append_failures_total 0\n",
             "tidings_appends_rejected_busy_total 0\n",
+            "tidings_append_timeouts_total 0\n",
+            "tidings_appends_stalled 0\n",
+            "# TYPE tidings_appends_stalled gauge\n",
             "tidings_subscribers 0\n",
             "tidings_sse_events_sent_total 0\n",
             "tidings_head_position 1\n",

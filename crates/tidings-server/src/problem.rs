@@ -153,6 +153,29 @@ impl From<StoreError> for Problem {
                 .with("stream", stream.as_str())
                 .with("eventId", event_id.to_string())
                 .with("reason", reason),
+            StoreError::Timeout {
+                operation,
+                after,
+                outcome_unknown,
+            } => {
+                let outcome = if outcome_unknown {
+                    "its outcome is unknown: it may still be written"
+                } else {
+                    "the store reports that nothing was written, but treat the outcome as unknown"
+                };
+                Problem::unavailable(
+                    "append-timeout",
+                    format!(
+                        "{operation} did not finish within {} ms; {outcome}. Retrying with the \
+                         same event ids is safe: the store deduplicates by event id, so the \
+                         events are written at most once",
+                        after.as_millis()
+                    ),
+                    2,
+                )
+                .with("timeoutMs", after.as_millis() as u64)
+                .with("outcomeUnknown", outcome_unknown)
+            }
             StoreError::Busy(_) => Problem::unavailable("store-busy", detail, 1),
             StoreError::Closed => Problem::unavailable("store-closed", detail, 5),
             StoreError::Stopped(_) => Problem::unavailable("store-stopped", detail, 60),

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tidings::{Direction, Filter, ListStreams, ReadAll, ReadStream, StreamId, StreamIdError};
+use tidings::{
+    Direction, Filter, ListStreams, ReadAll, ReadStream, StoreError, StreamId, StreamIdError,
+};
 
 use crate::append::parse_append;
 use crate::format::{
@@ -75,7 +77,7 @@ pub(crate) async fn append<S: EventStore>(
 ) -> Result<Response, Problem> {
     let stream = user_stream(&stream)?;
     let admission = &state.inner.admission;
-    let _admitted = admission.admit(&headers, state.is_shutting_down(), state.metrics())?;
+    let admitted = admission.admit(&headers, state.is_shutting_down(), state.metrics())?;
     let bytes = admission.read_body(body).await?;
     let request = parse_append(&headers, &bytes)?;
     let events = request
@@ -91,10 +93,7 @@ pub(crate) async fn append<S: EventStore>(
     let count = events.len() as u64;
     let size: usize = events.iter().map(|e| e.encoded_len()).sum();
     let started = Instant::now();
-    let result = state
-        .store()
-        .append(&stream, request.expected, events)
-        .await;
+    let result = deadline_append(&state, admitted, stream.clone(), request.expected, events).await;
     let took = started.elapsed();
     match result {
         Ok(r) => {
@@ -124,6 +123,51 @@ pub(crate) async fn append<S: EventStore>(
             Err(e.into())
         }
     }
+}
+
+/// Runs the store's append within the append deadline. The store call runs in a task
+/// of its own holding the append's admission, so an append that passes the deadline is
+/// answered at once yet never cancelled mid-write: it keeps its slot (shutdown drains
+/// it) and counts as stalled until the store answers.
+async fn deadline_append<S: EventStore>(
+    state: &AppState<S>,
+    admitted: crate::admission::Admitted,
+    stream: StreamId,
+    expected: tidings::ExpectedVersion,
+    events: Vec<tidings::Event>,
+) -> Result<tidings::AppendResult, StoreError> {
+    let deadline = state.config().append_timeout;
+    let stalls = &state.inner.stalls;
+    let tracked = stalls.track();
+    let task_state = state.clone();
+    let task_stream = stream.clone();
+    let task = tokio::spawn(async move {
+        let _held = (admitted, tracked);
+        task_state
+            .store()
+            .append(&task_stream, expected, events)
+            .await
+    });
+    let result = match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(failed)) => Err(StoreError::Backend(format!(
+            "the append to {stream} failed inside the server: {failed}"
+        ))),
+        Err(_) => Err(StoreError::Timeout {
+            operation: format!("append to {stream}"),
+            after: deadline,
+            outcome_unknown: true,
+        }),
+    };
+    match &result {
+        Ok(_) => stalls.succeeded(),
+        Err(StoreError::Timeout { .. }) => {
+            stalls.timed_out();
+            state.metrics().record_append_timeout();
+        }
+        Err(_) => {}
+    }
+    result
 }
 
 /// Percent-encodes one path segment.
@@ -370,6 +414,17 @@ pub(crate) async fn ready<S: EventStore>(State(state): State<AppState<S>>) -> Re
         return Problem::unavailable("shutting-down", "the server is shutting down", 5)
             .into_response();
     }
+    let deadline = state.config().append_timeout;
+    if let Some(reason) = state.inner.stalls.reason(deadline) {
+        return Problem::unavailable(
+            "appends-stalled",
+            format!("appends are stalled: {reason}"),
+            1,
+        )
+        .with("appendsStalled", state.inner.stalls.stalled(deadline))
+        .with("appendTimeoutMs", deadline.as_millis() as u64)
+        .into_response();
+    }
     match state.store().head().await {
         Ok(head) => Json(json!({ "status": "ready", "head": head })).into_response(),
         Err(e) => Problem::from(e).into_response(),
@@ -394,6 +449,8 @@ pub(crate) async fn metrics<S: EventStore>(
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
+    let stalled = state.inner.stalls.stalled(state.config().append_timeout);
+    state.metrics().set_appends_stalled(stalled as u64);
     let groups = crate::groups::describe_all(&state).await;
     (
         [(header::CONTENT_TYPE, content_type)],

@@ -914,3 +914,65 @@ async fn the_server_holds_events_to_its_stores_limits() {
     assert_eq!(r.status(), StatusCode::CREATED);
     s.stop().await.unwrap();
 }
+
+/// An append the store does not answer within the server's deadline is answered 503
+/// `append-timeout` at once, keeps running, counts as stalled (`/ready` 503, the gauge
+/// and the counter) until the store answers; a retry with the same event id then
+/// answers the recorded append instead of writing it twice.
+#[tokio::test]
+async fn an_append_past_the_deadline_is_503_and_the_server_not_ready_until_it_ends() {
+    let store = GatedStore::new();
+    let s = TestServer::start_with(
+        store.clone(),
+        ServerConfig {
+            append_timeout: Duration::from_millis(100),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let id = "018f0000-0000-7000-8000-0000000000aa";
+    let body = json!({"eventId": id, "eventType": "A", "data": {}});
+    let r = post(&s, "slow", "no-stream", body.clone()).await;
+    assert_eq!(r.headers()["retry-after"], "2");
+    let p = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(p["type"], "urn:tidings:problem:append-timeout");
+    assert_eq!(p["outcomeUnknown"], true);
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("outcome is unknown"), "{detail}");
+    assert!(detail.contains("same event ids is safe"), "{detail}");
+
+    let ready = http().get(s.url("/ready")).send().await.unwrap();
+    let p = problem(ready, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(p["type"], "urn:tidings:problem:appends-stalled");
+    assert_eq!(p["appendsStalled"], 1);
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tidings_appends_stalled 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("tidings_append_timeouts_total 1\n"),
+        "{metrics}"
+    );
+
+    // The held append completes (it was never cancelled); the retry finds it.
+    store.gate.add_permits(100);
+    let r = post(&s, "slow", "no-stream", body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..500 {
+        status = http().get(s.url("/ready")).send().await.unwrap().status();
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "ready again once appends flow");
+    let all = store.inner.all_events();
+    assert_eq!(all.len(), 1, "the event is stored once");
+    s.stop().await.unwrap();
+}

@@ -420,6 +420,23 @@ pub enum StoreError {
     /// The store is too busy to take the append now; retry later.
     #[error("store is busy: {0}")]
     Busy(String),
+    /// An operation did not finish within its deadline (a lock held elsewhere, a stalled
+    /// disk, a slow database). When `outcome_unknown` is false nothing was written; when it
+    /// is true the write may still become durable later. Either way, retrying the append
+    /// with the same event ids is safe: the store deduplicates by event id.
+    #[error(
+        "{operation} did not finish within {} ms; {}",
+        after.as_millis(),
+        timeout_outcome(*outcome_unknown)
+    )]
+    Timeout {
+        /// What timed out, e.g. `append to orders-1`.
+        operation: String,
+        /// The deadline that passed.
+        after: std::time::Duration,
+        /// True when the write may still become durable after this answer.
+        outcome_unknown: bool,
+    },
     /// Stored data failed a check.
     #[error("corruption: {0}")]
     Corrupt(String),
@@ -438,6 +455,16 @@ pub enum StoreError {
     /// An I/O or backend failure.
     #[error("backend failure: {0}")]
     Backend(String),
+}
+
+fn timeout_outcome(unknown: bool) -> &'static str {
+    if unknown {
+        "the outcome is unknown (the write may still become durable); retrying with the same \
+         event ids is safe: the store deduplicates by event id"
+    } else {
+        "nothing was written; retrying with the same event ids is safe: the store \
+         deduplicates by event id"
+    }
 }
 
 fn fmt_version(v: Option<Revision>) -> String {
