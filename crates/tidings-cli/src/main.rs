@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod demo;
 mod relay;
+mod remote_groups;
 mod serve;
 mod store;
 mod verify;
@@ -46,6 +47,10 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Import NDJSON exported by `tidings export` (resumable, idempotent by event id).
     Import(commands::import::ImportArgs),
+    /// Create, list, show, update, delete or consume the store's consumer groups.
+    Group(commands::group::GroupArgs),
+    /// List, replay or delete a consumer group's parked messages.
+    Parked(commands::group::ParkedArgs),
     /// The built-in projections of a local store: list, status, show, rebuild (blue/green).
     Projection(commands::projection::ProjectionArgs),
     /// List, show, replay or delete a consumer group's dead letters on a broker.
@@ -97,6 +102,8 @@ fn main() -> ExitCode {
                         Command::Export(a) => commands::export::run(a).await,
                         Command::Import(a) => commands::import::run(a).await,
                         Command::DeadLetters(a) => commands::dead_letters::run(a).await,
+                        Command::Group(a) => commands::group::run(a).await,
+                        Command::Parked(a) => commands::group::run_parked(a).await,
                         Command::Projection(a) => commands::projection::run(a).await,
                         Command::Demo(a) => demo::run(a).await,
                         Command::DemoService(a) => demo::services::run_service_process(a).await,

@@ -453,9 +453,14 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
         // Unresolved parked events per stream, for sequenced parking (kept for every
         // hosted group: sequenced parking may be switched on later).
         let mut parked_per_stream = std::collections::HashMap::new();
+        // Replays requested before a restart and not yet resolved: queued again.
+        let mut requested = Vec::new();
         if self.hosting.is_some() {
             for p in read_parked(&self.store, &self.name, &parked_stream).await? {
-                *parked_per_stream.entry(p.event.stream).or_insert(0) += 1;
+                *parked_per_stream.entry(p.event.stream.clone()).or_insert(0) += 1;
+                if p.replay_requested {
+                    requested.push(p);
+                }
             }
         }
         let rng = self
@@ -497,6 +502,15 @@ impl<S: EventStore, C: CheckpointStore> ConsumerGroupBuilder<S, C> {
             changed: Notify::new(),
             saved: tokio::sync::Mutex::new((from, 0)),
         });
+        if !requested.is_empty() {
+            let mut st = shared.lock();
+            for p in in_stream_order(requested) {
+                if st.replaying.insert(p.parked_revision) {
+                    st.push(p.event, Origin::Parked(p.parked_revision));
+                    st.counters.replayed += 1;
+                }
+            }
+        }
         tracing::info!(group = %shared.name, from, "consumer group starting");
         // A hosted group's filter may change: it reads everything and filters as it
         // buffers.
@@ -772,6 +786,57 @@ pub(crate) fn take_now(st: &mut State, member: u64, now: Instant) -> Take {
         Some(h) => Take::Handed(h, trial),
         None => Take::WaitUntil(None),
     }
+}
+
+/// Hands up to `max` ready entries to `member` in one pass over the buffer (what
+/// repeated [`take_now`] calls would hand out, without rescanning from the start for
+/// each). Returns them, and when fewer than `max` were ready, when to try again.
+pub(crate) fn take_batch(
+    st: &mut State,
+    member: u64,
+    now: Instant,
+    max: usize,
+) -> (Vec<Handed>, Option<Instant>) {
+    let pinned = st.strategy == Strategy::Pinned;
+    let mut chosen = Vec::new();
+    let mut earliest: Option<Instant> = None;
+    {
+        let mut held: HashSet<&StreamId> = HashSet::new();
+        for (seq, e) in &st.entries {
+            if chosen.len() >= max {
+                break;
+            }
+            if pinned && !held.insert(&e.event.stream) {
+                continue;
+            }
+            if let Status::Ready { not_before } = e.status {
+                if not_before <= now {
+                    chosen.push(*seq);
+                } else {
+                    earliest = Some(earliest.map_or(not_before, |t| t.min(not_before)));
+                }
+            }
+        }
+    }
+    let mut handed = Vec::with_capacity(chosen.len());
+    for seq in chosen {
+        match st.breaker.permit(now) {
+            Permit::Allowed => {}
+            Permit::Trial => {
+                // The half-open trial goes out alone.
+                if let Some(h) = st.hand_out(seq, member, now) {
+                    handed.push(h);
+                }
+                return (handed, None);
+            }
+            Permit::WaitUntil(t) => return (handed, Some(t)),
+            Permit::WaitForTrial => return (handed, None),
+        }
+        if let Some(h) = st.hand_out(seq, member, now) {
+            handed.push(h);
+        }
+    }
+    (handed, earliest)
 }
 
 /// The entry to deliver now, and otherwise the earliest instant one becomes ready.

@@ -34,6 +34,10 @@ use tidings_core::stream::StreamId;
 
 /// Event type of a parked record.
 pub const PARKED_EVENT_TYPE: &str = "$Parked";
+/// Event type of the record that asks for parked ones to be delivered again; a group
+/// that starts queues the requested ones not yet resolved, so a replay survives a
+/// restart.
+pub const REPLAY_EVENT_TYPE: &str = "$ParkedReplayRequested";
 /// Event type of the record that resolves a parked one after its replay.
 pub const RESOLVED_EVENT_TYPE: &str = "$ParkedResolved";
 
@@ -53,6 +57,8 @@ pub struct ParkedEvent {
     /// True when it was parked behind an earlier parked event of its stream
     /// (sequenced parking) without being delivered.
     pub held: bool,
+    /// True when a replay of it was requested (and it is not resolved yet).
+    pub replay_requested: bool,
 }
 
 /// The original event as a parked record keeps it. (Not `RecordedEvent` itself: its
@@ -146,6 +152,17 @@ fn system_event(clock: &dyn Clock, event_type: &str, data: Payload, metadata: Me
     }
 }
 
+/// The record asking for the parked records at `revisions` to be delivered again.
+pub(crate) fn replay_record(clock: &dyn Clock, revisions: &[Revision]) -> Event {
+    let data = json!({ "parkedRevisions": revisions });
+    system_event(
+        clock,
+        REPLAY_EVENT_TYPE,
+        Payload::from(data),
+        Metadata::default(),
+    )
+}
+
 /// The parked list of `stream`: `$Parked` records not resolved, oldest first.
 pub(crate) async fn read_parked<R: EventReader>(
     reader: &R,
@@ -178,6 +195,16 @@ pub(crate) async fn read_parked<R: EventReader>(
             .ok_or_else(|| corrupt(r.revision, "no integer parkedRevision".to_owned()))?;
         resolved.insert(n);
     }
+    let mut requested = std::collections::HashSet::new();
+    for r in records.iter().filter(|r| r.event_type == REPLAY_EVENT_TYPE) {
+        let revisions = r
+            .data
+            .to_value()
+            .get("parkedRevisions")
+            .and_then(|v| v.as_array().cloned())
+            .ok_or_else(|| corrupt(r.revision, "no parkedRevisions array".to_owned()))?;
+        requested.extend(revisions.iter().filter_map(serde_json::Value::as_u64));
+    }
     let mut out = Vec::new();
     for r in records {
         if r.event_type != PARKED_EVENT_TYPE || resolved.contains(&r.revision) {
@@ -205,6 +232,7 @@ pub(crate) async fn read_parked<R: EventReader>(
                 .unwrap_or(0),
             event,
             held: extra.get("parkedHeld").is_some_and(|h| h == "true"),
+            replay_requested: requested.contains(&r.revision),
         });
     }
     Ok(out)

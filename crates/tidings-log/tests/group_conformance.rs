@@ -67,6 +67,7 @@ checks!(
     parked_messages_replay_and_delete,
     sequenced_parking_holds_the_stream_and_replay_restores_order,
     groups_survive_a_restart,
+    a_replay_survives_a_restart,
     bad_requests_are_refused,
     competing_members_settle_every_event,
 );

@@ -75,6 +75,7 @@ pub async fn run_all<H: GroupHarness>(h: &H) {
     parked_messages_replay_and_delete(h).await;
     sequenced_parking_holds_the_stream_and_replay_restores_order(h).await;
     groups_survive_a_restart(h).await;
+    a_replay_survives_a_restart(h).await;
     bad_requests_are_refused(h).await;
     competing_members_settle_every_event(h).await;
 }
@@ -928,6 +929,38 @@ pub async fn groups_survive_a_restart<H: GroupHarness>(h: &H) {
         fetch_quiet(&g, &m).await.is_empty(),
         "acknowledged and parked events stay settled"
     );
+}
+
+/// A replay asked for before a restart still delivers after it (a command-line
+/// `parked replay` is its own short process).
+pub async fn a_replay_survives_a_restart<H: GroupHarness>(h: &H) {
+    let (store, g) = h.fresh().await;
+    append(&store, "y-1", "E", 1).await;
+    create(&g, "replayed", fast()).await;
+    let m = join(&g, "replayed", "m").await;
+    let got = fetch_n(&g, &m, 1, "one").await;
+    settle(
+        &g,
+        &m,
+        &got,
+        Settlement::Park {
+            reason: "later".into(),
+        },
+    )
+    .await;
+    parked_eventually(&g, "replayed", 1, "parked").await;
+    g.leave(&m).await.unwrap_or_else(|e| panic!("leave: {e}"));
+    assert_eq!(
+        g.replay_parked("replayed", ParkedSelection::All).await.ok(),
+        Some(1)
+    );
+    let g = h.reopen(&store, g).await;
+    let m = join(&g, "replayed", "m2").await;
+    let again = fetch_n(&g, &m, 1, "the replay, after the restart").await;
+    assert!(again[0].replay, "{again:?}");
+    assert_eq!(key(&again[0]), ("y-1".to_owned(), 0));
+    settle(&g, &m, &again, Settlement::Ack).await;
+    parked_eventually(&g, "replayed", 0, "the acknowledged replay left the list").await;
 }
 
 /// Refusals: unknown groups, fetch of nothing, a made-up lease.

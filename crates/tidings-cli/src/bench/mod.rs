@@ -12,6 +12,7 @@
 
 pub mod bus;
 mod disk;
+mod groups;
 mod http;
 mod workloads;
 
@@ -239,6 +240,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut workloads: Vec<&str> = match args.workload.as_str() {
         "all" => STANDARD.to_vec(),
         "bus" => bus::WORKLOADS.to_vec(),
+        "groups" => groups::WORKLOADS.to_vec(),
         w => vec![w],
     };
     if args.workload == "all" && args.bus.is_some() {
@@ -360,6 +362,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     &store, &template, w, n, members, every
                 ))
             }
+            w if groups::WORKLOADS.contains(&w) => {
+                target.embedded_only(w)?;
+                let n = args
+                    .events
+                    .unwrap_or(if w.contains("http") { 100_000 } else { 200_000 });
+                on_store!(rt, &target, w, |store| groups::run(&store, &template, w, n))
+            }
             "relay" | "bus-latency" | "broker-consumer" => {
                 let mut rows_of_w = rt.block_on(bus::run(w, &target, &template, &bus_options))?;
                 let last = rows_of_w.pop().context("the workload returned no row")?;
@@ -374,8 +383,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
-                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, or with --bus: {}, bus",
+                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, groups ({}), or with --bus: {}, bus",
                 STANDARD.join(", "),
+                groups::WORKLOADS.join(", "),
                 bus::WORKLOADS.join(", ")
             ),
         };

@@ -1,5 +1,5 @@
-//! The client commands: append, read, tail, streams, correlation, export, import, and
-//! the projections of a local store.
+//! The client commands: append, read, tail, streams, correlation, export, import,
+//! consumer groups (`group`, `parked`) and the projections of a local store.
 //!
 //! Each works against a local store (`--data DIR` or `--store`) or a server (`--server
 //! URL`). Human output is an aligned table; `--json` prints machine-readable JSON.
@@ -11,6 +11,7 @@ pub mod append;
 pub mod correlation;
 pub mod dead_letters;
 pub mod export;
+pub mod group;
 pub mod import;
 mod progress;
 pub mod projection;

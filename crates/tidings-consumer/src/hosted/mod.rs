@@ -16,8 +16,8 @@ use super::breaker::CircuitBreaker;
 use super::checkpoint::StoreCheckpoints;
 use super::delivery::{Done, Failed, fail_entry};
 use super::error::ConsumerError;
-use super::group::{ConsumerGroup, Due, Hosting, Origin, Status, Take, take_now};
-use super::parked::{ParkedEvent, Resolution, read_parked, resolved_record};
+use super::group::{ConsumerGroup, Due, Hosting, Origin, Status, take_batch};
+use super::parked::{ParkedEvent, Resolution, read_parked, replay_record, resolved_record};
 use super::retry::{Jitter, RetryPolicy};
 use registry::{Change, Registered};
 use tidings_core::group::{
@@ -518,18 +518,7 @@ impl<S: EventStore> Hosted<S> {
                     });
                 }
                 let now = Instant::now();
-                let mut handed = Vec::new();
-                let mut wake = None;
-                while handed.len() < max {
-                    match take_now(&mut st, id, now) {
-                        Take::Handed(h, _) => handed.push(h),
-                        Take::WaitUntil(t) => {
-                            wake = t;
-                            break;
-                        }
-                    }
-                }
-                (handed, wake)
+                take_batch(&mut st, id, now, max)
             };
             if !handed.is_empty() {
                 let mut members = lock(&self.members);
@@ -686,6 +675,18 @@ impl<S: EventStore> Hosted<S> {
     async fn replay(&self, which: ParkedSelection) -> Result<u64, GroupError> {
         let listed = self.parked_list().await?;
         let chosen = self.selected(&listed, &which)?;
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        // Recorded first, so the replay survives a restart of this process: a group
+        // that starts queues the requested parked events not yet resolved.
+        let mut revisions: Vec<Revision> = chosen.iter().copied().collect();
+        revisions.sort_unstable();
+        let shared = &self.engine.shared;
+        shared
+            .append_parked(vec![replay_record(shared.clock.as_ref(), &revisions)])
+            .await
+            .map_err(|e| to_group_error(&self.name, e))?;
         let queued = self
             .engine
             .replay_parked_where(|p| chosen.contains(&p.parked_revision))

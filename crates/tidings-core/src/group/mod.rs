@@ -18,7 +18,7 @@
 //! The shared conformance suite (`tidings_testkit::group_conformance`) checks these.
 //!
 //! 1. **What is delivered.** Every non-system event that passes the group's
-//!    [`Filter`], from its [`StartFrom`] on, until it is *settled*: acknowledged,
+//!    [`Filter`](crate::store::Filter), from its [`StartFrom`] on, until it is *settled*: acknowledged,
 //!    skipped or parked. At-least-once: an event whose settlement was lost (a member
 //!    died, a lease or a message timed out) is delivered again.
 //! 2. **One holder at a time.** A message is out with at most one member at a time.
