@@ -632,7 +632,7 @@ pub async fn a_lapsed_lease_hands_messages_to_others<H: GroupHarness>(h: &H) {
         &g,
         "lease",
         GroupSettings {
-            lease: Duration::from_millis(300),
+            lease: Duration::from_millis(1_000),
             ..fast()
         },
     )
