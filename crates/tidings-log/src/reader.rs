@@ -309,7 +309,11 @@ pub(crate) fn scan(
         let stream_ok = filter
             .stream_prefix
             .as_deref()
-            .is_none_or(|p| view.stream.starts_with(p));
+            .is_none_or(|p| view.stream.starts_with(p))
+            && (filter.categories.is_empty() || {
+                let c = tidings_core::store::category_of(view.stream);
+                filter.categories.iter().any(|x| x == c)
+            });
         if stream_ok && h.last_position() >= from {
             let stream = stream_of(&view, seg, off, &mut stream_cache)?;
             for (k, e) in view.events().enumerate() {

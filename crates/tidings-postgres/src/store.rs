@@ -278,7 +278,8 @@ impl EventReader for PgStore {
             .bind(signed(options.from))
             .bind(options.filter.event_types)
             .bind(options.filter.stream_prefix)
-            .bind(signed(options.limit as u64));
+            .bind(signed(options.limit as u64))
+            .bind(options.filter.categories);
         self.fetch_events("read all", query).await
     }
 

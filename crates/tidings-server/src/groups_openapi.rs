@@ -33,7 +33,9 @@ pub(crate) fn schemas() -> Value {
                               { "type": "object", "required": ["position"], "properties": { "position": integer() } }] },
                 "filter": { "type": "object", "properties": {
                     "eventTypes": { "type": "array", "items": string() },
-                    "streamPrefix": { "type": ["string", "null"] } } },
+                    "streamPrefix": { "type": ["string", "null"] },
+                    "categories": { "type": "array", "items": string(),
+                        "description": "only streams of these categories (the name up to its first `-`)" } } },
                 "leaseMs": ms("a member's lease without a heartbeat (default 10000; 100 to 3600000)"),
                 "messageTimeoutMs": ms("how long a member may hold a message (default 30000; 100 to 86400000)"),
                 "maxRetries": { "type": "integer", "minimum": 0, "maximum": 1000, "default": 10 },

@@ -23,7 +23,7 @@
 //! | `POST /streams/{stream}` | append (header `Expected-Version`) |
 //! | `GET /streams/{stream}` | read a stream (`from`, `limit`, `direction`) |
 //! | `GET /streams/{stream}/{revision}` | one event |
-//! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`) |
+//! | `GET /all` | read the global log (`from`, `limit`, `type`, `streamPrefix`, `category`) |
 //! | `GET /streams` | list streams (`prefix`, `after`, `limit`) |
 //! | `GET /correlations/{id}` | one business transaction, in commit order |
 //! | `GET /projections`, `GET /projections/{name}` | the built-in read models (`event-types`, `categories`) |

@@ -149,6 +149,12 @@ fn base_document() -> Value {
         "only streams starting with this",
         string(),
     );
+    let category = param(
+        "category",
+        "query",
+        "only streams of these categories (comma-separated; a stream's category is its name up to the first `-`)",
+        string(),
+    );
     let last_event_id = param(
         "Last-Event-ID",
         "header",
@@ -320,7 +326,7 @@ fn base_document() -> Value {
             "/all": { "get": {
                 "summary": "Read the global log by position",
                 "description": NEGOTIATION,
-                "parameters": [from.clone(), limit.clone(), event_type.clone(), prefix.clone()],
+                "parameters": [from.clone(), limit.clone(), event_type.clone(), prefix.clone(), category.clone()],
                 "responses": {
                     "200": ok_read("a page of events", events_page(), false),
                     "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone(),
@@ -339,7 +345,7 @@ fn base_document() -> Value {
             } },
             "/subscribe/all": { "get": {
                 "summary": "Live subscription to the global log",
-                "parameters": [from.clone(), event_type.clone(), prefix, last_event_id.clone(), sse_format.clone()],
+                "parameters": [from.clone(), event_type.clone(), prefix, category, last_event_id.clone(), sse_format.clone()],
                 "responses": { "200": sse_response(), "400": problem_400.clone(), "401": problem_401.clone(), "403": problem_403.clone() }
             } },
             "/subscribe/streams/{stream}": { "get": {

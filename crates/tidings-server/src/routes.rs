@@ -288,18 +288,29 @@ pub(crate) struct ReadAllQuery {
     #[serde(rename = "type")]
     pub(crate) event_type: Option<String>,
     pub(crate) stream_prefix: Option<String>,
+    pub(crate) category: Option<String>,
 }
 
-/// The filter of `type` (comma-separated) and `streamPrefix`.
-pub(crate) fn filter_of(event_type: Option<&str>, stream_prefix: Option<&str>) -> Filter {
+/// The filter of `type` and `category` (both comma-separated) and `streamPrefix`.
+pub(crate) fn filter_of(
+    event_type: Option<&str>,
+    stream_prefix: Option<&str>,
+    category: Option<&str>,
+) -> Filter {
     let mut filter = Filter::all();
-    for t in event_type
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
+    let items = |list: Option<&str>| -> Vec<String> {
+        list.unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    for t in items(event_type) {
         filter = filter.event_type(t);
+    }
+    for c in items(category) {
+        filter = filter.category(c);
     }
     if let Some(p) = stream_prefix.filter(|p| !p.is_empty()) {
         filter = filter.stream_prefix(p);
@@ -317,7 +328,11 @@ pub(crate) async fn read_all<S: EventStore>(
     let q = query(q)?;
     let limit = limit(q.limit)?;
     let from = q.from.unwrap_or(0);
-    let filter = filter_of(q.event_type.as_deref(), q.stream_prefix.as_deref());
+    let filter = filter_of(
+        q.event_type.as_deref(),
+        q.stream_prefix.as_deref(),
+        q.category.as_deref(),
+    );
     let store = state.store();
     let head = store.head().await?;
     let events = store

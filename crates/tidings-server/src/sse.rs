@@ -77,7 +77,11 @@ pub(crate) async fn subscribe_all<S: EventStore>(
         (None, Some(from)) => Start::At(from),
         (None, None) => Start::End,
     };
-    let filter = filter_of(q.event_type.as_deref(), q.stream_prefix.as_deref());
+    let filter = filter_of(
+        q.event_type.as_deref(),
+        q.stream_prefix.as_deref(),
+        q.category.as_deref(),
+    );
     let events = state.store().subscribe_all(start, filter);
     Ok(respond(&state, events, None, format))
 }
@@ -104,7 +108,7 @@ pub(crate) async fn subscribe_stream<S: EventStore>(
         (None, Some(from)) => Start::At(from),
         (None, None) => Start::End,
     };
-    let types = filter_of(q.event_type.as_deref(), None);
+    let types = filter_of(q.event_type.as_deref(), None, None);
     let events = state.store().subscribe_stream(&stream, start);
     Ok(respond(&state, events, Some(types), format))
 }

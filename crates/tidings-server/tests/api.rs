@@ -194,6 +194,17 @@ async fn global_log_streams_and_correlations() {
         .await
         .unwrap();
     assert_eq!(typed["events"].as_array().unwrap().len(), 2);
+    let by_category: Value = http()
+        .get(s.url("/all?category=payment,nothing"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = by_category["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["stream"], "payment-1");
 
     let streams: Value = http()
         .get(s.url("/streams?prefix=order-"))

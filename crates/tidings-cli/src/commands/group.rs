@@ -72,6 +72,9 @@ struct Define {
     /// Only streams whose name starts with this.
     #[arg(long)]
     stream_prefix: Option<String>,
+    /// Only streams of this category, the name up to its first `-` (repeat for several).
+    #[arg(long = "category")]
+    categories: Vec<String>,
     /// A member's lease without a heartbeat, in milliseconds.
     #[arg(long)]
     lease_ms: Option<u64>,
@@ -384,6 +387,9 @@ fn filter_text(s: &GroupSettings) -> String {
     if let Some(p) = &s.filter.stream_prefix {
         parts.push(format!("streams {p}*"));
     }
+    if !s.filter.categories.is_empty() {
+        parts.push(format!("categories {}", s.filter.categories.join(",")));
+    }
     if parts.is_empty() {
         "all".to_owned()
     } else {
@@ -467,6 +473,9 @@ fn settings_from(d: &Define, base: GroupSettings) -> Result<GroupSettings> {
     }
     if let Some(p) = &d.stream_prefix {
         s.filter.stream_prefix = Some(p.clone());
+    }
+    if !d.categories.is_empty() {
+        s.filter.categories = d.categories.clone();
     }
     let ms = Duration::from_millis;
     if let Some(v) = d.lease_ms {

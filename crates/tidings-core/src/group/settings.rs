@@ -136,6 +136,9 @@ impl GroupSettings {
         if self.filter.event_types.iter().any(String::is_empty) {
             return bad("filter", "an event type is empty".to_owned());
         }
+        if self.filter.categories.iter().any(String::is_empty) {
+            return bad("filter", "a category is empty".to_owned());
+        }
         if self.filter.stream_prefix.as_deref() == Some("") {
             return bad("filter", "the stream prefix is empty".to_owned());
         }

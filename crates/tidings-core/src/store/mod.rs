@@ -263,6 +263,20 @@ pub struct Filter {
     /// Only streams whose name starts with this.
     #[serde(default)]
     pub stream_prefix: Option<String>,
+    /// Only streams of these categories (empty: all); see [`category_of`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+}
+
+/// A stream's category: its name up to the first `-`, or the whole name when it has none.
+///
+/// ```
+/// use tidings_core::store::category_of;
+/// assert_eq!(category_of("order-12-a"), "order");
+/// assert_eq!(category_of("settings"), "settings");
+/// ```
+pub fn category_of(stream: &str) -> &str {
+    stream.split_once('-').map_or(stream, |(c, _)| c)
 }
 
 impl Filter {
@@ -283,9 +297,16 @@ impl Filter {
         self
     }
 
+    /// Only streams of this category (may be called several times): the stream name up to
+    /// its first `-`, the whole name when there is none (see [`category_of`]).
+    pub fn category(mut self, name: impl Into<String>) -> Self {
+        self.categories.push(name.into());
+        self
+    }
+
     /// True when the filter lets everything through.
     pub fn is_empty(&self) -> bool {
-        self.event_types.is_empty() && self.stream_prefix.is_none()
+        self.event_types.is_empty() && self.stream_prefix.is_none() && self.categories.is_empty()
     }
 
     /// Whether an event of `event_type` in `stream` passes.
@@ -295,6 +316,10 @@ impl Filter {
                 .stream_prefix
                 .as_deref()
                 .is_none_or(|p| stream.starts_with(p))
+            && (self.categories.is_empty() || {
+                let c = category_of(stream);
+                self.categories.iter().any(|x| x == c)
+            })
     }
 }
 
@@ -585,6 +610,27 @@ mod tests {
         assert!(!f.matches("order-1", "B"));
         assert!(!f.matches("user-1", "A"));
         assert!(Filter::all().matches("x", "y"));
+    }
+
+    #[test]
+    fn filter_by_category() {
+        assert_eq!(category_of("order-1-x"), "order");
+        assert_eq!(category_of("order"), "order");
+        assert_eq!(category_of("-1"), "");
+        let f = Filter::all().category("order").category("user");
+        assert!(!f.is_empty());
+        assert!(f.matches("order-1", "A"));
+        assert!(f.matches("user", "A"));
+        assert!(!f.matches("orders-1", "A"));
+        assert!(!f.matches("ord-1", "A"));
+        let f = f.event_type("A");
+        assert!(f.matches("user-2", "A"));
+        assert!(!f.matches("user-2", "B"));
+        let old: Filter = serde_json::from_str(r#"{"eventTypes":["A"]}"#).unwrap();
+        assert!(old.categories.is_empty());
+        let json = serde_json::to_string(&Filter::all().category("order")).unwrap();
+        assert_eq!(json, r#"{"eventTypes":[],"streamPrefix":null,"categories":["order"]}"#);
+        assert_eq!(serde_json::from_str::<Filter>(&json).unwrap(), Filter::all().category("order"));
     }
 }
 

@@ -9,7 +9,7 @@
 -- The cursor row is taken with SKIP LOCKED: while one fetch reads, the others skip it.
 -- No row: someone else is reading, or the window is full.
 -- $1 group id, $2 buffer, $3 event types (empty: all), $4 stream prefix (NULL: all),
--- $5 positions to look at, at most.
+-- $5 positions to look at, at most, $6 categories (empty: all).
 WITH cursor AS (
     SELECT read_upto FROM tidings_groups WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED
 ),
@@ -30,6 +30,7 @@ picked AS (
       AND NOT starts_with(e.stream, '$')
       AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3::text[]))
       AND ($4::text IS NULL OR starts_with(e.stream, $4::text))
+      AND (cardinality($6::text[]) = 0 OR split_part(e.stream, '-', 1) = ANY($6::text[]))
     ORDER BY e.position
     LIMIT (SELECT greatest(n, 0) FROM room)
 ),

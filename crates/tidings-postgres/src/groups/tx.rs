@@ -263,6 +263,7 @@ async fn top_up(
         .bind(&settings.filter.event_types)
         .bind(&settings.filter.stream_prefix)
         .bind(SCAN_WINDOW)
+        .bind(&settings.filter.categories)
         .fetch_optional(&mut **tx)
         .await
         .map_err(backend(groups, "read the log into the group"))?;
@@ -434,6 +435,7 @@ pub(super) async fn update(
             .bind(id)
             .bind(&settings.filter.event_types)
             .bind(&settings.filter.stream_prefix)
+            .bind(&settings.filter.categories)
             .execute(&mut *tx)
             .await
             .map_err(backend(groups, "drop messages the new filter leaves out"))?;
