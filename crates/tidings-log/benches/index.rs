@@ -21,6 +21,7 @@ fn filled(n: u64) -> (MemoryIndex, Vec<Uuid>) {
             &mut std::iter::once(IndexedEvent {
                 id,
                 correlation: Some("corr-123"),
+                event_type: "OrderPlaced",
             }),
         );
     }
@@ -71,6 +72,7 @@ fn bench(c: &mut Criterion) {
                     &mut std::iter::once(IndexedEvent {
                         id,
                         correlation: None,
+                        event_type: "OrderPlaced",
                     }),
                 );
                 ix

@@ -275,6 +275,8 @@ pub struct IndexedEvent<'a> {
     pub id: Uuid,
     /// Its correlation id.
     pub correlation: Option<&'a str>,
+    /// Its type (for the postings of [`crate::tags`]).
+    pub event_type: &'a str,
 }
 
 /// What every index implementation offers the store. One implementation today
@@ -322,6 +324,8 @@ pub struct MemoryIndex {
     /// Ids recorded since the last freeze.
     pub(crate) ids_recent: FpMap,
     pub(crate) correlations: Correlations,
+    /// Positions by event type and stream category.
+    pub(crate) tags: crate::tags::Tags,
 }
 
 impl MemoryIndex {
@@ -423,6 +427,7 @@ impl EventIndex for MemoryIndex {
             entry.positions.push(position);
             self.locs.push(loc);
             self.ids_recent.insert(fingerprint(&e.id), position);
+            self.tags.add(stream.as_str(), e.event_type, position);
             match (e.correlation, &mut run) {
                 (Some(c), Some((k, _, n))) if *k == c => *n += 1,
                 (Some(c), _) => {
@@ -516,6 +521,7 @@ mod tests {
             &mut ids.iter().map(|&id| IndexedEvent {
                 id,
                 correlation: corr,
+                event_type: "T",
             }),
         );
         ids

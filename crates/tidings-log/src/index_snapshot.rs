@@ -24,7 +24,12 @@
 //!       u16 name length, name, i64 last_written µs, u64 n, n × u64 positions
 //!   u64 id count, then per id, sorted: u64 fingerprint, u64 position
 //!   u64 correlation count, then per id: u32 length, id, u64 n, n × u64 positions
+//!   postings (see crate::tags), twice: event types, then stream categories:
+//!       u64 key count, then per key: u32 length, key, u64 n, n × u64 positions ascending
 //! ```
+//!
+//! A snapshot without the postings sections (written before they existed) is refused
+//! as stale, so the first open after the upgrade rebuilds the indexes from the log once.
 //!
 //! A snapshot whose checksums fail, or that does not match the segments found on disk,
 //! is stale: recovery ignores it and rebuilds the indexes from the log.
@@ -41,6 +46,7 @@ use crate::index::{
     StreamEntry,
 };
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
+use crate::tags::Tags;
 
 /// The index snapshot's file name (unchanged, for existing stores).
 pub const FILE_NAME: &str = "index.ckpt";
@@ -310,6 +316,35 @@ impl Draft {
             }
         }
         t[..8].copy_from_slice(&correlations.to_le_bytes());
+        for kind in [TagKind::Type, TagKind::Category] {
+            let keys: Vec<Box<str>> = {
+                let ix = read();
+                let mut k: Vec<Box<str>> = tag_map(&ix.tags, kind).keys().cloned().collect();
+                k.sort();
+                k
+            };
+            let count_at = t.len();
+            put64(&mut t, 0);
+            let mut written = 0u64;
+            for key in keys {
+                let ix = read();
+                let Some(ps) = tag_map(&ix.tags, kind).get(&key) else {
+                    continue;
+                };
+                let k = ps.partition_point(|&p| p < covered);
+                if k == 0 {
+                    continue;
+                }
+                t.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                t.extend_from_slice(key.as_bytes());
+                put64(&mut t, k as u64);
+                for &p in &ps[..k] {
+                    put64(&mut t, p);
+                }
+                written += 1;
+            }
+            t[count_at..count_at + 8].copy_from_slice(&written.to_le_bytes());
+        }
         Ok(Self {
             head: b,
             tail: t,
@@ -354,6 +389,30 @@ impl Draft {
         let crc = crc32c::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         (b, ids)
+    }
+}
+
+/// Which postings a section holds.
+#[derive(Clone, Copy)]
+enum TagKind {
+    Type,
+    Category,
+}
+
+fn tag_map(tags: &Tags, kind: TagKind) -> &std::collections::HashMap<Box<str>, Vec<Position>> {
+    match kind {
+        TagKind::Type => &tags.types,
+        TagKind::Category => &tags.categories,
+    }
+}
+
+fn tag_map_mut(
+    tags: &mut Tags,
+    kind: TagKind,
+) -> &mut std::collections::HashMap<Box<str>, Vec<Position>> {
+    match kind {
+        TagKind::Type => &mut tags.types,
+        TagKind::Category => &mut tags.categories,
     }
 }
 
@@ -507,6 +566,31 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<IndexSnapshot, IndexSnap
         correlations.extend(&c, positions);
     }
     index.correlations = correlations;
+    if r.remaining() == 0 {
+        // Written before postings existed: recovery rebuilds from the log once.
+        return Err(bad("no postings section"));
+    }
+    for kind in [TagKind::Type, TagKind::Category] {
+        let nkeys = r.count(12)?;
+        let map = tag_map_mut(&mut index.tags, kind);
+        for _ in 0..nkeys {
+            let n = r.u32()? as usize;
+            let key = std::str::from_utf8(r.take(n)?).map_err(|_| bad("a posting key is not UTF-8"))?;
+            let key: Box<str> = Box::from(key);
+            let count = r.count(8)?;
+            let mut positions: Vec<Position> = Vec::with_capacity(count);
+            for _ in 0..count {
+                let p = r.u64()?;
+                if p >= next_position || positions.last().is_some_and(|&l| l >= p) {
+                    return Err(bad("postings are not ascending within the covered log"));
+                }
+                positions.push(p);
+            }
+            if map.insert(key, positions).is_some() {
+                return Err(bad("a posting key is listed twice"));
+            }
+        }
+    }
     if r.remaining() != 0 {
         return Err(bad("bytes left after the body"));
     }
@@ -643,6 +727,7 @@ mod tests {
             &mut ids.iter().map(|&id| IndexedEvent {
                 id,
                 correlation: Some("c"),
+                event_type: "T",
             }),
         );
         let bytes = encode(&ix, 500, 77).unwrap_or_else(|e| panic!("{e}"));
@@ -652,6 +737,9 @@ mod tests {
         assert_eq!(back.index.stream_version("s"), Some(4));
         assert_eq!(back.index.id_candidate(&ids[3]), Some(3));
         assert_eq!(back.index.correlation_positions("c").unwrap().len(), 5);
+        assert_eq!(back.index.tags, ix.tags);
+        assert_eq!(back.index.tags.type_positions("T"), &[0, 1, 2, 3, 4]);
+        assert_eq!(back.index.tags.category_positions("s"), &[0, 1, 2, 3, 4]);
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
@@ -678,7 +766,7 @@ mod tests {
                 0,
                 0,
                 Loc::new(0, 64),
-                &mut std::iter::once(IndexedEvent { id: Uuid::nil(), correlation: Some("c") }),
+                &mut std::iter::once(IndexedEvent { id: Uuid::nil(), correlation: Some("c"), event_type: "T" }),
             );
             let mut image = encode(&ix, 64, 1).unwrap_or_else(|e| panic!("{e}"));
             for (at, v) in edits {

@@ -60,6 +60,7 @@ pub mod recovery;
 pub mod segment;
 pub mod storage;
 mod store;
+pub mod tags;
 mod verify;
 mod writer;
 

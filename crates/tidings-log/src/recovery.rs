@@ -686,6 +686,7 @@ fn scan_segment(
             let mut events = frame.events().map_while(Result::ok).map(|e| IndexedEvent {
                 id: e.event_id,
                 correlation: e.correlation_id,
+                event_type: e.event_type,
             });
             index.add_frame(
                 &stream,

@@ -425,6 +425,38 @@ impl LogStore {
         let positions = select(&ix);
         reader::plan_positions(&ix, positions.into_iter())
     }
+
+    /// A `read_all` filtered by type or category: reads only the positions the postings
+    /// give (see [`crate::tags`]), a page at a time, checking the stream prefix on what
+    /// it reads.
+    fn read_all_indexed(&self, options: &ReadAll) -> Result<Vec<RecordedEvent>, StoreError> {
+        let filter = &options.filter;
+        let page = options.limit.clamp(64, 4096);
+        let mut out = Vec::new();
+        let mut from = options.from;
+        while out.len() < options.limit {
+            let mut got = 0;
+            let plan = self.positions_plan(|ix| {
+                let c = ix.tags.candidates(filter, from, page);
+                got = c.len();
+                c
+            });
+            let Some(&(last, _)) = plan.items.last() else {
+                break;
+            };
+            for e in reader::read_positions(&plan)? {
+                if out.len() < options.limit && filter.matches(e.stream.as_str(), &e.event_type)
+                {
+                    out.push(e);
+                }
+            }
+            if got < page {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(out)
+    }
 }
 
 impl EventAppender for LogStore {
@@ -486,6 +518,9 @@ impl EventReader for LogStore {
     async fn read_all(&self, options: ReadAll) -> Result<Vec<RecordedEvent>, StoreError> {
         if options.limit == 0 {
             return Ok(Vec::new());
+        }
+        if crate::tags::Tags::indexes(&options.filter) {
+            return self.read_all_indexed(&options);
         }
         let plan = {
             let ix = self.inner.shared.read_index();

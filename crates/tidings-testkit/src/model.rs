@@ -20,6 +20,7 @@ use tidings_core::store::{
 };
 
 const STREAMS: [&str; 3] = ["m-0", "m-1", "n-0"];
+const CATEGORIES: [&str; 3] = ["m", "n", "x"];
 const TYPES: [&str; 2] = ["A", "B"];
 
 /// One step of a model run.
@@ -59,6 +60,8 @@ pub enum Op {
         ty: Option<usize>,
         /// Only streams starting with "m-".
         prefix: bool,
+        /// Only streams of this category index ("m", "n", or "x", which has none).
+        category: Option<usize>,
     },
 }
 
@@ -91,8 +94,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::Repeat),
         2 => (0..STREAMS.len(), any::<bool>(), prop::option::of(0u64..8), 0usize..6)
             .prop_map(|(stream, backward, from, limit)| Op::ReadStream { stream, backward, from, limit }),
-        2 => (0u64..24, 0usize..12, prop::option::of(0..TYPES.len()), any::<bool>())
-            .prop_map(|(from, limit, ty, prefix)| Op::ReadAll { from, limit, ty, prefix }),
+        2 => (0u64..24, 0usize..12, prop::option::of(0..TYPES.len()), any::<bool>(), prop::option::of(0..CATEGORIES.len()))
+            .prop_map(|(from, limit, ty, prefix, category)| Op::ReadAll { from, limit, ty, prefix, category }),
     ]
 }
 
@@ -230,6 +233,7 @@ async fn run_ops<S: EventStore>(store: S, ops: Vec<Op>) -> Result<(), TestCaseEr
                 limit,
                 ty,
                 prefix,
+                category,
             } => {
                 let mut filter = Filter::all();
                 if let Some(t) = ty {
@@ -237,6 +241,9 @@ async fn run_ops<S: EventStore>(store: S, ops: Vec<Op>) -> Result<(), TestCaseEr
                 }
                 if prefix {
                     filter = filter.stream_prefix("m-");
+                }
+                if let Some(c) = category {
+                    filter = filter.category(CATEGORIES[c]);
                 }
                 let got = store
                     .read_all(ReadAll::new(from, limit).filter(filter.clone()))

@@ -242,6 +242,7 @@ fn publish(ix: &mut MemoryIndex, s: &Staged) {
         let mut events = f.events.iter().map(|e| IndexedEvent {
             id: e.event_id,
             correlation: e.metadata.correlation_id.as_deref(),
+            event_type: &e.event_type,
         });
         ix.add_frame(
             &f.stream,
