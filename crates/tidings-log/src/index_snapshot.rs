@@ -575,7 +575,8 @@ fn decode_file(f: &dyn StorageFile, len: u64) -> Result<IndexSnapshot, IndexSnap
         let map = tag_map_mut(&mut index.tags, kind);
         for _ in 0..nkeys {
             let n = r.u32()? as usize;
-            let key = std::str::from_utf8(r.take(n)?).map_err(|_| bad("a posting key is not UTF-8"))?;
+            let key =
+                std::str::from_utf8(r.take(n)?).map_err(|_| bad("a posting key is not UTF-8"))?;
             let key: Box<str> = Box::from(key);
             let count = r.count(8)?;
             let mut positions: Vec<Position> = Vec::with_capacity(count);

@@ -445,8 +445,7 @@ impl LogStore {
                 break;
             };
             for e in reader::read_positions(&plan)? {
-                if out.len() < options.limit && filter.matches(e.stream.as_str(), &e.event_type)
-                {
+                if out.len() < options.limit && filter.matches(e.stream.as_str(), &e.event_type) {
                     out.push(e);
                 }
             }

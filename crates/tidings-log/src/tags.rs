@@ -87,15 +87,6 @@ impl Tags {
             (None, None) => Vec::new(),
         }
     }
-
-    /// How many postings are held (for sizing a snapshot).
-    pub(crate) fn len(&self) -> usize {
-        self.types
-            .values()
-            .chain(self.categories.values())
-            .map(Vec::len)
-            .sum()
-    }
 }
 
 /// The ascending union of ascending slices (duplicates once).
@@ -182,10 +173,12 @@ mod tests {
         assert_eq!(t.candidates(&f, 0, 10), vec![2]);
         let f = Filter::all().category("order").category("user");
         assert_eq!(t.candidates(&f, 0, 10), vec![0, 1, 2, 3, 4]);
-        assert!(t.candidates(&Filter::all().event_type("Z"), 0, 10).is_empty());
+        assert!(
+            t.candidates(&Filter::all().event_type("Z"), 0, 10)
+                .is_empty()
+        );
         assert!(Tags::indexes(&Filter::all().category("x")));
         assert!(!Tags::indexes(&Filter::all().stream_prefix("x")));
-        assert_eq!(t.len(), 10);
     }
 
     #[test]

@@ -600,7 +600,11 @@ async fn filtered_reads_match_a_brute_force_filter_across_reopen_and_recovery() 
                 .map(|k| ev(TYPES[(n * 7 + k) % TYPES.len()], None))
                 .collect();
             store
-                .append(&sid(STREAMS[n % STREAMS.len()]), ExpectedVersion::Any, events)
+                .append(
+                    &sid(STREAMS[n % STREAMS.len()]),
+                    ExpectedVersion::Any,
+                    events,
+                )
                 .await
                 .unwrap();
         }

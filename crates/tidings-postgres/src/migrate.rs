@@ -33,6 +33,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "groups",
         sql: include_str!("../sql/migrations/0003_groups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "type and category indexes",
+        sql: include_str!("../sql/migrations/0004_type_and_category_indexes.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

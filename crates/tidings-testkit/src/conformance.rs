@@ -440,13 +440,24 @@ pub async fn read_all_and_filters<S: EventStore>(store: S) {
         .await
         .unwrap_or_default();
     assert_eq!(by_category.len(), 10, "category user: the user- streams");
-    assert!(by_category.iter().all(|e| e.stream.as_str().starts_with("user-")));
-    assert!(by_category.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(
+        by_category
+            .iter()
+            .all(|e| e.stream.as_str().starts_with("user-"))
+    );
+    assert!(
+        by_category
+            .windows(2)
+            .all(|w| w[0].position < w[1].position)
+    );
     let none = store
         .read_all(ReadAll::new(0, 100).filter(Filter::all().category("use")))
         .await
         .unwrap_or_default();
-    assert!(none.is_empty(), "a category is the whole name before '-', not a prefix");
+    assert!(
+        none.is_empty(),
+        "a category is the whole name before '-', not a prefix"
+    );
     let two = store
         .read_all(
             ReadAll::new(0, 100).filter(

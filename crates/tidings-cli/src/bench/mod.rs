@@ -18,8 +18,8 @@ mod workloads;
 
 use disk::{Disk, disk_probe};
 use workloads::{
-    aggregate_load, appends, group, memory, open_existing, read_all, read_stream, reopen,
-    subscribe_latency,
+    aggregate_load, appends, group, memory, open_existing, read_all, read_filtered, read_stream,
+    reopen, subscribe_latency,
 };
 
 use std::path::{Path, PathBuf};
@@ -53,7 +53,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "./tidings-bench")]
     store: String,
     /// append-1, append-concurrent, append-batch, read-all, read-stream,
-    /// subscribe-latency, aggregate-load, disk; `all` runs these in turn. Also: reopen
+    /// subscribe-latency, aggregate-load, disk; `all` runs these in turn. Also:
+    /// read-filtered (a type making up 1% of --events read through the type index, against
+    /// an unfiltered scan of the same store; `speedup` is the ratio of their times), reopen
     /// (open time of a cleanly closed store of --events events) and memory (resident
     /// memory with --events/10 streams of 10 events). With --bus: relay (outbox relay
     /// and raw publishes with confirmations), bus-latency (append to a handler in another
@@ -146,6 +148,12 @@ struct Row {
     met: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rss_mib: Option<u64>,
+    /// read-filtered: how many times faster the filtered read is than the unfiltered scan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup: Option<f64>,
+    /// read-filtered: the unfiltered scan's events/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scan_events_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
@@ -317,6 +325,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let n = args.events.unwrap_or(2_000_000);
                 on_store!(rt, &target, w, |store| read_all(&store, &template, n))
             }
+            "read-filtered" => {
+                let n = args.events.unwrap_or(2_000_000);
+                on_store!(rt, &target, w, |store| read_filtered(&store, &template, n))
+            }
             "read-stream" => {
                 let n = args.events.unwrap_or(200_000);
                 let b = args.batch.unwrap_or(100).clamp(1, 1000) as u64;
@@ -463,6 +475,8 @@ impl Row {
             target: String::new(),
             met: None,
             rss_mib: None,
+            speedup: None,
+            scan_events_per_sec: None,
             note: None,
         }
     }
@@ -557,6 +571,10 @@ fn fill(row: &mut Row, target: &Target, disk: &Disk, frame_bytes: f64, cpu_ns: f
             Some(row.events_per_sec >= 3_000_000.0),
         ),
         "read-stream" => ("p99 < 1000 µs".into(), Some(row.p99_us < 1000.0)),
+        "read-filtered" => (
+            "speedup >= 20x (type of 1%)".into(),
+            Some(row.speedup.unwrap_or(0.0) >= 20.0),
+        ),
         "subscribe-latency" => ("p99 < 5000 µs".into(), Some(row.p99_us < 5000.0)),
         "reopen" => ("< 2 s for 10M events".into(), Some(row.seconds < 2.0)),
         "memory" => ("RSS < 1 GiB for 1M streams x 10".into(), None),

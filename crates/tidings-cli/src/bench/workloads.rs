@@ -167,6 +167,99 @@ pub(super) async fn read_all<S: EventStore>(
     .with(|r| r.note = Some(format!("pages of {PAGE}; latency per page"))))
 }
 
+/// The type `read-filtered` looks for: one event in a hundred.
+const RARE_TYPE: &str = "OrderFlagged";
+
+/// `n` events appended one per append (streams of 10) by 64 writers, one in a hundred of
+/// type [`RARE_TYPE`], scattered through the log; then, warm, an unfiltered scan of the
+/// whole log and a read of that type alone, both in pages of 10 000. The row's rate is
+/// the filtered read's; `speedup` is the scan's time over the filtered read's.
+pub(super) async fn read_filtered<S: EventStore>(
+    store: &S,
+    template: &Event,
+    n: u64,
+) -> anyhow::Result<Row> {
+    const WRITERS: u64 = 64;
+    let per_writer = (n / WRITERS).max(1);
+    let pb = bar(per_writer * WRITERS, "populating");
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let template = template.clone();
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rare = 0u64;
+            for i in 0..per_writer {
+                let stream = StreamId::new(&format!("order-{w}-{:06}", i / 10))?;
+                let mut e = fresh(&template);
+                if (i + w) % 100 == 0 {
+                    e.event_type = RARE_TYPE.to_owned();
+                    rare += 1;
+                }
+                store.append(&stream, ExpectedVersion::Any, vec![e]).await?;
+                pb.inc(1);
+            }
+            anyhow::Ok(rare)
+        }));
+    }
+    let mut expected = 0u64;
+    for t in tasks {
+        expected += t.await??;
+    }
+    pb.finish_and_clear();
+    const PAGE: usize = 10_000;
+    let pass = |filter: Filter| {
+        let store = store.clone();
+        async move {
+            let mut lat = Vec::new();
+            let mut from = 0;
+            let mut count = 0u64;
+            let start = Instant::now();
+            loop {
+                let t = Instant::now();
+                let page = store
+                    .read_all(ReadAll::new(from, PAGE).filter(filter.clone()))
+                    .await?;
+                lat.push(micros(t.elapsed()));
+                let Some(last) = page.last() else { break };
+                from = last.position + 1;
+                count += page.len() as u64;
+            }
+            anyhow::Ok((start.elapsed().as_secs_f64(), count, lat))
+        }
+    };
+    let rare = Filter::all().event_type(RARE_TYPE);
+    pass(Filter::all()).await?;
+    pass(rare.clone()).await?;
+    let (scan_secs, scanned, _) = pass(Filter::all()).await?;
+    let (secs, count, lat) = pass(rare).await?;
+    if count != expected {
+        bail!("the filtered read found {count} {RARE_TYPE} events, expected {expected}");
+    }
+    let speedup = scan_secs / secs.max(1e-9);
+    Ok(Row::new(
+        "read-filtered",
+        &Target::Log(PathBuf::new()),
+        count,
+        1,
+        PAGE,
+        secs,
+        count as f64 / secs,
+        &lat,
+    )
+    .with(|r| {
+        r.speedup = Some(speedup);
+        r.scan_events_per_sec = Some(scanned as f64 / scan_secs);
+        r.note = Some(format!(
+            "{count} of {scanned} events in {:.1} ms; unfiltered scan {:.1} ms \
+             ({:.0} events/s); speedup {speedup:.1}x",
+            secs * 1e3,
+            scan_secs * 1e3,
+            scanned as f64 / scan_secs
+        ));
+    }))
+}
+
 pub(super) async fn read_stream<S: EventStore>(
     store: &S,
     template: &Event,

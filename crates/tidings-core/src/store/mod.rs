@@ -629,8 +629,14 @@ mod tests {
         let old: Filter = serde_json::from_str(r#"{"eventTypes":["A"]}"#).unwrap();
         assert!(old.categories.is_empty());
         let json = serde_json::to_string(&Filter::all().category("order")).unwrap();
-        assert_eq!(json, r#"{"eventTypes":[],"streamPrefix":null,"categories":["order"]}"#);
-        assert_eq!(serde_json::from_str::<Filter>(&json).unwrap(), Filter::all().category("order"));
+        assert_eq!(
+            json,
+            r#"{"eventTypes":[],"streamPrefix":null,"categories":["order"]}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Filter>(&json).unwrap(),
+            Filter::all().category("order")
+        );
     }
 }
 
