@@ -1,5 +1,6 @@
 //! Reads filtered by event type or stream category use the indexes of migration 0004:
-//! the planner's own EXPLAIN of `read_all.sql` names them.
+//! the planner's own EXPLAIN of `read_all.sql` names them when the filter is selective
+//! (1% of the log here; for a large share, walking the primary key is cheaper).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
@@ -13,8 +14,9 @@ use common::{database, fresh_schema, store_in};
 
 /// The plan PostgreSQL picks for `read_all.sql` with these parameters.
 async fn plan(conn: &mut sqlx::PgConnection, types: &[&str], categories: &[&str]) -> String {
+    // The query file, verbatim: no input reaches this text.
     let sql = format!("EXPLAIN {}", include_str!("../sql/queries/read_all.sql"));
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(0i64)
         .bind(types)
         .bind(None::<String>)
@@ -36,7 +38,7 @@ async fn type_and_category_filters_use_their_indexes() {
     };
     let schema = fresh_schema();
     let store = store_in(&url, &schema).await;
-    // 20,000 events in 200 streams of 10 categories; one type in a hundred is "Rare".
+    // 20,000 events in 200 streams of 100 categories; one type in a hundred is "Rare".
     for batch in 0..200 {
         let events = (0..100)
             .map(|i| {
@@ -46,7 +48,7 @@ async fn type_and_category_filters_use_their_indexes() {
             .collect();
         store
             .append(
-                &stream(&format!("cat{}-{batch}", batch % 10)),
+                &stream(&format!("cat{}-{batch}", batch % 100)),
                 ExpectedVersion::Any,
                 events,
             )
@@ -62,11 +64,12 @@ async fn type_and_category_filters_use_their_indexes() {
         .read_all(ReadAll::new(0, 10_000).filter(Filter::all().category("cat3")))
         .await
         .unwrap();
-    assert_eq!(cat3.len(), 2000);
+    assert_eq!(cat3.len(), 200);
     assert!(cat3.iter().all(|e| e.stream.as_str().starts_with("cat3-")));
 
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query(&format!("SET search_path TO {schema}"))
+    // The schema name is a fresh identifier this test made.
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
         .execute(&mut conn)
         .await
         .unwrap();
