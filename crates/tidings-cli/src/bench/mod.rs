@@ -146,6 +146,11 @@ struct Row {
     met: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rss_mib: Option<u64>,
+    /// The bench process's user + system CPU time over the run divided by the events
+    /// (append workloads). On PostgreSQL this is the client's share only; the server's
+    /// own CPU is not counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_us_per_event: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
@@ -463,6 +468,7 @@ impl Row {
             target: String::new(),
             met: None,
             rss_mib: None,
+            cpu_us_per_event: None,
             note: None,
         }
     }
@@ -599,7 +605,7 @@ fn emit(row: &Row, json: bool) {
         None => "    ",
     };
     println!(
-        "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8.2} {:>12.0} {:>9.0} {:>9.0} {:>7}  {mark} {}{}",
+        "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8.2} {:>12.0} {:>9.0} {:>9.0} {:>7}  {mark} {}{}{}",
         row.workload,
         row.store,
         row.events,
@@ -611,6 +617,9 @@ fn emit(row: &Row, json: bool) {
         row.p99_us,
         row.durable,
         row.target,
+        row.cpu_us_per_event
+            .map(|c| format!(" — {c:.2} µs CPU per event"))
+            .unwrap_or_default(),
         row.note
             .as_deref()
             .map(|n| format!(" — {n}"))
