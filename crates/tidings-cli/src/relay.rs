@@ -57,6 +57,8 @@ pub struct RelayArgs {
     /// relay runs). Default: `tidings-relay-<name>.checkpoint` in the current directory.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pg: crate::store::PgArgs,
 }
 
 /// The broker a URL names.
@@ -109,7 +111,7 @@ pub async fn run(a: RelayArgs) -> Result<()> {
         })
         .await;
     }
-    let spec = crate::store::StoreSpec::from_args(a.store.as_deref(), &a.data)?;
+    let spec = crate::store::StoreSpec::from_args(a.store.as_deref(), &a.data, &a.pg)?;
     let describe = spec.describe();
     crate::store::with_store!(spec, |store| {
         with_transport(&to, |t| {

@@ -22,7 +22,7 @@ use tidings_log::LogStore;
 use tidings_postgres::{PgGroups, PgStore};
 use tidings_server::{AppState, Role, ServerConfig, Tokens};
 
-use crate::store::{EmbeddedTuning, StoreSpec, with_store};
+use crate::store::{EmbeddedTuning, PgArgs, StoreSpec, parse_duration, with_store};
 
 /// Options of `tidings serve`.
 #[derive(Debug, Args)]
@@ -67,23 +67,8 @@ pub struct ServeArgs {
     /// embedded store keeps the same deadline for its fsync.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     append_timeout: Duration,
-}
-
-/// Parses `500ms`, `30s` or a number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.strip_suffix("ms") {
-        Some(n) => (n, 0.001),
-        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
-    };
-    match number.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 && n * unit <= 86_400.0 => {
-            Ok(Duration::from_secs_f64(n * unit))
-        }
-        _ => Err(format!(
-            "{text:?} is not a duration: use e.g. 500ms, 30s or 30 (seconds), up to a day"
-        )),
-    }
+    #[command(flatten)]
+    pg: PgArgs,
 }
 
 fn tokens(args: &ServeArgs) -> Result<Tokens> {
@@ -125,7 +110,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
              on 127.0.0.1"
         );
     }
-    let spec = StoreSpec::from_args(args.store.as_deref(), &args.data)?;
+    let spec = StoreSpec::from_args(args.store.as_deref(), &args.data, &args.pg)?;
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_pending_appends: args.max_pending_appends.max(1),

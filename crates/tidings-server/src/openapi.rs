@@ -106,6 +106,38 @@ fn sse_response() -> Value {
     })
 }
 
+/// The Problem schema: RFC 9457 members, `type` enumerating every problem type the
+/// server answers with, and `x-problem-types` giving each one's status, whether it
+/// carries `Retry-After`, and its meaning (from [`crate::problem::PROBLEM_TYPES`]).
+fn problem_schema() -> Value {
+    let types = crate::problem::PROBLEM_TYPES;
+    let uris: Vec<String> = types.iter().map(|t| t.type_uri()).collect();
+    let listed: Vec<Value> = types
+        .iter()
+        .map(|t| {
+            json!({
+                "type": t.type_uri(),
+                "slug": t.slug,
+                "status": t.status,
+                "retryAfter": t.retry_after,
+                "meaning": t.meaning,
+            })
+        })
+        .collect();
+    json!({
+        "type": "object",
+        "description": "RFC 9457 problem details, plus members carrying the values needed to fix the request. `type` is one of `x-problem-types`; those marked `retryAfter` carry a Retry-After header.",
+        "properties": {
+            "type": { "type": "string", "enum": uris },
+            "title": string(),
+            "status": { "type": "integer" },
+            "detail": string()
+        },
+        "required": ["type", "title", "status", "detail"],
+        "x-problem-types": listed
+    })
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut doc = base_document();
@@ -184,14 +216,7 @@ fn base_document() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "description": "RFC 9457 problem details, plus members carrying the values needed to fix the request",
-                    "properties": {
-                        "type": string(), "title": string(), "status": { "type": "integer" }, "detail": string()
-                    },
-                    "required": ["type", "title", "status", "detail"]
-                },
+                "Problem": problem_schema(),
                 "Metadata": {
                     "type": "object",
                     "properties": { "correlationId": string(), "causationId": string(), "userId": string() },

@@ -42,6 +42,16 @@ async fn problem(r: reqwest::Response, status: StatusCode) -> Value {
             .starts_with("urn:tidings:problem:")
     );
     assert!(!body["detail"].as_str().unwrap().is_empty());
+    // Every problem answered is one /openapi.json lists, with the listed status and
+    // Retry-After.
+    let uri = body["type"].as_str().unwrap();
+    let listed = tidings_server::problem::PROBLEM_TYPES
+        .iter()
+        .find(|t| t.type_uri() == uri)
+        .unwrap_or_else(|| panic!("{uri} is not in PROBLEM_TYPES"));
+    if !matches!(listed.slug, "invalid-request" | "internal-error") {
+        assert_eq!(listed.status, status.as_u16(), "{uri}");
+    }
     body
 }
 
@@ -578,6 +588,64 @@ async fn operations_routes() {
             StatusCode::OK
         );
     }
+    s.stop().await.unwrap();
+}
+
+/// /openapi.json lists every problem type: the Problem schema's `type` enumerates their
+/// URIs, and `x-problem-types` gives each one's status, Retry-After and meaning.
+#[tokio::test]
+async fn openapi_lists_the_problem_types() {
+    let s = TestServer::start().await;
+    let doc: Value = http()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schema = &doc["components"]["schemas"]["Problem"];
+    let listed = schema["x-problem-types"].as_array().unwrap();
+    let uris = schema["properties"]["type"]["enum"].as_array().unwrap();
+    assert_eq!(listed.len(), tidings_server::problem::PROBLEM_TYPES.len());
+    assert_eq!(uris.len(), listed.len());
+    let find = |slug: &str| {
+        listed
+            .iter()
+            .find(|t| t["slug"] == slug)
+            .unwrap_or_else(|| panic!("{slug} is not listed"))
+            .clone()
+    };
+    let timeout = find("append-timeout");
+    assert_eq!(timeout["status"], 503);
+    assert_eq!(timeout["retryAfter"], true);
+    assert_eq!(timeout["type"], "urn:tidings:problem:append-timeout");
+    assert!(uris.contains(&timeout["type"]));
+    let conflict = find("wrong-expected-version");
+    assert_eq!(conflict["status"], 409);
+    assert_eq!(conflict["retryAfter"], false);
+    for t in listed {
+        assert!(uris.contains(&t["type"]), "{t}");
+        assert!(!t["meaning"].as_str().unwrap().is_empty(), "{t}");
+    }
+
+    // A problem the running server answers carries a listed type.
+    post(
+        &s,
+        "listed",
+        "no-stream",
+        json!({"eventType": "A", "data": 1}),
+    )
+    .await;
+    let r = post(
+        &s,
+        "listed",
+        "no-stream",
+        json!({"eventType": "A", "data": 1}),
+    )
+    .await;
+    let body = problem(r, StatusCode::CONFLICT).await;
+    assert!(uris.contains(&body["type"]), "{body}");
     s.stop().await.unwrap();
 }
 

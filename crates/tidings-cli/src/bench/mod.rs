@@ -154,6 +154,11 @@ struct Row {
     /// read-filtered: the unfiltered scan's events/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     scan_events_per_sec: Option<f64>,
+    /// The bench process's user + system CPU time over the run divided by the events
+    /// (append workloads). On PostgreSQL this is the client's share only; the server's
+    /// own CPU is not counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_us_per_event: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
@@ -477,6 +482,7 @@ impl Row {
             rss_mib: None,
             speedup: None,
             scan_events_per_sec: None,
+            cpu_us_per_event: None,
             note: None,
         }
     }
@@ -617,7 +623,7 @@ fn emit(row: &Row, json: bool) {
         None => "    ",
     };
     println!(
-        "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8.2} {:>12.0} {:>9.0} {:>9.0} {:>7}  {mark} {}{}",
+        "{:<24} {:>5} {:>10} {:>7} {:>5} {:>8.2} {:>12.0} {:>9.0} {:>9.0} {:>7}  {mark} {}{}{}",
         row.workload,
         row.store,
         row.events,
@@ -629,6 +635,9 @@ fn emit(row: &Row, json: bool) {
         row.p99_us,
         row.durable,
         row.target,
+        row.cpu_us_per_event
+            .map(|c| format!(" — {c:.2} µs CPU per event"))
+            .unwrap_or_default(),
         row.note
             .as_deref()
             .map(|n| format!(" — {n}"))

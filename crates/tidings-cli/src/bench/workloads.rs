@@ -59,9 +59,11 @@ pub(super) async fn appends<S: EventStore>(
     writers: usize,
     batch: usize,
 ) -> anyhow::Result<Row> {
+    let cpu_before = super::disk::cpu_seconds();
     let (secs, lat) = populate(store, template, name, n, writers, batch, true).await?;
+    let cpu = super::disk::cpu_seconds() - cpu_before;
     let events = lat.len() as u64 * batch as u64;
-    Ok(Row::new(
+    let row = Row::new(
         name,
         &Target::Log(PathBuf::new()),
         events,
@@ -70,7 +72,8 @@ pub(super) async fn appends<S: EventStore>(
         secs,
         events as f64 / secs,
         &lat,
-    ))
+    );
+    Ok(row.with(|r| r.cpu_us_per_event = Some(cpu * 1e6 / events.max(1) as f64)))
 }
 
 pub(super) async fn populate<S: EventStore>(

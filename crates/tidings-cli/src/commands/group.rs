@@ -178,21 +178,23 @@ impl Opened {
         if let Some(url) = &t.server {
             return Ok(Self::Remote(RemoteGroups::new(url, t.token.clone())?));
         }
-        Ok(match StoreSpec::from_args(t.store.as_deref(), &t.data)? {
-            StoreSpec::Memory => Self::Memory(
-                tidings::consumer::HostedGroups::open(tidings::InMemoryStore::new()).await?,
-            ),
-            StoreSpec::Dir(dir) => {
-                let store = open_embedded(&dir, crate::store::EmbeddedTuning::default())?;
-                let groups = tidings::consumer::HostedGroups::open(store.clone()).await?;
-                Self::Embedded { groups, store }
-            }
-            StoreSpec::Postgres(url) => Self::Postgres(
-                tidings_postgres::PgGroups::connect(&url)
-                    .await
-                    .map_err(|e| anyhow!("cannot open the consumer groups in PostgreSQL: {e}"))?,
-            ),
-        })
+        Ok(
+            match StoreSpec::from_args(t.store.as_deref(), &t.data, &t.pg)? {
+                StoreSpec::Memory => Self::Memory(
+                    tidings::consumer::HostedGroups::open(tidings::InMemoryStore::new()).await?,
+                ),
+                StoreSpec::Dir(dir) => {
+                    let store = open_embedded(&dir, crate::store::EmbeddedTuning::default())?;
+                    let groups = tidings::consumer::HostedGroups::open(store.clone()).await?;
+                    Self::Embedded { groups, store }
+                }
+                StoreSpec::Postgres(pg) => {
+                    Self::Postgres(tidings_postgres::PgGroups::connect(&pg.url).await.map_err(
+                        |e| anyhow!("cannot open the consumer groups in PostgreSQL: {e}"),
+                    )?)
+                }
+            },
+        )
     }
 
     fn groups(&self) -> &dyn Groups {

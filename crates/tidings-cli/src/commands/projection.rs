@@ -68,11 +68,13 @@ struct Local {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pg: crate::store::PgArgs,
 }
 
 impl Local {
     fn spec(&self) -> Result<StoreSpec> {
-        let spec = StoreSpec::from_args(self.store.as_deref(), &self.data)?;
+        let spec = StoreSpec::from_args(self.store.as_deref(), &self.data, &self.pg)?;
         if let StoreSpec::Dir(dir) = &spec {
             let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
             if empty {

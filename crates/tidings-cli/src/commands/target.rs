@@ -22,6 +22,8 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) pg: crate::store::PgArgs,
 }
 
 /// Where `tidings append` finds the events: as [`Target`], but the data directory is
@@ -43,6 +45,8 @@ pub struct AppendTarget {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pg: crate::store::PgArgs,
 }
 
 impl From<AppendTarget> for Target {
@@ -53,6 +57,7 @@ impl From<AppendTarget> for Target {
             data: t.data_dir,
             store: t.store,
             json: t.json,
+            pg: t.pg,
         }
     }
 }
@@ -67,7 +72,7 @@ macro_rules! with_client {
                 $body
             }
             None => {
-                let spec = $crate::store::StoreSpec::from_args(t.store.as_deref(), &t.data)?;
+                let spec = $crate::store::StoreSpec::from_args(t.store.as_deref(), &t.data, &t.pg)?;
                 $crate::store::with_store!(spec, |store| {
                     let $c = $crate::client::Local(store);
                     $body
