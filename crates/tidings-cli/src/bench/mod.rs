@@ -14,6 +14,7 @@ pub mod bus;
 mod disk;
 mod groups;
 mod http;
+mod pg_baseline;
 mod workloads;
 
 use disk::{Disk, disk_probe};
@@ -60,7 +61,9 @@ pub struct BenchArgs {
     /// memory with --events/10 streams of 10 events). With --bus: relay (outbox relay
     /// and raw publishes with confirmations), bus-latency (append to a handler in another
     /// process), broker-consumer (a backlog acknowledged; --writers is its concurrency),
-    /// or bus for the three.
+    /// or bus for the three. On PostgreSQL: pg-insert-baseline (plain single-row
+    /// INSERTs with --writers clients, the ceiling for append-concurrent; `all` runs it
+    /// right after append-concurrent). Several workloads: a,b,c.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Events to write (or read), per workload; each has its own default.
@@ -254,8 +257,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "all" => STANDARD.to_vec(),
         "bus" => bus::WORKLOADS.to_vec(),
         "groups" => groups::WORKLOADS.to_vec(),
-        w => vec![w],
+        w => w.split(',').map(str::trim).collect(),
     };
+    // On PostgreSQL, `all` measures plain inserts with append-concurrent's clients right
+    // after it, in the same run.
+    if args.workload == "all"
+        && matches!(target, Target::Postgres { .. })
+        && let Some(at) = workloads.iter().position(|w| *w == "append-concurrent")
+    {
+        workloads.insert(at + 1, "pg-insert-baseline");
+    }
     if args.workload == "all" && args.bus.is_some() {
         workloads.extend(bus::WORKLOADS);
     }
@@ -318,6 +329,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 on_store!(rt, &target, w, |store| appends(
                     &store, &template, w, n, wr, 1
                 ))
+            }
+            "pg-insert-baseline" => {
+                let Target::Postgres { url, .. } = &target else {
+                    bail!("workload {w} measures PostgreSQL only: use --store postgres://…");
+                };
+                let n = args.events.unwrap_or(200_000);
+                let wr = args.writers.unwrap_or(64);
+                rt.block_on(pg_baseline::run(url, &target, &template, n, wr))?
             }
             "append-batch" => {
                 let n = args.events.unwrap_or(2_000_000);
@@ -400,7 +419,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
-                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, groups ({}), or with --bus: {}, bus",
+                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, groups ({}), pg-insert-baseline (PostgreSQL), or with --bus: {}, bus (several: a,b,c)",
                 STANDARD.join(", "),
                 groups::WORKLOADS.join(", "),
                 bus::WORKLOADS.join(", ")
