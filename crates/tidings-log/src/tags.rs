@@ -87,6 +87,37 @@ impl Tags {
             (None, None) => Vec::new(),
         }
     }
+
+    /// Which postings (`"event type"` or `"category"`) of `snapshot`, which covers
+    /// positions below `covered`, differ from these (rebuilt from the log), if any.
+    pub(crate) fn differs_within(
+        &self,
+        snapshot: &Tags,
+        covered: Position,
+    ) -> Option<&'static str> {
+        let differs = |log: &HashMap<Box<str>, Vec<Position>>,
+                       ck: &HashMap<Box<str>, Vec<Position>>| {
+            let mut keys = 0usize;
+            for (k, ps) in log {
+                let want = &ps[..ps.partition_point(|&p| p < covered)];
+                if want.is_empty() {
+                    continue;
+                }
+                keys += 1;
+                if ck.get(k).map(Vec::as_slice) != Some(want) {
+                    return true;
+                }
+            }
+            keys != ck.len()
+        };
+        if differs(&self.types, &snapshot.types) {
+            Some("event type")
+        } else if differs(&self.categories, &snapshot.categories) {
+            Some("category")
+        } else {
+            None
+        }
+    }
 }
 
 /// The ascending union of ascending slices (duplicates once).
@@ -179,6 +210,20 @@ mod tests {
         );
         assert!(Tags::indexes(&Filter::all().category("x")));
         assert!(!Tags::indexes(&Filter::all().stream_prefix("x")));
+    }
+
+    #[test]
+    fn differences_within_the_covered_prefix_are_found() {
+        let t = tags();
+        let mut ck = Tags::default();
+        for p in 0..3u64 {
+            let (s, ty) = [("order-1", "A"), ("user-1", "B"), ("order-2", "B")][p as usize];
+            ck.add(s, ty, p);
+        }
+        assert_eq!(t.differs_within(&ck, 3), None);
+        assert_eq!(t.differs_within(&ck, 4), Some("event type"));
+        ck.categories.clear();
+        assert_eq!(t.differs_within(&ck, 3), Some("category"));
     }
 
     #[test]

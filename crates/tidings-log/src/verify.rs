@@ -147,5 +147,8 @@ fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
     {
         return IndexCheck::Mismatch("correlation ids differ".into());
     }
+    if let Some(what) = log.tags.differs_within(&ck.tags, n) {
+        return IndexCheck::Mismatch(format!("{what} postings differ"));
+    }
     IndexCheck::Current { covered: n }
 }
