@@ -3,12 +3,12 @@
 //! and delete, and the refusals.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+mod common;
+use common::{BIN, Server};
 
 fn run(args: &[&str], target: &[String]) -> (bool, String, String) {
     let out = Command::new(BIN)
@@ -184,37 +184,9 @@ fn group_commands_on_a_data_directory() {
     });
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn group_commands_against_a_server() {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let url = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    std::thread::spawn(move || for _ in out.lines() {});
-    let server = Server { child, url };
+    let server = Server::memory(&[]);
     let target = vec!["--server".to_owned(), server.url.clone()];
     walk(&target, &|stream, event_type| {
         ok(

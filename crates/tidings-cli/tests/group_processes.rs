@@ -15,46 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
+mod common;
+use common::{BIN, Server};
 /// Hang guard: how long the members may take to settle everything.
 const STALL: Duration = Duration::from_secs(120);
 const STREAMS: u64 = 12;
 const PER_STREAM: u64 = 10;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data: &std::path::Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in out.lines() {});
-        Self { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A member process and every line it printed.
 struct MemberProcess {
@@ -313,7 +279,7 @@ fn group_info(group: &str, target: &[String]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_through_the_server_share_a_group_across_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::data(dir.path());
     let target = vec!["--server".to_owned(), server.url.clone()];
     let prefix = "job-";
     let http = reqwest::Client::new();

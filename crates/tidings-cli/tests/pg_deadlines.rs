@@ -6,49 +6,13 @@
 //! retry after the lock is released writes the event once.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("TIDINGS_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in out.lines() {});
-        Self { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{BIN, Server};
 
 /// Runs `tidings ARGS` and answers (success, stderr).
 fn tidings(args: &[&str]) -> (bool, String) {
@@ -127,7 +91,7 @@ async fn the_lock_timeout_flag_reaches_the_store() {
     ) else {
         return;
     };
-    let server = Server::start(&[
+    let server = Server::start_on(&[
         "--store",
         &db,
         "--pg-lock-timeout",

@@ -4,66 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let mut args = vec!["--store", "memory"];
-        args.extend_from_slice(extra);
-        Self::start_on(&args)
-    }
-
-    /// A server with only `--listen` set; `args` choose the store.
-    fn start_on(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in out.lines() {});
-        Self { child, url }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    /// A failed test must not leave its server running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+mod common;
+use common::{BIN, Server};
 
 fn tidings(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
@@ -81,7 +25,7 @@ fn tidings(server: &Server, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn client_commands_against_a_server_and_export_import_round_trip() {
-    let a = Server::start(&[]);
+    let a = Server::memory(&[]);
     let (ok, out, err) = tidings(
         &a,
         &[
@@ -175,7 +119,7 @@ fn client_commands_against_a_server_and_export_import_round_trip() {
     assert!(ok, "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
 
-    let b = Server::start(&[]);
+    let b = Server::memory(&[]);
     for _ in 0..2 {
         let (ok, _, err) = tidings(&b, &["import", file_s]);
         assert!(ok, "{err}");
@@ -202,7 +146,7 @@ fn client_commands_against_a_server_and_export_import_round_trip() {
 
 #[test]
 fn tail_follows_live_events() {
-    let s = Server::start(&[]);
+    let s = Server::memory(&[]);
     let (ok, _, err) = tidings(&s, &["append", "t-1", "--type", "First", "--data", "1"]);
     assert!(ok, "{err}");
     let mut tail = Command::new(BIN)
@@ -351,7 +295,7 @@ fn non_loopback_bind_needs_a_token() {
 
 #[test]
 fn tokens_from_the_command_line_are_required() {
-    let s = Server::start(&["--token", "a-long-admin-token-123"]);
+    let s = Server::memory(&["--token", "a-long-admin-token-123"]);
     let (ok, _, err) = tidings(&s, &["streams"]);
     assert!(!ok && err.contains("401"), "{err}");
     let out = Command::new(BIN)

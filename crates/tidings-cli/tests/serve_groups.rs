@@ -5,67 +5,12 @@
 //! on through the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data: &std::path::Path) -> Self {
-        Self::start_on(&["--data", data.to_str().unwrap()])
-    }
-
-    fn start_on(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        std::thread::spawn(move || for _ in out.lines() {});
-        Self { child, url }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    /// A failed test must not leave its server running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+mod common;
+use common::Server;
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
     let mut r = reqwest::Client::new().request(method, url);
@@ -82,7 +27,7 @@ async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16
 async fn served_groups_survive_a_restart() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let a = Server::start(dir.path());
+    let a = Server::data(dir.path());
     let u = |p: &str| format!("{}{p}", a.url);
     let (status, _) = call(
         Method::POST,
@@ -142,7 +87,7 @@ async fn served_groups_survive_a_restart() {
     assert_eq!(report["settled"], 2);
     assert!(a.terminate().success(), "SIGTERM must exit 0");
 
-    let b = Server::start(dir.path());
+    let b = Server::data(dir.path());
     let u = |p: &str| format!("{}{p}", b.url);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let d = loop {
