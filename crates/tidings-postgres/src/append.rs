@@ -1,32 +1,43 @@
 //! The append transaction, for one append or a batch of concurrent ones (group commit).
 //!
+//! Positions are claimed outside the append's transaction (migration 0005,
+//! `docs/decisions/0020-postgres-claimed-positions.md`): the counter row is locked only
+//! for a short claim that commits without waiting for the flush, so appends of every
+//! session and process flush their commits together. Readers stop below the visibility
+//! horizon, the lowest position still claimed.
+//!
+//! A lone append runs as one `CALL` (`append_one.sql`, the procedure
+//! `tidings_append_one`): check, claim, write, notify — one round trip. It declines what
+//! needs more (a failed version check, a repeat, a stream created meanwhile), and so does
+//! anything that fails inside it; the transaction below decides those.
+//!
 //! ```text
 //! BEGIN
 //!   lock_streams.sql    lock the batch's existing stream rows in name order; versions
 //!   find_event_ids.sql  only when a version check fails or an id may be recorded:
 //!                       decide with tidings_core::backend::check_idempotent
 //!   create_streams.sql  rows for new streams that are written to
-//!   insert_events.sql   claim positions (locks the counter row), insert every event,
-//!                       move the stream heads, pg_notify
+//!   backend.sql         this backend's pid and start, for the claim
+//!     claim.sql         (another connection, autocommit) positions for what is written
+//!   insert_events.sql   insert every event, delete the claim, move the stream heads,
+//!                       pg_notify
 //! COMMIT                one WAL flush for the whole batch; releases every lock
 //! ```
 //!
-//! A lone append to a stream that has events, with a version that holds, takes a
-//! shortcut: `append_existing.sql` does the same in one autocommit statement (one round
-//! trip instead of four); whatever it declines runs the transaction above.
-//!
-//! Stream locks make each expected-version check and its write one atomic step; the
-//! counter lock makes position order commit order across streams and processes. Stream
-//! rows are locked before the counter, in name order, so batches cannot deadlock.
+//! Stream locks make each expected-version check and its write one atomic step. Only
+//! stream rows are held until commit, locked in name order, so batches cannot deadlock.
 //! Appends in a batch are decided in order, as if run one after another; a refused one
-//! writes nothing and does not disturb the others.
+//! writes nothing and does not disturb the others. A claim that will not be written is
+//! released (`release_claims.sql`): its positions become a gap.
 
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Transaction};
 use tidings_core::backend::{IdLocation, check_idempotent};
-use tidings_core::{AppendResult, Event, ExpectedVersion, Revision, StoreError, StreamId};
+use tidings_core::{
+    AppendResult, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
+};
 use uuid::Uuid;
 
 use crate::error::{is_duplicate_event_id, store_error};
@@ -46,6 +57,19 @@ pub(crate) struct Append {
 /// Every append's answer, in order.
 pub(crate) type Answers = Vec<Result<AppendResult, StoreError>>;
 
+/// What a batch did: every append's answer, and the highest visibility horizon its
+/// transactions saw (every position below it is settled once they committed).
+pub(crate) struct Outcome {
+    pub(crate) answers: Answers,
+    pub(crate) horizon: Option<Position>,
+}
+
+/// A transaction's answers, and the horizon it saw.
+struct Decided {
+    answers: Answers,
+    horizon: Option<Position>,
+}
+
 /// Why a batch transaction was abandoned.
 enum Abandoned {
     /// Something changed under it (an id recorded, a stream created): run again, checking
@@ -57,81 +81,100 @@ enum Abandoned {
 
 /// Runs `batch` in one transaction when it can; when a concurrent change makes that
 /// impossible, runs each append on its own. Answers in the batch's order.
-pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append]) -> Answers {
+pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append]) -> Outcome {
     if batch.len() > 1 {
         // Ids are always checked in a batch: one lookup is cheap next to abandoning the
         // whole batch when the unique index refuses one repeated id.
         match attempt(pool, channel, batch, true).await {
-            Ok(answers) => return answers,
-            Err(Abandoned::Failed(e)) => return batch.iter().map(|_| Err(e.clone())).collect(),
+            Ok(decided) => {
+                return Outcome {
+                    answers: decided.answers,
+                    horizon: decided.horizon,
+                };
+            }
+            Err(Abandoned::Failed(e)) => {
+                return Outcome {
+                    answers: batch.iter().map(|_| Err(e.clone())).collect(),
+                    horizon: None,
+                };
+            }
             Err(Abandoned::Stale) => {}
         }
     }
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut outcome = Outcome {
+        answers: Vec::with_capacity(batch.len()),
+        horizon: None,
+    };
     for one in batch.chunks(1) {
-        answers.push(append_one(pool, channel, one).await);
+        let (answer, horizon) = append_one(pool, channel, one).await;
+        outcome.answers.push(answer);
+        outcome.horizon = outcome.horizon.max(horizon);
     }
-    answers
+    outcome
 }
 
 async fn append_one(
     pool: &PgPool,
     channel: &str,
     one: &[Append],
-) -> Result<AppendResult, StoreError> {
+) -> (Result<AppendResult, StoreError>, Option<Position>) {
     let mut check_ids = false;
     if let [a] = one {
-        match append_existing(pool, channel, a).await? {
-            OneStatement::Done(result) => return Ok(result),
-            OneStatement::Declined => {}
-            OneStatement::IdsKnown => check_ids = true,
+        match call_append_one(pool, channel, a).await {
+            Ok(OneCall::Done(result, horizon)) => return (Ok(result), Some(horizon)),
+            Ok(OneCall::Declined) => {}
+            Ok(OneCall::IdsKnown) => check_ids = true,
+            Err(e) => return (Err(e), None),
         }
     }
     for _ in 0..ATTEMPTS {
         match attempt(pool, channel, one, check_ids).await {
-            Ok(mut answers) => {
-                return answers.pop().unwrap_or_else(|| {
+            Ok(mut decided) => {
+                let answer = decided.answers.pop().unwrap_or_else(|| {
                     Err(StoreError::Backend("an append got no answer".to_owned()))
                 });
+                return (answer, decided.horizon);
             }
-            Err(Abandoned::Failed(e)) => return Err(e),
+            Err(Abandoned::Failed(e)) => return (Err(e), None),
             Err(Abandoned::Stale) => check_ids = true,
         }
     }
-    Err(StoreError::Busy(format!(
+    let e = busy(one);
+    (Err(e), None)
+}
+
+fn busy(one: &[Append]) -> StoreError {
+    StoreError::Busy(format!(
         "append to {}: concurrent appends kept recording the same event ids or creating the \
          stream; retry",
         one.first().map_or("?", |a| a.stream.as_str())
-    )))
+    ))
 }
 
-/// What the one-statement append did.
-enum OneStatement {
-    Done(AppendResult),
-    /// Not its case (new stream, failed version check): nothing written.
+/// What the one-call append did.
+enum OneCall {
+    /// Written; every position below the horizon is settled.
+    Done(AppendResult, Position),
+    /// Not its case (a failed version check, a stream created meanwhile): nothing written.
     Declined,
-    /// The unique index refused an id: nothing written.
+    /// An id is recorded already: nothing written by this call.
     IdsKnown,
 }
 
-/// The common case in one autocommit round trip (`append_existing.sql`): an append to a
-/// stream that has events, with an expected version that holds. Declines the rest.
-async fn append_existing(
-    pool: &PgPool,
-    channel: &str,
-    a: &Append,
-) -> Result<OneStatement, StoreError> {
+/// The common case in one round trip (`append_one.sql`): a lone append whose expected
+/// version holds. Declines the rest, and releases its claim when the call fails.
+async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<OneCall, StoreError> {
     let (kind, revision) = match a.expected {
         ExpectedVersion::Any => ("any", 0),
+        ExpectedVersion::NoStream => ("no-stream", 0),
         ExpectedVersion::StreamExists => ("stream-exists", 0),
         ExpectedVersion::Exact(n) => ("exact", signed(n)),
-        // A repeat of the stream's first append is a common NoStream call: the full
-        // transaction decides those.
-        ExpectedVersion::NoStream => return Ok(OneStatement::Declined),
     };
     let write = [Decision::Write { first_revision: 0 }];
     let columns = Columns::new(std::slice::from_ref(a), &write)?;
-    let row = sqlx::query(include_str!("../sql/queries/append_existing.sql"))
+    let what = format!("append to {}", a.stream);
+    let mut conn = pool.acquire().await.map_err(|e| store_error(&what, e))?;
+    let row = sqlx::query(include_str!("../sql/queries/append_one.sql"))
         .bind(a.stream.as_str())
         .bind(kind)
         .bind(revision)
@@ -146,31 +189,98 @@ async fn append_existing(
         .bind(&columns.causation_ids)
         .bind(&columns.user_ids)
         .bind(&columns.extra)
-        .fetch_optional(pool)
+        .fetch_one(&mut *conn)
         .await;
     let row = match row {
-        Ok(Some(row)) => row,
-        Ok(None) => return Ok(OneStatement::Declined),
-        Err(e) if is_duplicate_event_id(&e) => return Ok(OneStatement::IdsKnown),
-        Err(e) => return Err(store_error(&format!("append to {}", a.stream), e)),
+        Ok(row) => row,
+        Err(e) => return call_failed(&mut conn, channel, a, &what, e).await,
     };
-    let accepted: Option<bool> = get(&row, "accepted")?;
-    let current: Option<i64> = get(&row, "current")?;
-    let first_position: Option<i64> = get(&row, "first_position")?;
-    let (Some(true), Some(current), Some(first_position)) = (accepted, current, first_position)
-    else {
-        return Ok(OneStatement::Declined);
-    };
+    let outcome: Option<String> = get(&row, "outcome")?;
+    match outcome.as_deref() {
+        Some("written") => {}
+        Some("ids-known") => return Ok(OneCall::IdsKnown),
+        _ => return Ok(OneCall::Declined),
+    }
     let corrupt = |what: &str| StoreError::Corrupt(format!("stream {}: {what}", a.stream));
-    let first_revision = unsigned(current).map_err(|_| corrupt("negative version"))? + 1;
+    let first_revision: Option<i64> = get(&row, "first_revision")?;
+    let first_position: Option<i64> = get(&row, "first_position")?;
+    let horizon: Option<i64> = get(&row, "horizon")?;
+    let (Some(first_revision), Some(first_position), Some(horizon)) =
+        (first_revision, first_position, horizon)
+    else {
+        return Err(corrupt("the append procedure answered no positions"));
+    };
+    let first_revision = unsigned(first_revision).map_err(|_| corrupt("negative revision"))?;
     let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
+    let horizon = unsigned(horizon).map_err(|_| corrupt("negative horizon"))?;
     let n = a.events.len() as u64;
-    Ok(OneStatement::Done(AppendResult {
-        first_revision,
-        next_expected_version: first_revision + n - 1,
-        first_position,
-        position: first_position + n - 1,
-    }))
+    Ok(OneCall::Done(
+        AppendResult {
+            first_revision,
+            next_expected_version: first_revision + n - 1,
+            first_position,
+            position: first_position + n - 1,
+        },
+        horizon,
+    ))
+}
+
+/// The call failed: its claim, if it made one and did not write, is released (on the
+/// same connection, whose backend the claim names). Then the full transaction decides,
+/// unless the database failed: a timeout or a lost connection is the caller's answer.
+async fn call_failed(
+    conn: &mut PgConnection,
+    channel: &str,
+    a: &Append,
+    what: &str,
+    e: sqlx::Error,
+) -> Result<OneCall, StoreError> {
+    if matches!(e, sqlx::Error::Io(_)) {
+        // The backend goes with the connection; its claim is collected as a dead one's.
+        return Err(store_error(what, e));
+    }
+    let released = release_claims(&mut *conn, None, channel).await;
+    if is_duplicate_event_id(&e) {
+        return Ok(OneCall::IdsKnown);
+    }
+    if let Ok(0) = released {
+        // No claim was left: the call failed before claiming, or after its events
+        // committed (while notifying). Which one, the ids tell.
+        let first = a
+            .events
+            .iter()
+            .map(|e| e.event_id)
+            .take(1)
+            .collect::<Vec<_>>();
+        if let Ok(rows) = sqlx::query(include_str!("../sql/queries/find_event_ids.sql"))
+            .bind(&first)
+            .fetch_all(&mut *conn)
+            .await
+            && !rows.is_empty()
+        {
+            return Ok(OneCall::IdsKnown);
+        }
+    }
+    Err(store_error(what, e))
+}
+
+/// Releases the claim starting at `lo` (None: every claim of the connection's backend).
+/// Answers how many were released.
+async fn release_claims(
+    conn: &mut PgConnection,
+    lo: Option<i64>,
+    channel: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(include_str!("../sql/queries/release_claims.sql"))
+        .bind(lo)
+        .bind(channel)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "releasing a claim failed; it holds readers back until \
+                its backend ends");
+            store_error("release claimed positions", e)
+        })
 }
 
 /// What the batch decided for one append.
@@ -184,7 +294,7 @@ async fn attempt(
     channel: &str,
     batch: &[Append],
     check_ids: bool,
-) -> Result<Answers, Abandoned> {
+) -> Result<Decided, Abandoned> {
     let failed = |what: &str| {
         let what = what.to_owned();
         move |e| Abandoned::Failed(store_error(&what, e))
@@ -269,7 +379,10 @@ async fn attempt(
 
     if written.is_empty() {
         rollback(tx).await;
-        return Ok(answers_without_writes(decisions));
+        return Ok(Decided {
+            answers: answers_without_writes(decisions),
+            horizon: None,
+        });
     }
 
     let new_streams: Vec<&str> = written
@@ -291,6 +404,7 @@ async fn attempt(
     }
 
     let columns = Columns::new(batch, &decisions).map_err(Abandoned::Failed)?;
+    let first_position = claim(pool, &mut tx, columns.event_ids.len()).await?;
     let inserted = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
         .bind(channel)
         .bind(&columns.streams)
@@ -305,29 +419,45 @@ async fn attempt(
         .bind(&columns.causation_ids)
         .bind(&columns.user_ids)
         .bind(&columns.extra)
+        .bind(first_position)
         .fetch_one(&mut *tx)
         .await;
-    let first_position: i64 = match inserted {
-        Ok(row) => get(&row, "first_position").map_err(Abandoned::Failed)?,
+    let give_back = |tx| async move {
+        rollback(tx).await;
+        release_claim(pool, first_position, channel).await;
+    };
+    let horizon: i64 = match inserted {
+        Ok(row) => match get(&row, "horizon") {
+            Ok(h) => h,
+            Err(e) => {
+                give_back(tx).await;
+                return Err(Abandoned::Failed(e));
+            }
+        },
         Err(e) if is_duplicate_event_id(&e) => {
-            rollback(tx).await;
+            give_back(tx).await;
             return Err(Abandoned::Stale);
         }
         Err(e) => {
-            rollback(tx).await;
+            give_back(tx).await;
             return Err(Abandoned::Failed(store_error("append", e)));
         }
     };
-    tx.commit()
-        .await
-        .map_err(failed("commit append (its outcome is unknown)"))?;
+    if let Err(e) = tx.commit().await {
+        // Committed or not, the transaction has ended: a claim it did not delete is
+        // released (a no-op when it committed).
+        release_claim(pool, first_position, channel).await;
+        return Err(Abandoned::Failed(store_error(
+            "commit append (its outcome is unknown)",
+            e,
+        )));
+    }
 
-    let mut position = unsigned(first_position).map_err(|_| {
-        Abandoned::Failed(StoreError::Corrupt(
-            "the position counter is negative".to_owned(),
-        ))
-    })?;
-    Ok(batch
+    let corrupt = |what: &str| Abandoned::Failed(StoreError::Corrupt(what.to_owned()));
+    let mut position =
+        unsigned(first_position).map_err(|_| corrupt("the position counter is negative"))?;
+    let horizon = unsigned(horizon).map_err(|_| corrupt("the horizon is negative"))?;
+    let answers = batch
         .iter()
         .zip(decisions)
         .map(|(a, decision)| match decision {
@@ -344,7 +474,46 @@ async fn attempt(
                 })
             }
         })
-        .collect())
+        .collect();
+    Ok(Decided {
+        answers,
+        horizon: Some(horizon),
+    })
+}
+
+/// Claims `n` positions for the transaction `tx` (`claim.sql`, on another connection:
+/// the claim commits on its own while `tx` goes on). Answers the first.
+async fn claim(
+    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
+    n: usize,
+) -> Result<i64, Abandoned> {
+    let failed = |what: &'static str| move |e| Abandoned::Failed(store_error(what, e));
+    let backend = sqlx::query(include_str!("../sql/queries/backend.sql"))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(failed("append: find its backend"))?;
+    let pid: i32 = get(&backend, "pid").map_err(Abandoned::Failed)?;
+    let backend_start: String = get(&backend, "backend_start").map_err(Abandoned::Failed)?;
+    sqlx::query_scalar(include_str!("../sql/queries/claim.sql"))
+        .bind(signed(n as u64))
+        .bind(pid)
+        .bind(backend_start)
+        .fetch_one(pool)
+        .await
+        .map_err(failed("claim positions"))
+}
+
+/// Releases the claim at `lo` after its transaction ended without writing it.
+async fn release_claim(pool: &PgPool, lo: i64, channel: &str) {
+    let released = match pool.acquire().await {
+        Ok(mut conn) => release_claims(&mut conn, Some(lo), channel).await.map(drop),
+        Err(e) => Err(store_error("release claimed positions", e)),
+    };
+    if let Err(e) = released {
+        tracing::warn!(error = %e, lo, "a claim was not released; readers wait at it until \
+            its backend ends");
+    }
 }
 
 /// The stream's version after `a` is written on top of `current`.

@@ -2,8 +2,9 @@
 //!
 //! The Tidings event store on PostgreSQL: [`PgStore`] implements
 //! [`tidings_core::EventAppender`], [`tidings_core::EventReader`] and [`tidings_core::EventSubscriber`]
-//! with the semantics of the conformance suite — 0-based revisions, gap-free global
-//! positions in commit order, atomic multi-event appends, optimistic concurrency,
+//! with the semantics of the conformance suite — 0-based revisions, global positions that
+//! increase in the order readers see commits (with gaps where an append was refused or
+//! failed after claiming them), atomic multi-event appends, optimistic concurrency,
 //! idempotent re-appends — and subscriptions that see other processes' appends through
 //! `LISTEN`/`NOTIFY`.
 //!

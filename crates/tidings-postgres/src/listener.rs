@@ -1,27 +1,39 @@
-//! The background task that moves the head when other processes commit.
+//! The background tasks that move the head when appends commit.
 //!
-//! Every append runs `pg_notify('tidings:<schema>', <last position>)` in its transaction;
-//! PostgreSQL delivers the notification after the commit is visible. This task LISTENs on
-//! its own connection and raises the store's head watch to the position it hears.
+//! The head a handle shows is the visible head: one below the visibility horizon
+//! (migration 0005), the lowest position still claimed by an append in flight. A
+//! subscription that has read up to the head may move past it, so it must never be
+//! ahead of a position that may still commit.
+//!
+//! Every append runs `pg_notify('tidings:<schema>', <its last position>)` once its events
+//! are visible. The listener LISTENs on its own connection; when it hears of a position
+//! above the head, it wakes the horizon task, which reads the horizon (`horizon.sql`)
+//! and raises the head. Reads that start after a notification arrived cover the commit
+//! it announced, and one read covers every notification heard before it. While the
+//! horizon is held back by a claim, the horizon task also looks again every
+//! [`HELD_POLL`], and deletes the claims of backends that are gone
+//! (`release_dead_claims.sql`): their appends will never announce anything.
 //!
 //! Notifications sent while the connection is down are lost, so after every (re)connect
-//! the task first LISTENs, then reads the head from the table: anything committed before
-//! the read is covered by it, anything after by a notification.
+//! the listener first LISTENs, then wakes the horizon task: anything committed before its
+//! read is covered by it, anything after by a notification.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
 use tidings_core::Position;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::row::unsigned;
 
 /// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the horizon is read again while a claim holds it back.
+pub(crate) const HELD_POLL: Duration = Duration::from_millis(100);
 
 /// The head watch every handle of one store shares.
 pub(crate) type HeadSender = Arc<watch::Sender<Option<Position>>>;
@@ -37,16 +49,76 @@ pub(crate) fn advance(head: &HeadSender, position: Position) {
     });
 }
 
-/// The head as the table says: the last committed position (None: nothing committed).
-pub(crate) fn head_from_next(next_position: i64) -> Option<Position> {
-    unsigned(next_position).ok().and_then(|n| n.checked_sub(1))
+/// The visible head below a horizon (None: nothing below it).
+pub(crate) fn head_from_next(horizon: i64) -> Option<Position> {
+    unsigned(horizon).ok().and_then(|n| n.checked_sub(1))
 }
 
-/// Listens on `channel` for ever, reconnecting with backoff. Runs until aborted.
-pub(crate) async fn run(pool: PgPool, channel: String, head: HeadSender) {
+/// Reads the horizon whenever `wake` is notified, and every [`HELD_POLL`] while a claim
+/// holds it back, raising `head` to one below it. Runs until aborted.
+pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<Notify>) {
+    let mut held_for = 0u32;
+    loop {
+        let held = match refresh(&pool, &head).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the visibility horizon failed; retrying");
+                true
+            }
+        };
+        if held {
+            held_for += 1;
+            // A claim that holds the horizon for a while may belong to a backend that is
+            // gone: collect those (their appends can never commit).
+            if held_for % 10 == 0 {
+                if let Err(e) = release_dead(&pool).await {
+                    tracing::warn!(error = %e, "collecting the claims of ended backends failed");
+                }
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(HELD_POLL) => {}
+            }
+        } else {
+            held_for = 0;
+            wake.notified().await;
+        }
+    }
+}
+
+/// Reads the horizon and raises `head` below it. True while a claim holds it back.
+pub(crate) async fn refresh(pool: &PgPool, head: &HeadSender) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(include_str!("../sql/queries/horizon.sql"))
+        .fetch_one(pool)
+        .await?;
+    let horizon: i64 = row.try_get("horizon")?;
+    let next: i64 = row.try_get("next_position")?;
+    if let Some(position) = head_from_next(horizon) {
+        advance(head, position);
+    }
+    Ok(horizon < next)
+}
+
+async fn release_dead(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let released: i64 = sqlx::query_scalar(include_str!("../sql/queries/release_dead_claims.sql"))
+        .fetch_one(pool)
+        .await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "deleted the position claims of ended backends; their \
+            positions are gaps"
+        );
+    }
+    Ok(())
+}
+
+/// Listens on `channel` for ever, reconnecting with backoff, and wakes the horizon task
+/// for every position above the head it hears of. Runs until aborted.
+pub(crate) async fn run(pool: PgPool, channel: String, head: HeadSender, wake: Arc<Notify>) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let Err(e) = listen(&pool, &channel, &head, &mut backoff).await;
+        let Err(e) = listen(&pool, &channel, &head, &wake, &mut backoff).await;
         tracing::warn!(
             channel,
             error = %e,
@@ -63,17 +135,22 @@ async fn listen(
     pool: &PgPool,
     channel: &str,
     head: &HeadSender,
+    wake: &Notify,
     backoff: &mut Duration,
 ) -> Result<Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(channel).await?;
-    resync(&mut listener, head).await?;
+    wake.notify_one();
     *backoff = MIN_BACKOFF;
     tracing::debug!(channel, "listening for appends");
     loop {
         match listener.try_recv().await? {
             Some(n) => match n.payload().parse::<Position>() {
-                Ok(position) => advance(head, position),
+                Ok(position) => {
+                    if head.borrow().is_none_or(|h| h < position) {
+                        wake.notify_one();
+                    }
+                }
                 Err(_) => {
                     tracing::warn!(
                         channel,
@@ -84,20 +161,9 @@ async fn listen(
             },
             // The connection dropped and was re-established (LISTEN included): whatever
             // was announced meanwhile is read from the table.
-            None => resync(&mut listener, head).await?,
+            None => wake.notify_one(),
         }
     }
-}
-
-/// Reads the committed head on the listening connection and raises the watch to it.
-async fn resync(listener: &mut PgListener, head: &HeadSender) -> Result<(), sqlx::Error> {
-    let next: i64 = sqlx::query_scalar(include_str!("../sql/queries/head.sql"))
-        .fetch_one(&mut *listener)
-        .await?;
-    if let Some(position) = head_from_next(next) {
-        advance(head, position);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "type and category indexes",
         sql: include_str!("../sql/migrations/0004_type_and_category_indexes.sql"),
     },
+    Migration {
+        version: 5,
+        name: "claimed positions",
+        sql: include_str!("../sql/migrations/0005_claimed_positions.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

@@ -14,7 +14,7 @@ use tidings_core::{
     Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
     StoreError, StreamId, StreamInfo,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
@@ -29,11 +29,12 @@ use crate::writer::{self, Queue, Request};
 /// An event store in a PostgreSQL schema. Clones are cheap and share one connection pool,
 /// one writer, one head watch and one notification listener.
 ///
-/// Appends are transactions: acknowledged only once committed. Global positions are
-/// gap-free and in commit order (see `docs/decisions/0005-postgres-store.md`), so
-/// subscriptions built on [`tidings_core::store::subscription`] never skip or repeat an event,
-/// including events appended by other processes, which the store hears through
-/// `LISTEN`/`NOTIFY`.
+/// Appends are transactions: acknowledged only once committed. Positions are claimed in a
+/// short transaction before the append's own, and readers stop below the lowest position
+/// still claimed (the visibility horizon; `docs/decisions/0020-postgres-claimed-positions.md`),
+/// so subscriptions built on [`tidings_core::store::subscription`] never skip or repeat an
+/// event, including events appended by other processes, which the store hears through
+/// `LISTEN`/`NOTIFY`. A refused or failed append may leave a gap in positions.
 ///
 /// Concurrent appends through one handle are committed together (group commit), each
 /// decided as if it ran alone, in the order it was called. A subscription from
@@ -71,11 +72,13 @@ struct Inner {
     schema: String,
     limits: Limits,
     listener: AbortHandle,
+    horizon: AbortHandle,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.listener.abort();
+        self.horizon.abort();
     }
 }
 
@@ -108,11 +111,17 @@ impl PgStore {
             .await
             .map_err(PgStoreError::Connect)?;
         migrate::migrate(&pool, &options.schema).await?;
-        let next: i64 = sqlx::query_scalar(include_str!("../sql/queries/head.sql"))
-            .fetch_one(&pool)
+        let head: HeadSender = Arc::new(watch::channel(None).0);
+        listener::refresh(&pool, &head)
             .await
             .map_err(PgStoreError::Database)?;
-        let head: HeadSender = Arc::new(watch::channel(head_from_next(next)).0);
+        let wake = Arc::new(Notify::new());
+        let horizon = tokio::spawn(listener::follow_horizon(
+            pool.clone(),
+            Arc::clone(&head),
+            Arc::clone(&wake),
+        ))
+        .abort_handle();
 
         let listener_pool = PgPoolOptions::new()
             .max_connections(1)
@@ -126,6 +135,7 @@ impl PgStore {
             listener_pool,
             channel.clone(),
             Arc::clone(&head),
+            wake,
         ))
         .abort_handle();
         // Appends run on connections of their own, which carry the lock and statement
@@ -155,6 +165,7 @@ impl PgStore {
                 schema: options.schema,
                 limits: options.limits,
                 listener,
+                horizon,
             }),
         })
     }
@@ -190,6 +201,7 @@ impl PgStore {
     /// Requests made afterwards fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.inner.listener.abort();
+        self.inner.horizon.abort();
         self.inner.pool.close().await;
         self.inner.writer_pool.close().await;
     }
@@ -335,14 +347,14 @@ impl EventReader for PgStore {
     }
 
     async fn head(&self) -> Result<Option<Position>, StoreError> {
-        let row = sqlx::query(include_str!("../sql/queries/head.sql"))
+        let row = sqlx::query(include_str!("../sql/queries/horizon.sql"))
             .fetch_one(&self.inner.pool)
             .await
             .map_err(|e| store_error("read head", e))?;
-        let next: i64 = row
-            .try_get(0)
-            .map_err(|e| StoreError::Corrupt(format!("position counter: {e}")))?;
-        Ok(head_from_next(next))
+        let horizon: i64 = row
+            .try_get("horizon")
+            .map_err(|e| StoreError::Corrupt(format!("visibility horizon: {e}")))?;
+        Ok(head_from_next(horizon))
     }
 }
 

@@ -1,12 +1,12 @@
 //! The writer: one task per store handle that runs appends, grouping concurrent ones
 //! into one transaction (group commit).
 //!
-//! Every append of a process must serialize on the position counter anyway (see
-//! `docs/decisions/0005-postgres-store.md`), and each transaction then pays one WAL flush
-//! while holding it. Appends that arrive while a transaction is in flight wait in a
-//! queue; the next transaction takes them all (up to [`MAX_BATCH`] appends and the
-//! append size limit), so concurrent writers share flushes instead of queueing on the
-//! counter one flush at a time.
+//! Each transaction pays one WAL flush. Appends that arrive while a transaction is in
+//! flight wait in a queue; the next transaction takes them all (up to [`MAX_BATCH`]
+//! appends and the append size limit), so concurrent writers of one handle share one
+//! flush and one round trip per statement (`docs/decisions/0005-postgres-store.md`).
+//! Writers of different handles and processes share flushes in PostgreSQL itself, as
+//! positions are claimed outside the append's transaction (decision 0020).
 
 use std::collections::HashSet;
 
@@ -84,17 +84,16 @@ async fn run(
         }
         let (appends, replies): (Vec<Append>, Vec<_>) =
             batch.into_iter().map(|r| (r.append, r.reply)).unzip();
-        let answers = DEADLINES
+        let outcome = DEADLINES
             .scope(deadlines, append_batch(&pool, &channel, &appends))
             .await;
-        if let Some(last) = answers
-            .iter()
-            .filter_map(|a| a.as_ref().ok().map(|r| r.position))
-            .max()
-        {
-            advance(&head, last);
+        // Everything below the horizon the batch saw is settled now that it committed.
+        // Its own events above it are announced by its notification, once the claims
+        // below them are settled too (listener.rs).
+        if let Some(visible) = outcome.horizon.and_then(|h| h.checked_sub(1)) {
+            advance(&head, visible);
         }
-        for (reply, answer) in replies.into_iter().zip(answers) {
+        for (reply, answer) in replies.into_iter().zip(outcome.answers) {
             // The caller may have stopped waiting; its append stands all the same.
             let _ = reply.send(answer);
         }

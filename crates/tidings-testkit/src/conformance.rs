@@ -11,6 +11,24 @@
 //!
 //! Each check panics with a message naming what broke. Checks that race tasks need a
 //! multi-threaded tokio runtime.
+//!
+//! A backend whose promises differ where the contract allows it says so with
+//! [`Capabilities`] and [`run_all_with`]; the checks that depend on a capability read it.
+//! Today one does: whether global positions are gap-free (the embedded store, the
+//! in-memory store) or may have gaps (PostgreSQL, where positions are claimed outside
+//! the append's transaction, `docs/decisions/0020-postgres-claimed-positions.md`). Either
+//! way positions increase in commit order as readers see them, each append's events are
+//! contiguous, and no subscriber skips or repeats an event.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use tidings_testkit::conformance::{Capabilities, run_all_with};
+//! run_all_with(Capabilities::default().gaps_allowed(), || async {
+//!     tidings::InMemoryStore::new()
+//! })
+//! .await;
+//! # }
+//! ```
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -31,16 +49,54 @@ use tidings_core::stream::StreamId;
 /// against hangs, not a speed assertion.
 const STALL: Duration = Duration::from_secs(60);
 
-/// Runs every check, each on a fresh store.
-pub async fn run_all<S, F, Fut>(mut fresh: F)
+/// What a backend promises where the store contract leaves it a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Every position below the head holds an event: an append that is refused or fails
+    /// leaves no gap. Without it, positions may skip numbers that will never hold an
+    /// event; they still increase in the order readers see commits. Default: true.
+    pub gap_free_positions: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            gap_free_positions: true,
+        }
+    }
+}
+
+impl Capabilities {
+    /// The same, with positions that may have gaps.
+    pub fn gaps_allowed(mut self) -> Self {
+        self.gap_free_positions = false;
+        self
+    }
+}
+
+/// Runs every check, each on a fresh store, for a backend with the default
+/// [`Capabilities`] (gap-free positions).
+pub async fn run_all<S, F, Fut>(fresh: F)
 where
     S: EventStore,
     F: FnMut() -> Fut,
     Fut: Future<Output = S>,
 {
-    append_and_read(fresh().await).await;
+    run_all_with(Capabilities::default(), fresh).await;
+}
+
+/// Runs every check, each on a fresh store, for a backend with `capabilities`.
+pub async fn run_all_with<S, F, Fut>(capabilities: Capabilities, mut fresh: F)
+where
+    S: EventStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let caps = capabilities;
+    append_and_read(fresh().await, caps).await;
     expected_versions(fresh().await).await;
-    atomic_appends(fresh().await).await;
+    atomic_appends(fresh().await, caps).await;
     bad_input_changes_nothing(fresh().await).await;
     idempotent_appends(fresh().await).await;
     read_all_and_filters(fresh().await).await;
@@ -48,7 +104,7 @@ where
     stream_listing(fresh().await).await;
     envelope_survives(fresh().await).await;
     subscriptions_catch_up_then_go_live(fresh().await).await;
-    subscriptions_race_appends(fresh().await).await;
+    subscriptions_race_appends(fresh().await, caps).await;
     stream_subscriptions(fresh().await).await;
     concurrent_writers_one_winner_per_version(fresh().await).await;
 }
@@ -102,7 +158,8 @@ fn revisions(evs: &[RecordedEvent]) -> Vec<u64> {
 }
 
 /// Appends answer revisions and positions; reads go both ways with `from` and `limit`.
-pub async fn append_and_read<S: EventStore>(store: S) {
+/// Positions are 0, 1, 2… when they are gap-free, and increase in any case.
+pub async fn append_and_read<S: EventStore>(store: S, caps: Capabilities) {
     let a = stream("order-1");
     let b = stream("order-2");
     assert_eq!(
@@ -113,33 +170,46 @@ pub async fn append_and_read<S: EventStore>(store: S) {
     assert_eq!(store.stream_version(&a).await.ok().flatten(), None);
     assert!(read(&store, &a, ReadStream::forward()).await.is_empty());
 
-    let r = append_ok(&store, &a, ExpectedVersion::NoStream, events(3, "A")).await;
+    let r1 = append_ok(&store, &a, ExpectedVersion::NoStream, events(3, "A")).await;
     assert_eq!(
-        (
-            r.first_revision,
-            r.next_expected_version,
-            r.first_position,
-            r.position
-        ),
-        (0, 2, 0, 2),
+        (r1.first_revision, r1.next_expected_version),
+        (0, 2),
         "first append of three events"
     );
-    let r = append_ok(&store, &b, ExpectedVersion::Any, events(1, "B")).await;
     assert_eq!(
-        (r.first_revision, r.next_expected_version, r.position),
-        (0, 0, 3)
+        r1.position,
+        r1.first_position + 2,
+        "an append is contiguous"
     );
-    let r = append_ok(&store, &a, ExpectedVersion::Exact(2), events(2, "A")).await;
-    assert_eq!((r.first_revision, r.next_expected_version), (3, 4));
-    assert_eq!((r.first_position, r.position), (4, 5));
+    let r2 = append_ok(&store, &b, ExpectedVersion::Any, events(1, "B")).await;
+    assert_eq!((r2.first_revision, r2.next_expected_version), (0, 0));
+    assert!(r2.first_position > r1.position, "positions increase");
+    let r3 = append_ok(&store, &a, ExpectedVersion::Exact(2), events(2, "A")).await;
+    assert_eq!((r3.first_revision, r3.next_expected_version), (3, 4));
+    assert!(r3.first_position > r2.position, "positions increase");
+    assert_eq!(r3.position, r3.first_position + 1);
+    if caps.gap_free_positions {
+        assert_eq!(
+            (r1.first_position, r1.position),
+            (0, 2),
+            "gap-free positions"
+        );
+        assert_eq!(r2.position, 3, "gap-free positions");
+        assert_eq!(
+            (r3.first_position, r3.position),
+            (4, 5),
+            "gap-free positions"
+        );
+    }
     assert_eq!(store.stream_version(&a).await.ok().flatten(), Some(4));
-    assert_eq!(store.head().await.ok().flatten(), Some(5));
+    assert_eq!(store.head().await.ok().flatten(), Some(r3.position));
 
     let fwd = read(&store, &a, ReadStream::forward()).await;
     assert_eq!(revisions(&fwd), vec![0, 1, 2, 3, 4]);
+    let p1 = r1.first_position;
     assert_eq!(
         fwd.iter().map(|e| e.position).collect::<Vec<_>>(),
-        vec![0, 1, 2, 4, 5]
+        vec![p1, p1 + 1, p1 + 2, r3.first_position, r3.position]
     );
     assert!(fwd.iter().all(|e| e.stream == a));
     let back = read(&store, &a, ReadStream::backward()).await;
@@ -215,15 +285,23 @@ pub async fn expected_versions<S: EventStore>(store: S) {
 }
 
 /// A multi-event append is contiguous in the global log; a refused one leaves no trace.
-pub async fn atomic_appends<S: EventStore>(store: S) {
+pub async fn atomic_appends<S: EventStore>(store: S, caps: Capabilities) {
     let a = stream("batch-a");
     let b = stream("batch-b");
-    append_ok(&store, &a, ExpectedVersion::Any, events(50, "A")).await;
-    append_ok(&store, &b, ExpectedVersion::Any, events(50, "B")).await;
+    let ra = append_ok(&store, &a, ExpectedVersion::Any, events(50, "A")).await;
+    let rb = append_ok(&store, &b, ExpectedVersion::Any, events(50, "B")).await;
     let log = all(&store).await;
     assert_eq!(log.len(), 100);
     for (i, e) in log.iter().enumerate() {
-        assert_eq!(e.position, i as u64, "positions are gap-free");
+        let want = if i < 50 {
+            ra.first_position + i as u64
+        } else {
+            rb.first_position + i as u64 - 50
+        };
+        assert_eq!(e.position, want, "an append's events are contiguous");
+        if caps.gap_free_positions {
+            assert_eq!(e.position, i as u64, "positions are gap-free");
+        }
         let (want_stream, want_rev) = if i < 50 { (&a, i) } else { (&b, i - 50) };
         assert_eq!((&e.stream, e.revision), (want_stream, want_rev as u64));
     }
@@ -395,13 +473,19 @@ pub async fn read_all_and_filters<S: EventStore>(store: S) {
         let t = if i % 3 == 0 { "Created" } else { "Updated" };
         append_ok(&store, &s, ExpectedVersion::Any, events(2, t)).await;
     }
-    let page = store.read_all(ReadAll::new(5, 4)).await.unwrap_or_default();
+    let log = all(&store).await;
+    let from = log[5].position;
+    let page = store
+        .read_all(ReadAll::new(from, 4))
+        .await
+        .unwrap_or_default();
     assert_eq!(
         page.iter().map(|e| e.position).collect::<Vec<_>>(),
-        vec![5, 6, 7, 8]
+        log[5..9].iter().map(|e| e.position).collect::<Vec<_>>(),
+        "a page from a position"
     );
     let beyond = store
-        .read_all(ReadAll::new(1000, 10))
+        .read_all(ReadAll::new(log[19].position + 1, 10))
         .await
         .unwrap_or_default();
     assert!(beyond.is_empty());
@@ -494,7 +578,7 @@ pub async fn correlation_reads<S: EventStore>(store: S) {
         vec![tagged("B", "tx-2")],
     )
     .await;
-    append_ok(
+    let cd = append_ok(
         &store,
         &stream("p-1"),
         ExpectedVersion::Any,
@@ -510,12 +594,12 @@ pub async fn correlation_reads<S: EventStore>(store: S) {
         vec!["A", "C", "D"]
     );
     let later = store
-        .read_correlation("tx-1", 2, 1)
+        .read_correlation("tx-1", cd.first_position, 1)
         .await
         .unwrap_or_default();
     assert_eq!(
         later.iter().map(|e| e.position).collect::<Vec<_>>(),
-        vec![2]
+        vec![cd.first_position]
     );
     assert!(
         store
@@ -528,8 +612,12 @@ pub async fn correlation_reads<S: EventStore>(store: S) {
 
 /// Streams are listed in name order, by prefix, with paging.
 pub async fn stream_listing<S: EventStore>(store: S) {
+    let mut last_of_c = None;
     for name in ["b-2", "a-1", "b-1", "c-1", "b-3"] {
-        append_ok(&store, &stream(name), ExpectedVersion::Any, events(2, "A")).await;
+        let r = append_ok(&store, &stream(name), ExpectedVersion::Any, events(2, "A")).await;
+        if name == "c-1" {
+            last_of_c = Some(r.position);
+        }
     }
     let list = |prefix: Option<&str>, after: Option<&str>, limit| ListStreams {
         prefix: prefix.map(str::to_owned),
@@ -562,7 +650,7 @@ pub async fn stream_listing<S: EventStore>(store: S) {
         .list_streams(list(Some("c-"), None, 1))
         .await
         .unwrap_or_default();
-    assert_eq!(info.first().map(|i| i.last_position), Some(7));
+    assert_eq!(info.first().map(|i| i.last_position), last_of_c);
 }
 
 /// Everything in the envelope comes back exactly: id, type, version, timestamp to the
@@ -612,39 +700,40 @@ where
 /// its last position + 1 misses nothing.
 pub async fn subscriptions_catch_up_then_go_live<S: EventStore>(store: S) {
     let a = stream("sub-a");
-    append_ok(&store, &a, ExpectedVersion::Any, events(5, "Old")).await;
+    let old = append_ok(&store, &a, ExpectedVersion::Any, events(5, "Old")).await;
+    let p0 = old.first_position;
     let mut from_start = Box::pin(store.subscribe_all(Start::Beginning, Filter::all()));
     let mut from_end = Box::pin(store.subscribe_all(Start::End, Filter::all()));
-    let mut from_3 = Box::pin(store.subscribe_all(Start::At(3), Filter::all()));
+    let mut from_3 = Box::pin(store.subscribe_all(Start::At(p0 + 3), Filter::all()));
     let mut only_new =
         Box::pin(store.subscribe_all(Start::Beginning, Filter::all().event_type("New")));
-    for p in 0..5 {
+    for p in p0..p0 + 5 {
         assert_eq!(next_event(&mut from_start, "catch-up").await.position, p);
     }
-    assert_eq!(next_event(&mut from_3, "at 3").await.position, 3);
-    append_ok(
+    assert_eq!(next_event(&mut from_3, "at 3").await.position, p0 + 3);
+    let new = append_ok(
         &store,
         &stream("sub-b"),
         ExpectedVersion::Any,
         events(2, "New"),
     )
     .await;
-    for p in 5..7 {
+    for p in new.first_position..=new.position {
         assert_eq!(next_event(&mut from_start, "live").await.position, p);
         assert_eq!(next_event(&mut from_end, "from end").await.position, p);
         assert_eq!(next_event(&mut only_new, "filtered").await.position, p);
     }
-    assert_eq!(next_event(&mut from_3, "at 3").await.position, 4);
+    assert_eq!(next_event(&mut from_3, "at 3").await.position, p0 + 4);
     drop(from_start);
-    append_ok(&store, &a, ExpectedVersion::Any, events(3, "Old")).await;
-    let mut resumed = Box::pin(store.subscribe_all(Start::At(7), Filter::all()));
-    for p in 7..10 {
+    let more = append_ok(&store, &a, ExpectedVersion::Any, events(3, "Old")).await;
+    let mut resumed = Box::pin(store.subscribe_all(Start::At(new.position + 1), Filter::all()));
+    for p in more.first_position..=more.position {
         assert_eq!(next_event(&mut resumed, "resumed").await.position, p);
     }
 }
 
 /// Subscriptions made while writers append see every event exactly once, in order.
-pub async fn subscriptions_race_appends<S: EventStore>(store: S) {
+pub async fn subscriptions_race_appends<S: EventStore>(store: S, caps: Capabilities) {
     const WRITERS: usize = 4;
     const APPENDS: usize = 40;
     const TOTAL: u64 = (WRITERS * APPENDS * 2) as u64;
@@ -673,20 +762,36 @@ pub async fn subscriptions_race_appends<S: EventStore>(store: S) {
         ));
         tokio::task::yield_now().await;
     }
+    let mut delivered = Vec::new();
     for (i, sub) in subs.iter_mut().enumerate() {
         let mut seen = HashSet::new();
+        let mut positions = Vec::new();
         for want in 0..TOTAL + 2 {
             let e = next_event(sub, "racing subscription").await;
-            assert_eq!(e.position, want, "subscription {i} skipped or repeated");
+            if caps.gap_free_positions {
+                assert_eq!(e.position, want, "subscription {i} skipped or repeated");
+            }
+            assert!(
+                positions.last().is_none_or(|p| *p < e.position),
+                "subscription {i} went back from {:?} to {}",
+                positions.last(),
+                e.position
+            );
             assert!(
                 seen.insert(e.event_id),
                 "subscription {i} delivered an event twice"
             );
+            positions.push(e.position);
         }
+        delivered.push(positions);
     }
     for t in tasks {
         t.await
             .unwrap_or_else(|e| panic!("writer task failed: {e}"));
+    }
+    let log: Vec<u64> = all(&store).await.iter().map(|e| e.position).collect();
+    for (i, positions) in delivered.iter().enumerate() {
+        assert_eq!(positions, &log, "subscription {i} and read_all disagree");
     }
 }
 
@@ -781,5 +886,9 @@ pub async fn concurrent_writers_one_winner_per_version<S: EventStore>(store: S) 
         assert_eq!(*rev, i as u64, "exactly one winner for revision {i}");
         assert_eq!((e.revision, e.event_id), (*rev, *id));
     }
+    assert!(
+        recorded.windows(2).all(|w| w[0].position < w[1].position),
+        "a stream's positions grow with its revisions"
+    );
     assert!(!wins.is_empty());
 }

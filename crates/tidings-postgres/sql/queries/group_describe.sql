@@ -1,6 +1,6 @@
 -- A group's numbers now. $1 group name.
 SELECT g.id, g.settings::text AS settings, g.read_upto,
-       (SELECT next_position FROM tidings_position) AS head,
+       tidings_horizon() AS head,
        (SELECT min(position) FROM tidings_group_messages
         WHERE group_id = g.id AND parked_id IS NULL) AS first_unsettled,
        (SELECT count(*) FROM tidings_group_messages

@@ -1,11 +1,9 @@
 -- Reads the log into the group's window: from the cursor on, the events the group
 -- delivers, until the window holds `buffer` unsettled messages, looking at no more than
 -- `window` positions; then moves the cursor past what it looked at. One statement, so
--- the counter row and the events are read in one snapshot: positions are gap-free and
--- become visible in commit order, so every event below next_position is visible here
--- and the cursor never passes an event it has not seen. (Were positions ever taken from
--- a sequence with gaps, the cursor would have to stop at a visibility horizon instead:
--- the oldest position still held by an uncommitted append.)
+-- the horizon and the events are read in one snapshot: every position below the
+-- visibility horizon (migration 0005) is committed and visible here or a gap for good,
+-- so the cursor never passes an event it has not seen.
 -- The cursor row is taken with SKIP LOCKED: while one fetch reads, the others skip it.
 -- No row: someone else is reading, or the window is full.
 -- $1 group id, $2 buffer, $3 event types (empty: all), $4 stream prefix (NULL: all),
@@ -20,8 +18,8 @@ room AS (
            AS n
 ),
 bound AS (
-    SELECT least(p.next_position, c.read_upto + $5::bigint) AS upto, p.next_position AS head
-    FROM tidings_position p, cursor c
+    SELECT least(h.horizon, c.read_upto + $5::bigint) AS upto, h.horizon AS head
+    FROM (SELECT tidings_horizon() AS horizon) h, cursor c
 ),
 picked AS (
     SELECT e.position, e.stream

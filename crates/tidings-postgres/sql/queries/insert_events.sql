@@ -1,14 +1,16 @@
--- Claims positions, writes a batch's events, moves the stream heads and notifies
--- listeners, in one statement. Updating tidings_position locks its row until commit:
--- writers serialize from here, so positions are assigned, and become visible, in commit
--- order. Events arrive in position order; each append's events are contiguous.
+-- Writes a batch's events at the positions claimed for it (claim.sql), deletes the claim,
+-- moves the stream heads and notifies listeners, in one statement; the claim disappears
+-- exactly when the events become visible, at commit. Events arrive in position order;
+-- each append's events are contiguous.
 --
--- $1 channel, then one array per column, each with one element per event.
+-- Answers the horizon this transaction saw without its own claim: once it has committed,
+-- every position below it is settled, so the writer's head may move there.
+--
+-- $1 channel, $2.. one array per column, each with one element per event, $14 the
+-- first claimed position.
 WITH claimed AS (
-    UPDATE tidings_position
-    SET next_position = next_position + cardinality($2::text[])
-    RETURNING next_position - cardinality($2::text[]) AS first_position,
-              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS recorded_at
+    SELECT $14::bigint AS first_position,
+           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS recorded_at
 ),
 batch AS (
     SELECT *
@@ -37,7 +39,11 @@ moved AS (
          (SELECT stream, max(revision) AS last_revision, max(ord) AS last_ord
           FROM batch GROUP BY stream) h
     WHERE s.name = h.stream
+),
+released AS (
+    DELETE FROM tidings_inflight WHERE lo = $14::bigint
 )
-SELECT c.first_position,
-       pg_notify($1, (c.first_position + cardinality($2::text[]) - 1)::text)::text AS notified
-FROM claimed c
+SELECT least((SELECT min(i.lo) FROM tidings_inflight i
+              WHERE i.lo <> $14::bigint),
+             (SELECT p.next_position FROM tidings_position p)) AS horizon,
+       pg_notify($1, ($14::bigint + cardinality($2::text[]) - 1)::text)::text AS notified
