@@ -442,7 +442,7 @@ async fn inline_and_queued_commits_share_one_order() {
             .await
             .unwrap(),
     );
-    assert_eq!(reopened.stream_count(), 6 + 6 * 16);
+    assert_eq!(reopened.stream_count().unwrap(), 6 + 6 * 16);
 }
 
 /// Appends `n` single events one after another to stream `s-1` of a fresh store,

@@ -585,6 +585,7 @@ pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
     let store = super::open_log(target.root())?;
     let secs = start.elapsed().as_secs_f64();
     let events = store.head().await?.map_or(0, |h| h + 1);
+    let streams = store.stream_count()?;
     Ok(Row::new(
         "open-existing",
         target,
@@ -597,7 +598,7 @@ pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
     )
     .with(|r| {
         r.rss_mib = Some(rss_mib());
-        r.note = Some(format!("{} streams", store.stream_count()));
+        r.note = Some(format!("{streams} streams"));
     }))
 }
 
