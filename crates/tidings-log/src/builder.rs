@@ -218,6 +218,7 @@ impl LogStoreBuilder {
                 durable,
                 now_micros: self.clock.now().as_microsecond(),
                 force_rebuild: false,
+                memory_events: self.index_memory_events,
             },
         )?;
         let mut rec = rec;

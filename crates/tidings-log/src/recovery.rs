@@ -84,6 +84,9 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Damage that salvage stopped at (salvage only).
     pub damage: Option<Damage>,
+    /// Index files written during the scan to keep its memory bounded (see
+    /// `LogStoreBuilder::index_memory_events`).
+    pub index_files_written: u32,
 }
 
 pub(crate) struct Recovered {
@@ -100,6 +103,10 @@ pub(crate) struct RecoverOptions {
     pub now_micros: i64,
     /// Ignore the snapshot and rescan everything (verify).
     pub force_rebuild: bool,
+    /// A scan that holds this many events in memory writes an index file at the end of
+    /// the next sealed segment, so rebuilding a large log stays within memory
+    /// (`u64::MAX`: never).
+    pub memory_events: u64,
 }
 
 enum SegEnd {
@@ -257,6 +264,7 @@ pub(crate) fn recover(
         index: source,
         torn_tail: None,
         damage: None,
+        index_files_written: 0,
     };
     let mut sealed_last = false;
     let mut active_end = HEADER_LEN;
@@ -326,6 +334,15 @@ pub(crate) fn recover(
                 }
                 sealed_last = is_last;
                 active_end = data_end;
+                if index.in_memory() >= opts.memory_events && !read_only && !opts.force_rebuild {
+                    // Sealed segments are durable: a file covering them is a valid prefix.
+                    crate::index_snapshotter::write_now(storage, dir, &mut index, data_end)?;
+                    report.index_files_written += 1;
+                    tracing::info!(
+                        covered = index.next_position(),
+                        "index file written during the scan, to bound its memory"
+                    );
+                }
             }
             SegEnd::Open { data_end } => {
                 index.segments[ordinal].data_end = data_end;
@@ -901,6 +918,7 @@ mod tests {
                 durable: true,
                 now_micros: 0,
                 force_rebuild: false,
+                memory_events: u64::MAX,
             },
         )
     }

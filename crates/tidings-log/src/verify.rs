@@ -77,6 +77,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             durable: false,
             now_micros: SystemClock.now().as_microsecond(),
             force_rebuild: true,
+            memory_events: u64::MAX,
         },
     )?;
     let index = match index_snapshot::load(&storage, dir) {
