@@ -297,12 +297,15 @@ impl IndexFile {
             return Ok(None);
         };
         let b = self.bytes(block.at, block.len as usize)?;
-        let mut r = Fields::new(&b);
-        while !r.done() {
-            let rec = r.record()?;
-            match (*rec.key).cmp(key) {
-                std::cmp::Ordering::Less => continue,
-                std::cmp::Ordering::Equal => return Ok(Some(rec)),
+        // Compare keys in place; only the match is decoded.
+        let mut at = 0usize;
+        while at < b.len() {
+            let mut r = Fields::new(&b[at..]);
+            let n = r.u32()? as usize;
+            let k = r.take(n)?;
+            match k.cmp(key.as_bytes()) {
+                std::cmp::Ordering::Less => at += RECORD_FIXED + n,
+                std::cmp::Ordering::Equal => return Fields::new(&b[at..]).record().map(Some),
                 std::cmp::Ordering::Greater => break,
             }
         }
