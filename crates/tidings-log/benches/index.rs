@@ -1,13 +1,14 @@
-//! The in-memory index: recording frames and the lookups the writer and readers make.
+//! The index: recording frames, and the lookups the writer and readers make, in memory
+//! and in the index file.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tidings::StreamId;
-use tidings_log::index::{EventIndex, IndexedEvent, Loc, MemoryIndex};
+use tidings_log::index::{IndexedEvent, Loc, LogIndex};
 use uuid::Uuid;
 
-fn filled(n: u64) -> (MemoryIndex, Vec<Uuid>) {
-    let mut ix = MemoryIndex::default();
+fn filled(n: u64) -> (LogIndex, Vec<Uuid>) {
+    let mut ix = LogIndex::default();
     let mut ids = Vec::with_capacity(n as usize);
     for p in 0..n {
         let id = Uuid::now_v7();
@@ -36,15 +37,6 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             ix.id_candidate(&ids[i])
-        })
-    });
-    let mut sorted = MemoryIndex::default();
-    sorted.ids_base_for_bench(ix.merged_ids());
-    g.bench_function("id_candidate (snapshotted, sorted)", |b| {
-        let mut i = 0usize;
-        b.iter(|| {
-            i = (i + 7919) % ids.len();
-            sorted.id_candidate(&ids[i])
         })
     });
     g.bench_function("stream_version", |b| {
@@ -81,19 +73,37 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
-    c.bench_function("snapshot/encode 1M events", |b| {
-        b.iter(|| tidings_log::index_snapshot::encode(&ix, 64, 0).map(|b| b.len()))
-    });
-    let Ok(bytes) = tidings_log::index_snapshot::encode(&ix, 64, 0) else {
-        return;
-    };
-    c.bench_function("snapshot/decode 1M events", |b| {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let on_disk = filled(1_000_000).0.into_file_for_bench(dir.path()).unwrap();
+    eprintln!("index file of 1M events written in {:?}", started.elapsed());
+    let mut g = c.benchmark_group("index-file/1M-events");
+    g.bench_function("id_candidate (present)", |b| {
+        let mut i = 0usize;
         b.iter(|| {
-            tidings_log::index_snapshot::decode(&bytes)
-                .map(|c| c.end_offset)
-                .ok()
+            i = (i + 7919) % ids.len();
+            on_disk.id_candidate(&ids[i]).unwrap()
         })
     });
+    g.bench_function("id_candidate (new id, filtered)", |b| {
+        b.iter(|| on_disk.id_candidate(&Uuid::now_v7()).unwrap())
+    });
+    g.bench_function("stream_version", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i = (i + 7919) % 100_000;
+            on_disk.stream_version(&format!("order-{i}")).unwrap()
+        })
+    });
+    g.bench_function("stream positions (10)", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i = (i + 7919) % 100_000;
+            let l = on_disk.stream_positions(&format!("order-{i}")).unwrap();
+            l.range(0, 10).unwrap()
+        })
+    });
+    g.finish();
 }
 
 criterion_group! {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tidings_core::{Clock, Limits, SystemClock};
 
 use crate::error::LogError;
-use crate::index_snapshot;
+use crate::index_snapshotter;
 use crate::recovery::{self, RecoverOptions};
 use crate::storage::{OsStorage, Storage};
 use crate::store::{LogStore, Shared};
@@ -46,6 +46,7 @@ pub struct LogStoreBuilder {
     channel_capacity: usize,
     max_group_bytes: usize,
     index_snapshot_every: u64,
+    index_memory_events: u64,
     inline_commits: bool,
     append_timeout: Duration,
     storage: Arc<dyn Storage>,
@@ -81,6 +82,7 @@ impl LogStoreBuilder {
             channel_capacity: 4096,
             max_group_bytes: 32 << 20,
             index_snapshot_every: 1_000_000,
+            index_memory_events: 4_000_000,
             inline_commits: true,
             append_timeout: DEFAULT_APPEND_TIMEOUT,
             storage: Arc::new(OsStorage),
@@ -130,6 +132,16 @@ impl LogStoreBuilder {
     /// a crash has to rescan (default 1,000,000).
     pub fn index_snapshot_every(mut self, events: u64) -> Self {
         self.index_snapshot_every = events.max(1);
+        self
+    }
+
+    /// Most events whose index entries stay in memory: once this many were written
+    /// since the last index file, a new one is merged in the background even when
+    /// `index_snapshot_every`'s quarter of the log is not reached yet (default
+    /// 4,000,000). Memory then holds about this many events' entries (twice while a
+    /// merge runs), not the whole index.
+    pub fn index_memory_events(mut self, events: u64) -> Self {
+        self.index_memory_events = events.max(1);
         self
     }
 
@@ -206,18 +218,15 @@ impl LogStoreBuilder {
                 durable,
                 now_micros: self.clock.now().as_microsecond(),
                 force_rebuild: false,
+                memory_events: self.index_memory_events,
             },
         )?;
+        let mut rec = rec;
         if rec.report.frames_scanned > 0
             && let Some((_, offset)) = rec.active
         {
             // The scan's work is saved at once, so the next open does not repeat it.
-            let crc = index_snapshot::last_frame_crc(&rec.index)
-                .map_err(LogError::io("reading the last frame in", &dir))?;
-            let bytes = index_snapshot::encode(&rec.index, offset, crc)
-                .map_err(LogError::io("reading the log in", &dir))?;
-            index_snapshot::save(&*storage, &dir, &bytes)
-                .map_err(LogError::io("writing the index snapshot in", &dir))?;
+            index_snapshotter::write_now(&*storage, &dir, &mut rec.index, offset)?;
         }
         let shared = Arc::new(Shared::new(
             dir,
@@ -237,6 +246,7 @@ impl LogStoreBuilder {
                 durable,
                 max_group_bytes: self.max_group_bytes,
                 index_snapshot_every: self.index_snapshot_every,
+                index_memory_events: self.index_memory_events,
                 clock: self.clock.clone(),
             },
             ordinal,

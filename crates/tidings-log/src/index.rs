@@ -1,22 +1,30 @@
-//! Derived indexes: where each position lives, each stream's positions, event ids and
-//! correlation ids. Everything here can be rebuilt from the segments.
+//! Derived indexes: where each position lives, each stream's positions, event ids,
+//! correlation ids, and positions by event type and category. Everything here can be
+//! rebuilt from the segments.
 //!
-//! The in-memory shapes (persisted by [`crate::index_snapshot`]):
+//! Two layers (see `docs/decisions/0021-on-disk-index.md`):
 //!
 //! ```text
-//! locs         Vec<u64>    position -> packed location, [ segment ordinal : 24 | frame offset : 40 ]
-//! streams      BTreeMap    stream name -> { positions: Vec<u64> (index = revision), last_written µs }
-//! ids          sorted Vec<(fingerprint u64, position u64)> loaded from the snapshot
-//!              + HashMap<fingerprint, position> for ids added since
-//! correlations Correlations correlation id -> Vec<u64> positions, ascending (ids kept in
-//!                          first-appearance order)
-//! segments     Vec         ordinal -> { first_position, data_end, open file }
+//! base     the index file (crate::index_snapshot): positions [0, cut), on disk, read
+//!          in place; memory holds only its directory and id filter
+//! frozen   a Delta being merged with the base into the next index file (or none)
+//! recent   a Delta: what was published since
+//!
+//! Delta    locs         Vec<u64>  position -> packed location [ segment : 24 | offset : 40 ]
+//!          streams      BTreeMap  stream -> { positions in this layer, last_written µs }
+//!          ids          HashMap   fingerprint -> position
+//!          correlations HashMap   correlation id -> positions in this layer
+//!          tags         HashMaps  event type / category -> positions in this layer
+//! segments Vec                    ordinal -> { first_position, data_end, open file }
 //! ```
+//!
+//! A key's positions are the file's list followed by each layer's ([`Layered`]). The
+//! in-memory layers are bounded: the writer asks for a new index file once the recent
+//! layer reaches its size (see `writer::maybe_snapshot_index`).
 //!
 //! Event ids are indexed by a 64-bit fingerprint; a hit is only a candidate, confirmed by
 //! reading the event (see `LogStore`'s id lookup), so a fingerprint collision can never
-//! answer a wrong id. See `docs/decisions/0003-log-index.md` for why this is an in-memory
-//! index with a snapshot rather than an embedded key-value store.
+//! answer a wrong id.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -27,6 +35,7 @@ use std::sync::Arc;
 use tidings_core::{ListStreams, Position, Revision, StreamId};
 use uuid::Uuid;
 
+use crate::index_snapshot::{IndexFile, Record, Table};
 use crate::storage::StorageFile;
 
 /// A frame's location: segment ordinal and byte offset, packed in 64 bits.
@@ -80,171 +89,8 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-pub(crate) type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
-
-/// The ids covered by the last snapshot: (fingerprint, position) sorted by fingerprint,
-/// with a directory of where each bucket of leading fingerprint bits starts.
-/// Fingerprints are uniformly spread, so a bucket holds a few entries: a lookup reads
-/// one directory slot and one or two cache lines of entries, where a binary search over
-/// millions of entries would take twenty cache misses. (Most lookups are of new ids,
-/// which are absent, so the whole bucket is read.)
-#[derive(Default)]
-pub(crate) struct SortedIds {
-    entries: Vec<(u64, Position)>,
-    /// `dir[k]..dir[k + 1]` are the entries whose fingerprint starts with the bits of `k`.
-    dir: Vec<usize>,
-    /// How many leading bits pick a bucket.
-    bits: u32,
-}
-
-impl SortedIds {
-    /// Entries sorted by fingerprint (the caller checks the order).
-    pub(crate) fn new(entries: Vec<(u64, Position)>) -> Self {
-        // About four entries per bucket: two bytes of directory per id.
-        let bits = entries.len().max(1).ilog2().saturating_sub(2);
-        let mut dir = vec![0usize; (1usize << bits) + 1];
-        for &(f, _) in &entries {
-            dir[bucket(f, bits) + 1] += 1;
-        }
-        for k in 1..dir.len() {
-            dir[k] += dir[k - 1];
-        }
-        Self { entries, dir, bits }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub(crate) fn iter(&self) -> std::slice::Iter<'_, (u64, Position)> {
-        self.entries.iter()
-    }
-
-    pub(crate) fn find(&self, fp: u64) -> Option<Position> {
-        let k = bucket(fp, self.bits);
-        let (lo, hi) = (*self.dir.get(k)?, *self.dir.get(k + 1)?);
-        self.entries
-            .get(lo..hi)?
-            .iter()
-            .take_while(|&&(f, _)| f <= fp)
-            .find(|&&(f, _)| f == fp)
-            .map(|&(_, p)| p)
-    }
-}
-
-/// The bucket of a fingerprint: its leading `bits` bits.
-fn bucket(fp: u64, bits: u32) -> usize {
-    fp.checked_shr(64 - bits).unwrap_or(0) as usize
-}
-
-/// The ids a snapshot records: the base table and the ids recorded since it.
-pub(crate) struct IdsToMerge {
-    pub base: Arc<SortedIds>,
-    pub rest: Arc<FpMap>,
-}
-
-impl IdsToMerge {
-    /// Every id, sorted by fingerprint.
-    pub(crate) fn merge(&self) -> Vec<(u64, Position)> {
-        merge_into(
-            &self.base,
-            self.rest.iter().map(|(&f, &p)| (f, p)).collect(),
-        )
-    }
-}
-
-/// `base` and `rest` (any order) as one table sorted by fingerprint.
-fn merge_into(base: &SortedIds, mut rest: Vec<(u64, Position)>) -> Vec<(u64, Position)> {
-    rest.sort_unstable();
-    let mut out = Vec::with_capacity(base.len() + rest.len());
-    let (mut a, mut b) = (base.iter().peekable(), rest.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => {
-                if x <= y {
-                    out.push(**x);
-                    a.next();
-                } else {
-                    out.push(**y);
-                    b.next();
-                }
-            }
-            (Some(x), None) => {
-                out.push(**x);
-                a.next();
-            }
-            (None, Some(y)) => {
-                out.push(**y);
-                b.next();
-            }
-            (None, None) => break,
-        }
-    }
-    out
-}
-
-/// Positions by correlation id, in the order the ids first appeared. The order is
-/// stable as the index grows (new ids are only appended), so a snapshot can read the
-/// table a chunk of ids at a time (see [`crate::index_snapshot`]).
-#[derive(Default)]
-pub(crate) struct Correlations {
-    slots: HashMap<Box<str>, usize>,
-    lists: Vec<(Box<str>, Vec<Position>)>,
-}
-
-impl Correlations {
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        Self {
-            slots: HashMap::with_capacity(n),
-            lists: Vec::with_capacity(n),
-        }
-    }
-
-    /// A correlation id's positions, ascending.
-    pub(crate) fn get(&self, id: &str) -> Option<&[Position]> {
-        let &k = self.slots.get(id)?;
-        self.lists.get(k).map(|(_, v)| v.as_slice())
-    }
-
-    /// How many correlation ids there are.
-    pub(crate) fn len(&self) -> usize {
-        self.lists.len()
-    }
-
-    /// Every id with its positions, in first-appearance order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &[Position])> {
-        self.lists.iter().map(|(c, v)| (&**c, v.as_slice()))
-    }
-
-    /// Ids `from..` (in first-appearance order), at most `n`.
-    pub(crate) fn chunk(&self, from: usize, n: usize) -> impl Iterator<Item = (&str, &[Position])> {
-        self.lists
-            .iter()
-            .skip(from)
-            .take(n)
-            .map(|(c, v)| (&**c, v.as_slice()))
-    }
-
-    /// Adds positions (ascending, after the id's earlier ones).
-    pub(crate) fn extend(&mut self, id: &str, positions: impl IntoIterator<Item = Position>) {
-        match self.slots.get(id) {
-            Some(&k) => {
-                if let Some((_, v)) = self.lists.get_mut(k) {
-                    v.extend(positions);
-                }
-            }
-            None => {
-                self.slots.insert(id.into(), self.lists.len());
-                self.lists
-                    .push((id.into(), positions.into_iter().collect()));
-            }
-        }
-    }
-}
-
-fn add_run(map: &mut Correlations, (key, first, n): (&str, Position, u64)) {
-    map.extend(key, first..first + n);
-}
+/// Positions by fingerprint.
+pub type FpMap = HashMap<u64, Position, BuildHasherDefault<FingerprintHasher>>;
 
 /// A stream's entry.
 #[derive(Debug, Clone, Default)]
@@ -279,130 +125,79 @@ pub struct IndexedEvent<'a> {
     pub event_type: &'a str,
 }
 
-/// What every index implementation offers the store. One implementation today
-/// ([`MemoryIndex`]); the trait keeps the store independent of it so an embedded
-/// key-value store could replace it (see the decision record).
-pub trait EventIndex: Send + Sync {
-    /// Records a committed frame of `count` events starting at `first_position`.
-    fn add_frame(
-        &mut self,
-        stream: &StreamId,
-        first_position: Position,
-        recorded_at: i64,
-        loc: Loc,
-        events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
-    );
-    /// The position after the last indexed event.
-    fn next_position(&self) -> Position;
-    /// Where the frame holding `position` starts.
-    fn loc(&self, position: Position) -> Option<Loc>;
-    /// A stream's version.
-    fn stream_version(&self, stream: &str) -> Option<Revision>;
-    /// A stream's positions, indexed by revision.
-    fn stream_positions(&self, stream: &str) -> Option<&[Position]>;
-    /// The position an id may have been recorded at (a candidate to confirm).
-    fn id_candidate(&self, id: &Uuid) -> Option<Position>;
-    /// Positions of a correlation id, ascending.
-    fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]>;
-    /// Streams in name order: (stream, last revision, last position, last written µs).
-    fn list_streams(&self, options: &ListStreams) -> Vec<(StreamId, Revision, Position, i64)>;
-}
-
-/// The in-memory index.
+/// The in-memory layer: what was indexed since the index file's cut, positions
+/// `[first, first + locs.len())`. Each stream, correlation and tag holds only its
+/// positions in this range.
 #[derive(Default)]
-pub struct MemoryIndex {
-    /// Segments by ordinal.
-    pub segments: Vec<SegmentEntry>,
-    pub(crate) locs: Vec<Loc>,
-    pub(crate) streams: BTreeMap<StreamId, StreamEntry>,
-    /// Ids covered by the last snapshot whose merge was installed. Shared, so a
-    /// snapshot can merge it outside the index's lock.
-    pub(crate) ids_base: Arc<SortedIds>,
-    /// Ids frozen for a snapshot being merged in the background, until its merged
-    /// table is installed as the base.
-    pub(crate) ids_frozen: Option<Arc<FpMap>>,
-    /// Ids recorded since the last freeze.
-    pub(crate) ids_recent: FpMap,
-    pub(crate) correlations: Correlations,
+pub struct Delta {
+    /// The first position it covers.
+    pub first: Position,
+    /// Location of each position from `first`.
+    pub locs: Vec<Loc>,
+    /// Streams with events in this range.
+    pub streams: BTreeMap<StreamId, StreamEntry>,
+    /// Ids by fingerprint.
+    pub ids: FpMap,
+    /// Positions by correlation id.
+    pub correlations: HashMap<Box<str>, Vec<Position>>,
     /// Positions by event type and stream category.
-    pub(crate) tags: crate::tags::Tags,
+    pub tags: crate::tags::Tags,
 }
 
-impl MemoryIndex {
-    /// Every id, sorted (what a snapshot records).
-    pub fn merged_ids(&self) -> Vec<(u64, Position)> {
-        let rest = self
-            .ids_frozen
-            .iter()
-            .flat_map(|f| f.iter())
-            .chain(self.ids_recent.iter())
-            .map(|(&f, &p)| (f, p))
-            .collect();
-        merge_into(&self.ids_base, rest)
-    }
-
-    /// Freezes the ids recorded since the last snapshot, for one to merge outside the
-    /// lock: lookups then read the recent table, the frozen one, then the base, until
-    /// [`Self::install_ids`]. Constant time (unless an earlier freeze was never
-    /// installed, which only a failed snapshot leaves). The recent table starts again
-    /// at the old one's capacity.
-    pub(crate) fn freeze_ids(&mut self) -> IdsToMerge {
-        let capacity = self.ids_recent.capacity();
-        let recent = std::mem::replace(
-            &mut self.ids_recent,
-            FpMap::with_capacity_and_hasher(capacity, Default::default()),
-        );
-        let frozen = match self.ids_frozen.take() {
-            None => recent,
-            Some(older) => {
-                let mut all = FpMap::clone(&older);
-                all.extend(recent);
-                all
-            }
-        };
-        let frozen = Arc::new(frozen);
-        self.ids_frozen = Some(frozen.clone());
-        IdsToMerge {
-            base: self.ids_base.clone(),
-            rest: frozen,
+impl Delta {
+    /// An empty layer starting at `first`.
+    pub fn new(first: Position) -> Self {
+        Self {
+            first,
+            ..Self::default()
         }
     }
 
-    /// Makes `merged` (the merge of what [`Self::freeze_ids`] returned) the base table
-    /// and drops the frozen one — unless another freeze happened since, which makes
-    /// `merged` stale. Returns what was replaced, for the caller to drop after releasing
-    /// the lock.
-    pub(crate) fn install_ids(
-        &mut self,
-        merged: Arc<SortedIds>,
-        frozen: &Arc<FpMap>,
-    ) -> Option<(Arc<SortedIds>, Arc<FpMap>)> {
-        if !self
-            .ids_frozen
-            .as_ref()
-            .is_some_and(|f| Arc::ptr_eq(f, frozen))
-        {
-            return None;
+    /// The position after its last.
+    pub fn next(&self) -> Position {
+        self.first + self.locs.len() as u64
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> u64 {
+        self.locs.len() as u64
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.locs.is_empty()
+    }
+
+    fn loc(&self, position: Position) -> Option<Loc> {
+        let i = usize::try_from(position.checked_sub(self.first)?).ok()?;
+        self.locs.get(i).copied()
+    }
+
+    fn stream(&self, stream: &str) -> &[Position] {
+        self.streams
+            .get(stream)
+            .map_or(&[][..], |e| e.positions.as_slice())
+    }
+
+    /// Appends `later` (which starts where this one ends).
+    fn extend(&mut self, later: &Delta) {
+        self.locs.extend_from_slice(&later.locs);
+        for (s, e) in &later.streams {
+            let mine = self.streams.entry(s.clone()).or_default();
+            mine.positions.extend_from_slice(&e.positions);
+            mine.last_written = e.last_written;
         }
-        let old_base = std::mem::replace(&mut self.ids_base, merged);
-        self.ids_frozen.take().map(|f| (old_base, f))
+        self.ids.extend(later.ids.iter().map(|(&f, &p)| (f, p)));
+        for (c, ps) in &later.correlations {
+            self.correlations
+                .entry(c.clone())
+                .or_default()
+                .extend_from_slice(ps);
+        }
+        self.tags.extend(&later.tags);
     }
 
-    /// Replaces the snapshotted id table (for benchmarks of the sorted lookup).
-    #[doc(hidden)]
-    pub fn ids_base_for_bench(&mut self, ids: Vec<(u64, Position)>) {
-        self.ids_base = Arc::new(SortedIds::new(ids));
-        self.ids_frozen = None;
-        self.ids_recent.clear();
-    }
-
-    /// How many streams are indexed.
-    pub fn stream_count(&self) -> usize {
-        self.streams.len()
-    }
-}
-
-impl EventIndex for MemoryIndex {
+    /// Records a frame (see [`LogIndex::add_frame`]).
     fn add_frame(
         &mut self,
         stream: &StreamId,
@@ -411,11 +206,7 @@ impl EventIndex for MemoryIndex {
         loc: Loc,
         events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
     ) {
-        debug_assert_eq!(
-            first_position,
-            self.locs.len() as u64,
-            "frames arrive in order"
-        );
+        debug_assert_eq!(first_position, self.next(), "frames arrive in order");
         let entry = match self.streams.get_mut(stream.as_str()) {
             Some(e) => e,
             None => self.streams.entry(stream.clone()).or_default(),
@@ -426,7 +217,7 @@ impl EventIndex for MemoryIndex {
         for (position, e) in (first_position..).zip(events) {
             entry.positions.push(position);
             self.locs.push(loc);
-            self.ids_recent.insert(fingerprint(&e.id), position);
+            self.ids.insert(fingerprint(&e.id), position);
             self.tags.add(stream.as_str(), e.event_type, position);
             match (e.correlation, &mut run) {
                 (Some(c), Some((k, _, n))) if *k == c => *n += 1,
@@ -447,180 +238,651 @@ impl EventIndex for MemoryIndex {
             add_run(&mut self.correlations, r);
         }
     }
+}
 
-    fn next_position(&self) -> Position {
-        self.locs.len() as u64
+fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
+    match map.get_mut(key) {
+        Some(v) => v.extend(first..first + n),
+        None => {
+            map.insert(key.into(), (first..first + n).collect());
+        }
+    }
+}
+
+/// The index: the index file (positions below its cut), the layer frozen for the next
+/// file while it is written, and the recent layer. Each layer covers the positions
+/// after the one before it.
+#[derive(Default)]
+pub struct LogIndex {
+    /// Segments by ordinal.
+    pub segments: Vec<SegmentEntry>,
+    pub(crate) base: Option<Arc<IndexFile>>,
+    pub(crate) frozen: Option<Arc<Delta>>,
+    pub(crate) recent: Delta,
+}
+
+/// A key's positions across the layers, ascending: the file's part, then the
+/// in-memory parts.
+pub struct Layered<'a> {
+    disk: Option<(&'a IndexFile, Table, Record)>,
+    mem: Vec<&'a [Position]>,
+}
+
+impl Layered<'_> {
+    fn disk_len(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |(_, _, r)| r.count)
     }
 
-    fn loc(&self, position: Position) -> Option<Loc> {
-        self.locs.get(usize::try_from(position).ok()?).copied()
+    /// How many positions.
+    pub fn len(&self) -> u64 {
+        self.disk_len() + self.mem.iter().map(|m| m.len() as u64).sum::<u64>()
     }
 
-    fn stream_version(&self, stream: &str) -> Option<Revision> {
-        self.streams
-            .get(stream)
-            .and_then(|e| e.positions.len().checked_sub(1))
-            .map(|r| r as Revision)
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    fn stream_positions(&self, stream: &str) -> Option<&[Position]> {
-        self.streams.get(stream).map(|e| e.positions.as_slice())
+    /// The last position.
+    pub fn last(&self) -> Option<Position> {
+        self.mem
+            .iter()
+            .rev()
+            .find_map(|m| m.last().copied())
+            .or_else(|| self.disk.as_ref().map(|(_, _, r)| r.last))
     }
 
-    fn id_candidate(&self, id: &Uuid) -> Option<Position> {
+    /// Positions `[from, from + n)` (by index), clamped to what there is.
+    pub fn range(&self, from: u64, n: u64) -> std::io::Result<Vec<Position>> {
+        let mut out = Vec::with_capacity(n.min(1 << 16) as usize);
+        let mut at = from;
+        let mut left = n;
+        let dl = self.disk_len();
+        if let Some((f, t, r)) = &self.disk
+            && at < dl
+        {
+            let part = f.list(*t, r, at, left)?;
+            left -= part.len() as u64;
+            at += part.len() as u64;
+            out.extend(part);
+        }
+        let mut start = dl;
+        for m in &self.mem {
+            let len = m.len() as u64;
+            if left > 0 && at < start + len {
+                let i = (at - start) as usize;
+                let take = (left as usize).min(m.len() - i);
+                out.extend_from_slice(&m[i..i + take]);
+                left -= take as u64;
+                at += take as u64;
+            }
+            start += len;
+        }
+        Ok(out)
+    }
+
+    /// The index of the first position at or after `position`.
+    pub fn lower_bound(&self, position: Position) -> std::io::Result<u64> {
+        let dl = self.disk_len();
+        if let Some((f, t, r)) = &self.disk
+            && r.last >= position
+        {
+            return f.lower_bound(*t, r, position);
+        }
+        let mut start = dl;
+        for m in &self.mem {
+            if m.last().is_some_and(|&l| l >= position) {
+                return Ok(start + m.partition_point(|&p| p < position) as u64);
+            }
+            start += m.len() as u64;
+        }
+        Ok(start)
+    }
+}
+
+/// Iterates a [`Layered`] list; an I/O error ends it and is kept in `error`.
+struct Cursor<'a> {
+    list: Layered<'a>,
+    at: u64,
+    buf: std::vec::IntoIter<Position>,
+    error: Option<std::io::Error>,
+}
+
+impl Iterator for Cursor<'_> {
+    type Item = Position;
+    fn next(&mut self) -> Option<Position> {
+        if let Some(p) = self.buf.next() {
+            return Some(p);
+        }
+        if self.error.is_some() {
+            return None;
+        }
+        match self.list.range(self.at, 512) {
+            Ok(v) => {
+                self.at += v.len() as u64;
+                self.buf = v.into_iter();
+                self.buf.next()
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+}
+
+impl LogIndex {
+    /// An index whose positions below `base`'s cut are in `base`.
+    pub fn with_base(base: Arc<IndexFile>) -> Self {
+        let next = base.next_position();
+        Self {
+            segments: Vec::new(),
+            base: Some(base),
+            frozen: None,
+            recent: Delta::new(next),
+        }
+    }
+
+    /// Moves everything into an index file in `dir` (for benchmarks of the lookups).
+    #[doc(hidden)]
+    pub fn into_file_for_bench(mut self, dir: &std::path::Path) -> std::io::Result<Self> {
+        let frozen = self.freeze();
+        let cut = crate::index_snapshot::Cut {
+            covered: frozen.next(),
+            end_offset: 64,
+            last_crc: 0,
+            segments: vec![(0, 64)],
+        };
+        let file = crate::index_snapshot::write(
+            &crate::storage::OsStorage,
+            dir,
+            cut,
+            self.base.as_deref(),
+            &frozen,
+        )?;
+        self.install(Arc::new(file), &frozen);
+        Ok(self)
+    }
+
+    /// The index file, if there is one.
+    pub fn base(&self) -> Option<&Arc<IndexFile>> {
+        self.base.as_ref()
+    }
+
+    /// The in-memory layers, oldest first.
+    fn layers(&self) -> impl Iterator<Item = &Delta> {
+        self.frozen.as_deref().into_iter().chain(Some(&self.recent))
+    }
+
+    /// Events held in memory (not yet in the index file).
+    pub fn in_memory(&self) -> u64 {
+        self.layers().map(Delta::len).sum()
+    }
+
+    /// Records a committed frame of events starting at `first_position`.
+    pub fn add_frame(
+        &mut self,
+        stream: &StreamId,
+        first_position: Position,
+        recorded_at: i64,
+        loc: Loc,
+        events: &mut dyn Iterator<Item = IndexedEvent<'_>>,
+    ) {
+        self.recent
+            .add_frame(stream, first_position, recorded_at, loc, events);
+    }
+
+    /// The position after the last indexed event.
+    pub fn next_position(&self) -> Position {
+        self.recent.next()
+    }
+
+    /// Where the frame holding `position` starts.
+    pub fn loc(&self, position: Position) -> std::io::Result<Option<Loc>> {
+        if let Some(l) = self.layers().find_map(|d| d.loc(position)) {
+            return Ok(Some(l));
+        }
+        match &self.base {
+            Some(b) => b.loc(position),
+            None => Ok(None),
+        }
+    }
+
+    fn layered<'a>(
+        &'a self,
+        table: Table,
+        key: &str,
+        mem: impl Fn(&'a Delta) -> Option<&'a [Position]>,
+    ) -> std::io::Result<Layered<'a>> {
+        let disk = match &self.base {
+            Some(b) => b.find(table, key)?.map(|r| (&**b, table, r)),
+            None => None,
+        };
+        Ok(Layered {
+            disk,
+            mem: self.layers().filter_map(mem).collect(),
+        })
+    }
+
+    /// A stream's positions, by revision.
+    pub fn stream_positions(&self, stream: &str) -> std::io::Result<Layered<'_>> {
+        self.layered(Table::Streams, stream, |d| Some(d.stream(stream)))
+    }
+
+    /// A stream's version.
+    pub fn stream_version(&self, stream: &str) -> std::io::Result<Option<Revision>> {
+        Ok(self.stream_positions(stream)?.len().checked_sub(1))
+    }
+
+    /// A correlation id's positions, ascending.
+    pub fn correlation_positions(&self, correlation_id: &str) -> std::io::Result<Layered<'_>> {
+        self.layered(Table::Correlations, correlation_id, |d| {
+            d.correlations.get(correlation_id).map(Vec::as_slice)
+        })
+    }
+
+    /// The position an id may have been recorded at (a candidate to confirm).
+    pub fn id_candidate(&self, id: &Uuid) -> std::io::Result<Option<Position>> {
         let fp = fingerprint(id);
-        if let Some(&p) = self.ids_recent.get(&fp) {
-            return Some(p);
+        for d in [Some(&self.recent), self.frozen.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(&p) = d.ids.get(&fp) {
+                return Ok(Some(p));
+            }
         }
-        if let Some(&p) = self.ids_frozen.as_ref().and_then(|f| f.get(&fp)) {
-            return Some(p);
+        match &self.base {
+            Some(b) => b.id(fp),
+            None => Ok(None),
         }
-        self.ids_base.find(fp)
     }
 
-    fn correlation_positions(&self, correlation_id: &str) -> Option<&[Position]> {
-        self.correlations.get(correlation_id)
+    /// How many streams there are.
+    pub fn stream_count(&self) -> std::io::Result<u64> {
+        let mut n = self.base.as_ref().map_or(0, |b| b.keys(Table::Streams));
+        for s in self.recent.streams.keys() {
+            let earlier = self
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.streams.contains_key(s.as_str()));
+            if !earlier && !self.in_base(s.as_str())? {
+                n += 1;
+            }
+        }
+        if let Some(f) = &self.frozen {
+            for s in f.streams.keys() {
+                if !self.in_base(s.as_str())? {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
-    fn list_streams(&self, options: &ListStreams) -> Vec<(StreamId, Revision, Position, i64)> {
+    fn in_base(&self, stream: &str) -> std::io::Result<bool> {
+        match &self.base {
+            Some(b) => Ok(b.find(Table::Streams, stream)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Streams in name order: (stream, last revision, last position, last written µs).
+    pub fn list_streams(
+        &self,
+        options: &ListStreams,
+    ) -> std::io::Result<Vec<(StreamId, Revision, Position, i64)>> {
         let prefix = options.prefix.as_deref().unwrap_or("");
         let lower = match (options.after.as_deref(), prefix) {
             (Some(a), p) if a >= p => Bound::Excluded(a),
             (_, p) => Bound::Included(p),
         };
-        self.streams
-            .range::<str, _>((lower, Bound::Unbounded))
-            .take_while(|(s, _)| s.as_str().starts_with(prefix))
-            .filter_map(|(s, e)| {
-                let last = *e.positions.last()?;
-                Some((
-                    s.clone(),
-                    e.positions.len() as u64 - 1,
-                    last,
-                    e.last_written,
-                ))
-            })
-            .take(options.limit)
-            .collect()
+        let mut names: std::collections::BTreeSet<Box<str>> = Default::default();
+        if let Some(b) = &self.base {
+            let mut it = b.records(Table::Streams, lower);
+            while names.len() < options.limit {
+                match it.next_record()? {
+                    Some(r) if r.key.starts_with(prefix) => {
+                        names.insert(r.key);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        for d in self.layers() {
+            names.extend(
+                d.streams
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .take_while(|(s, _)| s.as_str().starts_with(prefix))
+                    .take(options.limit)
+                    .map(|(s, _)| Box::<str>::from(s.as_str())),
+            );
+        }
+        let mut out = Vec::new();
+        for name in names.into_iter().take(options.limit) {
+            let list = self.stream_positions(&name)?;
+            let (Some(last), Ok(id)) = (list.last(), StreamId::new(&name)) else {
+                continue;
+            };
+            let written = self
+                .layers()
+                .filter_map(|d| d.streams.get(&*name))
+                .last()
+                .map(|e| e.last_written)
+                .or_else(|| list.disk.as_ref().map(|(_, _, r)| r.meta))
+                .unwrap_or(0);
+            out.push((id, list.len() - 1, last, written));
+        }
+        Ok(out)
+    }
+
+    /// Up to `n` candidate positions at or after `from` for `filter`, ascending: those of
+    /// its types (any) that are also of its categories (any). The stream prefix is not
+    /// checked here. Call only when [`crate::tags::Tags::indexes`] holds.
+    pub fn tag_candidates(
+        &self,
+        filter: &tidings_core::Filter,
+        from: Position,
+        n: usize,
+    ) -> std::io::Result<Vec<Position>> {
+        let cursors = |keys: &[String], table: Table| -> std::io::Result<Vec<Cursor<'_>>> {
+            keys.iter()
+                .map(|k| {
+                    let l = self.layered(table, k, |d| {
+                        let m = match table {
+                            Table::Types => &d.tags.types,
+                            _ => &d.tags.categories,
+                        };
+                        m.get(k.as_str()).map(Vec::as_slice)
+                    })?;
+                    let at = l.lower_bound(from)?;
+                    Ok(Cursor {
+                        list: l,
+                        at,
+                        buf: Vec::new().into_iter(),
+                        error: None,
+                    })
+                })
+                .collect()
+        };
+        let mut by_type = if filter.event_types.is_empty() {
+            None
+        } else {
+            Some(cursors(&filter.event_types, Table::Types)?)
+        };
+        let mut by_category = if filter.categories.is_empty() {
+            None
+        } else {
+            Some(cursors(&filter.categories, Table::Categories)?)
+        };
+        let out: Vec<Position> = match (&mut by_type, &mut by_category) {
+            (Some(t), None) => crate::tags::Union::new(t.iter_mut()).take(n).collect(),
+            (None, Some(c)) => crate::tags::Union::new(c.iter_mut()).take(n).collect(),
+            (Some(t), Some(c)) => crate::tags::Intersection {
+                a: crate::tags::Union::new(t.iter_mut()).peekable(),
+                b: crate::tags::Union::new(c.iter_mut()).peekable(),
+            }
+            .take(n)
+            .collect(),
+            (None, None) => Vec::new(),
+        };
+        for c in by_type.iter_mut().chain(by_category.iter_mut()).flatten() {
+            if let Some(e) = c.error.take() {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Freezes the recent layer for an index file to be written from it (and the file
+    /// it extends); lookups read it until [`Self::install`]. Constant time — unless an
+    /// earlier frozen layer was never installed (its file failed), which is taken along.
+    pub(crate) fn freeze(&mut self) -> Arc<Delta> {
+        let next = self.next_position();
+        let recent = std::mem::replace(&mut self.recent, Delta::new(next));
+        let frozen = match self.frozen.take() {
+            None => recent,
+            Some(older) => {
+                let mut all = Delta::new(older.first);
+                all.extend(&older);
+                all.extend(&recent);
+                all
+            }
+        };
+        let frozen = Arc::new(frozen);
+        self.frozen = Some(frozen.clone());
+        frozen
+    }
+
+    /// Makes `file` (written from `frozen` and the current file) the index file and
+    /// drops the frozen layer — unless another freeze happened since, which makes `file`
+    /// stale. Returns what was replaced, for the caller to drop after releasing the lock.
+    pub(crate) fn install(
+        &mut self,
+        file: Arc<IndexFile>,
+        frozen: &Arc<Delta>,
+    ) -> Option<(Option<Arc<IndexFile>>, Arc<Delta>)> {
+        if !self.frozen.as_ref().is_some_and(|f| Arc::ptr_eq(f, frozen)) {
+            return None;
+        }
+        let old = self.base.replace(file);
+        self.frozen.take().map(|f| (old, f))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index_snapshot::{self, Cut};
+    use crate::storage::OsStorage;
+    use tidings_core::Filter;
 
-    fn add(ix: &mut MemoryIndex, stream: &str, n: usize, corr: Option<&str>) -> Vec<Uuid> {
-        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    /// A small deterministic generator (xorshift), seeded from `TIDINGS_TEST_SEED`.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn add(ix: &mut LogIndex, stream: &str, ids: &[Uuid], corr: Option<&str>, ty: &str) {
         let s = StreamId::new(stream).unwrap();
         let first = ix.next_position();
         ix.add_frame(
             &s,
             first,
-            1,
-            Loc::new(0, 64),
+            first as i64 * 10,
+            Loc::new(0, 64 + first),
             &mut ids.iter().map(|&id| IndexedEvent {
                 id,
                 correlation: corr,
-                event_type: "T",
+                event_type: ty,
             }),
         );
-        ids
     }
 
-    #[test]
-    fn streams_ids_and_correlations() {
-        let mut ix = MemoryIndex::default();
-        let a = add(&mut ix, "a-1", 3, Some("c"));
-        add(&mut ix, "b-1", 1, None);
-        add(&mut ix, "a-2", 2, Some("c"));
-        assert_eq!(ix.stream_version("a-1"), Some(2));
-        assert_eq!(ix.stream_version("zzz"), None);
-        assert_eq!(ix.id_candidate(&a[1]), Some(1));
-        assert_eq!(ix.correlation_positions("c"), Some(&[0, 1, 2, 4, 5][..]));
-        let base = ix.merged_ids();
-        assert!(base.windows(2).all(|w| w[0] <= w[1]));
-        ix.ids_base = Arc::new(SortedIds::new(base));
-        ix.ids_recent.clear();
-        assert_eq!(ix.id_candidate(&a[2]), Some(2));
-
-        let names = |o: ListStreams| -> Vec<String> {
-            ix.list_streams(&o)
-                .into_iter()
-                .map(|t| t.0.to_string())
-                .collect()
+    /// Writes an index file from the frozen recent layer and installs it.
+    fn roll(ix: &mut LogIndex, dir: &std::path::Path) {
+        let frozen = ix.freeze();
+        let cut = Cut {
+            covered: frozen.next(),
+            end_offset: 64,
+            last_crc: 7,
+            segments: vec![(0, 64)],
         };
-        let all = ListStreams {
-            limit: 10,
-            ..Default::default()
-        };
-        assert_eq!(names(all.clone()), ["a-1", "a-2", "b-1"]);
-        let pa = ListStreams {
-            prefix: Some("a-".into()),
-            after: Some("a-1".into()),
-            limit: 10,
-        };
-        assert_eq!(names(pa), ["a-2"]);
+        let file = index_snapshot::write(&OsStorage, dir, cut, ix.base.as_deref(), &frozen)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(file.damaged_section().unwrap().is_none());
+        let reopened = index_snapshot::load(&OsStorage, dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reopened.next_position(), frozen.next());
+        assert!(ix.install(Arc::new(reopened), &frozen).is_some());
     }
 
-    #[test]
-    fn sorted_ids_find_every_entry_and_nothing_else() {
-        for n in [0usize, 1, 2, 3, 5, 64, 1000, 4099] {
-            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
-            let mut entries: Vec<(u64, Position)> = (0..n as u64)
-                .map(|p| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (fingerprint(&Uuid::from_u64_pair(x, p)), p)
-                })
-                .collect();
-            // The extremes of the fingerprint range land in the first and last buckets.
-            if n >= 2 {
-                entries[0].0 = 0;
-                entries[1].0 = u64::MAX;
+    fn all(l: &Layered<'_>) -> Vec<Position> {
+        l.range(0, u64::MAX).unwrap()
+    }
+
+    fn same(model: &LogIndex, ix: &LogIndex, ids: &[Uuid], seed: u64) {
+        let n = model.next_position();
+        assert_eq!(ix.next_position(), n, "seed {seed}");
+        for p in 0..n {
+            assert_eq!(
+                ix.loc(p).unwrap(),
+                model.loc(p).unwrap(),
+                "seed {seed} loc {p}"
+            );
+        }
+        assert_eq!(ix.loc(n).unwrap(), None);
+        for id in ids {
+            assert_eq!(
+                ix.id_candidate(id).unwrap(),
+                model.id_candidate(id).unwrap(),
+                "seed {seed}"
+            );
+        }
+        assert_eq!(ix.id_candidate(&Uuid::from_u64_pair(1, 2)).unwrap(), None);
+        assert_eq!(
+            ix.stream_count().unwrap(),
+            model.stream_count().unwrap(),
+            "seed {seed}"
+        );
+        let list = |o: ListStreams| {
+            (
+                model.list_streams(&o).unwrap(),
+                ix.list_streams(&o).unwrap(),
+            )
+        };
+        for o in [
+            ListStreams {
+                limit: 1000,
+                ..Default::default()
+            },
+            ListStreams {
+                limit: 3,
+                ..Default::default()
+            },
+            ListStreams {
+                prefix: Some("b-".into()),
+                limit: 1000,
+                after: None,
+            },
+            ListStreams {
+                prefix: Some("a".into()),
+                after: Some("a-3".into()),
+                limit: 4,
+            },
+        ] {
+            let (m, i) = list(o);
+            assert_eq!(i, m, "seed {seed}");
+        }
+        for name in model.recent.streams.keys() {
+            let (m, i) = (
+                model.stream_positions(name.as_str()).unwrap(),
+                ix.stream_positions(name.as_str()).unwrap(),
+            );
+            assert_eq!(all(&i), all(&m), "seed {seed} stream {name}");
+            assert_eq!(i.range(1, 2).unwrap(), m.range(1, 2).unwrap());
+            assert_eq!(
+                ix.stream_version(name.as_str()).unwrap(),
+                model.stream_version(name.as_str()).unwrap()
+            );
+        }
+        assert_eq!(ix.stream_version("zzz").unwrap(), None);
+        for c in ["c1", "c2", "none"] {
+            let (m, i) = (
+                model.correlation_positions(c).unwrap(),
+                ix.correlation_positions(c).unwrap(),
+            );
+            assert_eq!(all(&i), all(&m), "seed {seed} correlation {c}");
+            for from in [0, n / 2, n] {
+                assert_eq!(i.lower_bound(from).unwrap(), m.lower_bound(from).unwrap());
             }
-            entries.sort_unstable();
-            let ids = SortedIds::new(entries.clone());
-            assert_eq!(ids.len(), n);
-            for &(f, p) in &entries {
-                assert_eq!(ids.find(f), Some(p), "n={n} fp={f:#x}");
-            }
-            for probe in [1u64, u64::MAX - 1, 0x8000_0000_0000_0000, x] {
-                if entries.iter().all(|&(f, _)| f != probe) {
-                    assert_eq!(ids.find(probe), None, "n={n} probe={probe:#x}");
+        }
+        let filters = [
+            Filter::all().event_type("A"),
+            Filter::all().event_type("A").event_type("C"),
+            Filter::all().category("b").event_type("B"),
+            Filter::all().category("a").category("b"),
+            Filter::all().event_type("Z"),
+        ];
+        for f in &filters {
+            for from in [0, 1, n / 3, n] {
+                for k in [1, 5, 10_000] {
+                    assert_eq!(
+                        ix.tag_candidates(f, from, k).unwrap(),
+                        model.tag_candidates(f, from, k).unwrap(),
+                        "seed {seed} filter {f:?} from {from} n {k}"
+                    );
                 }
             }
         }
     }
 
     #[test]
-    fn frozen_ids_stay_found_until_their_merge_is_installed() {
-        let mut ix = MemoryIndex::default();
-        let a = add(&mut ix, "a-1", 3, None);
-        let first = ix.freeze_ids();
-        let late = add(&mut ix, "c-1", 2, None);
-        let all: Vec<Uuid> = a.iter().chain(&late).copied().collect();
-        let found = |ix: &MemoryIndex| {
-            for (k, id) in all.iter().enumerate() {
-                assert_eq!(ix.id_candidate(id), Some(k as Position));
+    fn the_file_and_the_layers_answer_like_memory_alone() {
+        let seed = std::env::var("TIDINGS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| Uuid::now_v7().as_u64_pair().1 | 1);
+        eprintln!("index layers: seed {seed} (replay with TIDINGS_TEST_SEED={seed})");
+        let mut rng = Rng(seed);
+        for round in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model = LogIndex::default();
+            let mut ix = LogIndex::default();
+            let mut ids = Vec::new();
+            for _ in 0..(20 + rng.below(200)) {
+                let stream = format!(
+                    "{}-{}",
+                    ["a", "b", "c"][rng.below(3) as usize],
+                    rng.below(12)
+                );
+                let n = 1 + rng.below(4) as usize;
+                let new: Vec<Uuid> = (0..n)
+                    .map(|_| Uuid::from_u64_pair(rng.next(), rng.next()))
+                    .collect();
+                let corr = [None, Some("c1"), Some("c2")][rng.below(3) as usize];
+                let ty = ["A", "B", "C"][rng.below(3) as usize];
+                add(&mut model, &stream, &new, corr, ty);
+                add(&mut ix, &stream, &new, corr, ty);
+                ids.extend(new);
+                match rng.below(12) {
+                    0 => roll(&mut ix, dir.path()),
+                    1 if ix.frozen.is_none() => {
+                        ix.freeze();
+                    }
+                    _ => {}
+                }
             }
-            assert_eq!(ix.merged_ids().len(), 5);
+            same(&model, &ix, &ids, seed ^ round);
+            roll(&mut ix, dir.path());
+            same(&model, &ix, &ids, seed ^ round);
+        }
+    }
+
+    #[test]
+    fn a_stale_install_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = LogIndex::default();
+        add(&mut ix, "a-1", &[Uuid::now_v7()], None, "T");
+        let first = ix.freeze();
+        add(&mut ix, "a-1", &[Uuid::now_v7()], None, "T");
+        let second = ix.freeze();
+        assert_eq!(second.len(), 2, "a second freeze takes the first along");
+        let cut = Cut {
+            covered: 1,
+            end_offset: 64,
+            last_crc: 0,
+            segments: vec![(0, 64)],
         };
-        found(&ix);
-        let stale = Arc::new(SortedIds::new(first.merge()));
-        // A second freeze before the first merge is installed takes both tables.
-        let second = ix.freeze_ids();
-        assert_eq!(second.rest.len(), 5);
-        assert!(
-            ix.install_ids(stale, &first.rest).is_none(),
-            "a stale merge"
-        );
-        found(&ix);
-        let merged = Arc::new(SortedIds::new(second.merge()));
-        assert!(ix.install_ids(merged, &second.rest).is_some());
-        assert!(ix.ids_frozen.is_none());
-        assert_eq!((ix.ids_base.len(), ix.ids_recent.len()), (5, 0));
-        found(&ix);
+        let file = index_snapshot::write(&OsStorage, dir.path(), cut, None, &first).unwrap();
+        assert!(ix.install(Arc::new(file), &first).is_none());
+        assert_eq!(ix.stream_version("a-1").unwrap(), Some(1));
     }
 
     #[test]

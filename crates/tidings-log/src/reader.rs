@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tidings_core::{Filter, Position, RecordedEvent, StoreError, StreamId};
 
-use crate::index::{EventIndex, Loc, MemoryIndex};
+use crate::index::{Loc, LogIndex};
 use crate::record::{self, FrameView};
 use crate::segment::HEADER_LEN;
 use crate::storage::{StorageFile, read_exact_at};
@@ -23,7 +23,7 @@ pub(crate) struct SegRef {
     pub data_end: u64,
 }
 
-pub(crate) fn seg_refs(ix: &MemoryIndex, from: usize) -> Vec<SegRef> {
+pub(crate) fn seg_refs(ix: &LogIndex, from: usize) -> Vec<SegRef> {
     ix.segments
         .iter()
         .skip(from)
@@ -171,14 +171,24 @@ pub(crate) struct PositionsPlan {
 
 /// Plans reading `positions` (in the order given), all of which are indexed.
 pub(crate) fn plan_positions(
-    ix: &MemoryIndex,
+    ix: &LogIndex,
     positions: impl Iterator<Item = Position>,
-) -> PositionsPlan {
-    let items: Vec<(Position, Loc)> = positions.filter_map(|p| Some((p, ix.loc(p)?))).collect();
-    PositionsPlan {
+) -> Result<PositionsPlan, StoreError> {
+    let mut items = Vec::new();
+    for p in positions {
+        if let Some(l) = ix.loc(p).map_err(index_err)? {
+            items.push((p, l));
+        }
+    }
+    Ok(PositionsPlan {
         segs: seg_refs(ix, 0),
         items,
-    }
+    })
+}
+
+/// A failed read of the index file.
+pub(crate) fn index_err(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("reading the index file: {e}"))
 }
 
 /// Longest window read ahead for one stream read.
@@ -265,15 +275,19 @@ pub(crate) struct ScanPlan {
 }
 
 /// Plans a scan from `from`, or None if nothing is committed there.
-pub(crate) fn plan_scan(ix: &MemoryIndex, from: Position) -> Option<ScanPlan> {
-    let head = ix.next_position().checked_sub(1)?;
-    let loc = ix.loc(from)?;
-    Some(ScanPlan {
+pub(crate) fn plan_scan(ix: &LogIndex, from: Position) -> Result<Option<ScanPlan>, StoreError> {
+    let Some(head) = ix.next_position().checked_sub(1) else {
+        return Ok(None);
+    };
+    let Some(loc) = ix.loc(from).map_err(index_err)? else {
+        return Ok(None);
+    };
+    Ok(Some(ScanPlan {
         segs: seg_refs(ix, 0),
         first_segment: loc.segment(),
         start: loc.offset(),
         head,
-    })
+    }))
 }
 
 /// Scans forward from `from`, returning up to `limit` events that pass `filter`.

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use tidings_core::{Position, StreamId};
 
 use crate::error::LogError;
-use crate::index::{EventIndex, IndexedEvent, Loc, MemoryIndex, SegmentEntry};
-use crate::index_snapshot::{self, IndexSnapshotError};
+use crate::index::{IndexedEvent, Loc, LogIndex, SegmentEntry};
+use crate::index_snapshot::{self, IndexFile, IndexSnapshotError};
 use crate::record::{self, FOOTER_MARK, FRAME_HEADER_LEN, FrameError};
 use crate::segment::{self, FOOTER_LEN, HEADER_LEN, HeaderError};
 use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at, read_full_at};
@@ -84,10 +84,13 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Damage that salvage stopped at (salvage only).
     pub damage: Option<Damage>,
+    /// Index files written during the scan to keep its memory bounded (see
+    /// `LogStoreBuilder::index_memory_events`).
+    pub index_files_written: u32,
 }
 
 pub(crate) struct Recovered {
-    pub index: MemoryIndex,
+    pub index: LogIndex,
     /// The segment to append to and where (None: read-only).
     pub active: Option<(usize, u64)>,
     pub report: RecoveryReport,
@@ -100,6 +103,10 @@ pub(crate) struct RecoverOptions {
     pub now_micros: i64,
     /// Ignore the snapshot and rescan everything (verify).
     pub force_rebuild: bool,
+    /// A scan that holds this many events in memory writes an index file at the end of
+    /// the next sealed segment, so rebuilding a large log stays within memory
+    /// (`u64::MAX`: never).
+    pub memory_events: u64,
 }
 
 enum SegEnd {
@@ -193,25 +200,41 @@ pub(crate) fn recover(
     let (mut index, mut start_ordinal, mut start_offset, source) = match loaded {
         Ok(ck) => match fits(&ck, &segs) {
             Ok(()) => {
-                let last = ck.index.segments.len() - 1;
-                let end = ck.end_offset;
-                (ck.index, last, end, IndexSource::Snapshot)
+                let last = ck.cut().segments.len() - 1;
+                let end = ck.cut().end_offset;
+                let mut index = LogIndex::with_base(Arc::new(ck));
+                index.segments = index
+                    .base()
+                    .map(|b| {
+                        b.cut()
+                            .segments
+                            .iter()
+                            .map(|&(first_position, data_end)| SegmentEntry {
+                                first_position,
+                                data_end,
+                                path: PathBuf::new(),
+                                file: None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (index, last, end, IndexSource::Snapshot)
             }
             Err(why) => (
-                MemoryIndex::default(),
+                LogIndex::default(),
                 0,
                 HEADER_LEN,
                 IndexSource::Rebuilt(format!("the index snapshot is stale: {why}")),
             ),
         },
         Err(IndexSnapshotError::Missing) => (
-            MemoryIndex::default(),
+            LogIndex::default(),
             0,
             HEADER_LEN,
             IndexSource::Rebuilt("no index snapshot".to_owned()),
         ),
         Err(e) => (
-            MemoryIndex::default(),
+            LogIndex::default(),
             0,
             HEADER_LEN,
             IndexSource::Rebuilt(e.to_string()),
@@ -241,6 +264,7 @@ pub(crate) fn recover(
         index: source,
         torn_tail: None,
         damage: None,
+        index_files_written: 0,
     };
     let mut sealed_last = false;
     let mut active_end = HEADER_LEN;
@@ -310,6 +334,15 @@ pub(crate) fn recover(
                 }
                 sealed_last = is_last;
                 active_end = data_end;
+                if index.in_memory() >= opts.memory_events && !read_only && !opts.force_rebuild {
+                    // Sealed segments are durable: a file covering them is a valid prefix.
+                    crate::index_snapshotter::write_now(storage, dir, &mut index, data_end)?;
+                    report.index_files_written += 1;
+                    tracing::info!(
+                        covered = index.next_position(),
+                        "index file written during the scan, to bound its memory"
+                    );
+                }
             }
             SegEnd::Open { data_end } => {
                 index.segments[ordinal].data_end = data_end;
@@ -425,21 +458,21 @@ pub(crate) fn recover(
 /// Acknowledged data the snapshot knows of must still be there: a segment cut shorter
 /// than that is damage, not a torn write.
 fn shorter_than_snapshot(
-    ck: &index_snapshot::IndexSnapshot,
+    ck: &IndexFile,
     segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
 ) -> Result<(), LogError> {
-    let cs = &ck.index.segments;
-    for (i, c) in cs.iter().enumerate() {
+    let cs = &ck.cut().segments;
+    for (i, &(c_first, c_end)) in cs.iter().enumerate() {
         let Some((first, path, file)) = segs.get(i) else {
             break;
         };
-        if *first != c.first_position {
+        if *first != c_first {
             break;
         }
         let need = if i + 1 < cs.len() {
-            c.data_end + FOOTER_LEN
+            c_end + FOOTER_LEN
         } else {
-            ck.end_offset
+            ck.cut().end_offset
         };
         let len = file
             .len()
@@ -531,11 +564,18 @@ fn read_segment(
 }
 
 /// Checks a snapshot against the segments on disk.
-fn fits(
-    ck: &index_snapshot::IndexSnapshot,
-    segs: &[(Position, PathBuf, Arc<dyn StorageFile>)],
-) -> Result<(), Unfit> {
-    let cs = &ck.index.segments;
+fn fits(ck: &IndexFile, segs: &[(Position, PathBuf, Arc<dyn StorageFile>)]) -> Result<(), Unfit> {
+    let cs: Vec<SegmentEntry> = ck
+        .cut()
+        .segments
+        .iter()
+        .map(|&(first_position, data_end)| SegmentEntry {
+            first_position,
+            data_end,
+            path: PathBuf::new(),
+            file: None,
+        })
+        .collect();
     if cs.is_empty() || cs.len() > segs.len() {
         return Err(Unfit::SegmentCount {
             listed: cs.len(),
@@ -558,18 +598,26 @@ fn fits(
             }
         }
     }
-    let next = ck.index.next_position();
+    let next = ck.next_position();
     let last = cs.len() - 1;
+    let end_offset = ck.cut().end_offset;
+    let last_crc = ck.cut().last_crc;
     if next == 0 {
-        return if ck.end_offset == HEADER_LEN {
+        return if end_offset == HEADER_LEN {
             Ok(())
         } else {
             Err(Unfit::EmptyWithDataEnd)
         };
     }
-    let loc = ck.index.loc(next - 1).ok_or(Unfit::NoLastLocation)?;
+    let loc = ck
+        .loc(next - 1)
+        .map_err(|source| Unfit::Read {
+            path: PathBuf::from(index_snapshot::FILE_NAME),
+            source,
+        })?
+        .ok_or(Unfit::NoLastLocation)?;
     let seg_end = if loc.segment() == last {
-        ck.end_offset
+        end_offset
     } else {
         cs.get(loc.segment()).map_or(0, |s| s.data_end)
     };
@@ -583,13 +631,13 @@ fn fits(
     let mut buf = vec![0u8; len];
     read_segment(&**file, path, &mut buf, loc.offset())?;
     let frame = record::decode_frame(&buf)?;
-    if u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) != ck.last_crc {
+    if u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) != last_crc {
         return Err(Unfit::ForeignLog);
     }
     if frame.header.last_position() != next - 1 || loc.offset() + len as u64 != seg_end {
         return Err(Unfit::LastFrameMisplaced);
     }
-    if loc.segment() != last && ck.end_offset != HEADER_LEN {
+    if loc.segment() != last && end_offset != HEADER_LEN {
         return Err(Unfit::DataEndInconsistent);
     }
     Ok(())
@@ -601,7 +649,7 @@ fn scan_segment(
     path: &Path,
     ordinal: usize,
     from: u64,
-    index: &mut MemoryIndex,
+    index: &mut LogIndex,
     report: &mut RecoveryReport,
 ) -> Result<SegEnd, LogError> {
     let file_len = file
@@ -870,6 +918,7 @@ mod tests {
                 durable: true,
                 now_micros: 0,
                 force_rebuild: false,
+                memory_events: u64::MAX,
             },
         )
     }
@@ -879,8 +928,14 @@ mod tests {
         match r {
             Ok(rec) => {
                 let n = rec.index.next_position();
-                assert_eq!(rec.index.locs.len() as u64, n);
-                let total: usize = rec.index.streams.values().map(|s| s.positions.len()).sum();
+                assert_eq!(rec.index.recent.locs.len() as u64, n);
+                let total: usize = rec
+                    .index
+                    .recent
+                    .streams
+                    .values()
+                    .map(|s| s.positions.len())
+                    .sum();
                 assert_eq!(total as u64, n, "every position belongs to one stream");
             }
             Err(LogError::Corrupt { .. }) => {}

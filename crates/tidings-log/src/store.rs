@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::builder::LogStoreBuilder;
 use crate::error::LogError;
-use crate::index::{EventIndex, MemoryIndex};
+use crate::index::{Layered, LogIndex};
 use crate::index_snapshotter::IndexSnapshots;
 use crate::reader;
 use crate::recovery::RecoveryReport;
@@ -32,7 +32,7 @@ use crate::writer::{self, Append, Finish, Request, Writer};
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub storage: Arc<dyn Storage>,
-    pub index: RwLock<MemoryIndex>,
+    pub index: RwLock<LogIndex>,
     pub head: watch::Sender<Option<Position>>,
     pub stopped: Mutex<Option<String>>,
     pub limits: Limits,
@@ -50,7 +50,7 @@ impl Shared {
     pub(crate) fn new(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
-        index: MemoryIndex,
+        index: LogIndex,
         limits: Limits,
         report: RecoveryReport,
         lock: Box<dyn Send + Sync>,
@@ -70,11 +70,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn read_index(&self) -> RwLockReadGuard<'_, MemoryIndex> {
+    pub(crate) fn read_index(&self) -> RwLockReadGuard<'_, LogIndex> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn write_index(&self) -> RwLockWriteGuard<'_, MemoryIndex> {
+    pub(crate) fn write_index(&self) -> RwLockWriteGuard<'_, LogIndex> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -259,12 +259,6 @@ impl LogStore {
         })
     }
 
-    /// The state shared by the store's threads (for tests inside the crate).
-    #[cfg(test)]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.inner.shared
-    }
-
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.shared.dir
@@ -297,9 +291,13 @@ impl LogStore {
         }
     }
 
-    /// Number of streams.
-    pub fn stream_count(&self) -> usize {
-        self.inner.shared.read_index().stream_count()
+    /// Number of streams (reads the index file for streams written since its cut).
+    pub fn stream_count(&self) -> Result<u64, StoreError> {
+        self.inner
+            .shared
+            .read_index()
+            .stream_count()
+            .map_err(reader::index_err)
     }
 
     /// Finishes queued appends, writes the index snapshot and stops the writer. Later
@@ -419,10 +417,10 @@ impl LogStore {
 
     fn positions_plan(
         &self,
-        select: impl FnOnce(&MemoryIndex) -> Vec<Position>,
-    ) -> reader::PositionsPlan {
+        select: impl FnOnce(&LogIndex) -> std::io::Result<Vec<Position>>,
+    ) -> Result<reader::PositionsPlan, StoreError> {
         let ix = self.inner.shared.read_index();
-        let positions = select(&ix);
+        let positions = select(&ix).map_err(reader::index_err)?;
         reader::plan_positions(&ix, positions.into_iter())
     }
 
@@ -437,10 +435,10 @@ impl LogStore {
         while out.len() < options.limit {
             let mut got = 0;
             let plan = self.positions_plan(|ix| {
-                let c = ix.tags.candidates(filter, from, page);
+                let c = ix.tag_candidates(filter, from, page)?;
                 got = c.len();
-                c
-            });
+                Ok(c)
+            })?;
             let Some(&(last, _)) = plan.items.last() else {
                 break;
             };
@@ -474,28 +472,20 @@ impl EventAppender for LogStore {
     }
 }
 
-fn stream_slice(positions: &[Position], options: &ReadStream) -> Vec<Position> {
-    let n = positions.len() as u64;
+fn stream_slice(positions: &Layered<'_>, options: &ReadStream) -> std::io::Result<Vec<Position>> {
+    let n = positions.len();
+    let limit = options.limit as u64;
     match options.direction {
-        Direction::Forward => {
-            let from = options.from.unwrap_or(0).min(n) as usize;
-            positions[from..]
-                .iter()
-                .take(options.limit)
-                .copied()
-                .collect()
-        }
+        Direction::Forward => positions.range(options.from.unwrap_or(0).min(n), limit),
         Direction::Backward => {
             let Some(last) = n.checked_sub(1) else {
-                return Vec::new();
+                return Ok(Vec::new());
             };
-            let from = options.from.unwrap_or(last).min(last) as usize;
-            positions[..=from]
-                .iter()
-                .rev()
-                .take(options.limit)
-                .copied()
-                .collect()
+            let from = options.from.unwrap_or(last).min(last);
+            let start = (from + 1).saturating_sub(limit);
+            let mut v = positions.range(start, from + 1 - start)?;
+            v.reverse();
+            Ok(v)
         }
     }
 }
@@ -506,11 +496,8 @@ impl EventReader for LogStore {
         stream: &StreamId,
         options: ReadStream,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let plan = self.positions_plan(|ix| {
-            ix.stream_positions(stream.as_str())
-                .map(|p| stream_slice(p, &options))
-                .unwrap_or_default()
-        });
+        let plan = self
+            .positions_plan(|ix| stream_slice(&ix.stream_positions(stream.as_str())?, &options))?;
         reader::read_positions(&plan)
     }
 
@@ -523,7 +510,7 @@ impl EventReader for LogStore {
         }
         let plan = {
             let ix = self.inner.shared.read_index();
-            reader::plan_scan(&ix, options.from)
+            reader::plan_scan(&ix, options.from)?
         };
         match plan {
             Some(plan) => reader::scan(&plan, options.from, options.limit, &options.filter),
@@ -538,26 +525,27 @@ impl EventReader for LogStore {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let plan = self.positions_plan(|ix| {
-            ix.correlation_positions(correlation_id)
-                .map(|ps| {
-                    let start = ps.partition_point(|&p| p < from);
-                    ps[start..].iter().take(limit).copied().collect()
-                })
-                .unwrap_or_default()
-        });
+            let ps = ix.correlation_positions(correlation_id)?;
+            ps.range(ps.lower_bound(from)?, limit as u64)
+        })?;
         reader::read_positions(&plan)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<Revision>, StoreError> {
-        Ok(self
-            .inner
+        self.inner
             .shared
             .read_index()
-            .stream_version(stream.as_str()))
+            .stream_version(stream.as_str())
+            .map_err(reader::index_err)
     }
 
     async fn list_streams(&self, options: ListStreams) -> Result<Vec<StreamInfo>, StoreError> {
-        let rows = self.inner.shared.read_index().list_streams(&options);
+        let rows = self
+            .inner
+            .shared
+            .read_index()
+            .list_streams(&options)
+            .map_err(reader::index_err)?;
         Ok(rows
             .into_iter()
             .map(|(stream, last_revision, last_position, at)| StreamInfo {

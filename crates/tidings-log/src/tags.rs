@@ -57,87 +57,43 @@ impl Tags {
         !filter.event_types.is_empty() || !filter.categories.is_empty()
     }
 
-    /// Up to `n` candidate positions at or after `from` for `filter`, ascending: those of
-    /// its types (any) that are also of its categories (any). The stream prefix is not
-    /// checked here. Call only when [`Self::indexes`] holds.
-    pub(crate) fn candidates(&self, filter: &Filter, from: Position, n: usize) -> Vec<Position> {
-        fn lists<'a>(
-            keys: &[String],
-            map: &'a HashMap<Box<str>, Vec<Position>>,
-            from: Position,
-        ) -> Vec<&'a [Position]> {
-            keys.iter()
-                .filter_map(|k| map.get(k.as_str()))
-                .map(|v| &v[v.partition_point(|&p| p < from)..])
-                .collect()
-        }
-        let by_type = (!filter.event_types.is_empty())
-            .then(|| Union::new(lists(&filter.event_types, &self.types, from)));
-        let by_category = (!filter.categories.is_empty())
-            .then(|| Union::new(lists(&filter.categories, &self.categories, from)));
-        match (by_type, by_category) {
-            (Some(t), None) => t.take(n).collect(),
-            (None, Some(c)) => c.take(n).collect(),
-            (Some(t), Some(c)) => Intersection {
-                a: t.peekable(),
-                b: c.peekable(),
+    /// Appends `later`'s positions (all after these).
+    pub(crate) fn extend(&mut self, later: &Tags) {
+        for (mine, theirs) in [
+            (&mut self.types, &later.types),
+            (&mut self.categories, &later.categories),
+        ] {
+            for (k, ps) in theirs {
+                mine.entry(k.clone()).or_default().extend_from_slice(ps);
             }
-            .take(n)
-            .collect(),
-            (None, None) => Vec::new(),
-        }
-    }
-
-    /// Which postings (`"event type"` or `"category"`) of `snapshot`, which covers
-    /// positions below `covered`, differ from these (rebuilt from the log), if any.
-    pub(crate) fn differs_within(
-        &self,
-        snapshot: &Tags,
-        covered: Position,
-    ) -> Option<&'static str> {
-        let differs = |log: &HashMap<Box<str>, Vec<Position>>,
-                       ck: &HashMap<Box<str>, Vec<Position>>| {
-            let mut keys = 0usize;
-            for (k, ps) in log {
-                let want = &ps[..ps.partition_point(|&p| p < covered)];
-                if want.is_empty() {
-                    continue;
-                }
-                keys += 1;
-                if ck.get(k).map(Vec::as_slice) != Some(want) {
-                    return true;
-                }
-            }
-            keys != ck.len()
-        };
-        if differs(&self.types, &snapshot.types) {
-            Some("event type")
-        } else if differs(&self.categories, &snapshot.categories) {
-            Some("category")
-        } else {
-            None
         }
     }
 }
 
-/// The ascending union of ascending slices (duplicates once).
-struct Union<'a> {
-    lists: Vec<&'a [Position]>,
+/// The ascending union of ascending iterators (duplicates once).
+pub(crate) struct Union<I: Iterator<Item = Position>> {
+    lists: Vec<std::iter::Peekable<I>>,
 }
 
-impl<'a> Union<'a> {
-    fn new(lists: Vec<&'a [Position]>) -> Self {
-        Self { lists }
+impl<I: Iterator<Item = Position>> Union<I> {
+    pub(crate) fn new(lists: impl IntoIterator<Item = I>) -> Self {
+        Self {
+            lists: lists.into_iter().map(Iterator::peekable).collect(),
+        }
     }
 }
 
-impl Iterator for Union<'_> {
+impl<I: Iterator<Item = Position>> Iterator for Union<I> {
     type Item = Position;
     fn next(&mut self) -> Option<Position> {
-        let min = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
+        let min = self
+            .lists
+            .iter_mut()
+            .filter_map(|l| l.peek().copied())
+            .min()?;
         for l in &mut self.lists {
-            if l.first() == Some(&min) {
-                *l = &l[1..];
+            if l.peek() == Some(&min) {
+                l.next();
             }
         }
         Some(min)
@@ -145,9 +101,9 @@ impl Iterator for Union<'_> {
 }
 
 /// The ascending intersection of two ascending iterators.
-struct Intersection<A: Iterator<Item = Position>, B: Iterator<Item = Position>> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
+pub(crate) struct Intersection<A: Iterator<Item = Position>, B: Iterator<Item = Position>> {
+    pub(crate) a: std::iter::Peekable<A>,
+    pub(crate) b: std::iter::Peekable<B>,
 }
 
 impl<A: Iterator<Item = Position>, B: Iterator<Item = Position>> Iterator for Intersection<A, B> {
@@ -176,61 +132,14 @@ impl<A: Iterator<Item = Position>, B: Iterator<Item = Position>> Iterator for In
 mod tests {
     use super::*;
 
-    fn tags() -> Tags {
-        let mut t = Tags::default();
-        let log = [
-            ("order-1", "A"),
-            ("user-1", "B"),
-            ("order-2", "B"),
-            ("user", "A"),
-            ("order-1", "C"),
-        ];
-        for (p, (s, ty)) in log.iter().enumerate() {
-            t.add(s, ty, p as u64);
-        }
-        t
-    }
-
     #[test]
-    fn postings_answer_filters_like_a_scan() {
-        let t = tags();
-        assert_eq!(t.type_positions("B"), &[1, 2]);
-        assert_eq!(t.category_positions("user"), &[1, 3]);
-        let f = Filter::all().event_type("A").event_type("C");
-        assert_eq!(t.candidates(&f, 0, 10), vec![0, 3, 4]);
-        assert_eq!(t.candidates(&f, 1, 10), vec![3, 4]);
-        assert_eq!(t.candidates(&f, 0, 2), vec![0, 3]);
-        let f = Filter::all().category("order").event_type("B");
-        assert_eq!(t.candidates(&f, 0, 10), vec![2]);
-        let f = Filter::all().category("order").category("user");
-        assert_eq!(t.candidates(&f, 0, 10), vec![0, 1, 2, 3, 4]);
-        assert!(
-            t.candidates(&Filter::all().event_type("Z"), 0, 10)
-                .is_empty()
-        );
-        assert!(Tags::indexes(&Filter::all().category("x")));
-        assert!(!Tags::indexes(&Filter::all().stream_prefix("x")));
-    }
-
-    #[test]
-    fn differences_within_the_covered_prefix_are_found() {
-        let t = tags();
-        let mut ck = Tags::default();
-        for p in 0..3u64 {
-            let (s, ty) = [("order-1", "A"), ("user-1", "B"), ("order-2", "B")][p as usize];
-            ck.add(s, ty, p);
-        }
-        assert_eq!(t.differs_within(&ck, 3), None);
-        assert_eq!(t.differs_within(&ck, 4), Some("event type"));
-        ck.categories.clear();
-        assert_eq!(t.differs_within(&ck, 3), Some("category"));
-    }
-
-    #[test]
-    fn a_position_is_recorded_once() {
+    fn a_position_is_recorded_once_and_filters_say_what_they_index() {
         let mut t = Tags::default();
         t.add("a-1", "X", 3);
         t.add("a-1", "X", 3);
         assert_eq!(t.type_positions("X"), &[3]);
+        assert_eq!(t.category_positions("a"), &[3]);
+        assert!(Tags::indexes(&Filter::all().category("x")));
+        assert!(!Tags::indexes(&Filter::all().stream_prefix("x")));
     }
 }

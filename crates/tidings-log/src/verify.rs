@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use tidings_core::{Clock, Position, SystemClock};
 
 use crate::error::LogError;
-use crate::index::{EventIndex, MemoryIndex};
-use crate::index_snapshot::{self, IndexSnapshotError};
+use crate::index::LogIndex;
+use crate::index_snapshot::{self, IndexFile, IndexSnapshotError, TABLES, Table};
 use crate::recovery::{self, Damage, RecoverOptions, TornTail};
 use crate::storage::OsStorage;
 
@@ -77,10 +77,11 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             durable: false,
             now_micros: SystemClock.now().as_microsecond(),
             force_rebuild: true,
+            memory_events: u64::MAX,
         },
     )?;
     let index = match index_snapshot::load(&storage, dir) {
-        Ok(ck) => compare(&ck.index, &rec.index),
+        Ok(ck) => compare(&ck, &rec.index),
         Err(IndexSnapshotError::Missing) => IndexCheck::Missing,
         Err(e) => IndexCheck::Stale(e.to_string()),
     };
@@ -89,66 +90,109 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         segments: rec.report.segments,
         frames: rec.report.frames_scanned,
         events: rec.index.next_position(),
-        streams: rec.index.stream_count(),
+        streams: rec.index.recent.streams.len(),
         torn_tail: rec.report.torn_tail,
         damage: rec.report.damage,
         index,
     })
 }
 
-fn compare(ck: &MemoryIndex, log: &MemoryIndex) -> IndexCheck {
+fn compare(ck: &IndexFile, log: &LogIndex) -> IndexCheck {
+    match differences(ck, log) {
+        Ok(None) => IndexCheck::Current {
+            covered: ck.next_position(),
+        },
+        Ok(Some(c)) => c,
+        Err(e) => IndexCheck::Mismatch(format!("reading the index file: {e}")),
+    }
+}
+
+/// Compares the index file with `log`, an index rebuilt from the log in memory.
+fn differences(ck: &IndexFile, log: &LogIndex) -> std::io::Result<Option<IndexCheck>> {
+    let mismatch = |m: String| Ok(Some(IndexCheck::Mismatch(m)));
     let n = ck.next_position();
     if n > log.next_position() {
-        return IndexCheck::Stale(format!(
+        return Ok(Some(IndexCheck::Stale(format!(
             "it covers {n} events, the log has {}",
             log.next_position()
-        ));
+        ))));
     }
-    if ck.locs[..] != log.locs[..n as usize] {
-        return IndexCheck::Mismatch("event locations differ".into());
+    if let Some(section) = ck.damaged_section()? {
+        return mismatch(format!("the index file's {section} section is damaged"));
+    }
+    let mem = &log.recent;
+    let mut p = 0u64;
+    while p < n {
+        let part = ck.locs(p, (n - p).min(1 << 16))?;
+        let want = mem.locs.get(p as usize..p as usize + part.len());
+        if part.is_empty() || want != Some(&part[..]) {
+            return mismatch("event locations differ".into());
+        }
+        p += part.len() as u64;
     }
     let covered =
         |ps: &[Position]| -> Vec<Position> { ps.iter().copied().filter(|&p| p < n).collect() };
-    let mut streams = 0usize;
-    for (name, e) in &log.streams {
-        let want = covered(&e.positions);
-        if want.is_empty() {
-            continue;
+    for table in TABLES {
+        let mut want: Vec<(&str, Option<i64>, Vec<Position>)> = match table {
+            Table::Streams => mem
+                .streams
+                .iter()
+                .map(|(k, e)| {
+                    let ps = covered(&e.positions);
+                    let whole = ps.len() == e.positions.len();
+                    (k.as_str(), whole.then_some(e.last_written), ps)
+                })
+                .collect(),
+            Table::Correlations => sorted(&mem.correlations, covered),
+            Table::Types => sorted(&mem.tags.types, covered),
+            Table::Categories => sorted(&mem.tags.categories, covered),
+        };
+        want.retain(|(_, _, ps)| !ps.is_empty());
+        let mut records = ck.records(table, std::ops::Bound::Unbounded);
+        for (key, meta, ps) in &want {
+            let Some(r) = records.next_record()? else {
+                return mismatch(format!("{} {key} is missing", table.name()));
+            };
+            if &*r.key != *key {
+                return mismatch(format!("{} {} or {key} differs", table.name(), r.key));
+            }
+            let list = ck.list(table, &r, 0, r.count)?;
+            if list != *ps
+                || r.last != *ps.last().unwrap_or(&0)
+                || meta.is_some_and(|m| m != r.meta)
+            {
+                return mismatch(format!("{} {key} differs", table.name()));
+            }
         }
-        streams += 1;
-        match ck.streams.get(name.as_str()) {
-            Some(c) if c.positions == want => {}
-            _ => return IndexCheck::Mismatch(format!("stream {name} differs")),
+        if let Some(r) = records.next_record()? {
+            return mismatch(format!("{} {} is not in the log", table.name(), r.key));
         }
     }
-    if streams != ck.streams.len() {
-        return IndexCheck::Mismatch("the snapshot lists streams the log does not have".into());
-    }
-    let ids: Vec<(u64, Position)> = log
-        .merged_ids()
-        .into_iter()
-        .filter(|&(_, p)| p < n)
+    let mut ids: Vec<(u64, Position)> = mem
+        .ids
+        .iter()
+        .filter(|&(_, &p)| p < n)
+        .map(|(&f, &p)| (f, p))
         .collect();
-    if ids != ck.merged_ids() {
-        return IndexCheck::Mismatch("event ids differ".into());
-    }
-    let mut corr: HashMap<&str, Vec<Position>> = HashMap::new();
-    for (c, ps) in log.correlations.iter() {
-        let v = covered(ps);
-        if !v.is_empty() {
-            corr.insert(c, v);
+    ids.sort_unstable();
+    let mut on_file = ck.ids();
+    for want in &ids {
+        match on_file.next().transpose()? {
+            Some(got) if got == *want => {}
+            _ => return mismatch("event ids differ".into()),
         }
     }
-    if corr.len() != ck.correlations.len()
-        || ck
-            .correlations
-            .iter()
-            .any(|(c, ps)| corr.get(c).map(Vec::as_slice) != Some(ps))
-    {
-        return IndexCheck::Mismatch("correlation ids differ".into());
+    if on_file.next().is_some() {
+        return mismatch("event ids differ".into());
     }
-    if let Some(what) = log.tags.differs_within(&ck.tags, n) {
-        return IndexCheck::Mismatch(format!("{what} postings differ"));
-    }
-    IndexCheck::Current { covered: n }
+    Ok(None)
+}
+
+fn sorted(
+    m: &HashMap<Box<str>, Vec<Position>>,
+    covered: impl Fn(&[Position]) -> Vec<Position>,
+) -> Vec<(&str, Option<i64>, Vec<Position>)> {
+    let mut v: Vec<_> = m.iter().map(|(k, ps)| (&**k, None, covered(ps))).collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v
 }

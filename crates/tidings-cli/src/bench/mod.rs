@@ -19,8 +19,8 @@ mod workloads;
 
 use disk::{Disk, disk_probe};
 use workloads::{
-    aggregate_load, appends, group, memory, open_existing, read_all, read_filtered, read_stream,
-    reopen, subscribe_latency,
+    aggregate_load, appends, at_scale, group, memory, open_existing, read_all, read_filtered,
+    read_stream, reopen, subscribe_latency,
 };
 
 use std::path::{Path, PathBuf};
@@ -58,7 +58,10 @@ pub struct BenchArgs {
     /// read-filtered (a type making up 1% of --events read through the type index, against
     /// an unfiltered scan of the same store; `speedup` is the ratio of their times), reopen
     /// (open time of a cleanly closed store of --events events) and memory (resident
-    /// memory with --events/10 streams of 10 events). With --bus: relay (outbox relay
+    /// memory with --events/10 streams of 10 events; --keep leaves the store in
+    /// STORE/bench-memory), at-scale (on a store left by memory: open time and memory of a
+    /// fresh process, stream reads with a cold and a warm page cache, and the append
+    /// workloads; --store STORE/bench-memory). With --bus: relay (outbox relay
     /// and raw publishes with confirmations), bus-latency (append to a handler in another
     /// process), broker-consumer (a backlog acknowledged; --writers is its concurrency),
     /// or bus for the three. On PostgreSQL: pg-insert-baseline (plain single-row
@@ -411,6 +414,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 for mut r in rows_of_w {
                     fill(&mut r, &target, &disk, frame_bytes, cpu_ns);
                     r.store = bus_label.unwrap_or_default().to_owned();
+                    emit(&r, args.json);
+                    rows.push(r);
+                }
+                last
+            }
+            "at-scale" => {
+                target.embedded_only(w)?;
+                let mut rows_of_w = rt.block_on(at_scale(&target, &template))?;
+                let last = rows_of_w.pop().context("the workload returned no row")?;
+                for mut r in rows_of_w {
+                    fill(&mut r, &target, &disk, frame_bytes, cpu_ns);
                     emit(&r, args.json);
                     rows.push(r);
                 }

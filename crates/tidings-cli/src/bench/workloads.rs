@@ -12,6 +12,8 @@ use tidings::{
     Event, EventReader, EventStore, ExpectedVersion, Filter, ReadAll, ReadStream, Start, StreamId,
 };
 
+use tidings_log::LogStore;
+
 use super::disk::rss_mib;
 use super::{Row, Target, bar};
 
@@ -76,6 +78,13 @@ pub(super) async fn appends<S: EventStore>(
     Ok(row.with(|r| r.cpu_us_per_event = Some(cpu * 1e6 / events.max(1) as f64)))
 }
 
+/// Set by `at-scale` so that its appends name streams the store does not have yet.
+static STREAM_SALT: Mutex<String> = Mutex::new(String::new());
+
+fn set_salt(salt: &str) {
+    *STREAM_SALT.lock().unwrap_or_else(|p| p.into_inner()) = salt.to_owned();
+}
+
 pub(super) async fn populate<S: EventStore>(
     store: &S,
     template: &Event,
@@ -95,14 +104,19 @@ pub(super) async fn populate<S: EventStore>(
     };
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let salt = STREAM_SALT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for w in 0..writers {
+        let salt = salt.clone();
         let store = store.clone();
         let template = template.clone();
         let pb = pb.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(appends_per_writer as usize);
             for i in 0..appends_per_writer {
-                let stream = StreamId::new(&format!("order-{w}-{i:07}"))?;
+                let stream = StreamId::new(&format!("order-{salt}{w}-{i:07}"))?;
                 let events = (0..batch).map(|_| fresh(&template)).collect();
                 let t = Instant::now();
                 store
@@ -585,6 +599,7 @@ pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
     let store = super::open_log(target.root())?;
     let secs = start.elapsed().as_secs_f64();
     let events = store.head().await?.map_or(0, |h| h + 1);
+    let streams = store.stream_count()?;
     Ok(Row::new(
         "open-existing",
         target,
@@ -597,7 +612,7 @@ pub(super) async fn open_existing(target: &Target) -> anyhow::Result<Row> {
     )
     .with(|r| {
         r.rss_mib = Some(rss_mib());
-        r.note = Some(format!("{} streams", store.stream_count()));
+        r.note = Some(format!("{streams} streams"));
     }))
 }
 
@@ -667,4 +682,124 @@ pub(super) async fn group<S: EventStore>(
             cpu * 1e6 / n.max(1) as f64
         ));
     }))
+}
+
+/// Internal to `at-scale`: asks the kernel to drop its clean page cache (root only), so
+/// the next reads come from the disk. False when it may not.
+fn drop_page_cache() -> bool {
+    rustix::fs::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Reads `reads` streams of 10 events of a store left by `memory`, spread over the log.
+async fn sample_stream_reads(
+    store: &LogStore,
+    appends_per_writer: u64,
+    reads: u64,
+    seed: u64,
+) -> anyhow::Result<(f64, Vec<u32>)> {
+    let mut x = seed | 1;
+    let mut lat = Vec::with_capacity(reads as usize);
+    let start = Instant::now();
+    for _ in 0..reads {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (w, i) = (x % 8, (x >> 8) % appends_per_writer.max(1));
+        let stream = StreamId::new(&format!("order-{w}-{i:07}"))?;
+        let t = Instant::now();
+        let got = store.read_stream(&stream, ReadStream::forward()).await?;
+        lat.push(micros(t.elapsed()));
+        if got.len() != 10 {
+            bail!("stream {stream} has {} events, expected 10", got.len());
+        }
+    }
+    Ok((start.elapsed().as_secs_f64(), lat))
+}
+
+/// The figures of a large store, left by `memory --keep` in `--store`, opened by this
+/// fresh process: open time and resident memory, stream reads with a cold page cache
+/// (dropped first, when this process may) and a warm one, then the append workloads on
+/// it. Returns a row per figure.
+pub(super) async fn at_scale(target: &Target, template: &Event) -> anyhow::Result<Vec<Row>> {
+    let cold = drop_page_cache();
+    let start = Instant::now();
+    let store = super::open_log(target.root())?;
+    let open_secs = start.elapsed().as_secs_f64();
+    let rss = rss_mib();
+    let events = store.head().await?.map_or(0, |h| h + 1);
+    if events < 80 {
+        bail!(
+            "{} holds {events} events; fill it first with `tidings bench --workload memory --keep --events N --store DIR`, then point --store at DIR/bench-memory",
+            target.root().display()
+        );
+    }
+    let per_writer = events / 80;
+    let mut rows = vec![
+        Row::new("reopen", target, events, 1, 1, open_secs, events as f64 / open_secs, &[]).with(
+            |r| {
+                r.rss_mib = Some(rss);
+                r.met = Some(open_secs < 2.0 && rss < 1024);
+                r.note = Some(format!(
+                    "a store of {events} events opened by a fresh process{}: open {open_secs:.2} s, RSS {rss} MiB after opening",
+                    if cold { " with a cold page cache" } else { "" }
+                ));
+            },
+        ),
+    ];
+    let reads = 2_000;
+    let cold_reads = if drop_page_cache() {
+        let (secs, lat) = sample_stream_reads(&store, per_writer, reads, 0x5EED).await?;
+        Some(Row::new(
+            "read-stream-cold",
+            target,
+            reads * 10,
+            1,
+            10,
+            secs,
+            reads as f64 * 10.0 / secs,
+            &lat,
+        ))
+    } else {
+        None
+    };
+    // The same streams again (now cached), then others, warmed by a first pass.
+    let _ = sample_stream_reads(&store, per_writer, reads, 0xBEEF).await?;
+    let (secs, lat) = sample_stream_reads(&store, per_writer, reads, 0xBEEF).await?;
+    let warm = Row::new(
+        "read-stream-warm",
+        target,
+        reads * 10,
+        1,
+        10,
+        secs,
+        reads as f64 * 10.0 / secs,
+        &lat,
+    );
+    let warm_p99 = warm.p99_us;
+    rows.push(warm.with(|r| {
+        r.met = Some(warm_p99 < 1000.0);
+        r.note = Some(format!(
+            "{reads} reads of random 10-event streams among {}, each read twice",
+            events / 10
+        ));
+    }));
+    match cold_reads {
+        Some(r) => rows.push(r.with(|r| {
+            r.note = Some("page cache dropped before the reads (each stream's first read)".into());
+        })),
+        None => tracing::warn!("could not drop the page cache (needs root): no cold-cache figure"),
+    }
+    for (name, n, writers, batch) in [
+        ("append-1", 5_000u64, 1usize, 1usize),
+        ("append-concurrent", 200_000, 64, 1),
+        ("append-batch", 2_000_000, 8, 100),
+    ] {
+        set_salt(&format!("scale-{name}-"));
+        let row = appends(&store, template, name, n, writers, batch).await?;
+        rows.push(row.with(|r| r.note = Some(format!("on the store of {events} events"))));
+    }
+    set_salt("");
+    store.close().await?;
+    Ok(rows)
 }

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::{Finish, Writer, micros_since};
 use crate::error::LogError;
-use crate::index::{EventIndex, FingerprintHasher, Loc, MemoryIndex, SegmentEntry, fingerprint};
+use crate::index::{FingerprintHasher, Loc, LogIndex, SegmentEntry, fingerprint};
 use crate::reader;
 use crate::record::{self, FrameSpec};
 use crate::segment::FOOTER_LEN;
@@ -236,24 +236,40 @@ impl Writer {
         let (current, replay) = {
             let ix = self.shared.read_index();
             let unpublished = self.sync.unpublished();
-            let current = g
-                .pending
-                .heads
-                .get(a.stream.as_str())
-                .or_else(|| {
-                    unpublished
-                        .iter()
-                        .rev()
-                        .find_map(|p| p.heads.get(a.stream.as_str()))
-                })
-                .copied()
-                .or_else(|| ix.stream_version(a.stream.as_str()));
+            let known = g.pending.heads.get(a.stream.as_str()).or_else(|| {
+                unpublished
+                    .iter()
+                    .rev()
+                    .find_map(|p| p.heads.get(a.stream.as_str()))
+            });
+            let current = match known {
+                Some(&r) => Some(r),
+                None => match ix.stream_version(a.stream.as_str()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = a.reply.send(Err(reader::index_err(e)));
+                        return None;
+                    }
+                },
+            };
+            // An id the index cannot be read for must not pass as new.
+            let mut failed = None;
             let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
                 g.pending
                     .pending_id(id)
                     .or_else(|| unpublished.iter().rev().find_map(|p| p.pending_id(id)))
-                    .or_else(|| committed_id(&ix, id))
+                    .or_else(|| match committed_id(&ix, id) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            None
+                        }
+                    })
             });
+            if let Some(e) = failed {
+                let _ = a.reply.send(Err(e));
+                return None;
+            }
             (current, replay)
         };
         match replay {
@@ -432,13 +448,17 @@ impl Writer {
 }
 
 /// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
-fn committed_id(ix: &MemoryIndex, id: &Uuid) -> Option<IdLocation> {
-    let p = ix.id_candidate(id)?;
-    let plan = reader::plan_positions(ix, std::iter::once(p));
-    let e = reader::read_positions(&plan).ok()?.pop()?;
-    (e.event_id == *id).then(|| IdLocation {
+fn committed_id(ix: &LogIndex, id: &Uuid) -> Result<Option<IdLocation>, StoreError> {
+    let Some(p) = ix.id_candidate(id).map_err(reader::index_err)? else {
+        return Ok(None);
+    };
+    let plan = reader::plan_positions(ix, std::iter::once(p))?;
+    let Some(e) = reader::read_positions(&plan)?.pop() else {
+        return Ok(None);
+    };
+    Ok((e.event_id == *id).then(|| IdLocation {
         stream: e.stream.clone(),
         revision: e.revision,
         position: e.position,
-    })
+    }))
 }

@@ -48,7 +48,7 @@ use std::sync::atomic::Ordering;
 use tidings_core::{Clock, Position};
 
 use crate::error::LogError;
-use crate::index::EventIndex;
+
 use crate::index_snapshotter;
 use crate::storage::StorageFile;
 use crate::store::Shared;
@@ -63,6 +63,7 @@ pub(crate) struct WriterConfig {
     pub durable: bool,
     pub max_group_bytes: usize,
     pub index_snapshot_every: u64,
+    pub index_memory_events: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -184,13 +185,18 @@ impl Writer {
     }
 
     /// Asks for a background snapshot once enough has been written since the last one
-    /// (at least `index_snapshot_every` events and a quarter of the log), so a crash never
-    /// makes recovery rescan more than that. See [`crate::index_snapshotter`].
+    /// (at least `index_snapshot_every` events and a quarter of the log, but never more
+    /// than `index_memory_events`), so a crash never makes recovery rescan more than
+    /// that, and the index's in-memory layer stays bounded. See
+    /// [`crate::index_snapshotter`].
     fn maybe_snapshot_index(&mut self) {
         let since = self.next - self.snapshotted.min(self.next);
-        if since < self.cfg.index_snapshot_every.max(self.snapshotted / 4)
-            || self.shared.snapshots.busy()
-        {
+        let due = self
+            .cfg
+            .index_snapshot_every
+            .max(self.snapshotted / 4)
+            .min(self.cfg.index_memory_events);
+        if since < due || self.shared.snapshots.busy() {
             return;
         }
         self.snapshotted = self.next;

@@ -22,7 +22,7 @@ use tidings_core::{Position, StoreError};
 use super::group::{Pending, Staged};
 use super::micros_since;
 use crate::error::LogError;
-use crate::index::{EventIndex, IndexedEvent, MemoryIndex};
+use crate::index::{IndexedEvent, LogIndex};
 use crate::index_snapshotter;
 use crate::storage::StorageFile;
 use crate::store::Shared;
@@ -231,7 +231,7 @@ fn finish(shared: &Arc<Shared>, batch: Vec<Staged>) -> bool {
 }
 
 /// Adds a synced group to the index.
-fn publish(ix: &mut MemoryIndex, s: &Staged) {
+fn publish(ix: &mut LogIndex, s: &Staged) {
     for (sealed, end, entry) in &s.new_segments {
         if let Some(seg) = ix.segments.get_mut(*sealed) {
             seg.data_end = *end;
