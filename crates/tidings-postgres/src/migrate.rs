@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "claimed positions",
         sql: include_str!("../sql/migrations/0005_claimed_positions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "claims per backend",
+        sql: include_str!("../sql/migrations/0006_claims_per_backend.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

@@ -67,10 +67,12 @@ async fn claim_by_hand(conn: &mut sqlx::PgConnection) -> i64 {
         "WITH claimed AS (
              UPDATE tidings_position SET next_position = next_position + 1
              RETURNING next_position - 1 AS lo)
-         INSERT INTO tidings_inflight (lo, hi, pid, backend_start)
-         SELECT lo, lo + 1, pg_backend_pid(),
-                (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))
+         INSERT INTO tidings_claims (pid, backend_start, lo, hi)
+         SELECT pg_backend_pid(),
+                (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid())), lo, lo + 1
          FROM claimed
+         ON CONFLICT (pid) DO UPDATE SET lo = excluded.lo, hi = excluded.hi,
+             backend_start = excluded.backend_start
          RETURNING lo",
     )
     .fetch_one(&mut *conn)
@@ -115,7 +117,7 @@ async fn slow_append(url: String, schema: String, id: Uuid, hold: Duration) {
     .execute(&mut *tx)
     .await
     .unwrap();
-    sqlx::query("DELETE FROM tidings_inflight WHERE lo = $1")
+    sqlx::query("UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $1")
         .bind(lo)
         .execute(&mut *tx)
         .await
@@ -135,7 +137,7 @@ async fn refused_append(url: String, schema: String, hold: Duration) {
     let mut conn = session(&url, &schema).await;
     let lo = claim_by_hand(&mut conn).await;
     tokio::time::sleep(hold).await;
-    sqlx::query("DELETE FROM tidings_inflight WHERE lo = $1")
+    sqlx::query("UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $1")
         .bind(lo)
         .execute(&mut conn)
         .await
@@ -261,7 +263,7 @@ async fn processes_and_held_claims_lose_no_event_for_a_live_subscriber() {
     // above every event, so the subscriber need not have waited for it).
     let collected = async {
         loop {
-            let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings_inflight")
+            let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
                 .fetch_one(store.pool())
                 .await
                 .unwrap();

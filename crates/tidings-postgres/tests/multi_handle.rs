@@ -216,7 +216,7 @@ async fn lone_appends_race_across_handles() {
         log.windows(2).all(|w| w[0].position < w[1].position),
         "positions increase with revisions"
     );
-    let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings_inflight")
+    let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
         .fetch_one(handles[0].pool())
         .await
         .unwrap_or_else(|e| panic!("count claims: {e}"));

@@ -1,4 +1,4 @@
--- Writes a batch's events at the positions claimed for it (claim.sql), deletes the claim,
+-- Writes a batch's events at the positions claimed for it (claim.sql), clears the claim,
 -- moves the stream heads and notifies listeners, in one statement; the claim disappears
 -- exactly when the events become visible, at commit. Events arrive in position order;
 -- each append's events are contiguous.
@@ -41,9 +41,8 @@ moved AS (
     WHERE s.name = h.stream
 ),
 released AS (
-    DELETE FROM tidings_inflight WHERE lo = $14::bigint
+    UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $14::bigint
 )
-SELECT least((SELECT min(i.lo) FROM tidings_inflight i
-              WHERE i.lo <> $14::bigint),
+SELECT least((SELECT min(c.lo) FROM tidings_claims c WHERE c.lo <> $14::bigint),
              (SELECT p.next_position FROM tidings_position p)) AS horizon,
        pg_notify($1, ($14::bigint + cardinality($2::text[]) - 1)::text)::text AS notified
