@@ -15,6 +15,7 @@ mod disk;
 mod groups;
 mod http;
 mod pg_baseline;
+mod processes;
 mod workloads;
 
 use disk::{Disk, disk_probe};
@@ -66,7 +67,9 @@ pub struct BenchArgs {
     /// process), broker-consumer (a backlog acknowledged; --writers is its concurrency),
     /// or bus for the three. On PostgreSQL: pg-insert-baseline (plain single-row
     /// INSERTs with --writers clients, the ceiling for append-concurrent; `all` runs it
-    /// right after append-concurrent). Several workloads: a,b,c.
+    /// right after append-concurrent) and append-processes (single-event appends from
+    /// --writers OS processes, each with its own store handle, default 8). Several
+    /// workloads: a,b,c.
     #[arg(long, default_value = "all")]
     workload: String,
     /// Events to write (or read), per workload; each has its own default.
@@ -253,6 +256,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     NO_FSYNC.store(args.no_fsync, std::sync::atomic::Ordering::Relaxed);
     let target = Target::parse(&args.store)?;
+    if args.workload == processes::WRITER_WORKLOAD {
+        let Target::Postgres { url, .. } = &target else {
+            bail!("{} runs on PostgreSQL only", processes::WRITER_WORKLOAD);
+        };
+        let template: Event = serde_json::from_str(FIXTURE).context("the bench fixture")?;
+        processes::writer(url, &template)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     std::fs::create_dir_all(target.root())
         .with_context(|| format!("creating {}", target.root().display()))?;
     let bus_label = args.bus.as_deref().map(bus::label).transpose()?;
@@ -340,6 +351,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 let n = args.events.unwrap_or(200_000);
                 let wr = args.writers.unwrap_or(64);
                 rt.block_on(pg_baseline::run(url, &target, &template, n, wr))?
+            }
+            "append-processes" => {
+                let Target::Postgres { url, .. } = &target else {
+                    bail!("workload {w} measures PostgreSQL only: use --store postgres://…");
+                };
+                let n = args.events.unwrap_or(200_000);
+                let wr = args.writers.unwrap_or(8);
+                processes::run(url, &target, &rt, n, wr)?
             }
             "append-batch" => {
                 let n = args.events.unwrap_or(2_000_000);
@@ -433,7 +452,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // Internal: opens the store left in `--store` by `memory`, in a fresh process.
             "open-existing" => rt.block_on(open_existing(&target))?,
             other => bail!(
-                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, groups ({}), pg-insert-baseline (PostgreSQL), or with --bus: {}, bus (several: a,b,c)",
+                "unknown workload {other}; try one of {} or all, reopen, memory, group-1, group-4, groups ({}), pg-insert-baseline and append-processes (PostgreSQL), or with --bus: {}, bus (several: a,b,c)",
                 STANDARD.join(", "),
                 groups::WORKLOADS.join(", "),
                 bus::WORKLOADS.join(", ")
