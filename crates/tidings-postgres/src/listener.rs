@@ -20,6 +20,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -54,11 +55,45 @@ pub(crate) fn head_from_next(horizon: i64) -> Option<Position> {
     unsigned(horizon).ok().and_then(|n| n.checked_sub(1))
 }
 
-/// Reads the horizon whenever `wake` is notified, and every [`HELD_POLL`] while a claim
-/// holds it back, raising `head` to one below it. Runs until aborted.
-pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<Notify>) {
+/// What wakes the horizon task, and whether the head it keeps is stale.
+#[derive(Default)]
+pub(crate) struct HorizonWake {
+    notify: Notify,
+    /// Set when the task skipped a read because nobody watched the head: the next watcher
+    /// must wake it ([`HorizonWake::watched`]).
+    stale: AtomicBool,
+}
+
+impl HorizonWake {
+    /// Something may have moved the horizon.
+    pub(crate) fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// A head watch was just taken: a stale head is read again at once.
+    pub(crate) fn watched(&self) {
+        if self.stale.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Reads the horizon whenever woken, and every [`HELD_POLL`] while a claim holds it back,
+/// raising `head` to one below it. Runs until aborted.
+///
+/// Reads cost the database a query per wake in every handle, so they happen only while
+/// someone watches the head (a subscription, a group fetch): otherwise the task only
+/// marks the head stale, and the next [`HorizonWake::watched`] wakes it. The writer still
+/// raises the head after its own appends (the horizon they saw).
+pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<HorizonWake>) {
     let mut held_for = 0u32;
     loop {
+        if head.receiver_count() == 0 {
+            wake.stale.store(true, Ordering::Release);
+            wake.notify.notified().await;
+            continue;
+        }
+        wake.stale.store(false, Ordering::Release);
         let held = match refresh(&pool, &head).await {
             Ok(held) => held,
             Err(e) => {
@@ -76,12 +111,12 @@ pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<Not
                 }
             }
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notify.notified() => {}
                 _ = tokio::time::sleep(HELD_POLL) => {}
             }
         } else {
             held_for = 0;
-            wake.notified().await;
+            wake.notify.notified().await;
         }
     }
 }
@@ -115,7 +150,7 @@ async fn release_dead(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 /// Listens on `channel` for ever, reconnecting with backoff, and wakes the horizon task
 /// for every position above the head it hears of. Runs until aborted.
-pub(crate) async fn run(pool: PgPool, channel: String, head: HeadSender, wake: Arc<Notify>) {
+pub(crate) async fn run(pool: PgPool, channel: String, head: HeadSender, wake: Arc<HorizonWake>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Err(e) = listen(&pool, &channel, &head, &wake, &mut backoff).await;
@@ -135,12 +170,12 @@ async fn listen(
     pool: &PgPool,
     channel: &str,
     head: &HeadSender,
-    wake: &Notify,
+    wake: &HorizonWake,
     backoff: &mut Duration,
 ) -> Result<Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(channel).await?;
-    wake.notify_one();
+    wake.wake();
     *backoff = MIN_BACKOFF;
     tracing::debug!(channel, "listening for appends");
     loop {
@@ -148,7 +183,7 @@ async fn listen(
             Some(n) => match n.payload().parse::<Position>() {
                 Ok(position) => {
                     if head.borrow().is_none_or(|h| h < position) {
-                        wake.notify_one();
+                        wake.wake();
                     }
                 }
                 Err(_) => {
@@ -161,7 +196,7 @@ async fn listen(
             },
             // The connection dropped and was re-established (LISTEN included): whatever
             // was announced meanwhile is read from the table.
-            None => wake.notify_one(),
+            None => wake.wake(),
         }
     }
 }

@@ -14,13 +14,13 @@ use tidings_core::{
     Filter, Limits, ListStreams, Position, ReadAll, ReadStream, RecordedEvent, Revision, Start,
     StoreError, StreamId, StreamInfo,
 };
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::append::Append;
 use crate::error::{PgStoreError, store_error};
-use crate::listener::{self, HeadSender, head_from_next};
+use crate::listener::{self, HeadSender, HorizonWake, head_from_next};
 use crate::migrate;
 use crate::options::{PgStoreBuilder, channel};
 use crate::row::{get, recorded_event, signed, unsigned};
@@ -73,6 +73,7 @@ struct Inner {
     limits: Limits,
     listener: AbortHandle,
     horizon: AbortHandle,
+    horizon_wake: Arc<HorizonWake>,
 }
 
 impl Drop for Inner {
@@ -115,13 +116,14 @@ impl PgStore {
         listener::refresh(&pool, &head)
             .await
             .map_err(PgStoreError::Database)?;
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(HorizonWake::default());
         let horizon = tokio::spawn(listener::follow_horizon(
             pool.clone(),
             Arc::clone(&head),
             Arc::clone(&wake),
         ))
         .abort_handle();
+        let horizon_wake = Arc::clone(&wake);
 
         let listener_pool = PgPoolOptions::new()
             .max_connections(1)
@@ -166,6 +168,7 @@ impl PgStore {
                 limits: options.limits,
                 listener,
                 horizon,
+                horizon_wake,
             }),
         })
     }
@@ -180,10 +183,14 @@ impl PgStore {
         self.inner.limits
     }
 
-    /// A receiver that sees the committed head move: at once after this process's
-    /// appends, and after a notification for other processes' appends.
+    /// A receiver that sees the visible head move (one below the visibility horizon):
+    /// at once after this process's appends, and after a notification for other
+    /// processes' appends. Other processes' appends are followed only while some watch
+    /// is held; taking one reads the horizon again at once if it was not followed.
     pub fn head_watch(&self) -> HeadWatch {
-        self.inner.head.subscribe()
+        let watch = self.inner.head.subscribe();
+        self.inner.horizon_wake.watched();
+        watch
     }
 
     /// The connection pool (for health checks and operational queries).
