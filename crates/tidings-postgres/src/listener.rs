@@ -14,6 +14,9 @@
 //! [`HELD_POLL`], and deletes the claims of backends that are gone
 //! (`release_dead_claims.sql`): their appends will never announce anything.
 //!
+//! The listener starts at the first head watch, and the horizon task reads only while a
+//! watch is held: a handle that only appends costs nothing for other processes' appends.
+//!
 //! Notifications sent while the connection is down are lost, so after every (re)connect
 //! the listener first LISTENs, then wakes the horizon task: anything committed before its
 //! read is covered by it, anything after by a notification.
@@ -62,6 +65,9 @@ pub(crate) struct HorizonWake {
     /// Set when the task skipped a read because nobody watched the head: the next watcher
     /// must wake it ([`HorizonWake::watched`]).
     stale: AtomicBool,
+    /// Set by the first head watch: the listener starts listening then.
+    watched_once: AtomicBool,
+    first_watch: Notify,
 }
 
 impl HorizonWake {
@@ -70,8 +76,12 @@ impl HorizonWake {
         self.notify.notify_one();
     }
 
-    /// A head watch was just taken: a stale head is read again at once.
+    /// A head watch was just taken: a stale head is read again at once, and the first
+    /// one starts the listener.
     pub(crate) fn watched(&self) {
+        if !self.watched_once.swap(true, Ordering::AcqRel) {
+            self.first_watch.notify_one();
+        }
         if self.stale.load(Ordering::Acquire) {
             self.notify.notify_one();
         }
@@ -150,7 +160,13 @@ async fn release_dead(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 /// Listens on `channel` for ever, reconnecting with backoff, and wakes the horizon task
 /// for every position above the head it hears of. Runs until aborted.
+///
+/// It starts listening at the first head watch: every notification costs each listening
+/// session a wake-up, in PostgreSQL and here, and a handle that only appends needs none.
 pub(crate) async fn run(pool: PgPool, channel: String, head: HeadSender, wake: Arc<HorizonWake>) {
+    if !wake.watched_once.load(Ordering::Acquire) {
+        wake.first_watch.notified().await;
+    }
     let mut backoff = MIN_BACKOFF;
     loop {
         let Err(e) = listen(&pool, &channel, &head, &wake, &mut backoff).await;

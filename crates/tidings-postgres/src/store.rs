@@ -143,9 +143,12 @@ impl PgStore {
         // Appends run on connections of their own, which carry the lock and statement
         // timeouts: a lock held elsewhere fails an append instead of stalling it forever.
         let deadlines = options.deadlines;
+        // No ping before each use: an append is one round trip, and a broken connection
+        // fails it like any lost connection (outcome unknown, retry is safe).
         let writer_pool = PgPoolOptions::new()
             .max_connections(2)
             .min_connections(0)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(options.connect_options("writer")?.options([
                 ("lock_timeout", millis(deadlines.lock)),
