@@ -62,6 +62,10 @@ pub struct ServeArgs {
     /// (default 1,000,000; they bound the rescan after a crash).
     #[arg(long, value_name = "EVENTS")]
     index_snapshot_every: Option<u64>,
+    /// Most events whose index entries the embedded store keeps in memory before it
+    /// merges them into its index file (default 4,000,000): bounds the index's memory.
+    #[arg(long, value_name = "EVENTS")]
+    index_memory_events: Option<u64>,
     /// Longest an append may take (`30s`, `500ms`, or seconds) before it is answered 503
     /// `append-timeout` with Retry-After; `/ready` answers 503 while appends stall. The
     /// embedded store keeps the same deadline for its fsync.
@@ -125,6 +129,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let tuning = EmbeddedTuning {
         segment_size: args.segment_size,
         index_snapshot_every: args.index_snapshot_every,
+        index_memory_events: args.index_memory_events,
         append_timeout: Some(args.append_timeout),
     };
     with_store!(spec, tuning, |store| serve_store(store, config, addr).await)

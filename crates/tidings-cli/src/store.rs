@@ -163,6 +163,8 @@ pub struct EmbeddedTuning {
     pub segment_size: Option<u64>,
     /// Events between index snapshots (the store's default when `None`).
     pub index_snapshot_every: Option<u64>,
+    /// Most events kept in the in-memory index layer (the store's default when `None`).
+    pub index_memory_events: Option<u64>,
     /// Longest an append waits to be durable (the store's default when `None`).
     pub append_timeout: Option<std::time::Duration>,
 }
@@ -177,6 +179,9 @@ pub fn open_embedded(dir: &Path, tuning: EmbeddedTuning) -> Result<tidings_log::
     }
     if let Some(events) = tuning.index_snapshot_every {
         builder = builder.index_snapshot_every(events);
+    }
+    if let Some(events) = tuning.index_memory_events {
+        builder = builder.index_memory_events(events);
     }
     if let Some(timeout) = tuning.append_timeout {
         builder = builder.append_timeout(timeout);

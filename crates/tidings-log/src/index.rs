@@ -139,7 +139,7 @@ pub struct Delta {
     /// Ids by fingerprint.
     pub ids: FpMap,
     /// Positions by correlation id.
-    pub correlations: HashMap<Box<str>, Vec<Position>>,
+    pub correlations: crate::tags::KeyMap,
     /// Positions by event type and stream category.
     pub tags: crate::tags::Tags,
 }
@@ -212,13 +212,25 @@ impl Delta {
             None => self.streams.entry(stream.clone()).or_default(),
         };
         entry.last_written = recorded_at;
-        // Consecutive events usually share a correlation id: look it up once per run.
+        // Consecutive events usually share a correlation id and a type: look each up
+        // once per run.
         let mut run: Option<(&str, Position, u64)> = None;
+        let mut types: Option<(&str, Position, u64)> = None;
+        let mut n = 0u64;
         for (position, e) in (first_position..).zip(events) {
+            n += 1;
             entry.positions.push(position);
             self.locs.push(loc);
             self.ids.insert(fingerprint(&e.id), position);
-            self.tags.add(stream.as_str(), e.event_type, position);
+            match &mut types {
+                Some((t, _, k)) if *t == e.event_type => *k += 1,
+                _ => {
+                    if let Some((t, f, k)) = types.take() {
+                        self.tags.add_type_run(t, f, k);
+                    }
+                    types = Some((e.event_type, position, 1));
+                }
+            }
             match (e.correlation, &mut run) {
                 (Some(c), Some((k, _, n))) if *k == c => *n += 1,
                 (Some(c), _) => {
@@ -237,16 +249,16 @@ impl Delta {
         if let Some(r) = run {
             add_run(&mut self.correlations, r);
         }
+        if let Some((t, f, k)) = types {
+            self.tags.add_type_run(t, f, k);
+        }
+        self.tags
+            .add_frame_category(stream.as_str(), first_position, n);
     }
 }
 
-fn add_run(map: &mut HashMap<Box<str>, Vec<Position>>, (key, first, n): (&str, Position, u64)) {
-    match map.get_mut(key) {
-        Some(v) => v.extend(first..first + n),
-        None => {
-            map.insert(key.into(), (first..first + n).collect());
-        }
-    }
+fn add_run(map: &mut crate::tags::KeyMap, (key, first, n): (&str, Position, u64)) {
+    crate::tags::push_run(map, key, first, n);
 }
 
 /// The index: the index file (positions below its cut), the layer frozen for the next

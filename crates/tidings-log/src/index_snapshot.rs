@@ -273,6 +273,15 @@ impl IndexFile {
         Ok(Cow::Owned(buf))
     }
 
+    /// Reads `len` bytes at `at` with `pread`, never through the mapping: for the
+    /// sequential passes of merges and checks, so the pages they touch stay in the page
+    /// cache without counting as this process's resident memory.
+    fn read_owned(&self, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        read_exact_at(&*self.file, &mut buf, at)?;
+        Ok(buf)
+    }
+
     /// Where the frame holding `position` starts.
     pub fn loc(&self, position: Position) -> std::io::Result<Option<Loc>> {
         if position >= self.cut.covered {
@@ -285,7 +294,7 @@ impl IndexFile {
     /// Locations of `n` positions from `from` (all below the cut).
     pub fn locs(&self, from: Position, n: u64) -> std::io::Result<Vec<Loc>> {
         let n = n.min(self.cut.covered.saturating_sub(from));
-        let b = self.bytes(HEADER_LEN + from * 8, (n * 8) as usize)?;
+        let b = self.read_owned(HEADER_LEN + from * 8, (n * 8) as usize)?;
         Ok(b.chunks_exact(8).map(|c| Loc(le64(c))).collect())
     }
 
@@ -320,6 +329,17 @@ impl IndexFile {
         from: u64,
         n: u64,
     ) -> std::io::Result<Vec<Position>> {
+        self.list_via(table, rec, from, n, false)
+    }
+
+    fn list_via(
+        &self,
+        table: Table,
+        rec: &Record,
+        from: u64,
+        n: u64,
+        sequential: bool,
+    ) -> std::io::Result<Vec<Position>> {
         let n = n.min(rec.count.saturating_sub(from));
         if n == 0 {
             return Ok(Vec::new());
@@ -334,6 +354,13 @@ impl IndexFile {
             )
             .ok_or_else(|| invalid("list"))?;
         let len = usize::try_from(n * 8).map_err(|_| invalid("list too long"))?;
+        if sequential {
+            return Ok(self
+                .read_owned(at, len)?
+                .chunks_exact(8)
+                .map(le64)
+                .collect());
+        }
         let b = self.bytes(at, len)?;
         Ok(b.chunks_exact(8).map(le64).collect())
     }
@@ -426,7 +453,7 @@ impl IndexFile {
     /// Every id in fingerprint order, `COPY_ENTRIES` at a time.
     fn ids_chunk(&self, from: u64) -> std::io::Result<Vec<(u64, Position)>> {
         let n = COPY_ENTRIES.min(self.ids_count.saturating_sub(from));
-        let b = self.bytes(self.ids_at + from * 16, (n * 16) as usize)?;
+        let b = self.read_owned(self.ids_at + from * 16, (n * 16) as usize)?;
         Ok(b.chunks_exact(16)
             .map(|c| (le64(c), le64(&c[8..])))
             .collect())
@@ -469,7 +496,7 @@ impl IndexFile {
             let end = s.at + s.len;
             while at < end {
                 let n = (end - at).min(1 << 20);
-                let b = self.bytes(at, n as usize)?;
+                let b = self.read_owned(at, n as usize)?;
                 crc = crc32c::crc32c_append(crc, &b);
                 at += n;
             }
@@ -500,7 +527,7 @@ impl Records<'_> {
                 let Some(b) = t.blocks.get(self.block) else {
                     return Ok(None);
                 };
-                self.buf = self.file.bytes(b.at, b.len as usize)?.into_owned();
+                self.buf = self.file.read_owned(b.at, b.len as usize)?;
                 self.at = 0;
                 self.block += 1;
                 continue;
@@ -826,7 +853,7 @@ fn delta_keys(delta: &Delta, table: Table) -> Vec<DeltaKey<'_>> {
     v
 }
 
-fn map_keys(m: &std::collections::HashMap<Box<str>, Vec<Position>>) -> Vec<DeltaKey<'_>> {
+fn map_keys(m: &crate::tags::KeyMap) -> Vec<DeltaKey<'_>> {
     m.iter()
         .map(|(k, v)| DeltaKey {
             key: k,
@@ -943,7 +970,7 @@ pub fn write(
             if let (Some(o), Some(b)) = (&old, base) {
                 let mut from = 0;
                 while from < o.count {
-                    let part = b.list(table, o, from, COPY_ENTRIES)?;
+                    let part = b.list_via(table, o, from, COPY_ENTRIES, true)?;
                     if part.is_empty() {
                         return Err(invalid("a list ends early"));
                     }

@@ -11,35 +11,84 @@
 //! log's tail), persisted in the index snapshot's postings section.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use tidings_core::Position;
 use tidings_core::store::{Filter, category_of};
 
+/// A fast hash for the index's short string keys (types, categories, correlation ids),
+/// which the process itself chose or validated: a multiply-rotate over 8-byte words.
+/// Not resistant to chosen collisions; the keys' lengths are bounded by the store's
+/// limits, so a collision costs a longer probe, never a wrong answer.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xF135_7AEA_2E62_A9C5;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        self.0 = (h ^ bytes.len() as u64).rotate_left(20);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.0 = (self.0.rotate_left(26) ^ u64::from(n)).wrapping_mul(0xF135_7AEA_2E62_A9C5);
+    }
+}
+
+/// Positions by key (event type, category, correlation id).
+pub type KeyMap = HashMap<Box<str>, Vec<Position>, BuildHasherDefault<KeyHasher>>;
+
 /// Positions by event type and by stream category.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tags {
-    pub(crate) types: HashMap<Box<str>, Vec<Position>>,
-    pub(crate) categories: HashMap<Box<str>, Vec<Position>>,
+    pub(crate) types: KeyMap,
+    pub(crate) categories: KeyMap,
 }
 
-fn push(map: &mut HashMap<Box<str>, Vec<Position>>, key: &str, position: Position) {
+/// Adds positions `first..first + n` (after the key's earlier ones) under `key`.
+pub(crate) fn push_run(map: &mut KeyMap, key: &str, first: Position, n: u64) {
     match map.get_mut(key) {
         Some(v) => {
-            if v.last().is_none_or(|&l| l < position) {
-                v.push(position);
-            }
+            let from = v.last().map_or(first, |&l| first.max(l + 1));
+            v.extend(from..first + n);
         }
         None => {
-            map.insert(key.into(), vec![position]);
+            map.insert(key.into(), (first..first + n).collect());
         }
     }
 }
 
 impl Tags {
     /// Records the event at `position`, of `event_type`, in `stream`.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, stream: &str, event_type: &str, position: Position) {
-        push(&mut self.types, event_type, position);
-        push(&mut self.categories, category_of(stream), position);
+        push_run(&mut self.types, event_type, position, 1);
+        push_run(&mut self.categories, category_of(stream), position, 1);
+    }
+
+    /// Records a frame of `stream` at positions `first..first + n` (its events' types
+    /// are recorded by [`Self::add_type_run`]).
+    pub(crate) fn add_frame_category(&mut self, stream: &str, first: Position, n: u64) {
+        push_run(&mut self.categories, category_of(stream), first, n);
+    }
+
+    /// Records `n` events of `event_type` from `first`.
+    pub(crate) fn add_type_run(&mut self, event_type: &str, first: Position, n: u64) {
+        push_run(&mut self.types, event_type, first, n);
     }
 
     /// Positions of `event_type`, ascending.

@@ -1,7 +1,6 @@
 //! `verify`: checks every frame's checksum and the index snapshot against the log,
 //! without changing anything.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tidings_core::{Clock, Position, SystemClock};
@@ -189,7 +188,7 @@ fn differences(ck: &IndexFile, log: &LogIndex) -> std::io::Result<Option<IndexCh
 }
 
 fn sorted(
-    m: &HashMap<Box<str>, Vec<Position>>,
+    m: &crate::tags::KeyMap,
     covered: impl Fn(&[Position]) -> Vec<Position>,
 ) -> Vec<(&str, Option<i64>, Vec<Position>)> {
     let mut v: Vec<_> = m.iter().map(|(k, ps)| (&**k, None, covered(ps))).collect();

@@ -734,7 +734,19 @@ pub(super) async fn at_scale(target: &Target, template: &Event) -> anyhow::Resul
             target.root().display()
         );
     }
-    let per_writer = events / 80;
+    // `memory` wrote streams order-{w}-{i:07}, w < 8, 10 events each; later runs of this
+    // workload added others. Find how many per writer.
+    let (mut lo, mut hi) = (0u64, events / 80 + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let s = StreamId::new(&format!("order-0-{mid:07}"))?;
+        if store.stream_version(&s).await?.is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let per_writer = lo + 1;
     let mut rows = vec![
         Row::new("reopen", target, events, 1, 1, open_secs, events as f64 / open_secs, &[]).with(
             |r| {
@@ -795,7 +807,7 @@ pub(super) async fn at_scale(target: &Target, template: &Event) -> anyhow::Resul
         ("append-concurrent", 200_000, 64, 1),
         ("append-batch", 2_000_000, 8, 100),
     ] {
-        set_salt(&format!("scale-{name}-"));
+        set_salt(&format!("scale{}-{name}-", std::process::id()));
         let row = appends(&store, template, name, n, writers, batch).await?;
         rows.push(row.with(|r| r.note = Some(format!("on the store of {events} events"))));
     }

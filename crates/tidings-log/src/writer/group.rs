@@ -79,7 +79,7 @@ pub(super) struct Pending {
     pub first: Position,
     pub frames: Vec<PendingFrame>,
     /// The streams' heads after this group.
-    heads: HashMap<StreamId, Revision>,
+    heads: HashMap<StreamId, Revision, std::hash::BuildHasherDefault<crate::tags::KeyHasher>>,
     /// Ids of the group's events, by fingerprint: (frame, event) to confirm against.
     ids: FpMap<(u32, u32)>,
 }
@@ -216,7 +216,7 @@ impl Writer {
             pending: Pending {
                 first: self.next,
                 frames: Vec::with_capacity(appends.len()),
-                heads: HashMap::with_capacity(appends.len()),
+                heads: HashMap::with_capacity_and_hasher(appends.len(), Default::default()),
                 ids: FpMap::with_capacity_and_hasher(events, Default::default()),
             },
             waiting: Vec::with_capacity(appends.len()),
