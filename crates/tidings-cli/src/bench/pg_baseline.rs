@@ -58,6 +58,7 @@ pub(super) async fn run(
     let data = template.data.as_str().to_owned();
     let per_writer = (n / writers as u64).max(1);
     let pb = bar(per_writer * writers as u64, "pg-insert-baseline");
+    let cpu_before = super::disk::cpu_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -90,6 +91,7 @@ pub(super) async fn run(
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = super::disk::cpu_seconds() - cpu_before;
     pb.finish_and_clear();
     let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE"
@@ -113,6 +115,7 @@ pub(super) async fn run(
         &lat,
     )
     .with(|r| {
+        r.cpu_us_per_event = Some(cpu * 1e6 / events.max(1) as f64);
         r.note = Some(
             "plain single-row INSERT (autocommit) into a table with unique (stream, revision) \
              and unique event id, same clients: the ceiling for append-concurrent"
