@@ -590,7 +590,7 @@ impl LogIndex {
 
     /// Up to `n` candidate positions at or after `from` for `filter`, ascending: those of
     /// its types (any) that are also of its categories (any). The stream prefix is not
-    /// checked here. Call only when [`crate::tags::Tags::indexes`] holds.
+    /// checked here. Call only for a filter that names types or categories.
     pub fn tag_candidates(
         &self,
         filter: &tidings_core::Filter,
