@@ -590,7 +590,7 @@ impl LogIndex {
 
     /// Up to `n` candidate positions at or after `from` for `filter`, ascending: those of
     /// its types (any) that are also of its categories (any). The stream prefix is not
-    /// checked here. Call only when [`crate::tags::Tags::indexes`] holds.
+    /// checked here. Call only for a filter that names types or categories.
     pub fn tag_candidates(
         &self,
         filter: &tidings_core::Filter,
@@ -651,7 +651,12 @@ impl LogIndex {
     /// earlier frozen layer was never installed (its file failed), which is taken along.
     pub(crate) fn freeze(&mut self) -> Arc<Delta> {
         let next = self.next_position();
-        let recent = std::mem::replace(&mut self.recent, Delta::new(next));
+        // The next layer starts at this one's capacity: it grows to about the same size,
+        // without rehashing its way there on the write path.
+        let mut fresh = Delta::new(next);
+        fresh.ids = FpMap::with_capacity_and_hasher(self.recent.ids.capacity(), Default::default());
+        fresh.locs = Vec::with_capacity(self.recent.locs.capacity());
+        let recent = std::mem::replace(&mut self.recent, fresh);
         let frozen = match self.frozen.take() {
             None => recent,
             Some(older) => {
