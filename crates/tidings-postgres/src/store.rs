@@ -144,11 +144,7 @@ impl PgStore {
         // timeouts: a lock held elsewhere fails an append instead of stalling it forever.
         let deadlines = options.deadlines;
         // No ping before each use: an append is one round trip, and a broken connection
-        // fails it like any lost connection (outcome unknown, retry is safe). Custom
-        // plans: a generic plan made while the store's tables were nearly empty (a seq
-        // scan of tidings_events for the id check) would be kept by the append procedure
-        // until the tables are next analyzed, each append slower than the last
-        // (decision 0020).
+        // fails it like any lost connection (outcome unknown, retry is safe).
         let writer_pool = PgPoolOptions::new()
             .max_connections(2)
             .min_connections(0)
@@ -157,10 +153,10 @@ impl PgStore {
             .connect_lazy_with(options.connect_options("writer")?.options([
                 ("lock_timeout", millis(deadlines.lock)),
                 ("statement_timeout", millis(deadlines.statement)),
-                ("plan_cache_mode", "force_custom_plan".to_owned()),
             ]));
         let writer = writer::spawn(
             writer_pool.clone(),
+            pool.clone(),
             deadlines,
             channel,
             Arc::clone(&head),

@@ -24,6 +24,9 @@ use crate::options::Deadlines;
 pub(crate) const MAX_BATCH: usize = 64;
 /// Appends waiting for the writer before `append` itself waits.
 const QUEUE: usize = 1024;
+/// Events appended by this writer after which it analyzes the tables appends read by key
+/// (`analyze_tables.sql`): plans cached while they were nearly empty are made again.
+const ANALYZE_AFTER: [u64; 2] = [1_000, 10_000];
 
 /// An append and where its answer goes.
 pub(crate) struct Request {
@@ -36,21 +39,24 @@ pub(crate) struct Request {
 pub(crate) type Queue = mpsc::Sender<Request>;
 
 /// Starts the writer on `pool`, whose connections carry `deadlines` as `lock_timeout`
-/// and `statement_timeout`; it ends when every sender is gone.
+/// and `statement_timeout` (`maintenance`, the store's main pool, runs its `ANALYZE`s);
+/// it ends when every sender is gone.
 pub(crate) fn spawn(
     pool: PgPool,
+    maintenance: PgPool,
     deadlines: Deadlines,
     channel: String,
     head: HeadSender,
     limits: Limits,
 ) -> Queue {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, deadlines, channel, head, limits, rx));
+    tokio::spawn(run(pool, maintenance, deadlines, channel, head, limits, rx));
     tx
 }
 
 async fn run(
     pool: PgPool,
+    maintenance: PgPool,
     deadlines: Deadlines,
     channel: String,
     head: HeadSender,
@@ -58,6 +64,7 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
 ) {
     let mut held: Option<Request> = None;
+    let mut appended = 0u64;
     loop {
         let first = match held.take() {
             Some(r) => r,
@@ -93,9 +100,30 @@ async fn run(
         if let Some(visible) = outcome.horizon.and_then(|h| h.checked_sub(1)) {
             advance(&head, visible);
         }
+        let before = appended;
+        appended += outcome
+            .answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .map(|r| r.position - r.first_position + 1)
+            .sum::<u64>();
+        if ANALYZE_AFTER.iter().any(|&n| before < n && appended >= n) {
+            tokio::spawn(analyze(maintenance.clone()));
+        }
         for (reply, answer) in replies.into_iter().zip(outcome.answers) {
             // The caller may have stopped waiting; its append stands all the same.
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// Refreshes the statistics of the tables appends read by key, so that every session
+/// plans its statements again (a plan from a nearly empty table would scan it whole).
+async fn analyze(pool: PgPool) {
+    if let Err(e) = sqlx::query(include_str!("../sql/queries/analyze_tables.sql"))
+        .execute(&pool)
+        .await
+    {
+        tracing::warn!(error = %e, "analyzing the event tables failed; autovacuum will");
     }
 }
