@@ -232,3 +232,70 @@ async fn lone_appends_race_across_handles() {
         .await
         .unwrap_or_else(|e| panic!("drop schema: {e}"));
 }
+
+/// Creators racing on new streams from separate handles (the one-call path: the stream
+/// row is inserted with `ON CONFLICT DO NOTHING`, and the loser declines to the full
+/// transaction): exactly one `NoStream` append wins each stream, every other one is
+/// refused with the winner's version, and no claim is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creators_race_on_new_streams_one_wins() {
+    let Some(url) = database("creators_race_on_new_streams_one_wins").await else {
+        return;
+    };
+    let schema = common::fresh_schema();
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(common::store_in(&url, &schema).await);
+    }
+    const STREAMS: usize = 20;
+    let mut tasks = Vec::new();
+    for (w, h) in handles.iter().cloned().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for i in 0..STREAMS {
+                let s = tidings_testkit::conformance::stream(&format!("new-{i}"));
+                let e = tidings_testkit::conformance::event("Created", serde_json::json!([w, i]));
+                match h
+                    .append(&s, ExpectedVersion::NoStream, vec![e.clone()])
+                    .await
+                {
+                    Ok(r) => won.push((i, r.position, e.event_id)),
+                    Err(StoreError::WrongExpectedVersion {
+                        actual: Some(0), ..
+                    }) => {}
+                    Err(other) => panic!("creator {w}, stream {i}: {other}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        won.extend(t.await.unwrap_or_else(|e| panic!("creator task: {e}")));
+    }
+    won.sort();
+    assert_eq!(
+        won.iter().map(|(i, _, _)| *i).collect::<Vec<_>>(),
+        (0..STREAMS).collect::<Vec<_>>(),
+        "exactly one creator wins each stream"
+    );
+    for (i, position, id) in &won {
+        let s = tidings_testkit::conformance::stream(&format!("new-{i}"));
+        let events = handles[0]
+            .read_stream(&s, ReadStream::forward())
+            .await
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        assert_eq!(events.len(), 1, "stream new-{i} holds the winner only");
+        assert_eq!((events[0].position, events[0].event_id), (*position, *id));
+    }
+    let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
+        .fetch_one(handles[0].pool())
+        .await
+        .unwrap_or_else(|e| panic!("count claims: {e}"));
+    assert_eq!(claims, 0, "every claim was written or released");
+    let last = handles.pop().unwrap_or_else(|| panic!("no handles"));
+    drop(handles);
+    last.drop_schema()
+        .await
+        .unwrap_or_else(|e| panic!("drop schema: {e}"));
+}
