@@ -6,7 +6,10 @@
 //! `tidings_testkit::conformance`:
 //!
 //! - Stream revisions count from 0; a stream's version is the revision of its last event.
-//! - Global positions count from 0 and are strictly increasing in commit order, with no gaps.
+//! - Global positions are strictly increasing, and a reader never sees a position after
+//!   one that is not visible yet. The embedded and in-memory stores count from 0 with no
+//!   gaps; PostgreSQL may leave gaps where an append was refused or failed (the
+//!   conformance suite's `gap_free_positions` capability; decision 0020).
 //! - An append of many events is atomic and contiguous in the global log.
 //! - Re-appending the same event ids with the same expected version is idempotent.
 
