@@ -135,6 +135,20 @@ pub(crate) fn write_now(
     ix: &mut LogIndex,
     end_offset: u64,
 ) -> Result<(), LogError> {
+    let (cut, frozen) = freeze_at_cut(ix, end_offset, dir)?;
+    let file = index_snapshot::write(storage, dir, cut, ix.base.as_deref(), &frozen)
+        .map_err(LogError::io("writing the index file in", dir))?;
+    drop(ix.install(Arc::new(file), &frozen));
+    Ok(())
+}
+
+/// Takes the cut of `ix` (its last segment's data ending at `end_offset`) and freezes
+/// its recent layer for a file covering up to it.
+fn freeze_at_cut(
+    ix: &mut LogIndex,
+    end_offset: u64,
+    dir: &Path,
+) -> Result<(Cut, Arc<Delta>), LogError> {
     let last_crc = last_frame_crc(ix).map_err(LogError::io("reading the last frame in", dir))?;
     let segments = ix
         .segments
@@ -148,10 +162,7 @@ pub(crate) fn write_now(
         last_crc,
         segments,
     };
-    let file = index_snapshot::write(storage, dir, cut, ix.base.as_deref(), &frozen)
-        .map_err(LogError::io("writing the index file in", dir))?;
-    drop(ix.install(Arc::new(file), &frozen));
-    Ok(())
+    Ok((cut, frozen))
 }
 
 /// A snapshot to write: the cut, the file it extends and the layer frozen for it.
@@ -168,21 +179,9 @@ fn cut(shared: &Shared) -> Result<Job, LogError> {
         let mut ix = shared.write_index();
         let replaced = shared.snapshots.install(&mut ix);
         let end_offset = ix.segments.last().map_or(HEADER_LEN, |s| s.data_end);
-        let last_crc =
-            last_frame_crc(&ix).map_err(LogError::io("reading the last frame in", &shared.dir))?;
-        let segments = ix
-            .segments
-            .iter()
-            .map(|s| (s.first_position, s.data_end))
-            .collect();
-        let frozen = ix.freeze();
+        let (cut, frozen) = freeze_at_cut(&mut ix, end_offset, &shared.dir)?;
         let job = Job {
-            cut: Cut {
-                covered: frozen.next(),
-                end_offset,
-                last_crc,
-                segments,
-            },
+            cut,
             base: ix.base.clone(),
             frozen,
         };

@@ -202,22 +202,9 @@ pub(crate) fn recover(
             Ok(()) => {
                 let last = ck.cut().segments.len() - 1;
                 let end = ck.cut().end_offset;
+                let segments = cut_segments(&ck);
                 let mut index = LogIndex::with_base(Arc::new(ck));
-                index.segments = index
-                    .base()
-                    .map(|b| {
-                        b.cut()
-                            .segments
-                            .iter()
-                            .map(|&(first_position, data_end)| SegmentEntry {
-                                first_position,
-                                data_end,
-                                path: PathBuf::new(),
-                                file: None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                index.segments = segments;
                 (index, last, end, IndexSource::Snapshot)
             }
             Err(why) => (
@@ -563,10 +550,9 @@ fn read_segment(
     })
 }
 
-/// Checks a snapshot against the segments on disk.
-fn fits(ck: &IndexFile, segs: &[(Position, PathBuf, Arc<dyn StorageFile>)]) -> Result<(), Unfit> {
-    let cs: Vec<SegmentEntry> = ck
-        .cut()
+/// The segments an index file's cut lists, not yet opened.
+fn cut_segments(ck: &IndexFile) -> Vec<SegmentEntry> {
+    ck.cut()
         .segments
         .iter()
         .map(|&(first_position, data_end)| SegmentEntry {
@@ -575,7 +561,12 @@ fn fits(ck: &IndexFile, segs: &[(Position, PathBuf, Arc<dyn StorageFile>)]) -> R
             path: PathBuf::new(),
             file: None,
         })
-        .collect();
+        .collect()
+}
+
+/// Checks a snapshot against the segments on disk.
+fn fits(ck: &IndexFile, segs: &[(Position, PathBuf, Arc<dyn StorageFile>)]) -> Result<(), Unfit> {
+    let cs = cut_segments(ck);
     if cs.is_empty() || cs.len() > segs.len() {
         return Err(Unfit::SegmentCount {
             listed: cs.len(),
