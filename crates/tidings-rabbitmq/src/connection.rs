@@ -2,6 +2,7 @@
 //! reopened after it drops, with exponential backoff and jitter between attempts.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,14 +121,61 @@ impl Inner {
         }
     }
 
+    /// Runs one exchange with the broker within the request timeout. Past it, the
+    /// connection is dropped (the next call opens a new one) and the call fails with
+    /// [`RabbitError::Timeout`]: lost frames or a half-open socket never hold a caller.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        request: impl Future<Output = Result<T, RabbitError>>,
+    ) -> Result<T, RabbitError> {
+        let after = self.config.request_timeout;
+        match tokio::time::timeout(after, request).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(exchange = %self.config.exchange, what, ?after,
+                    "RabbitMQ did not answer in time; dropping the connection");
+                self.drop_connection().await;
+                Err(RabbitError::Timeout { what, after })
+            }
+        }
+    }
+
+    /// Forgets the live connection so that the next call reconnects; the old one is
+    /// closed in the background (its io loop ends when the socket does).
+    async fn drop_connection(&self) {
+        let old = self.state.lock().await.live.take();
+        if let Some(old) = old
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let after = self.config.request_timeout;
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(
+                    after,
+                    old.connection.close(200, "request timed out".into()),
+                )
+                .await;
+            });
+        }
+    }
+
     /// Closes the connection; the transport does not reconnect afterwards.
     pub(crate) async fn close(&self) -> Result<(), RabbitError> {
-        let mut s = self.state.lock().await;
-        s.closed = true;
-        match s.live.take() {
+        let live = {
+            let mut s = self.state.lock().await;
+            s.closed = true;
+            s.live.take()
+        };
+        match live {
             Some(live) if live.connection.status().connected() => {
-                live.connection.close(200, "bye".into()).await?;
-                Ok(())
+                let after = self.config.request_timeout;
+                match tokio::time::timeout(after, live.connection.close(200, "bye".into())).await {
+                    Ok(closed) => Ok(closed?),
+                    Err(_) => Err(RabbitError::Timeout {
+                        what: "closing the connection",
+                        after,
+                    }),
+                }
             }
             _ => Ok(()),
         }

@@ -104,19 +104,23 @@ async fn publish_to_queue(
     properties: BasicProperties,
 ) -> Result<(), RabbitError> {
     let live = inner.live().await?;
-    let confirm = live
-        .publisher
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            body,
-            properties.with_delivery_mode(2),
-        )
-        .await?
+    let confirm = inner
+        .bounded("a dead letter's confirm", async {
+            Ok(live
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    properties.with_delivery_mode(2),
+                )
+                .await?
+                .await?)
+        })
         .await?;
     match confirm {
         Confirmation::Ack(None) => Ok(()),
@@ -141,29 +145,46 @@ pub(crate) struct RabbitSettle {
 
 /// An ack, nack or reject's outcome: lapin answers `false` without sending anything when
 /// the delivery's channel is gone, in which case the broker delivers the message again.
-fn settled(outcome: Result<bool, lapin::Error>) -> Result<(), BoxError> {
+fn settled(outcome: Result<bool, lapin::Error>) -> Result<(), RabbitError> {
     match outcome {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Box::new(RabbitError::ChannelGone)),
-        Err(e) => Err(Box::new(RabbitError::from(e))),
+        Ok(false) => Err(RabbitError::ChannelGone),
+        Err(e) => Err(RabbitError::from(e)),
     }
+}
+
+/// A settlement within the request timeout.
+async fn settle_within(
+    inner: &Inner,
+    what: &'static str,
+    settlement: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Result<(), BoxError> {
+    inner
+        .bounded(what, async { settled(settlement.await) })
+        .await
+        .map_err(|e| Box::new(e) as BoxError)
 }
 
 impl Settle for RabbitSettle {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
-        async move { settled(self.acker.ack(BasicAckOptions::default()).await) }.boxed()
+        async move {
+            let inner = &self.received.inner;
+            settle_within(inner, "an ack", self.acker.ack(BasicAckOptions::default())).await
+        }
+        .boxed()
     }
 
     fn nack(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), BoxError>> {
-        let requeue = |acker: Acker| async move {
+        let requeue = |acker: Acker, inner: Arc<Inner>| async move {
             let requeue = BasicNackOptions {
                 multiple: false,
                 requeue: true,
             };
-            settled(acker.nack(requeue).await)
+            settle_within(&inner, "a nack", acker.nack(requeue)).await
         };
+        let inner = self.received.inner.clone();
         if delay.is_zero() {
-            return requeue(self.acker).boxed();
+            return requeue(self.acker, inner).boxed();
         }
         // RabbitMQ has no delayed requeue without a plugin: hold the message unacked for
         // the delay (it stays counted against the prefetch), then requeue it.
@@ -171,7 +192,7 @@ impl Settle for RabbitSettle {
         tokio::spawn(
             async move {
                 tokio::time::sleep(delay).await;
-                if let Err(e) = requeue(acker).await {
+                if let Err(e) = requeue(acker, inner).await {
                     tracing::warn!(error = %e, "delayed nack failed; the message comes back when the channel closes");
                 }
             }
@@ -182,11 +203,8 @@ impl Settle for RabbitSettle {
 
     fn reject(self: Box<Self>) -> BoxFuture<'static, Result<(), BoxError>> {
         async move {
-            settled(
-                self.acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await,
-            )
+            let reject = self.acker.reject(BasicRejectOptions { requeue: false });
+            settle_within(&self.received.inner, "a reject", reject).await
         }
         .boxed()
     }
@@ -203,7 +221,8 @@ impl Settle for RabbitSettle {
                 .publish_dead(&reason)
                 .await
                 .map_err(|e| Box::new(e) as BoxError)?;
-            settled(self.acker.ack(BasicAckOptions::default()).await)
+            let inner = &self.received.inner;
+            settle_within(inner, "an ack", self.acker.ack(BasicAckOptions::default())).await
         }
         .boxed()
     }
@@ -216,13 +235,15 @@ pub(crate) fn dead_letter_undecodable(acker: Acker, received: Received, reason: 
         async move {
             match received.publish_dead(&reason).await {
                 Ok(()) => {
-                    if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                    let ack = acker.ack(BasicAckOptions::default());
+                    if let Err(e) = settle_within(&received.inner, "an ack", ack).await {
                         tracing::warn!(error = %e, "acking a dead-lettered undecodable message failed");
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "dead-lettering an undecodable message failed; rejecting it");
-                    if let Err(e) = acker.reject(BasicRejectOptions { requeue: false }).await {
+                    let reject = acker.reject(BasicRejectOptions { requeue: false });
+                    if let Err(e) = settle_within(&received.inner, "a reject", reject).await {
                         tracing::warn!(error = %e, "rejecting an undecodable message failed");
                     }
                 }
@@ -245,33 +266,37 @@ impl Scan {
     async fn open(inner: &Inner, group: &str) -> Result<Option<Self>, RabbitError> {
         let queue = dead_queue_name(&inner.config.exchange, group);
         let live = inner.live().await?;
-        let channel = live.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+        inner
+            .bounded("opening a dead-letter scan", async {
+                let channel = live.connection.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                match channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(_) => Ok(Some(Self {
+                        channel,
+                        queue,
+                        held: Vec::new(),
+                    })),
+                    Err(e) if crate::amqp_code(&e) == Some(404) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            })
             .await
-        {
-            Ok(_) => Ok(Some(Self {
-                channel,
-                queue,
-                held: Vec::new(),
-            })),
-            Err(e) if crate::amqp_code(&e) == Some(404) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The next message (held), or `None` at the end of the queue.
-    async fn next(&mut self) -> Result<Option<&Delivery>, RabbitError> {
-        let got = self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
+    async fn next(&mut self, inner: &Inner) -> Result<Option<&Delivery>, RabbitError> {
+        let get = self.channel.basic_get(
+            self.queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        );
+        let got = inner
+            .bounded("a dead-letter scan's get", async { Ok(get.await?) })
             .await?;
         Ok(match got {
             Some(m) => {
@@ -283,9 +308,10 @@ impl Scan {
     }
 
     /// Acks held message `tag`: it leaves the queue.
-    async fn remove(&mut self, tag: u64) -> Result<(), RabbitError> {
-        self.channel
-            .basic_ack(tag, BasicAckOptions::default())
+    async fn remove(&mut self, inner: &Inner, tag: u64) -> Result<(), RabbitError> {
+        let ack = self.channel.basic_ack(tag, BasicAckOptions::default());
+        inner
+            .bounded("removing a dead letter", async { Ok(ack.await?) })
             .await?;
         self.held.retain(|d| d.delivery_tag != tag);
         Ok(())
@@ -294,17 +320,21 @@ impl Scan {
     /// Requeues every held message (classic queues put them back where they were) and
     /// closes the channel. Were this to fail, closing or losing the channel requeues
     /// them too.
-    async fn release(self) {
+    async fn release(self, inner: &Inner) {
         if let Some(last) = self.held.iter().map(|d| d.delivery_tag).max() {
             let requeue = BasicNackOptions {
                 multiple: true,
                 requeue: true,
             };
-            if let Err(e) = self.channel.basic_nack(last, requeue).await {
+            let nack = self.channel.basic_nack(last, requeue);
+            let nack = inner.bounded("requeueing scanned dead letters", async { Ok(nack.await?) });
+            if let Err(e) = nack.await {
                 tracing::warn!(error = %e, "requeueing scanned dead letters failed");
             }
         }
-        if let Err(e) = self.channel.close(200, "scan done".into()).await {
+        let close = self.channel.close(200, "scan done".into());
+        let close = inner.bounded("closing a dead-letter scan", async { Ok(close.await?) });
+        if let Err(e) = close.await {
             tracing::debug!(error = %e, "closing a dead-letter scan channel");
         }
     }
@@ -491,11 +521,13 @@ impl RabbitTransport {
         let mut outcome = None;
         let result = async {
             while listed.len() < limit {
-                let Some(d) = scan.next().await? else { break };
+                let Some(d) = scan.next(&self.inner).await? else {
+                    break;
+                };
                 if found(d) {
                     let tag = d.delivery_tag;
                     outcome = Some(on_found(self, d).await?);
-                    scan.remove(tag).await?;
+                    scan.remove(&self.inner, tag).await?;
                     break;
                 }
                 listed.push(to_dead_letter(group, d));
@@ -503,7 +535,7 @@ impl RabbitTransport {
             Ok::<_, RabbitError>(())
         }
         .await;
-        scan.release().await;
+        scan.release(&self.inner).await;
         result.map(|()| (listed, outcome))
     }
 }

@@ -93,6 +93,11 @@
 //!   broker, and its message is then delivered again (consumers deduplicate).
 //! - [`RabbitTransport::connect`] does not retry: a broker that is down at start is
 //!   [`TransportError::Connect`], within the connect timeout.
+//! - No call waits forever on a connection that went quiet (a half-open socket, lost
+//!   frames): a publish and its confirm, a settlement, starting a subscription, a
+//!   dead-letter scan and closing each have [`RabbitConfig::request_timeout`]. Past it
+//!   the call fails with [`RabbitError::Timeout`] and the connection is dropped, so the
+//!   next call reconnects.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tidings_core::TransportError> {
@@ -145,6 +150,7 @@ pub struct RabbitConfig {
     prefetch: u16,
     dead_letter_exchange: Option<String>,
     connect_timeout: Duration,
+    request_timeout: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
 }
@@ -152,7 +158,8 @@ pub struct RabbitConfig {
 impl RabbitConfig {
     /// The broker at `url` (`amqp://user:pass@host:5672/%2f`), exchange `tidings`,
     /// prefetch 32 per subscriber, rejects dead-lettered to each group's dead-letter
-    /// queue, a 5 s connect timeout, reconnect backoff from 200 ms to 30 s.
+    /// queue, a 5 s connect timeout, a 30 s request timeout, reconnect backoff from
+    /// 200 ms to 30 s.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -160,6 +167,7 @@ impl RabbitConfig {
             prefetch: 32,
             dead_letter_exchange: None,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
         }
@@ -190,6 +198,18 @@ impl RabbitConfig {
     /// How long to wait for the broker when connecting (and reconnecting).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one exchange with the broker may take: a publish and its confirm, a
+    /// settlement, declaring a subscription's queues, a dead-letter scan's step, closing.
+    /// Past it the call fails with [`RabbitError::Timeout`] and the connection is
+    /// dropped, so that the next call opens a new one: a half-open connection never
+    /// holds a caller forever. A publish that timed out may still have reached the
+    /// broker; retrying it with the same event id is safe for consumers that
+    /// deduplicate (see the crate documentation on duplicates).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -255,6 +275,15 @@ pub enum RabbitError {
     /// away): it cannot be settled any more, and the broker delivers it again.
     #[error("the delivery's channel is closed; the broker delivers the message again")]
     ChannelGone,
+    /// The broker did not answer within the request timeout; the connection was
+    /// dropped. For a publish, the message may or may not have been kept.
+    #[error("RabbitMQ did not answer {what} within {after:?}; the connection was dropped")]
+    Timeout {
+        /// The request that got no answer.
+        what: &'static str,
+        /// The request timeout.
+        after: Duration,
+    },
     /// The channel was not in confirm mode.
     #[error("publisher confirms are not enabled")]
     NotConfirmed,
@@ -338,20 +367,23 @@ impl RabbitTransport {
             .cloned()
             .collect();
         let live = self.inner.live().await.map_err(|e| self.connect_error(e))?;
-        for q in queues {
-            live.publisher
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(|e| self.connect_error(e.into()))?;
-        }
-        live.publisher
-            .exchange_delete(
-                self.inner.config.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
+        self.inner
+            .bounded("deleting the topology", async {
+                for q in queues {
+                    live.publisher
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await?;
+                }
+                live.publisher
+                    .exchange_delete(
+                        self.inner.config.exchange.as_str().into(),
+                        ExchangeDeleteOptions::default(),
+                    )
+                    .await?;
+                Ok(())
+            })
             .await
-            .map_err(|e| self.connect_error(e.into()))?;
-        Ok(())
+            .map_err(|e| self.connect_error(e))
     }
 
     /// Closes the connection; the transport does not reconnect afterwards.
@@ -386,8 +418,21 @@ async fn start_consumer(
     inner: &Inner,
     subscription: &Subscription,
 ) -> Result<(Consumer, ChannelGuard), RabbitError> {
-    let config = &inner.config;
     let live = inner.live().await?;
+    inner
+        .bounded(
+            "starting a subscription",
+            declare_and_consume(inner, &live, subscription),
+        )
+        .await
+}
+
+async fn declare_and_consume(
+    inner: &Inner,
+    live: &connection::Live,
+    subscription: &Subscription,
+) -> Result<(Consumer, ChannelGuard), RabbitError> {
+    let config = &inner.config;
     let channel = live.connection.create_channel().await?;
     let guard = ChannelGuard(channel.clone());
     channel
@@ -579,20 +624,23 @@ impl Transport for RabbitTransport {
                 .with_delivery_mode(2)
                 .with_headers(headers);
             let live = self.inner.live().await.map_err(|e| failed(Box::new(e)))?;
-            let amqp = |e: lapin::Error| failed(Box::new(RabbitError::from(e)));
-            let confirm = live
-                .publisher
-                .basic_publish(
-                    self.inner.config.exchange.as_str().into(),
-                    message.topic.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &w.body,
-                    properties,
-                )
+            let confirm = self
+                .inner
+                .bounded("a publish's confirm", async {
+                    Ok(live
+                        .publisher
+                        .basic_publish(
+                            self.inner.config.exchange.as_str().into(),
+                            message.topic.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &w.body,
+                            properties,
+                        )
+                        .await?
+                        .await?)
+                })
                 .await
-                .map_err(amqp)?
-                .await
-                .map_err(amqp)?;
+                .map_err(|e| failed(Box::new(e)))?;
             match confirm {
                 Confirmation::Ack(_) => Ok(()),
                 Confirmation::Nack(_) => Err(failed(Box::new(RabbitError::Nacked))),

@@ -31,6 +31,7 @@ fn config(url: &str) -> RabbitConfig {
         .exchange(unique("reliability"))
         .prefetch(8)
         .connect_timeout(Duration::from_secs(3))
+        .request_timeout(Duration::from_secs(10))
 }
 
 /// A transport on the broker, or `None` after skipping.
@@ -405,8 +406,11 @@ async fn a_dropped_connection_is_reopened_and_subscriptions_resume() {
         .await
         .expect("a publish during the outage hung");
         assert!(matches!(r, Err(TransportError::Publish { .. })), "{r:?}");
+        let r = tokio::time::timeout(STALL, unacked.ack())
+            .await
+            .expect("an ack during the outage hung");
         assert!(
-            unacked.ack().await.is_err(),
+            r.is_err(),
             "a delivery from the dropped channel cannot be acked"
         );
 
@@ -414,7 +418,11 @@ async fn a_dropped_connection_is_reopened_and_subscriptions_resume() {
         let after = event("After", serde_json::json!({}));
         let deadline = tokio::time::Instant::now() + STALL;
         loop {
-            match t.publish(Message::new(&topic, after.clone())).await {
+            let publish = t.publish(Message::new(&topic, after.clone()));
+            match tokio::time::timeout(STALL, publish)
+                .await
+                .expect("a publish after the restore hung")
+            {
                 Ok(()) => break,
                 Err(TransportError::Publish { .. }) => {
                     assert!(
@@ -438,7 +446,10 @@ async fn a_dropped_connection_is_reopened_and_subscriptions_resume() {
                 assert!(d.is_redelivery(), "the held message is a redelivery");
             }
             seen.push(d.event().event_id);
-            d.ack().await.unwrap();
+            tokio::time::timeout(STALL, d.ack())
+                .await
+                .expect("an ack after the restore hung")
+                .unwrap();
         }
         assert!(
             seen.contains(&held.event_id),
