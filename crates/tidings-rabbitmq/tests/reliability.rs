@@ -17,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tidings::transport::{
     BrokerMessages, DeadLetter, DeadLetters, Message, Subscription, Transport, TransportError,
 };
-use tidings_rabbitmq::{RabbitConfig, RabbitTransport, UNDECODABLE_EVENT_TYPE};
+use tidings_rabbitmq::{RabbitConfig, RabbitError, RabbitTransport, UNDECODABLE_EVENT_TYPE};
 use tidings_testkit::transport_conformance::{STALL, event, next, unique};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -273,6 +273,8 @@ async fn a_broker_down_at_start_is_a_connect_error() {
 struct Proxy {
     port: u16,
     refusing: Arc<AtomicBool>,
+    /// Wakes the open links to stop forwarding while keeping their sockets open.
+    silence: Arc<tokio::sync::Notify>,
     links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -282,9 +284,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let refusing = Arc::new(AtomicBool::new(false));
+        let silence = Arc::new(tokio::sync::Notify::new());
         let links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let refusing = refusing.clone();
+            let silence = silence.clone();
             let links = links.clone();
             async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
@@ -293,10 +297,18 @@ impl Proxy {
                         continue;
                     }
                     let target = target.clone();
+                    let silence = silence.clone();
                     let link = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let silenced = tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                                _ = silence.notified() => true,
+                            };
+                            if silenced {
+                                // A half-open connection: both sockets stay open, nothing
+                                // passes, until the link is cut.
+                                std::future::pending::<()>().await;
+                            }
                         }
                     });
                     links.lock().unwrap().push(link);
@@ -306,6 +318,7 @@ impl Proxy {
         Self {
             port,
             refusing,
+            silence,
             links,
             accept,
         }
@@ -316,6 +329,12 @@ impl Proxy {
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
         }
+    }
+
+    /// The open links stop forwarding but stay open, like a peer that went quiet; new
+    /// connections pass.
+    fn silence(&self) {
+        self.silence.notify_waiters();
     }
 
     fn restore(&self) {
@@ -465,4 +484,49 @@ async fn a_dropped_connection_is_reopened_and_subscriptions_resume() {
     })
     .await;
     let _ = t.close().await;
+}
+
+#[tokio::test]
+async fn a_connection_gone_quiet_fails_requests_within_the_request_timeout() {
+    let Some((url, direct)) = transport("a_connection_gone_quiet").await else {
+        return;
+    };
+    let proxy = Proxy::start(through_proxy(&url, 0).0).await;
+    let (_, proxied_url) = through_proxy(&url, proxy.port);
+    let timeout = Duration::from_millis(500);
+    let t = RabbitTransport::connect(
+        config(&proxied_url)
+            .exchange(direct.exchange_name())
+            .request_timeout(timeout),
+    )
+    .await
+    .unwrap();
+    let topic = unique("orders");
+    cleaning_up(&[&direct], async {
+        let publish =
+            |name: &str| t.publish(Message::new(&topic, event(name, serde_json::json!({}))));
+        publish("Before").await.unwrap();
+
+        proxy.silence();
+        let r = tokio::time::timeout(STALL, publish("Unanswered"))
+            .await
+            .expect("a publish on a connection gone quiet hung");
+        let Err(TransportError::Publish { source, .. }) = r else {
+            panic!("a publish without a confirm must fail with a publish error, got {r:?}");
+        };
+        assert!(
+            matches!(
+                source.downcast_ref::<RabbitError>(),
+                Some(RabbitError::Timeout { after, .. }) if *after == timeout
+            ),
+            "the source says the request timed out: {source}"
+        );
+        // The quiet connection was dropped: the next publish opens a new one.
+        tokio::time::timeout(STALL, publish("After"))
+            .await
+            .expect("the publish after a timeout hung")
+            .unwrap();
+    })
+    .await;
+    let _ = tokio::time::timeout(STALL, t.close()).await;
 }
