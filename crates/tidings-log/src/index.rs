@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! base     the index file (crate::index_snapshot): positions [0, cut), on disk, read
-//!          in place; memory holds only its directory and id filter
+//!          in place; memory holds only its directory and filters
 //! frozen   a Delta being merged with the base into the next index file (or none)
 //! recent   a Delta: what was published since
 //!

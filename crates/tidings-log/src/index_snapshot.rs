@@ -14,8 +14,8 @@
 //!
 //! ```text
 //! header, 64 bytes
-//! 0   8  magic "TDLOGIX2"
-//! 8   4  format version (2)
+//! 0   8  magic "TDLOGIX3"
+//! 8   4  format version (3)
 //! 12  4  checksum field of the last covered frame (ties the file to this log)
 //! 16  8  next_position: events [0, next_position) are indexed
 //! 24  8  end offset: where the covered data ends in the last segment listed
@@ -30,6 +30,7 @@
 //! id filter     a blocked Bloom filter of the fingerprints, 64-byte blocks
 //! records       per table, key order, packed in blocks of about 4 KiB:
 //!               u32 key length, key, i64 meta, u64 count, u64 list start, u64 last
+//! stream filter a blocked Bloom filter of the stream names ([`key_fingerprint`])
 //! directory     segments (first position, data end); the sections' offsets, lengths
 //!               and CRC-32Cs; per table its key count, list start, and per block its
 //!               offset, length and first key; the first fingerprint of every 256 ids
@@ -37,10 +38,14 @@
 //!
 //! The four keyed tables are streams (meta: when its last event was recorded, µs),
 //! correlation ids, event types and stream categories. Opening reads the header, the
-//! directory and the id filter, checking their checksums; the sections' checksums are
-//! checked by [`crate::verify`], which reads the whole file. A file of the first format
-//! (everything in memory) is refused as stale, so the first open after the upgrade
-//! rebuilds the indexes from the log once.
+//! directory and the two filters, checking their checksums; the other sections'
+//! checksums are checked by [`crate::verify`], which reads the whole file. The filters
+//! keep the common lookups of an append in memory: a new event id, and a new stream
+//! (`NoStream`, or any first append to a stream), are answered without reading a block
+//! of the file, which after a restart would be a read from the disk per append. A file
+//! of an earlier format (the first kept everything in memory; the second had no stream
+//! filter) is refused as stale, so the first open after the upgrade rebuilds the indexes
+//! from the log once.
 //!
 //! A file whose checksums fail, or that does not match the segments found on disk, is
 //! stale: recovery ignores it and rebuilds the indexes from the log.
@@ -58,14 +63,14 @@ use crate::storage::{OpenMode, Storage, StorageFile, read_exact_at};
 /// The index file's name (unchanged since the first format, for existing stores).
 pub const FILE_NAME: &str = "index.ckpt";
 const TMP_NAME: &str = "index.ckpt.tmp";
-const MAGIC: &[u8; 8] = b"TDLOGIX2";
-const VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"TDLOGIX3";
+const VERSION: u32 = 3;
 const HEADER_LEN: u64 = 64;
 /// The size records are packed to (a block holds one larger record alone).
 const BLOCK: usize = 4096;
 /// Ids per directory entry: 4 KiB of ids.
 const ID_BLOCK: u64 = 256;
-/// The id filter's size: about 1% false positives.
+/// The filters' size (ids, stream names): about 1% false positives.
 const FILTER_BITS_PER_ID: u64 = 10;
 const FILTER_PROBES: u32 = 7;
 /// How much a merge copies per read.
@@ -176,7 +181,7 @@ struct Section {
     crc: u32,
 }
 
-const SECTION_NAMES: [&str; 8] = [
+const SECTION_NAMES: [&str; 9] = [
     "locations",
     "lists",
     "ids",
@@ -185,6 +190,7 @@ const SECTION_NAMES: [&str; 8] = [
     "correlation records",
     "event type records",
     "category records",
+    "stream filter",
 ];
 
 /// What a file covers: the log up to a cut.
@@ -210,6 +216,9 @@ pub struct IndexFile {
     /// The first fingerprint of every [`ID_BLOCK`] ids.
     id_dir: Vec<u64>,
     filter: Vec<u64>,
+    /// A Bloom filter of the stream names, so that a stream the file does not have
+    /// (every new stream's first append) is answered without reading a block.
+    stream_filter: Vec<u64>,
     sections: Vec<Section>,
 }
 
@@ -251,7 +260,7 @@ impl IndexFile {
             .flat_map(|t| &t.blocks)
             .map(|b| 48 + b.first.len())
             .sum();
-        blocks + self.id_dir.len() * 8 + self.filter.len() * 8
+        blocks + self.id_dir.len() * 8 + (self.filter.len() + self.stream_filter.len()) * 8
     }
 
     fn bytes(&self, at: u64, len: usize) -> std::io::Result<Cow<'_, [u8]>> {
@@ -300,6 +309,9 @@ impl IndexFile {
 
     /// A key's record.
     pub fn find(&self, table: Table, key: &str) -> std::io::Result<Option<Record>> {
+        if table == Table::Streams && !may_contain(&self.stream_filter, key_fingerprint(key)) {
+            return Ok(None);
+        }
         let t = &self.tables[table as usize];
         let k = t.blocks.partition_point(|b| &*b.first <= key);
         let Some(block) = k.checked_sub(1).and_then(|k| t.blocks.get(k)) else {
@@ -441,13 +453,7 @@ impl IndexFile {
     }
 
     fn filter_may_contain(&self, fp: u64) -> bool {
-        let blocks = (self.filter.len() / 8) as u64;
-        if blocks == 0 {
-            return false;
-        }
-        let (block, bits) = filter_bits(fp, blocks);
-        let words = &self.filter[block * 8..block * 8 + 8];
-        bits.iter().all(|&(w, m)| words[w] & m != 0)
+        may_contain(&self.filter, fp)
     }
 
     /// Every id in fingerprint order, `COPY_ENTRIES` at a time.
@@ -596,6 +602,49 @@ impl<'a> Fields<'a> {
             last: self.u64()?,
         })
     }
+}
+
+/// Whether a blocked Bloom filter may hold a fingerprint.
+fn may_contain(filter: &[u64], fp: u64) -> bool {
+    let blocks = (filter.len() / 8) as u64;
+    if blocks == 0 {
+        return false;
+    }
+    let (block, bits) = filter_bits(fp, blocks);
+    filter
+        .get(block * 8..block * 8 + 8)
+        .is_some_and(|words| bits.iter().all(|&(w, m)| words[w] & m != 0))
+}
+
+/// Sets a fingerprint's bits in a blocked Bloom filter of `blocks` blocks.
+fn filter_add(filter: &mut [u64], blocks: u64, fp: u64) {
+    let (block, bits) = filter_bits(fp, blocks);
+    for (w, m) in bits {
+        filter[block * 8 + w] |= m;
+    }
+}
+
+/// The 64-bit fingerprint of a stream name in the stream filter. Part of the file
+/// format: 8-byte little-endian words (the last one zero-padded) folded with a
+/// multiply-rotate, then the length, then a 64-bit finalizer.
+pub fn key_fingerprint(key: &str) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes = key.as_bytes();
+    let mut h = 0u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ le64(c)).wrapping_mul(K).rotate_left(29);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+    }
+    let mut z = h ^ bytes.len() as u64;
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    z ^ (z >> 33)
 }
 
 /// The filter block of a fingerprint and its probe bits (word, mask).
@@ -755,6 +804,16 @@ pub fn open(file: Arc<dyn StorageFile>) -> Result<IndexFile, IndexSnapshotError>
         return Err(bad("id filter checksum mismatch"));
     }
     let filter = fb.chunks_exact(8).map(le64).collect();
+    let ss = &sections[8];
+    if ss.len != filter_blocks(tables[0].keys) * 64 {
+        return Err(bad("the stream filter has the wrong size"));
+    }
+    let mut sb = vec![0u8; ss.len as usize];
+    read_exact_at(&*file, &mut sb, ss.at)?;
+    if crc32c::crc32c(&sb) != ss.crc {
+        return Err(bad("stream filter checksum mismatch"));
+    }
+    let stream_filter = sb.chunks_exact(8).map(le64).collect();
     Ok(IndexFile {
         file,
         cut: Cut {
@@ -768,6 +827,7 @@ pub fn open(file: Arc<dyn StorageFile>) -> Result<IndexFile, IndexSnapshotError>
         ids_count,
         id_dir,
         filter,
+        stream_filter,
         sections,
     })
 }
@@ -922,6 +982,7 @@ pub fn write(
     let mut lists_crc = 0u32;
     let mut rec_pos = records_at;
     let mut record_sections = Vec::new();
+    let mut stream_fps = Vec::new();
     for (i, &table) in TABLES.iter().enumerate() {
         let mut recs = Out::new(&file, rec_pos);
         let mut lists = Out::new(&file, tables[i].lists_at);
@@ -1004,6 +1065,9 @@ pub fn write(
             if block_first.is_none() {
                 block_first = Some(rec.key.clone());
             }
+            if table == Table::Streams {
+                stream_fps.push(key_fingerprint(&rec.key));
+            }
             recs.put(&(rec.key.len() as u32).to_le_bytes())?;
             recs.put(rec.key.as_bytes())?;
             recs.u64(rec.meta as u64)?;
@@ -1069,10 +1133,7 @@ pub fn write(
         if n % ID_BLOCK == 0 {
             id_dir.push(f);
         }
-        let (block, bits) = filter_bits(f, nfilter);
-        for (w, m) in bits {
-            filter[block * 8 + w] |= m;
-        }
+        filter_add(&mut filter, nfilter, f);
         ids.u64(f)?;
         ids.u64(p)?;
         n += 1;
@@ -1088,8 +1149,22 @@ pub fn write(
     sections.push(fo.section(SECTION_NAMES[3])?);
     sections.extend(record_sections);
 
+    // The stream filter, after the records.
+    let nstream = filter_blocks(stream_fps.len() as u64);
+    let mut stream_filter = vec![0u64; (nstream * 8) as usize];
+    for &f in &stream_fps {
+        filter_add(&mut stream_filter, nstream, f);
+    }
+    drop(stream_fps);
+    let mut so = Out::new(&file, rec_pos);
+    for w in &stream_filter {
+        so.u64(*w)?;
+    }
+    let s = so.section(SECTION_NAMES[8])?;
+    let dir_at = s.at + s.len;
+    sections.push(s);
+
     // Directory and header.
-    let dir_at = rec_pos;
     let mut d = Vec::new();
     put64(&mut d, cut.segments.len() as u64);
     for &(first, end) in &cut.segments {
@@ -1143,6 +1218,7 @@ pub fn write(
         ids_count,
         id_dir,
         filter,
+        stream_filter,
         sections,
     })
 }
@@ -1194,6 +1270,56 @@ mod tests {
         std::fs::read(dir.join(FILE_NAME)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// New streams are answered by the stream filter: every stream the file has is
+    /// found, and few names it lacks get past the filter to a block read.
+    #[test]
+    fn the_stream_filter_keeps_every_stream_and_few_others() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut ix = LogIndex::default();
+        let n = 5_000u64;
+        for p in 0..n {
+            let s = StreamId::new(&format!("order-{p}")).unwrap_or_else(|e| panic!("{e}"));
+            ix.add_frame(
+                &s,
+                p,
+                p as i64,
+                Loc::new(0, 64 + p),
+                &mut std::iter::once(IndexedEvent {
+                    id: Uuid::from_u64_pair(p, 1),
+                    correlation: None,
+                    event_type: "T",
+                }),
+            );
+        }
+        let ix = ix
+            .into_file_for_bench(dir.path())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let f = ix.base().unwrap_or_else(|| panic!("no file"));
+        for p in 0..n {
+            let r = f
+                .find(Table::Streams, &format!("order-{p}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.map(|r| r.last), Some(p), "order-{p}");
+        }
+        let mut passed = 0;
+        for p in n..n + 20_000 {
+            let name = format!("order-{p}");
+            passed += usize::from(may_contain(&f.stream_filter, key_fingerprint(&name)));
+            assert!(
+                f.find(Table::Streams, &name)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .is_none()
+            );
+        }
+        assert!(
+            passed < 600,
+            "{passed} of 20000 absent names passed the filter"
+        );
+        // The fingerprint is part of the format: it must not change between builds.
+        assert_eq!(key_fingerprint("order-123"), 8_612_291_790_523_682_542);
+        assert_ne!(key_fingerprint("a"), key_fingerprint("a\0"));
+    }
+
     /// Every flipped byte is caught: by opening (header, directory, id filter) or by the
     /// sections' checksums that `verify` reads; none panics.
     #[test]
@@ -1214,6 +1340,14 @@ mod tests {
             }
         }
         std::fs::write(&path, &image[..image.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(load(&OsStorage, dir.path()).is_err());
+        let mut older = image.clone();
+        older[7] = b'2';
+        std::fs::write(&path, &older).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            load(&OsStorage, dir.path()),
+            Err(IndexSnapshotError::Bad("an older format"))
+        ));
         assert!(load(&OsStorage, dir.path()).is_err());
         std::fs::write(&path, [&b"TDLOGIX1"[..], &[0u8; 120]].concat())
             .unwrap_or_else(|e| panic!("{e}"));
