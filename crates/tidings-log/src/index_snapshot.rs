@@ -458,6 +458,26 @@ impl IndexFile {
         may_contain(&self.filter, fp)
     }
 
+    /// The same file with the stream filter (or the id filter) emptied, as a filter
+    /// written wrongly would be.
+    #[cfg(test)]
+    pub(crate) fn with_filter_emptied(mut self, streams: bool) -> Self {
+        let f = if streams {
+            &mut self.stream_filter
+        } else {
+            &mut self.filter
+        };
+        f.iter_mut().for_each(|w| *w = 0);
+        self
+    }
+
+    /// Whether the filters let `stream` and the id fingerprint `fp` through (for
+    /// checks: a filter that rejects a key the file has would hide it).
+    pub fn filters_pass(&self, stream: Option<&str>, fp: Option<u64>) -> bool {
+        stream.is_none_or(|s| may_contain(&self.stream_filter, key_fingerprint(s)))
+            && fp.is_none_or(|f| self.filter_may_contain(f))
+    }
+
     /// Every id in fingerprint order, `COPY_ENTRIES` at a time.
     fn ids_chunk(&self, from: u64) -> std::io::Result<Vec<(u64, Position)>> {
         let n = COPY_ENTRIES.min(self.ids_count.saturating_sub(from));

@@ -155,6 +155,9 @@ fn differences(ck: &IndexFile, log: &LogIndex) -> std::io::Result<Option<IndexCh
             if &*r.key != *key {
                 return mismatch(format!("{} {} or {key} differs", table.name(), r.key));
             }
+            if table == Table::Streams && !ck.filters_pass(Some(key), None) {
+                return mismatch(format!("the stream filter leaves out stream {key}"));
+            }
             let list = ck.list(table, &r, 0, r.count)?;
             if list != *ps
                 || r.last != *ps.last().unwrap_or(&0)
@@ -177,7 +180,11 @@ fn differences(ck: &IndexFile, log: &LogIndex) -> std::io::Result<Option<IndexCh
     let mut on_file = ck.ids();
     for want in &ids {
         match on_file.next().transpose()? {
-            Some(got) if got == *want => {}
+            Some(got) if got == *want => {
+                if !ck.filters_pass(None, Some(got.0)) {
+                    return mismatch(format!("the id filter leaves out the id at {}", got.1));
+                }
+            }
             _ => return mismatch("event ids differ".into()),
         }
     }
@@ -194,4 +201,56 @@ fn sorted(
     let mut v: Vec<_> = m.iter().map(|(k, ps)| (&**k, None, covered(ps))).collect();
     v.sort_unstable_by(|a, b| a.0.cmp(b.0));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{IndexedEvent, Loc};
+    use tidings_core::StreamId;
+    use uuid::Uuid;
+
+    fn built() -> LogIndex {
+        let mut ix = LogIndex::default();
+        for p in 0..50u64 {
+            let s = StreamId::new(&format!("s-{p}")).unwrap_or_else(|e| panic!("{e}"));
+            ix.add_frame(
+                &s,
+                p,
+                0,
+                Loc::new(0, 64 + p),
+                &mut std::iter::once(IndexedEvent {
+                    id: Uuid::from_u64_pair(p, 7),
+                    correlation: None,
+                    event_type: "T",
+                }),
+            );
+        }
+        ix
+    }
+
+    /// A filter that leaves out a key the file has would hide that key from lookups;
+    /// the comparison with the log catches it.
+    #[test]
+    fn a_filter_that_leaves_out_a_key_is_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        drop(
+            built()
+                .into_file_for_bench(dir.path())
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let log = built();
+        let load =
+            || index_snapshot::load(&OsStorage, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            compare(&load(), &log),
+            IndexCheck::Current { covered: 50 }
+        ));
+        for (streams, what) in [(true, "stream filter"), (false, "id filter")] {
+            match compare(&load().with_filter_emptied(streams), &log) {
+                IndexCheck::Mismatch(m) => assert!(m.contains(what), "{m}"),
+                other => panic!("an emptied {what} went unnoticed: {other:?}"),
+            }
+        }
+    }
 }
