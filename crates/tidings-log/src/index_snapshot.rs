@@ -824,22 +824,12 @@ pub fn open(file: Arc<dyn StorageFile>) -> Result<IndexFile, IndexSnapshotError>
     if fs.len != filter_blocks(ids_count) * 64 {
         return Err(bad("the id filter has the wrong size"));
     }
-    let mut fb = vec![0u8; fs.len as usize];
-    read_exact_at(&*file, &mut fb, fs.at)?;
-    if crc32c::crc32c(&fb) != fs.crc {
-        return Err(bad("id filter checksum mismatch"));
-    }
-    let filter = fb.chunks_exact(8).map(le64).collect();
+    let filter = read_filter(&*file, fs)?.ok_or(bad("id filter checksum mismatch"))?;
     let ss = &sections[8];
     if ss.len != filter_blocks(tables[0].keys) * 64 {
         return Err(bad("the stream filter has the wrong size"));
     }
-    let mut sb = vec![0u8; ss.len as usize];
-    read_exact_at(&*file, &mut sb, ss.at)?;
-    if crc32c::crc32c(&sb) != ss.crc {
-        return Err(bad("stream filter checksum mismatch"));
-    }
-    let stream_filter = sb.chunks_exact(8).map(le64).collect();
+    let stream_filter = read_filter(&*file, ss)?.ok_or(bad("stream filter checksum mismatch"))?;
     Ok(IndexFile {
         file,
         cut: Cut {
@@ -856,6 +846,22 @@ pub fn open(file: Arc<dyn StorageFile>) -> Result<IndexFile, IndexSnapshotError>
         stream_filter,
         sections,
     })
+}
+
+/// Reads a filter section a MiB at a time into its words (so that opening never holds
+/// the filter twice), checking its CRC: `None` when that fails.
+fn read_filter(file: &dyn StorageFile, s: &Section) -> std::io::Result<Option<Vec<u64>>> {
+    let mut words = Vec::with_capacity((s.len / 8) as usize);
+    let mut buf = vec![0u8; (s.len.min(1 << 20)) as usize];
+    let (mut at, mut crc) = (0u64, 0u32);
+    while at < s.len {
+        let n = (s.len - at).min(buf.len() as u64) as usize;
+        read_exact_at(file, &mut buf[..n], s.at + at)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        words.extend(buf[..n].chunks_exact(8).map(le64));
+        at += n as u64;
+    }
+    Ok((crc == s.crc).then_some(words))
 }
 
 /// A buffered sequential writer at an offset of the new file, checksumming.
