@@ -1,15 +1,16 @@
 //! The append transaction, for one append or a batch of concurrent ones (group commit).
 //!
-//! Positions are claimed outside the append's transaction (migration 0005,
-//! `docs/decisions/0020-postgres-claimed-positions.md`): the counter row is locked only
-//! for a short claim that commits without waiting for the flush, so appends of every
-//! session and process flush their commits together. Readers stop below the visibility
-//! horizon, the lowest position still claimed.
+//! Positions are claimed inside the append's own transaction, as advisory locks
+//! (migration 0007, `docs/decisions/0022-postgres-advisory-claims.md`): other sessions see
+//! a claim at once, and it ends with the transaction. Readers stop below the visibility
+//! horizon, the lowest position still claimed. Each append commits once, with one flush;
+//! PostgreSQL flushes the commits of every session together. The writer announces
+//! commits afterwards, on another connection (`notifier.rs`).
 //!
-//! A lone append runs as one `CALL` (`append_one.sql`, the procedure
-//! `tidings_append_one`): check, claim, write, notify — one round trip. It declines what
-//! needs more (a failed version check, a repeat, a stream created meanwhile), and so does
-//! anything that fails inside it; the transaction below decides those.
+//! A lone append runs as one statement (`append_one.sql`, the function
+//! `tidings_append_one`): check, lock or create the stream row, claim, write. It declines
+//! what needs more (a failed version check, a repeat, a stream created meanwhile); the
+//! transaction below decides those.
 //!
 //! ```text
 //! BEGIN
@@ -17,23 +18,27 @@
 //!   find_event_ids.sql  only when a version check fails or an id may be recorded:
 //!                       decide with tidings_core::backend::check_idempotent
 //!   create_streams.sql  rows for new streams that are written to
-//!   backend.sql         this backend's pid and start, for the claim
-//!     claim.sql         (another connection, autocommit) positions for what is written
-//!   insert_events.sql   insert every event, delete the claim, move the stream heads,
-//!                       pg_notify
-//! COMMIT                one WAL flush for the whole batch; releases every lock
+//!   claim.sql           positions for what is written, under the stream locks
+//!   insert_events.sql   insert every event, move the stream heads
+//! COMMIT                one WAL flush for the whole batch; releases every lock and
+//!                       the claim
 //! ```
 //!
-//! Stream locks make each expected-version check and its write one atomic step. Only
-//! stream rows are held until commit, locked in name order, so batches cannot deadlock.
-//! Appends in a batch are decided in order, as if run one after another; a refused one
-//! writes nothing and does not disturb the others. A claim that will not be written is
-//! released (`release_claims.sql`): its positions become a gap.
+//! Stream locks make each expected-version check and its write one atomic step, and
+//! positions claimed under them grow with each stream's revisions. Only stream rows are
+//! held until commit, locked in name order, so batches cannot deadlock. Appends in a
+//! batch are decided in order, as if run one after another; a refused one writes nothing
+//! and does not disturb the others. A claim that is not written (the transaction rolls
+//! back) leaves its positions as a gap.
+//!
+//! The claim gate is a session-level lock (`tidings_claim`): a connection whose claiming
+//! statement failed is closed rather than returned to the pool, so a gate it might still
+//! hold goes with its backend.
 
 use std::collections::{BTreeSet, HashMap};
 
 use sqlx::postgres::{PgConnection, PgPool};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Connection, Postgres, Transaction};
 use tidings_core::backend::{IdLocation, check_idempotent};
 use tidings_core::{
     AppendResult, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
@@ -81,11 +86,15 @@ enum Abandoned {
 
 /// Runs `batch` in one transaction when it can; when a concurrent change makes that
 /// impossible, runs each append on its own. Answers in the batch's order.
-pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append]) -> Outcome {
+///
+/// `want_horizon`: find the horizon after each claim even when that takes a scan of
+/// `pg_locks` (someone watches the head); without it, the horizon is answered only when
+/// no other claim was live.
+pub(crate) async fn append_batch(pool: &PgPool, batch: &[Append], want_horizon: bool) -> Outcome {
     if batch.len() > 1 {
         // Ids are always checked in a batch: one lookup is cheap next to abandoning the
         // whole batch when the unique index refuses one repeated id.
-        match attempt(pool, channel, batch, true).await {
+        match attempt(pool, batch, true, want_horizon).await {
             Ok(decided) => {
                 return Outcome {
                     answers: decided.answers,
@@ -106,7 +115,7 @@ pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append])
         horizon: None,
     };
     for one in batch.chunks(1) {
-        let (answer, horizon) = append_one(pool, channel, one).await;
+        let (answer, horizon) = append_one(pool, one, want_horizon).await;
         outcome.answers.push(answer);
         outcome.horizon = outcome.horizon.max(horizon);
     }
@@ -115,20 +124,20 @@ pub(crate) async fn append_batch(pool: &PgPool, channel: &str, batch: &[Append])
 
 async fn append_one(
     pool: &PgPool,
-    channel: &str,
     one: &[Append],
+    want_horizon: bool,
 ) -> (Result<AppendResult, StoreError>, Option<Position>) {
     let mut check_ids = false;
     if let [a] = one {
-        match call_append_one(pool, channel, a).await {
-            Ok(OneCall::Done(result, horizon)) => return (Ok(result), Some(horizon)),
+        match call_append_one(pool, a, want_horizon).await {
+            Ok(OneCall::Done(result, horizon)) => return (Ok(result), horizon),
             Ok(OneCall::Declined) => {}
             Ok(OneCall::IdsKnown) => check_ids = true,
             Err(e) => return (Err(e), None),
         }
     }
     for _ in 0..ATTEMPTS {
-        match attempt(pool, channel, one, check_ids).await {
+        match attempt(pool, one, check_ids, want_horizon).await {
             Ok(mut decided) => {
                 let answer = decided.answers.pop().unwrap_or_else(|| {
                     Err(StoreError::Backend("an append got no answer".to_owned()))
@@ -151,19 +160,23 @@ fn busy(one: &[Append]) -> StoreError {
     ))
 }
 
-/// What the one-call append did.
+/// What the one-statement append did.
 enum OneCall {
-    /// Written; every position below the horizon is settled.
-    Done(AppendResult, Position),
+    /// Written; every position below the horizon (when known) is settled.
+    Done(AppendResult, Option<Position>),
     /// Not its case (a failed version check, a stream created meanwhile): nothing written.
     Declined,
     /// An id is recorded already: nothing written by this call.
     IdsKnown,
 }
 
-/// The common case in one round trip (`append_one.sql`): a lone append whose expected
-/// version holds. Declines the rest, and releases its claim when the call fails.
-async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<OneCall, StoreError> {
+/// The common case in one statement (`append_one.sql`): a lone append whose expected
+/// version holds. Declines the rest.
+async fn call_append_one(
+    pool: &PgPool,
+    a: &Append,
+    want_horizon: bool,
+) -> Result<OneCall, StoreError> {
     let (kind, revision) = match a.expected {
         ExpectedVersion::Any => ("any", 0),
         ExpectedVersion::NoStream => ("no-stream", 0),
@@ -178,7 +191,7 @@ async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<One
         .bind(a.stream.as_str())
         .bind(kind)
         .bind(revision)
-        .bind(channel)
+        .bind(want_horizon)
         .bind(&columns.event_ids)
         .bind(&columns.event_types)
         .bind(&columns.event_versions)
@@ -193,7 +206,15 @@ async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<One
         .await;
     let row = match row {
         Ok(row) => row,
-        Err(e) => return call_failed(&mut conn, channel, a, &what, e).await,
+        // A recorded id is refused by the events' insert, after the claim: the
+        // transaction rolled back, and the connection is sound.
+        Err(e) if is_duplicate_event_id(&e) => return Ok(OneCall::IdsKnown),
+        Err(e) => {
+            // The statement may have failed while holding the claim gate: the connection
+            // goes, and its backend with whatever it holds. The transaction rolled back.
+            conn.close_on_drop();
+            return Err(store_error(&what, e));
+        }
     };
     let outcome: Option<String> = get(&row, "outcome")?;
     match outcome.as_deref() {
@@ -205,14 +226,15 @@ async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<One
     let first_revision: Option<i64> = get(&row, "first_revision")?;
     let first_position: Option<i64> = get(&row, "first_position")?;
     let horizon: Option<i64> = get(&row, "horizon")?;
-    let (Some(first_revision), Some(first_position), Some(horizon)) =
-        (first_revision, first_position, horizon)
-    else {
-        return Err(corrupt("the append procedure answered no positions"));
+    let (Some(first_revision), Some(first_position)) = (first_revision, first_position) else {
+        return Err(corrupt("the append function answered no positions"));
     };
     let first_revision = unsigned(first_revision).map_err(|_| corrupt("negative revision"))?;
     let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
-    let horizon = unsigned(horizon).map_err(|_| corrupt("negative horizon"))?;
+    let horizon = horizon
+        .map(unsigned)
+        .transpose()
+        .map_err(|_| corrupt("negative horizon"))?;
     let n = a.events.len() as u64;
     Ok(OneCall::Done(
         AppendResult {
@@ -225,81 +247,42 @@ async fn call_append_one(pool: &PgPool, channel: &str, a: &Append) -> Result<One
     ))
 }
 
-/// The call failed: its claim, if it made one and did not write, is released (on the
-/// same connection, whose backend the claim names). Then the full transaction decides,
-/// unless the database failed: a timeout or a lost connection is the caller's answer.
-async fn call_failed(
-    conn: &mut PgConnection,
-    channel: &str,
-    a: &Append,
-    what: &str,
-    e: sqlx::Error,
-) -> Result<OneCall, StoreError> {
-    if matches!(e, sqlx::Error::Io(_)) {
-        // The backend goes with the connection; its claim is collected as a dead one's.
-        return Err(store_error(what, e));
-    }
-    let released = release_claims(&mut *conn, None, channel).await;
-    if is_duplicate_event_id(&e) {
-        return Ok(OneCall::IdsKnown);
-    }
-    if let Ok(0) = released {
-        // No claim was left: the call failed before claiming, or after its events
-        // committed (while notifying). Which one, the ids tell.
-        let first = a
-            .events
-            .iter()
-            .map(|e| e.event_id)
-            .take(1)
-            .collect::<Vec<_>>();
-        if let Ok(rows) = sqlx::query(include_str!("../sql/queries/find_event_ids.sql"))
-            .bind(&first)
-            .fetch_all(&mut *conn)
-            .await
-            && !rows.is_empty()
-        {
-            return Ok(OneCall::IdsKnown);
-        }
-    }
-    Err(store_error(what, e))
-}
-
-/// Releases the claim starting at `lo` (None: every claim of the connection's backend).
-/// Answers how many were released.
-async fn release_claims(
-    conn: &mut PgConnection,
-    lo: Option<i64>,
-    channel: &str,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(include_str!("../sql/queries/release_claims.sql"))
-        .bind(lo)
-        .bind(channel)
-        .fetch_one(conn)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "releasing a claim failed; it holds readers back until \
-                its backend ends");
-            store_error("release claimed positions", e)
-        })
-}
-
 /// What the batch decided for one append.
 enum Decision {
     Write { first_revision: Revision },
     Answer(Result<AppendResult, StoreError>),
 }
 
+/// The full transaction on a connection of its own, which is closed if the database
+/// failed (a claiming statement may have left the session-level claim gate held).
 async fn attempt(
     pool: &PgPool,
-    channel: &str,
     batch: &[Append],
     check_ids: bool,
+    want_horizon: bool,
+) -> Result<Decided, Abandoned> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| Abandoned::Failed(store_error("begin append", e)))?;
+    let decided = attempt_on(&mut conn, batch, check_ids, want_horizon).await;
+    if matches!(decided, Err(Abandoned::Failed(_))) {
+        conn.close_on_drop();
+    }
+    decided
+}
+
+async fn attempt_on(
+    conn: &mut PgConnection,
+    batch: &[Append],
+    check_ids: bool,
+    want_horizon: bool,
 ) -> Result<Decided, Abandoned> {
     let failed = |what: &str| {
         let what = what.to_owned();
         move |e| Abandoned::Failed(store_error(&what, e))
     };
-    let mut tx = pool.begin().await.map_err(failed("begin append"))?;
+    let mut tx = conn.begin().await.map_err(failed("begin append"))?;
 
     let names: BTreeSet<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
     let names: Vec<&str> = names.into_iter().collect();
@@ -404,9 +387,8 @@ async fn attempt(
     }
 
     let columns = Columns::new(batch, &decisions).map_err(Abandoned::Failed)?;
-    let first_position = claim(pool, &mut tx, columns.event_ids.len()).await?;
+    let (first_position, horizon) = claim(&mut tx, columns.event_ids.len(), want_horizon).await?;
     let inserted = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
-        .bind(channel)
         .bind(&columns.streams)
         .bind(&columns.revisions)
         .bind(&columns.event_ids)
@@ -420,33 +402,21 @@ async fn attempt(
         .bind(&columns.user_ids)
         .bind(&columns.extra)
         .bind(first_position)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await;
-    let give_back = |tx| async move {
-        rollback(tx).await;
-        release_claim(pool, first_position, channel).await;
-    };
-    let horizon: i64 = match inserted {
-        Ok(row) => match get(&row, "horizon") {
-            Ok(h) => h,
-            Err(e) => {
-                give_back(tx).await;
-                return Err(Abandoned::Failed(e));
-            }
-        },
+    // A claim that is not written ends with the transaction: its positions are a gap.
+    match inserted {
+        Ok(_) => {}
         Err(e) if is_duplicate_event_id(&e) => {
-            give_back(tx).await;
+            rollback(tx).await;
             return Err(Abandoned::Stale);
         }
         Err(e) => {
-            give_back(tx).await;
+            rollback(tx).await;
             return Err(Abandoned::Failed(store_error("append", e)));
         }
-    };
+    }
     if let Err(e) = tx.commit().await {
-        // Committed or not, the transaction has ended: a claim it did not delete is
-        // released (a no-op when it committed).
-        release_claim(pool, first_position, channel).await;
         return Err(Abandoned::Failed(store_error(
             "commit append (its outcome is unknown)",
             e,
@@ -456,7 +426,10 @@ async fn attempt(
     let corrupt = |what: &str| Abandoned::Failed(StoreError::Corrupt(what.to_owned()));
     let mut position =
         unsigned(first_position).map_err(|_| corrupt("the position counter is negative"))?;
-    let horizon = unsigned(horizon).map_err(|_| corrupt("the horizon is negative"))?;
+    let horizon = horizon
+        .map(unsigned)
+        .transpose()
+        .map_err(|_| corrupt("the horizon is negative"))?;
     let answers = batch
         .iter()
         .zip(decisions)
@@ -475,45 +448,30 @@ async fn attempt(
             }
         })
         .collect();
-    Ok(Decided {
-        answers,
-        horizon: Some(horizon),
-    })
+    Ok(Decided { answers, horizon })
 }
 
-/// Claims `n` positions for the transaction `tx` (`claim.sql`, on another connection:
-/// the claim commits on its own while `tx` goes on). Answers the first.
+/// Claims `n` positions for the transaction `tx` (`claim.sql`). Answers the first, and
+/// the horizon below it when known.
 async fn claim(
-    pool: &PgPool,
     tx: &mut Transaction<'_, Postgres>,
     n: usize,
-) -> Result<i64, Abandoned> {
-    let failed = |what: &'static str| move |e| Abandoned::Failed(store_error(what, e));
-    let backend = sqlx::query(include_str!("../sql/queries/backend.sql"))
+    want_horizon: bool,
+) -> Result<(i64, Option<i64>), Abandoned> {
+    let row = sqlx::query(include_str!("../sql/queries/claim.sql"))
+        .bind(signed(n as u64))
+        .bind(want_horizon)
         .fetch_one(&mut **tx)
         .await
-        .map_err(failed("append: find its backend"))?;
-    let pid: i32 = get(&backend, "pid").map_err(Abandoned::Failed)?;
-    let backend_start: String = get(&backend, "backend_start").map_err(Abandoned::Failed)?;
-    sqlx::query_scalar(include_str!("../sql/queries/claim.sql"))
-        .bind(signed(n as u64))
-        .bind(pid)
-        .bind(backend_start)
-        .fetch_one(pool)
-        .await
-        .map_err(failed("claim positions"))
-}
-
-/// Releases the claim at `lo` after its transaction ended without writing it.
-async fn release_claim(pool: &PgPool, lo: i64, channel: &str) {
-    let released = match pool.acquire().await {
-        Ok(mut conn) => release_claims(&mut conn, Some(lo), channel).await.map(drop),
-        Err(e) => Err(store_error("release claimed positions", e)),
-    };
-    if let Err(e) = released {
-        tracing::warn!(error = %e, lo, "a claim was not released; readers wait at it until \
-            its backend ends");
-    }
+        .map_err(|e| Abandoned::Failed(store_error("claim positions", e)))?;
+    let first: Option<i64> = get(&row, "first_position").map_err(Abandoned::Failed)?;
+    let horizon: Option<i64> = get(&row, "horizon").map_err(Abandoned::Failed)?;
+    let first = first.ok_or_else(|| {
+        Abandoned::Failed(StoreError::Corrupt(
+            "a claim answered no position".to_owned(),
+        ))
+    })?;
+    Ok((first, horizon))
 }
 
 /// The stream's version after `a` is written on top of `current`.

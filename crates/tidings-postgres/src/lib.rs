@@ -43,6 +43,7 @@ mod groups;
 mod inbox;
 mod listener;
 mod migrate;
+mod notifier;
 mod options;
 mod row;
 mod store;

@@ -1,18 +1,19 @@
 //! The background tasks that move the head when appends commit.
 //!
 //! The head a handle shows is the visible head: one below the visibility horizon
-//! (migration 0005), the lowest position still claimed by an append in flight. A
+//! (migration 0007), the lowest position still claimed by an append in flight. A
 //! subscription that has read up to the head may move past it, so it must never be
 //! ahead of a position that may still commit.
 //!
-//! Every append runs `pg_notify('tidings:<schema>', <its last position>)` once its events
-//! are visible. The listener LISTENs on its own connection; when it hears of a position
-//! above the head, it wakes the horizon task, which reads the horizon (`horizon.sql`)
-//! and raises the head. Reads that start after a notification arrived cover the commit
-//! it announced, and one read covers every notification heard before it. While the
-//! horizon is held back by a claim, the horizon task also looks again every
-//! [`HELD_POLL`], and deletes the claims of backends that are gone
-//! (`release_dead_claims.sql`): their appends will never announce anything.
+//! Every handle's notifier runs `pg_notify('tidings:<schema>', <last position>)` after
+//! its appends commit (`notifier.rs`). The listener LISTENs on its own connection; when
+//! it hears of a position above the head, it wakes the horizon task, which reads the
+//! horizon (`horizon.sql`) and raises the head. Reads that start after a notification
+//! arrived cover the commit it announced, and one read covers every notification heard
+//! before it. While the horizon is held back by a claim, the horizon task also looks
+//! again every [`HELD_POLL`]: the claim's append may be refused or fail, and announce
+//! nothing. A claim ends with its transaction, also when its backend dies, so nothing
+//! needs collecting.
 //!
 //! The listener starts at the first head watch, and the horizon task reads only while a
 //! watch is held: a handle that only appends costs nothing for other processes' appends.
@@ -76,6 +77,12 @@ impl HorizonWake {
         self.notify.notify_one();
     }
 
+    /// The head may be behind this handle's own appends (their horizon was not read):
+    /// the next watch reads it again.
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// A head watch was just taken: a stale head is read again at once, and the first
     /// one starts the listener.
     pub(crate) fn watched(&self) {
@@ -94,9 +101,9 @@ impl HorizonWake {
 /// Reads cost the database a query per wake in every handle, so they happen only while
 /// someone watches the head (a subscription, a group fetch): otherwise the task only
 /// marks the head stale, and the next [`HorizonWake::watched`] wakes it. The writer still
-/// raises the head after its own appends (the horizon they saw).
+/// raises the head after its own appends, from the horizon their claims saw when it was
+/// known (always while the head is watched).
 pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<HorizonWake>) {
-    let mut held_for = 0u32;
     loop {
         if head.receiver_count() == 0 {
             wake.stale.store(true, Ordering::Release);
@@ -112,20 +119,11 @@ pub(crate) async fn follow_horizon(pool: PgPool, head: HeadSender, wake: Arc<Hor
             }
         };
         if held {
-            held_for += 1;
-            // A claim that holds the horizon for a while may belong to a backend that is
-            // gone: collect those (their appends can never commit).
-            if held_for % 10 == 0 {
-                if let Err(e) = release_dead(&pool).await {
-                    tracing::warn!(error = %e, "collecting the claims of ended backends failed");
-                }
-            }
             tokio::select! {
                 _ = wake.notify.notified() => {}
                 _ = tokio::time::sleep(HELD_POLL) => {}
             }
         } else {
-            held_for = 0;
             wake.notify.notified().await;
         }
     }
@@ -142,20 +140,6 @@ pub(crate) async fn refresh(pool: &PgPool, head: &HeadSender) -> Result<bool, sq
         advance(head, position);
     }
     Ok(horizon < next)
-}
-
-async fn release_dead(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let released: i64 = sqlx::query_scalar(include_str!("../sql/queries/release_dead_claims.sql"))
-        .fetch_one(pool)
-        .await?;
-    if released > 0 {
-        tracing::info!(
-            released,
-            "deleted the position claims of ended backends; their \
-            positions are gaps"
-        );
-    }
-    Ok(())
 }
 
 /// Listens on `channel` for ever, reconnecting with backoff, and wakes the horizon task

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "claims per backend",
         sql: include_str!("../sql/migrations/0006_claims_per_backend.sql"),
     },
+    Migration {
+        version: 7,
+        name: "advisory claims",
+        sql: include_str!("../sql/migrations/0007_advisory_claims.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

@@ -22,16 +22,18 @@ use crate::append::Append;
 use crate::error::{PgStoreError, store_error};
 use crate::listener::{self, HeadSender, HorizonWake, head_from_next};
 use crate::migrate;
+use crate::notifier;
 use crate::options::{PgStoreBuilder, channel};
 use crate::row::{get, recorded_event, signed, unsigned};
-use crate::writer::{self, Queue, Request};
+use crate::writer::{self, Queue, Reports, Request};
 
 /// An event store in a PostgreSQL schema. Clones are cheap and share one connection pool,
 /// one writer, one head watch and one notification listener.
 ///
-/// Appends are transactions: acknowledged only once committed. Positions are claimed in a
-/// short transaction before the append's own, and readers stop below the lowest position
-/// still claimed (the visibility horizon; `docs/decisions/0020-postgres-claimed-positions.md`),
+/// Appends are transactions: acknowledged only once committed. Positions are claimed
+/// inside the append's transaction as advisory locks that other sessions see at once,
+/// and readers stop below the lowest position still claimed (the visibility horizon;
+/// `docs/decisions/0022-postgres-advisory-claims.md`),
 /// so subscriptions built on [`tidings_core::store::subscription`] never skip or repeat an
 /// event, including events appended by other processes, which the store hears through
 /// `LISTEN`/`NOTIFY`. A refused or failed append may leave a gap in positions.
@@ -39,9 +41,9 @@ use crate::writer::{self, Queue, Request};
 /// Concurrent appends through one handle are committed together (group commit), each
 /// decided as if it ran alone, in the order it was called. A subscription from
 /// [`Start::End`] starts after the last commit this handle has heard of: its own appends
-/// at once, other processes' a moment after they commit. An append by another process
-/// that committed just before the call but was not yet announced is delivered too (never
-/// missed).
+/// at once (while its head is watched, or no other append was claiming positions at the
+/// time), other processes' a moment after they commit. An append that committed just
+/// before the call but was not yet heard of is delivered too (never missed).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,6 +69,8 @@ struct Inner {
     pool: PgPool,
     /// The append writer's connections (with lock and statement timeouts).
     writer_pool: PgPool,
+    /// The notifier's connection.
+    notifier_pool: PgPool,
     head: HeadSender,
     writer: Queue,
     schema: String,
@@ -137,9 +141,21 @@ impl PgStore {
             listener_pool,
             channel.clone(),
             Arc::clone(&head),
-            wake,
+            Arc::clone(&wake),
         ))
         .abort_handle();
+        // Announcements commit without waiting for the flush: a notification is a hint
+        // to read the horizon, and a lost one costs a poll at worst.
+        let notifier_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(
+                options
+                    .connect_options("notifier")?
+                    .options([("synchronous_commit", "off")]),
+            );
+        let announce = notifier::spawn(notifier_pool.clone(), channel);
         // Appends run on connections of their own, which carry the lock and statement
         // timeouts: a lock held elsewhere fails an append instead of stalling it forever.
         let deadlines = options.deadlines;
@@ -158,14 +174,18 @@ impl PgStore {
             writer_pool.clone(),
             pool.clone(),
             deadlines,
-            channel,
-            Arc::clone(&head),
+            Reports {
+                head: Arc::clone(&head),
+                wake,
+                announce,
+            },
             options.limits,
         );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 writer_pool,
+                notifier_pool,
                 head,
                 writer,
                 schema: options.schema,
@@ -215,6 +235,19 @@ impl PgStore {
         self.inner.horizon.abort();
         self.inner.pool.close().await;
         self.inner.writer_pool.close().await;
+        self.inner.notifier_pool.close().await;
+    }
+
+    /// The visibility horizon now (`horizon.sql`). A query that reads events below it
+    /// must run afterwards, as a statement of its own, so that its snapshot sees every
+    /// append that settled below it.
+    async fn horizon(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(include_str!("../sql/queries/horizon.sql"))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| store_error("read the visibility horizon", e))?;
+        row.try_get("horizon")
+            .map_err(|e| StoreError::Corrupt(format!("visibility horizon: {e}")))
     }
 
     async fn fetch_events(
@@ -297,12 +330,14 @@ impl EventReader for PgStore {
     }
 
     async fn read_all(&self, options: ReadAll) -> Result<Vec<RecordedEvent>, StoreError> {
+        let horizon = self.horizon().await?;
         let query = sqlx::query(include_str!("../sql/queries/read_all.sql"))
             .bind(signed(options.from))
             .bind(options.filter.event_types)
             .bind(options.filter.stream_prefix)
             .bind(signed(options.limit as u64))
-            .bind(options.filter.categories);
+            .bind(options.filter.categories)
+            .bind(horizon);
         self.fetch_events("read all", query).await
     }
 
@@ -312,10 +347,12 @@ impl EventReader for PgStore {
         from: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let horizon = self.horizon().await?;
         let query = sqlx::query(include_str!("../sql/queries/read_correlation.sql"))
             .bind(correlation_id)
             .bind(signed(from))
-            .bind(signed(limit as u64));
+            .bind(signed(limit as u64))
+            .bind(horizon);
         self.fetch_events("read correlation", query).await
     }
 
@@ -358,14 +395,7 @@ impl EventReader for PgStore {
     }
 
     async fn head(&self) -> Result<Option<Position>, StoreError> {
-        let row = sqlx::query(include_str!("../sql/queries/horizon.sql"))
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(|e| store_error("read head", e))?;
-        let horizon: i64 = row
-            .try_get("horizon")
-            .map_err(|e| StoreError::Corrupt(format!("visibility horizon: {e}")))?;
-        Ok(head_from_next(horizon))
+        Ok(head_from_next(self.horizon().await?))
     }
 }
 

@@ -6,9 +6,12 @@
 //! appends and the append size limit), so concurrent writers of one handle share one
 //! flush and one round trip per statement (`docs/decisions/0005-postgres-store.md`).
 //! Writers of different handles and processes share flushes in PostgreSQL itself, as
-//! positions are claimed outside the append's transaction (decision 0020).
+//! positions are claimed without holding a shared row until commit (decisions 0020,
+//! 0022). After each transaction the writer hands its highest committed position to the
+//! notifier (`notifier.rs`), which announces it to other processes off the append's path.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use tidings_core::{AppendResult, Limits, StoreError};
@@ -17,7 +20,8 @@ use uuid::Uuid;
 
 use crate::append::{Append, append_batch};
 use crate::error::DEADLINES;
-use crate::listener::{HeadSender, advance};
+use crate::listener::{HeadSender, HorizonWake, advance};
+use crate::notifier::{Announce, announce};
 use crate::options::Deadlines;
 
 /// Most appends in one transaction.
@@ -38,6 +42,16 @@ pub(crate) struct Request {
 /// The sending side, kept by the store.
 pub(crate) type Queue = mpsc::Sender<Request>;
 
+/// Where the writer reports what it committed.
+pub(crate) struct Reports {
+    /// The head every handle of the store shares.
+    pub(crate) head: HeadSender,
+    /// Marked stale when an append's horizon was not read (nobody watched the head).
+    pub(crate) wake: Arc<HorizonWake>,
+    /// The notifier, which announces commits to other processes.
+    pub(crate) announce: Announce,
+}
+
 /// Starts the writer on `pool`, whose connections carry `deadlines` as `lock_timeout`
 /// and `statement_timeout` (`maintenance`, the store's main pool, runs its `ANALYZE`s);
 /// it ends when every sender is gone.
@@ -45,12 +59,11 @@ pub(crate) fn spawn(
     pool: PgPool,
     maintenance: PgPool,
     deadlines: Deadlines,
-    channel: String,
-    head: HeadSender,
+    reports: Reports,
     limits: Limits,
 ) -> Queue {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, maintenance, deadlines, channel, head, limits, rx));
+    tokio::spawn(run(pool, maintenance, deadlines, reports, limits, rx));
     tx
 }
 
@@ -58,11 +71,15 @@ async fn run(
     pool: PgPool,
     maintenance: PgPool,
     deadlines: Deadlines,
-    channel: String,
-    head: HeadSender,
+    reports: Reports,
     limits: Limits,
     mut rx: mpsc::Receiver<Request>,
 ) {
+    let Reports {
+        head,
+        wake,
+        announce: notifier,
+    } = reports;
     let mut held: Option<Request> = None;
     let mut appended = 0u64;
     loop {
@@ -91,14 +108,31 @@ async fn run(
         }
         let (appends, replies): (Vec<Append>, Vec<_>) =
             batch.into_iter().map(|r| (r.append, r.reply)).unzip();
+        // The horizon after a claim costs a scan of pg_locks when other claims are live;
+        // it is worth it only while someone watches the head.
+        let want_horizon = head.receiver_count() > 0;
         let outcome = DEADLINES
-            .scope(deadlines, append_batch(&pool, &channel, &appends))
+            .scope(deadlines, append_batch(&pool, &appends, want_horizon))
             .await;
         // Everything below the horizon the batch saw is settled now that it committed.
-        // Its own events above it are announced by its notification, once the claims
-        // below them are settled too (listener.rs).
-        if let Some(visible) = outcome.horizon.and_then(|h| h.checked_sub(1)) {
-            advance(&head, visible);
+        // Its own events above it are announced by the notifier, and seen once the
+        // claims below them are settled too (listener.rs).
+        match outcome.horizon {
+            Some(horizon) => {
+                if let Some(visible) = horizon.checked_sub(1) {
+                    advance(&head, visible);
+                }
+            }
+            None => wake.mark_stale(),
+        }
+        if let Some(last) = outcome
+            .answers
+            .iter()
+            .filter_map(|a| a.as_ref().ok())
+            .map(|r| r.position)
+            .max()
+        {
+            announce(&notifier, last);
         }
         let before = appended;
         appended += outcome

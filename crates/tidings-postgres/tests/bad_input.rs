@@ -12,7 +12,7 @@ use common::{database, fresh_store};
 
 /// Everything in the store's tables, as text (the test's own SQL, on the store's schema).
 async fn tables(store: &PgStore) -> Vec<String> {
-    let q = "SELECT 'position ' || next_position FROM tidings_position \
+    let q = "SELECT 'position ' || tidings_next() \
              UNION ALL (SELECT 'stream ' || s::text FROM tidings_streams s ORDER BY name) \
              UNION ALL (SELECT 'event ' || e::text FROM tidings_events e ORDER BY position)";
     sqlx::query_scalar(q)

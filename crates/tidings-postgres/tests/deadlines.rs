@@ -1,4 +1,4 @@
-//! Appends never wait forever: a session holding the position row makes appends fail
+//! Appends never wait forever: a session holding the claim gate makes appends fail
 //! with a typed timeout (503 through the server, `/ready` not ready), and a retry with
 //! the same event ids after the lock is released writes the events exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
@@ -29,17 +29,21 @@ async fn impatient_store(url: &str, schema: &str) -> PgStore {
         .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
-/// Another session holding the position row, as `BEGIN; SELECT … FOR UPDATE` in psql.
-async fn hold_position_row(url: &str, schema: &str) -> sqlx::PgConnection {
+/// Another session holding the claim gate (migration 0007), as
+/// `BEGIN; SELECT pg_advisory_xact_lock(tidings_gate_key())` in psql: appends wait for it
+/// to claim positions.
+async fn hold_claim_gate(url: &str, schema: &str) -> sqlx::PgConnection {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
     // The schema is a fresh generated identifier, not input.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT next_position FROM {schema}.tidings_position FOR UPDATE"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path = {schema}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(tidings_gate_key())")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     conn
 }
 
@@ -64,7 +68,7 @@ async fn an_append_behind_a_held_lock_times_out_and_its_retry_writes_once() {
         .await
         .unwrap();
 
-    let held = hold_position_row(&url, &schema).await;
+    let held = hold_claim_gate(&url, &schema).await;
     let second = event("Deposited", json!({"n": 2}));
     let timed_out = store
         .append(&s, ExpectedVersion::Exact(0), vec![second.clone()])
@@ -168,7 +172,7 @@ async fn the_server_answers_a_stalled_append_503_and_is_not_ready_until_appends_
     let id = uuid::Uuid::new_v4();
     let body = json!({"eventId": id, "eventType": "Deposited", "data": {"amount": 5}});
 
-    let held = hold_position_row(&url, &schema).await;
+    let held = hold_claim_gate(&url, &schema).await;
     let (status, headers, text) = call(&app, post(&path, &body)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert!(headers.contains_key(header::RETRY_AFTER));
@@ -243,7 +247,7 @@ async fn the_server_deadline_answers_while_the_append_keeps_running() {
     let id = uuid::Uuid::new_v4();
     let body = json!({"eventId": id, "eventType": "Deposited", "data": {}});
 
-    let held = hold_position_row(&url, &schema).await;
+    let held = hold_claim_gate(&url, &schema).await;
     let (status, headers, text) = call(&app, post(&path, &body)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert!(headers.contains_key(header::RETRY_AFTER));

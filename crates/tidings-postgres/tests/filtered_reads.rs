@@ -22,6 +22,7 @@ async fn plan(conn: &mut sqlx::PgConnection, types: &[&str], categories: &[&str]
         .bind(None::<String>)
         .bind(100i64)
         .bind(categories)
+        .bind(i64::MAX)
         .fetch_all(&mut *conn)
         .await
         .unwrap();

@@ -1,9 +1,9 @@
-//! Positions claimed outside the append's transaction (decision 0020), tested for real:
-//! several OS processes (this test binary, run again as writers) append to one schema
-//! while sessions of the test's own claim positions by hand and hold them — one commits
-//! its events late, one rolls back and releases its claim, one dies with its claim — and
-//! a live subscriber in this process must see every committed event exactly once, in
-//! position order, each stream by revision.
+//! Positions claimed as advisory locks (decisions 0020, 0022), tested for real: several
+//! OS processes (this test binary, run again as writers) append to one schema while
+//! sessions of the test's own claim positions by hand and hold them — one commits its
+//! events late, one rolls back, one dies with its claim — and a live subscriber in this
+//! process must see every committed event exactly once, in position order, each stream by
+//! revision.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on what they assert
 
 mod common;
@@ -60,24 +60,14 @@ fn writer_process() {
     });
 }
 
-/// A session that claims one position by hand, as an append does (claim.sql), and
-/// returns it.
+/// Opens a transaction on `conn` and claims one position in it by hand, as an append
+/// does (claim.sql); answers it. The claim lasts until the transaction ends.
 async fn claim_by_hand(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "WITH claimed AS (
-             UPDATE tidings_position SET next_position = next_position + 1
-             RETURNING next_position - 1 AS lo)
-         INSERT INTO tidings_claims (pid, backend_start, lo, hi)
-         SELECT pg_backend_pid(),
-                (SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid())), lo, lo + 1
-         FROM claimed
-         ON CONFLICT (pid) DO UPDATE SET lo = excluded.lo, hi = excluded.hi,
-             backend_start = excluded.backend_start
-         RETURNING lo",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap()
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    sqlx::query_scalar("SELECT first_position FROM tidings_claim(1, false)")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
 }
 
 async fn session(url: &str, schema: &str) -> sqlx::PgConnection {
@@ -90,12 +80,11 @@ async fn session(url: &str, schema: &str) -> sqlx::PgConnection {
     conn
 }
 
-/// Claims a position, then in a transaction writes an event there (a new stream, its
-/// row, the claim deleted), and holds the transaction open for `hold` before committing.
+/// Claims a position, then in the same transaction writes an event there (a new stream
+/// and its row), and holds the transaction open for `hold` before committing.
 async fn slow_append(url: String, schema: String, id: Uuid, hold: Duration) {
     let mut conn = session(&url, &schema).await;
     let lo = claim_by_hand(&mut conn).await;
-    let mut tx = conn.begin().await.unwrap();
     let name = format!("held-{lo}");
     sqlx::query(
         "INSERT INTO tidings_streams (name, last_revision, last_position, last_written)
@@ -103,7 +92,7 @@ async fn slow_append(url: String, schema: String, id: Uuid, hold: Duration) {
     )
     .bind(&name)
     .bind(lo)
-    .execute(&mut *tx)
+    .execute(&mut conn)
     .await
     .unwrap();
     sqlx::query(
@@ -114,16 +103,11 @@ async fn slow_append(url: String, schema: String, id: Uuid, hold: Duration) {
     .bind(lo)
     .bind(&name)
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut conn)
     .await
     .unwrap();
-    sqlx::query("UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $1")
-        .bind(lo)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
     tokio::time::sleep(hold).await;
-    tx.commit().await.unwrap();
+    sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(format!("tidings:{schema}"))
         .bind(lo.to_string())
@@ -132,19 +116,15 @@ async fn slow_append(url: String, schema: String, id: Uuid, hold: Duration) {
         .unwrap();
 }
 
-/// Claims a position, holds it, then rolls back and releases the claim (a refused append).
+/// Claims a position, holds it, then rolls back (a refused append): a gap.
 async fn refused_append(url: String, schema: String, hold: Duration) {
     let mut conn = session(&url, &schema).await;
-    let lo = claim_by_hand(&mut conn).await;
+    claim_by_hand(&mut conn).await;
     tokio::time::sleep(hold).await;
-    sqlx::query("UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $1")
-        .bind(lo)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
 }
 
-/// Claims a position, holds it, and dies: the backend ends with its claim in the table.
+/// Claims a position, holds it, and dies: the backend ends inside its transaction.
 async fn dead_append(url: String, schema: String, hold: Duration) {
     let mut conn = session(&url, &schema).await;
     claim_by_hand(&mut conn).await;
@@ -259,23 +239,25 @@ async fn processes_and_held_claims_lose_no_event_for_a_live_subscriber() {
     );
     let all = store.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
     assert_eq!(all, seen, "read_all and the subscription agree");
-    // The dead session's claim is collected by the store's horizon task (it may lie
-    // above every event, so the subscriber need not have waited for it).
-    let collected = async {
+    // Every claim ended with its transaction or its backend.
+    let settled = async {
         loop {
-            let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
-                .fetch_one(store.pool())
-                .await
-                .unwrap();
+            let claims: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
             if claims == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(STALL, collected)
+    tokio::time::timeout(STALL, settled)
         .await
-        .unwrap_or_else(|_| panic!("the dead session's claim was never collected"));
+        .unwrap_or_else(|_| panic!("a claim outlived its session"));
     let head = store.head().await.unwrap();
     let last = seen.last().map(|e| e.position);
     assert!(head >= last, "head {head:?} below the last event {last:?}");

@@ -151,9 +151,9 @@ async fn handles_taking_turns_conform() {
 
 /// One task per handle, so every append runs alone (the one-call path): writers racing on
 /// one stream with `Exact` still get exactly one winner per version. A writer that loses
-/// the race after claiming positions leaves them as a gap (decision 0020), so positions
-/// only increase with revisions; every claim is settled afterwards, and `read_all` (below
-/// the horizon) gives the stream's events.
+/// the race after claiming positions leaves them as a gap (decisions 0020, 0022), so
+/// positions only increase with revisions; every claim is settled afterwards, and
+/// `read_all` (below the horizon) gives the stream's events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lone_appends_race_across_handles() {
     let Some(url) = database("lone_appends_race_across_handles").await else {
@@ -216,11 +216,14 @@ async fn lone_appends_race_across_handles() {
         log.windows(2).all(|w| w[0].position < w[1].position),
         "positions increase with revisions"
     );
-    let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
-        .fetch_one(handles[0].pool())
-        .await
-        .unwrap_or_else(|e| panic!("count claims: {e}"));
-    assert_eq!(claims, 0, "every claim was written or released");
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
+    )
+    .fetch_one(handles[0].pool())
+    .await
+    .unwrap_or_else(|e| panic!("count claims: {e}"));
+    assert_eq!(claims, 0, "every claim ended with its transaction");
     let all = handles[0]
         .read_all(tidings::ReadAll::new(0, usize::MAX))
         .await
@@ -288,11 +291,14 @@ async fn creators_race_on_new_streams_one_wins() {
         assert_eq!(events.len(), 1, "stream new-{i} holds the winner only");
         assert_eq!((events[0].position, events[0].event_id), (*position, *id));
     }
-    let claims: i64 = sqlx::query_scalar("SELECT count(lo) FROM tidings_claims")
-        .fetch_one(handles[0].pool())
-        .await
-        .unwrap_or_else(|e| panic!("count claims: {e}"));
-    assert_eq!(claims, 0, "every claim was written or released");
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
+    )
+    .fetch_one(handles[0].pool())
+    .await
+    .unwrap_or_else(|e| panic!("count claims: {e}"));
+    assert_eq!(claims, 0, "every claim ended with its transaction");
     let last = handles.pop().unwrap_or_else(|| panic!("no handles"));
     drop(handles);
     last.drop_schema()

@@ -3,4 +3,4 @@
 -- id check) is kept until the table is next analyzed; autovacuum does that only after a
 -- minute or more, each append slower than the last meanwhile. The writer runs this after
 -- its first appends (writer.rs); ANALYZE makes every session plan these statements again.
-ANALYZE tidings_events, tidings_streams, tidings_claims
+ANALYZE tidings_events, tidings_streams

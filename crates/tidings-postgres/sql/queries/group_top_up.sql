@@ -1,13 +1,13 @@
 -- Reads the log into the group's window: from the cursor on, the events the group
 -- delivers, until the window holds `buffer` unsettled messages, looking at no more than
--- `window` positions; then moves the cursor past what it looked at. One statement, so
--- the horizon and the events are read in one snapshot: every position below the
--- visibility horizon (migration 0005) is committed and visible here or a gap for good,
--- so the cursor never passes an event it has not seen.
+-- `window` positions; then moves the cursor past what it looked at. The visibility
+-- horizon $7 was read by an earlier statement (horizon.sql, migration 0007), so this
+-- statement's snapshot sees every event committed below it, and the cursor never passes
+-- an event it has not seen.
 -- The cursor row is taken with SKIP LOCKED: while one fetch reads, the others skip it.
 -- No row: someone else is reading, or the window is full.
 -- $1 group id, $2 buffer, $3 event types (empty: all), $4 stream prefix (NULL: all),
--- $5 positions to look at, at most, $6 categories (empty: all).
+-- $5 positions to look at, at most, $6 categories (empty: all), $7 the horizon.
 WITH cursor AS (
     SELECT read_upto FROM tidings_groups WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED
 ),
@@ -19,7 +19,7 @@ room AS (
 ),
 bound AS (
     SELECT least(h.horizon, c.read_upto + $5::bigint) AS upto, h.horizon AS head
-    FROM (SELECT tidings_horizon() AS horizon) h, cursor c
+    FROM (SELECT $7::bigint AS horizon) h, cursor c
 ),
 picked AS (
     SELECT e.position, e.stream

@@ -1,21 +1,19 @@
--- Writes a batch's events at the positions claimed for it (claim.sql), clears the claim,
--- moves the stream heads and notifies listeners, in one statement; the claim disappears
--- exactly when the events become visible, at commit. Events arrive in position order;
--- each append's events are contiguous.
+-- Writes a batch's events at the positions claimed for it (tidings_claim, earlier in
+-- the same transaction) and moves the stream heads, in one statement. The claim ends
+-- with the transaction: the events become visible exactly when it stops holding readers
+-- back. Events arrive in position order; each append's events are contiguous.
+-- Notifications are sent by the writer after the commit, on another connection.
 --
--- Answers the horizon this transaction saw without its own claim: once it has committed,
--- every position below it is settled, so the writer's head may move there.
---
--- $1 channel, $2.. one array per column, each with one element per event, $14 the
--- first claimed position.
+-- $1.. one array per column, each with one element per event, $13 the first claimed
+-- position.
 WITH claimed AS (
-    SELECT $14::bigint AS first_position,
+    SELECT $13::bigint AS first_position,
            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS recorded_at
 ),
 batch AS (
     SELECT *
-    FROM unnest($2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::bigint[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+    FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::bigint[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
         WITH ORDINALITY
         AS e(stream, revision, event_id, event_type, event_version, occurred_at, source,
              data, correlation_id, causation_id, user_id, extra, ord)
@@ -39,10 +37,5 @@ moved AS (
          (SELECT stream, max(revision) AS last_revision, max(ord) AS last_ord
           FROM batch GROUP BY stream) h
     WHERE s.name = h.stream
-),
-released AS (
-    UPDATE tidings_claims SET lo = NULL, hi = NULL WHERE lo = $14::bigint
 )
-SELECT least((SELECT min(c.lo) FROM tidings_claims c WHERE c.lo <> $14::bigint),
-             (SELECT p.next_position FROM tidings_position p)) AS horizon,
-       pg_notify($1, ($14::bigint + cardinality($2::text[]) - 1)::text)::text AS notified
+SELECT count(*) AS inserted FROM batch

@@ -257,6 +257,13 @@ async fn top_up(
     if !log_may_have_more(head, known) {
         return Ok(false);
     }
+    // The horizon first, in a statement of its own: the top-up's snapshot, taken after
+    // it, sees every event that settled below it.
+    let horizon: i64 = sqlx::query(include_str!("../../sql/queries/horizon.sql"))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend(groups, "read the visibility horizon"))
+        .and_then(|row| get(&row, "horizon").map_err(GroupError::from))?;
     let row = sqlx::query(include_str!("../../sql/queries/group_top_up.sql"))
         .bind(id)
         .bind(signed(settings.buffer as u64))
@@ -264,6 +271,7 @@ async fn top_up(
         .bind(&settings.filter.stream_prefix)
         .bind(SCAN_WINDOW)
         .bind(&settings.filter.categories)
+        .bind(horizon)
         .fetch_optional(&mut **tx)
         .await
         .map_err(backend(groups, "read the log into the group"))?;
