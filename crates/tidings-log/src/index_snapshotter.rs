@@ -118,6 +118,28 @@ pub(crate) fn snapshot_now(shared: &Shared) -> Result<(), LogError> {
         return Err(LogError::Stopped(m));
     }
     shared.snapshots.join();
+    {
+        // A file that already covers the log as it is (a store closed with nothing
+        // appended since its last file) is kept: rewriting it would cost a pass over
+        // the whole index for nothing.
+        let mut ix = shared.write_index();
+        let replaced = shared.snapshots.install(&mut ix);
+        let current = ix.base.as_ref().is_some_and(|b| {
+            let c = b.cut();
+            c.covered == ix.next_position()
+                && c.end_offset == ix.segments.last().map_or(HEADER_LEN, |s| s.data_end)
+                && c.segments.len() == ix.segments.len()
+                && c.segments
+                    .iter()
+                    .zip(&ix.segments)
+                    .all(|(&(first, end), s)| first == s.first_position && end == s.data_end)
+        });
+        drop(ix);
+        drop(replaced);
+        if current {
+            return Ok(());
+        }
+    }
     let job = cut(shared)?;
     let frozen = job.frozen.clone();
     let file = Arc::new(write(shared, job)?);

@@ -753,3 +753,57 @@ async fn a_bounded_in_memory_index_answers_like_a_whole_one() {
     let store = check(store, ids, "rebuilt within the budget").await;
     store.close().await.unwrap();
 }
+
+/// A store closed with nothing appended since its index file keeps that file (a
+/// rewrite would be a pass over the whole index for nothing); one closed after appends
+/// writes a new one that the next open uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_with_nothing_new_keeps_the_index_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .open()
+            .unwrap()
+    };
+    let inode = || {
+        std::fs::metadata(dir.path().join("index.ckpt"))
+            .unwrap()
+            .ino()
+    };
+    let store = open();
+    store
+        .append(
+            &sid("order-1"),
+            ExpectedVersion::NoStream,
+            vec![ev("A", None)],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let written = inode();
+    let store = open();
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
+    store.close().await.unwrap();
+    assert_eq!(inode(), written, "an unchanged index was rewritten");
+    let store = open();
+    store
+        .append(
+            &sid("order-2"),
+            ExpectedVersion::NoStream,
+            vec![ev("B", None)],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    assert_ne!(inode(), written, "the appends' index was not written");
+    let store = open();
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
+    assert_eq!(store.recovery_report().frames_scanned, 0);
+    assert_eq!(
+        store.stream_version(&sid("order-2")).await.unwrap(),
+        Some(0)
+    );
+    store.close().await.unwrap();
+}
