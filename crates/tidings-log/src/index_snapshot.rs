@@ -311,7 +311,7 @@ impl IndexFile {
 
     /// A key's record.
     pub fn find(&self, table: Table, key: &str) -> std::io::Result<Option<Record>> {
-        if table == Table::Streams && !may_contain(&self.stream_filter, key_fingerprint(key)) {
+        if table == Table::Streams && !self.stream_filter_passes(key) {
             return Ok(None);
         }
         let t = &self.tables[table as usize];
@@ -430,7 +430,7 @@ impl IndexFile {
 
     /// The position an id fingerprint may have been recorded at.
     pub fn id(&self, fp: u64) -> std::io::Result<Option<Position>> {
-        if !self.filter_may_contain(fp) {
+        if !self.id_filter_passes(fp) {
             return Ok(None);
         }
         let k = self.id_dir.partition_point(|&f| f <= fp);
@@ -454,8 +454,14 @@ impl IndexFile {
         Ok(None)
     }
 
-    fn filter_may_contain(&self, fp: u64) -> bool {
+    /// Whether the id filter lets the fingerprint `fp` through.
+    pub fn id_filter_passes(&self, fp: u64) -> bool {
         may_contain(&self.filter, fp)
+    }
+
+    /// Whether the stream filter lets `stream` through.
+    pub fn stream_filter_passes(&self, stream: &str) -> bool {
+        may_contain(&self.stream_filter, key_fingerprint(stream))
     }
 
     /// The same file with the stream filter (or the id filter) emptied, as a filter
@@ -469,13 +475,6 @@ impl IndexFile {
         };
         f.iter_mut().for_each(|w| *w = 0);
         self
-    }
-
-    /// Whether the filters let `stream` and the id fingerprint `fp` through (for
-    /// checks: a filter that rejects a key the file has would hide it).
-    pub fn filters_pass(&self, stream: Option<&str>, fp: Option<u64>) -> bool {
-        stream.is_none_or(|s| may_contain(&self.stream_filter, key_fingerprint(s)))
-            && fp.is_none_or(|f| self.filter_may_contain(f))
     }
 
     /// Every id in fingerprint order, `COPY_ENTRIES` at a time.

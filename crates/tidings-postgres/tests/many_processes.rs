@@ -21,7 +21,7 @@ use tidings::{
 use tidings_testkit::conformance::{event, stream};
 use uuid::Uuid;
 
-use common::{database, fresh_schema, store_in};
+use common::{database, fresh_schema, live_claims, store_in};
 
 /// Set in the writer processes: `<url> <schema> <writer number>`.
 const CHILD_VAR: &str = "TIDINGS_PG_WRITER_CHILD";
@@ -242,14 +242,7 @@ async fn processes_and_held_claims_lose_no_event_for_a_live_subscriber() {
     // Every claim ended with its transaction or its backend.
     let settled = async {
         loop {
-            let claims: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                 WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
-            )
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-            if claims == 0 {
+            if live_claims(&store).await == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

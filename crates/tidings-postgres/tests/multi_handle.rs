@@ -23,7 +23,7 @@ use tidings::{
 };
 use tidings_postgres::PgStore;
 
-use common::{Schemas, database};
+use common::{Schemas, database, live_claims};
 
 /// Handles on one schema; each call goes to the next.
 #[derive(Clone)]
@@ -216,14 +216,11 @@ async fn lone_appends_race_across_handles() {
         log.windows(2).all(|w| w[0].position < w[1].position),
         "positions increase with revisions"
     );
-    let claims: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
-    )
-    .fetch_one(handles[0].pool())
-    .await
-    .unwrap_or_else(|e| panic!("count claims: {e}"));
-    assert_eq!(claims, 0, "every claim ended with its transaction");
+    assert_eq!(
+        live_claims(&handles[0]).await,
+        0,
+        "every claim ended with its transaction"
+    );
     let all = handles[0]
         .read_all(tidings::ReadAll::new(0, usize::MAX))
         .await
@@ -291,14 +288,11 @@ async fn creators_race_on_new_streams_one_wins() {
         assert_eq!(events.len(), 1, "stream new-{i} holds the winner only");
         assert_eq!((events[0].position, events[0].event_id), (*position, *id));
     }
-    let claims: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
-    )
-    .fetch_one(handles[0].pool())
-    .await
-    .unwrap_or_else(|e| panic!("count claims: {e}"));
-    assert_eq!(claims, 0, "every claim ended with its transaction");
+    assert_eq!(
+        live_claims(&handles[0]).await,
+        0,
+        "every claim ended with its transaction"
+    );
     let last = handles.pop().unwrap_or_else(|| panic!("no handles"));
     drop(handles);
     last.drop_schema()

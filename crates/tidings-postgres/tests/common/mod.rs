@@ -64,6 +64,17 @@ pub async fn store_in(url: &str, schema: &str) -> PgStore {
         .unwrap_or_else(|e| panic!("connect to {url}, schema {schema}: {e}"))
 }
 
+/// How many position claims (advisory locks in the store's lock space) are live.
+pub async fn live_claims(store: &PgStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 2 AND classid = tidings_lock_space()",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("count claims: {e}"))
+}
+
 /// Schemas a test made, to drop when it is done (on its own runtime, as stores made on
 /// other runtimes cannot be used there).
 #[derive(Clone, Default)]
