@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// How to open a file.
@@ -34,6 +35,14 @@ pub trait StorageFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `offset`.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` without copying it into the page cache, where the
+    /// system allows (`O_DIRECT`); otherwise as [`StorageFile::write_all_at`] does (the
+    /// default). `buf`'s address, its length and `offset` are multiples of
+    /// [`DIRECT_ALIGN`]. Durability is unchanged: the bytes are durable only after
+    /// [`StorageFile::sync_data`].
+    fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
+    }
     /// Makes written data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// The file's length.
@@ -78,6 +87,95 @@ pub trait Storage: Send + Sync + 'static {
         let file = self.open(path, OpenMode::Truncate)?;
         file.allocate(size)?;
         write_zeros(&*file, 0, size)
+    }
+}
+
+/// The alignment of [`StorageFile::write_direct_at`]'s buffer address, length and offset.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// One [`DIRECT_ALIGN`]-aligned page of an [`AlignedBuf`].
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct AlignedPage([u8; DIRECT_ALIGN]);
+
+/// A growable byte buffer whose first byte is [`DIRECT_ALIGN`]-aligned, for
+/// [`StorageFile::write_direct_at`]. Its capacity only grows, so a writer that reuses one
+/// allocates once.
+#[derive(Default)]
+pub struct AlignedBuf {
+    pages: Vec<AlignedPage>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// The bytes written so far.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.all()[..self.len]
+    }
+
+    /// Empties the buffer, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.grow_to(end);
+        let from = self.len;
+        self.all_mut()[from..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// Keeps only the bytes in `range`, moved to the front.
+    pub fn keep(&mut self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        let start = range.start.min(end);
+        self.all_mut().copy_within(start..end, 0);
+        self.len = end - start;
+    }
+
+    /// Appends zeros up to `len` bytes (nothing when it holds that many already).
+    pub fn zero_fill_to(&mut self, len: usize) {
+        if len <= self.len {
+            return;
+        }
+        self.grow_to(len);
+        let from = self.len;
+        self.all_mut()[from..len].fill(0);
+        self.len = len;
+    }
+
+    fn grow_to(&mut self, len: usize) {
+        let pages = len.div_ceil(DIRECT_ALIGN);
+        if pages > self.pages.len() {
+            self.pages.resize(pages, AlignedPage([0; DIRECT_ALIGN]));
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn all(&self) -> &[u8] {
+        // SAFETY: `AlignedPage` is `repr(C)` around a byte array whose size is a multiple
+        // of its alignment, so the pages are contiguous initialized bytes with no padding,
+        // valid for as long as the borrow of `self.pages`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.pages.as_ptr().cast::<u8>(),
+                self.pages.len() * DIRECT_ALIGN,
+            )
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn all_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `all`; the mutable borrow of `self.pages` makes this view unique,
+        // and any byte pattern is a valid `AlignedPage`.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pages.as_mut_ptr().cast::<u8>(),
+                self.pages.len() * DIRECT_ALIGN,
+            )
+        }
     }
 }
 
@@ -133,11 +231,37 @@ pub fn parent_dir(path: &Path) -> &Path {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OsStorage;
 
-struct OsFile(File, OnceLock<Option<memmap2::Mmap>>);
+struct OsFile {
+    file: File,
+    map: OnceLock<Option<memmap2::Mmap>>,
+    /// The same file opened with `O_DIRECT` on the first direct write, or `None` where
+    /// the file system refuses it.
+    direct: OnceLock<Option<File>>,
+    /// Set when a direct write was refused as invalid: later ones go through the cache.
+    direct_refused: AtomicBool,
+}
 
 impl OsFile {
     fn new(file: File) -> Self {
-        Self(file, OnceLock::new())
+        Self {
+            file,
+            map: OnceLock::new(),
+            direct: OnceLock::new(),
+            direct_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens this file again with `O_DIRECT`, through `/proc/self/fd` so that a rename
+    /// since it was opened does not matter.
+    fn open_direct(&self) -> Option<File> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path)
+            .ok()
     }
 }
 
@@ -145,9 +269,12 @@ impl OsFile {
 #[allow(unsafe_code)]
 fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
     // SAFETY: a mapping is undefined behaviour if the bytes under it change or vanish
-    // while they are read. Readers only read a segment's committed frames, which the
-    // store never writes again: the writer writes past the committed end only (its
-    // padding too), recovery repairs a torn tail before anything is read, and `set_len`
+    // while they are read. Readers only read a segment's committed frames, whose bytes
+    // the store never changes: the writer writes past the committed end, except that a
+    // write around the page cache starts at the page holding that end and writes the
+    // committed bytes before it again with what they already hold (the mapping's page
+    // is then dropped and read back, the same bytes), recovery repairs a torn tail
+    // before anything is read, and `set_len`
     // below refuses to shrink a mapped file. The directory lock keeps other tidings
     // processes out. What the store cannot prevent is another program truncating a
     // segment under it, which would end the process with SIGBUS; the operations guide
@@ -157,33 +284,53 @@ fn map_read_only(file: &File) -> Option<memmap2::Mmap> {
 
 impl StorageFile for OsFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
 
     fn mapped(&self) -> Option<&[u8]> {
-        self.1.get_or_init(|| map_read_only(&self.0)).as_deref()
+        self.map
+            .get_or_init(|| map_read_only(&self.file))
+            .as_deref()
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn write_direct_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !self.direct_refused.load(Ordering::Relaxed)
+            && let Some(direct) = self.direct.get_or_init(|| self.open_direct())
+        {
+            match direct.write_all_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // The file system takes no direct writes (or not these): nothing was
+                // written that the write below does not write again.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    self.direct_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(buf, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        // One inode: this also makes the direct writes durable.
+        self.file.sync_data()
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn allocate(&self, len: u64) -> io::Result<()> {
-        match rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len) {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
             Ok(()) => Ok(()),
             // File systems without fallocate (tmpfs on old kernels, some overlays):
             // extending the length still gives zero-filled space, just not reserved.
             Err(rustix::io::Errno::OPNOTSUPP) => {
                 if self.len()? < len {
-                    self.0.set_len(len)?;
+                    self.file.set_len(len)?;
                 }
                 Ok(())
             }
@@ -192,14 +339,14 @@ impl StorageFile for OsFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        if let Some(Some(map)) = self.1.get()
+        if let Some(Some(map)) = self.map.get()
             && len < map.len() as u64
         {
             return Err(io::Error::other(
                 "refusing to shrink a file that is mapped for reads",
             ));
         }
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
 }
 
@@ -288,7 +435,7 @@ impl Storage for OsStorage {
         let mut at = 0u64;
         while at < aligned_end {
             let n = (aligned_end - at).min(zeros.len() as u64) as usize;
-            if let Err(e) = f.0.write_all_at(&zeros[..n], at) {
+            if let Err(e) = f.file.write_all_at(&zeros[..n], at) {
                 drop(f);
                 if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
                     let file = self.open(path, OpenMode::ReadWrite)?;
@@ -322,3 +469,84 @@ impl Storage for OsStorage {
 
 #[cfg(test)]
 pub(crate) mod sim;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests may panic on what they assert
+
+    use super::*;
+
+    #[test]
+    fn an_aligned_buffer_starts_on_a_page_and_keeps_what_it_is_told_to() {
+        let mut b = AlignedBuf::default();
+        assert!(b.as_slice().is_empty());
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        b.extend_from_slice(&bytes);
+        assert_eq!(b.as_slice(), &bytes[..]);
+        assert_eq!(b.as_slice().as_ptr() as usize % DIRECT_ALIGN, 0);
+        b.keep(9_000..10_000);
+        assert_eq!(b.as_slice(), &bytes[9_000..]);
+        b.zero_fill_to(DIRECT_ALIGN);
+        assert_eq!(b.as_slice().len(), DIRECT_ALIGN);
+        assert!(b.as_slice()[1_000..].iter().all(|&x| x == 0), "stale bytes");
+        b.zero_fill_to(10);
+        assert_eq!(b.as_slice().len(), DIRECT_ALIGN, "never shrinks");
+        b.keep(DIRECT_ALIGN..DIRECT_ALIGN + 10);
+        assert!(b.as_slice().is_empty(), "nothing past the end is kept");
+        b.clear();
+        b.extend_from_slice(b"abc");
+        assert_eq!(b.as_slice(), b"abc");
+    }
+
+    #[test]
+    fn direct_writes_rewrite_a_mapped_page_without_changing_what_readers_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let file = OsStorage.open(&path, OpenMode::CreateNew).unwrap();
+        file.allocate(4 * DIRECT_ALIGN as u64).unwrap();
+        let map = file.mapped().unwrap();
+        let mut image = AlignedBuf::default();
+        let mut expect = vec![0u8; 4 * DIRECT_ALIGN];
+        // Each write starts at the page holding the previous write's end and rewrites
+        // the bytes before it, as the writer does.
+        let mut end = 0usize;
+        for (i, n) in [100usize, 3_000, 5_000, 1, 4_000].into_iter().enumerate() {
+            let page = end - end % DIRECT_ALIGN;
+            let fresh: Vec<u8> = (0..n).map(|k| (i * 31 + k) as u8 | 1).collect();
+            expect[end..end + n].copy_from_slice(&fresh);
+            image.clear();
+            image.extend_from_slice(&expect[page..end]);
+            image.extend_from_slice(&fresh);
+            image.zero_fill_to((end + n).next_multiple_of(DIRECT_ALIGN) - page);
+            file.write_direct_at(image.as_slice(), page as u64).unwrap();
+            end += n;
+            assert_eq!(&map[..end], &expect[..end], "after write {i}");
+            let mut back = vec![0u8; end];
+            read_exact_at(&*file, &mut back, 0).unwrap();
+            assert_eq!(back, &expect[..end]);
+        }
+        file.sync_data().unwrap();
+        let again = OsStorage.open(&path, OpenMode::Read).unwrap();
+        let mut back = vec![0u8; expect.len()];
+        read_exact_at(&*again, &mut back, 0).unwrap();
+        assert_eq!(back, expect);
+    }
+
+    #[test]
+    fn a_direct_write_the_system_refuses_goes_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OsStorage.open(&path, OpenMode::CreateNew).unwrap();
+        // Misaligned on purpose: O_DIRECT refuses it with EINVAL.
+        let mut image = AlignedBuf::default();
+        image.extend_from_slice(&[7u8; 2 * DIRECT_ALIGN]);
+        let odd = &image.as_slice()[1..DIRECT_ALIGN + 1];
+        file.write_direct_at(odd, 3).unwrap();
+        file.write_direct_at(&image.as_slice()[..DIRECT_ALIGN], DIRECT_ALIGN as u64)
+            .unwrap();
+        let mut back = vec![0u8; 2 * DIRECT_ALIGN];
+        read_exact_at(&*file, &mut back, 0).unwrap();
+        assert_eq!(&back[..3], &[0, 0, 0]);
+        assert!(back[3..].iter().all(|&b| b == 7));
+    }
+}

@@ -50,7 +50,7 @@ use tidings_core::{Clock, Position};
 use crate::error::LogError;
 
 use crate::index_snapshotter;
-use crate::storage::StorageFile;
+use crate::storage::{AlignedBuf, StorageFile};
 use crate::store::Shared;
 
 pub(crate) use group::Append;
@@ -97,6 +97,12 @@ pub(crate) struct Writer {
     path: PathBuf,
     /// The group being encoded, written with one write.
     buf: Vec<u8>,
+    /// The pages of the last write that bypassed the page cache: the committed bytes
+    /// before the group on its first page, the group, zeros to the page's end.
+    image: AlignedBuf,
+    /// Where that image was written: the segment's ordinal, the image's first byte in
+    /// it, and where its data ended (`None` when the last write went through the cache).
+    image_at: Option<(usize, u64, u64)>,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     /// Events covered by the last snapshot started.
@@ -142,6 +148,8 @@ impl Writer {
             file,
             path,
             buf: Vec::with_capacity(1 << 20),
+            image: AlignedBuf::default(),
+            image_at: None,
             preparer: None,
             snapshotted,
             next: snapshotted,
