@@ -183,17 +183,62 @@ pub struct FrameSpec<'a> {
     pub events: &'a [Event],
 }
 
+/// A growable byte buffer frames are encoded into: a `Vec<u8>`, or the writer's
+/// page-aligned [`AlignedBuf`](crate::storage::AlignedBuf).
+pub trait FrameBuf {
+    /// The bytes written so far.
+    fn bytes(&self) -> &[u8];
+    /// The bytes written so far, to change.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Makes room for `additional` more bytes.
+    fn reserve(&mut self, additional: usize);
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl FrameBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl FrameBuf for crate::storage::AlignedBuf {
+    fn bytes(&self) -> &[u8] {
+        self.as_slice()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+    fn reserve(&mut self, additional: usize) {
+        crate::storage::AlignedBuf::reserve(self, additional);
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
 /// Appends the frame for `spec` to `out` and returns its length.
 ///
 /// The caller has validated the append (`tidings_core::backend::validate_append`), so every
 /// string fits in a `u32` and the stream name in a `u16`.
-pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
+pub fn encode_frame(out: &mut impl FrameBuf, spec: &FrameSpec<'_>) -> usize {
     debug_assert!(
         !spec.events.is_empty(),
         "a frame carries at least one event"
     );
     let len = frame_len(spec.stream, spec.events);
-    let start = out.len();
+    let start = out.bytes().len();
     out.reserve(len);
     put_u32(out, len as u32);
     put_u32(out, 0);
@@ -203,10 +248,10 @@ pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
     put_u64(out, spec.recorded_at as u64);
     put_u32(out, spec.events.len() as u32);
     let stream = spec.stream.as_str().as_bytes();
-    out.extend_from_slice(&(stream.len() as u16).to_le_bytes());
-    out.extend_from_slice(stream);
+    out.put(&(stream.len() as u16).to_le_bytes());
+    out.put(stream);
     for e in spec.events {
-        out.extend_from_slice(e.event_id.as_bytes());
+        out.put(e.event_id.as_bytes());
         put_u64(out, e.timestamp_micros() as u64);
         put_str(out, &e.event_type);
         put_str(out, &e.event_version);
@@ -222,29 +267,29 @@ pub fn encode_frame(out: &mut Vec<u8>, spec: &FrameSpec<'_>) -> usize {
         put_str(out, e.data.as_str());
     }
     debug_assert_eq!(
-        out.len() - start,
+        out.bytes().len() - start,
         len,
         "frame_len disagrees with the encoder"
     );
-    let crc = crc32c::crc32c(&out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&out.bytes()[start + 8..]);
+    out.bytes_mut()[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     len
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
+fn put_u32(out: &mut impl FrameBuf, v: u32) {
+    out.put(&v.to_le_bytes());
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
+fn put_u64(out: &mut impl FrameBuf, v: u64) {
+    out.put(&v.to_le_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+fn put_str(out: &mut impl FrameBuf, s: &str) {
     put_u32(out, s.len() as u32);
-    out.extend_from_slice(s.as_bytes());
+    out.put(s.as_bytes());
 }
 
-fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+fn put_opt(out: &mut impl FrameBuf, s: Option<&str>) {
     match s {
         Some(s) => put_str(out, s),
         None => put_u32(out, NONE_LEN),

@@ -113,12 +113,29 @@ impl AlignedBuf {
         &self.all()[..self.len]
     }
 
+    /// The bytes written so far, to change.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self.all_mut()[..len]
+    }
+
+    /// Makes room for `additional` more bytes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.grow_to(self.len + additional);
+    }
+
+    /// Shortens the buffer to `len` bytes (nothing when it is shorter).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Empties the buffer, keeping its capacity.
     pub fn clear(&mut self) {
         self.len = 0;
     }
 
     /// Appends `bytes`.
+    #[inline]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         self.grow_to(end);
@@ -146,11 +163,19 @@ impl AlignedBuf {
         self.len = len;
     }
 
+    #[inline]
     fn grow_to(&mut self, len: usize) {
-        let pages = len.div_ceil(DIRECT_ALIGN);
-        if pages > self.pages.len() {
-            self.pages.resize(pages, AlignedPage([0; DIRECT_ALIGN]));
+        if len > self.pages.len() * DIRECT_ALIGN {
+            self.grow(len);
         }
+    }
+
+    #[cold]
+    fn grow(&mut self, len: usize) {
+        // Doubling, as a `Vec` grows: a group encoded frame by frame reallocates
+        // a logarithmic number of times.
+        let pages = len.div_ceil(DIRECT_ALIGN).max(self.pages.len() * 2);
+        self.pages.resize(pages, AlignedPage([0; DIRECT_ALIGN]));
     }
 
     #[allow(unsafe_code)]

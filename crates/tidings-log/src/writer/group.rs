@@ -35,7 +35,7 @@ use crate::index::{FingerprintHasher, Loc, LogIndex, SegmentEntry, fingerprint};
 use crate::reader;
 use crate::record::{self, FrameSpec};
 use crate::segment::FOOTER_LEN;
-use crate::storage::StorageFile;
+use crate::storage::{DIRECT_ALIGN, StorageFile};
 
 type FpMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<FingerprintHasher>>;
 
@@ -185,7 +185,7 @@ impl Writer {
         }
         tracing::trace!(
             events = g.next - g.first,
-            bytes = self.offset - g.buf_start,
+            bytes = g.frame_bytes,
             "group written"
         );
         let staged = self.stage(g, write_micros);
@@ -206,13 +206,18 @@ impl Writer {
     /// An empty group starting at the next position, sized for `appends`.
     fn start_group(&mut self, appends: &[Append]) -> Group {
         let events: usize = appends.iter().map(|a| a.events.len()).sum();
-        self.buf.clear();
+        // Keep the committed bytes on the page where the group starts (the buffer holds
+        // the segment's bytes from its start up to `offset`).
+        let buf_start = self.buf_start();
+        let page_start = self.offset - self.offset % DIRECT_ALIGN as u64;
+        let len = self.buf.as_slice().len();
+        self.buf.keep((page_start - buf_start) as usize..len);
         Group {
             first: self.next,
             durable_next: self.sync.durable_next(self.next),
             next: self.next,
             recorded_at: timestamp_to_micros(self.cfg.clock.now()),
-            buf_start: self.offset,
+            buf_start: page_start,
             pending: Pending {
                 first: self.next,
                 frames: Vec::with_capacity(appends.len()),
@@ -320,7 +325,7 @@ impl Writer {
     /// not leave room for the footer in the active one.
     fn make_room(&mut self, g: &mut Group, a: &Append) -> Result<(), LogError> {
         let len = record::frame_len(&a.stream, &a.events) as u64;
-        let end = g.buf_start + self.buf.len() as u64;
+        let end = g.buf_start + self.buf.as_slice().len() as u64;
         if end + len + FOOTER_LEN > self.capacity {
             self.roll(&mut g.buf_start, g.next, len, &mut g.new_segments)?;
         }
@@ -333,8 +338,8 @@ impl Writer {
     fn encode(&mut self, g: &mut Group, a: Append, current: Option<Revision>) {
         let first_revision = current.map_or(0, |c| c + 1);
         let n = a.events.len() as u64;
-        let offset = g.buf_start + self.buf.len() as u64;
-        let before = self.buf.len();
+        let offset = g.buf_start + self.buf.as_slice().len() as u64;
+        let before = self.buf.as_slice().len();
         record::encode_frame(
             &mut self.buf,
             &FrameSpec {
@@ -346,7 +351,7 @@ impl Writer {
                 events: &a.events,
             },
         );
-        g.frame_bytes += (self.buf.len() - before) as u64;
+        g.frame_bytes += (self.buf.as_slice().len() - before) as u64;
         // Later appends of this group (its own, or ones the last call brings) must
         // see these ids as taken.
         let pending = &mut g.pending;
@@ -388,7 +393,7 @@ impl Writer {
         if let Some(m) = g.failure.take().or_else(|| self.shared.stopped_reason()) {
             return Err(m);
         }
-        let data_len = self.buf.len();
+        let data_len = self.buf.as_slice().len();
         let mut write_micros = 0;
         if g.next > g.first {
             let io_started = std::time::Instant::now();

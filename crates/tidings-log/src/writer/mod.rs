@@ -50,7 +50,7 @@ use tidings_core::{Clock, Position};
 use crate::error::LogError;
 
 use crate::index_snapshotter;
-use crate::storage::{AlignedBuf, StorageFile};
+use crate::storage::{AlignedBuf, DIRECT_ALIGN, StorageFile, read_exact_at};
 use crate::store::Shared;
 
 pub(crate) use group::Append;
@@ -95,14 +95,11 @@ pub(crate) struct Writer {
     /// The active segment, and its path (for messages).
     file: Arc<dyn StorageFile>,
     path: PathBuf,
-    /// The group being encoded, written with one write.
-    buf: Vec<u8>,
-    /// The pages of the last write that bypassed the page cache: the committed bytes
-    /// before the group on its first page, the group, zeros to the page's end.
-    image: AlignedBuf,
-    /// Where that image was written: the segment's ordinal, the image's first byte in
-    /// it, and where its data ended (`None` when the last write went through the cache).
-    image_at: Option<(usize, u64, u64)>,
+    /// The group being encoded, written with one write: the committed bytes before it
+    /// on the page where it starts, then its frames. Between groups it holds the active
+    /// segment's bytes from the page holding `offset` up to `offset`, so a group's
+    /// write covers whole pages without reading anything back (see `roll`).
+    buf: AlignedBuf,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     /// Events covered by the last snapshot started.
@@ -137,6 +134,11 @@ impl Writer {
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
         let snapshotted = shared.read_index().next_position();
+        let mut buf = AlignedBuf::default();
+        let page_start = offset - offset % DIRECT_ALIGN as u64;
+        let mut head = vec![0u8; (offset - page_start) as usize];
+        read_exact_at(&*file, &mut head, page_start).map_err(LogError::io("reading", &path))?;
+        buf.extend_from_slice(&head);
         Ok(Self {
             sync: SyncQueue::new(shared.clone()),
             shared,
@@ -147,9 +149,7 @@ impl Writer {
             capacity,
             file,
             path,
-            buf: Vec::with_capacity(1 << 20),
-            image: AlignedBuf::default(),
-            image_at: None,
+            buf,
             preparer: None,
             snapshotted,
             next: snapshotted,
@@ -180,6 +180,12 @@ impl Writer {
         self.prepare_next();
         self.maybe_snapshot_index();
         wrote
+    }
+
+    /// Where the buffer's first byte is in the active segment: between groups the
+    /// buffer ends at `offset`.
+    fn buf_start(&self) -> u64 {
+        self.offset - self.buf.as_slice().len() as u64
     }
 
     /// Writes a snapshot now, after any running background one.

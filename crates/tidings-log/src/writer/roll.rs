@@ -20,10 +20,10 @@ use super::{Writer, micros_since};
 use crate::error::LogError;
 use crate::index::SegmentEntry;
 use crate::segment::{self, FOOTER_LEN, HEADER_LEN};
-use crate::storage::read_exact_at;
+use crate::storage::DIRECT_ALIGN;
 
-/// The page size writes are padded to.
-const PAGE: u64 = 4096;
+/// The page size writes are padded to and start at.
+const PAGE: u64 = DIRECT_ALIGN as u64;
 
 impl Writer {
     /// Once the active segment is half full, zero-fills the next one in the background,
@@ -60,7 +60,7 @@ impl Writer {
         if let Some(m) = self.shared.stopped_reason() {
             return Err(LogError::Stopped(m));
         }
-        let data_end = *buf_start + self.buf.len() as u64;
+        let data_end = *buf_start + self.buf.as_slice().len() as u64;
         self.buf
             .extend_from_slice(&segment::encode_footer(next, data_end));
         self.write_pages(*buf_start)?;
@@ -111,64 +111,35 @@ impl Writer {
         self.path = seg.path;
         self.capacity = size;
         self.offset = HEADER_LEN;
+        // The new segment's first page starts with the header its creation wrote.
         self.buf.clear();
-        *buf_start = HEADER_LEN;
+        self.buf
+            .extend_from_slice(&segment::encode_header(next, created_at));
+        *buf_start = 0;
         Ok(())
     }
 
-    /// Writes `buf` at `start`, padded with zeros to the end of its last page (never
-    /// past the segment's end). Past the committed data a segment holds zeros, so the
-    /// padding changes nothing on disk; what it saves is the next write's kernel reading
-    /// that page back from the disk (segments are zero-filled around the page cache)
-    /// before it can change part of it — a synchronous read inside an append's latency.
+    /// Writes `buf` at `start` (a page boundary), padded with zeros to the end of its
+    /// last page (never past the segment's end). Past the committed data a segment holds
+    /// zeros, so the padding changes nothing on disk.
     ///
-    /// Where the padded end falls on a page, the write bypasses the page cache
+    /// A write of whole pages bypasses the page cache
     /// ([`StorageFile::write_direct_at`](crate::storage::StorageFile::write_direct_at)):
-    /// it then starts at the page holding `start`, and rewrites the committed bytes
-    /// before `start` on that page with what they already hold, so readers that map
-    /// them never see them change. Copying a group into the page cache costs more CPU
-    /// than encoding it (decision record 0021).
+    /// copying a group into the cache costs more CPU than encoding it (decision record
+    /// 0023). Its first page starts with committed bytes, written again with what they
+    /// already hold, so readers that map them never see them change. Only the last page
+    /// of a segment whose size is not a multiple of a page goes through the cache.
     pub(super) fn write_pages(&mut self, start: u64) -> Result<(), LogError> {
-        let len = self.buf.len() as u64;
+        let len = self.buf.as_slice().len() as u64;
         let padded = (start + len)
             .next_multiple_of(PAGE)
             .min(self.capacity.max(start + len));
-        if padded % PAGE != 0 {
-            self.buf.resize((padded - start) as usize, 0);
-            self.image_at = None;
-            return self
-                .file
-                .write_all_at(&self.buf, start)
-                .map_err(LogError::io("writing", &self.path));
-        }
-        let page_start = start - start % PAGE;
-        self.take_head(page_start, start)?;
-        self.image.extend_from_slice(&self.buf);
-        self.image.zero_fill_to((padded - page_start) as usize);
-        self.image_at = None;
-        self.file
-            .write_direct_at(self.image.as_slice(), page_start)
-            .map_err(LogError::io("writing", &self.path))?;
-        self.image_at = Some((self.ordinal, page_start, start + len));
-        Ok(())
-    }
-
-    /// Puts the committed bytes `[page_start, start)` at the front of the page image:
-    /// from the last image when it ended at `start` in this segment, else read back.
-    fn take_head(&mut self, page_start: u64, start: u64) -> Result<(), LogError> {
-        match self.image_at {
-            Some((ordinal, at, end)) if ordinal == self.ordinal && end == start => {
-                self.image
-                    .keep((page_start - at) as usize..(start - at) as usize);
-            }
-            _ => {
-                let mut head = vec![0u8; (start - page_start) as usize];
-                read_exact_at(&*self.file, &mut head, page_start)
-                    .map_err(LogError::io("reading", &self.path))?;
-                self.image.clear();
-                self.image.extend_from_slice(&head);
-            }
-        }
-        Ok(())
+        self.buf.zero_fill_to((padded - start) as usize);
+        let written = if start % PAGE == 0 && padded % PAGE == 0 {
+            self.file.write_direct_at(self.buf.as_slice(), start)
+        } else {
+            self.file.write_all_at(self.buf.as_slice(), start)
+        };
+        written.map_err(LogError::io("writing", &self.path))
     }
 }
