@@ -61,6 +61,7 @@ pub mod segment;
 pub mod storage;
 mod store;
 pub mod tags;
+mod tail;
 mod verify;
 mod writer;
 

@@ -14,6 +14,7 @@ use crate::index::{Loc, LogIndex};
 use crate::record::{self, FrameView};
 use crate::segment::HEADER_LEN;
 use crate::storage::{StorageFile, read_exact_at};
+use crate::tail::TailChunk;
 
 /// A segment as a read sees it.
 #[derive(Clone)]
@@ -21,6 +22,10 @@ pub(crate) struct SegRef {
     pub file: Option<Arc<dyn StorageFile>>,
     pub path: PathBuf,
     pub data_end: u64,
+    /// Its first position.
+    pub first_position: Position,
+    /// Its most recent writes, in memory (see [`crate::tail`]), oldest first.
+    pub tail: Vec<Arc<TailChunk>>,
 }
 
 pub(crate) fn seg_refs(ix: &LogIndex, from: usize) -> Vec<SegRef> {
@@ -31,6 +36,8 @@ pub(crate) fn seg_refs(ix: &LogIndex, from: usize) -> Vec<SegRef> {
             file: s.file.clone(),
             path: s.path.clone(),
             data_end: s.data_end,
+            first_position: s.first_position,
+            tail: Vec::new(),
         })
         .collect()
 }
@@ -55,6 +62,8 @@ struct Window {
 enum WindowBytes {
     Read(Vec<u8>),
     Mapped(Arc<dyn StorageFile>),
+    /// A recent write's bytes; the window's start is the chunk's.
+    Tail(Arc<TailChunk>),
 }
 
 impl Window {
@@ -67,6 +76,11 @@ impl Window {
         let all = match &self.bytes {
             WindowBytes::Read(v) => v.as_slice(),
             WindowBytes::Mapped(f) => f.mapped().unwrap_or_default(),
+            WindowBytes::Tail(c) => {
+                let from = offset.saturating_sub(self.start) as usize;
+                let to = (self.end - self.start) as usize;
+                return c.bytes.as_slice().get(from..to).unwrap_or_default();
+            }
         };
         let from = offset.saturating_sub(self.start) as usize;
         let to = (self.end - self.start) as usize;
@@ -74,14 +88,33 @@ impl Window {
     }
 }
 
-/// The segment's committed bytes through its mapping, when it has one covering them.
+/// The recent write holding `[offset, offset + len)` of the segment, newest first, as a
+/// window that ends at the segment's committed end.
+fn tail_window(seg: &SegRef, segno: usize, offset: u64, len: u64) -> Option<Window> {
+    let chunk = seg.tail.iter().rev().find(|c| c.holds(offset, len))?;
+    Some(Window {
+        seg: segno,
+        start: chunk.start,
+        end: chunk.end().min(seg.data_end),
+        bytes: WindowBytes::Tail(chunk.clone()),
+    })
+}
+
+/// The segment's committed bytes through its mapping, when it has one covering them,
+/// up to where its recent writes in memory begin.
 fn mapped_window(seg: &SegRef, segno: usize) -> Option<Window> {
     let file = seg.file.as_ref()?;
     let map = file.mapped()?;
+    let end = seg
+        .tail
+        .iter()
+        .map(|c| c.start)
+        .min()
+        .map_or(seg.data_end, |t| t.min(seg.data_end));
     (seg.data_end <= map.len() as u64).then(|| Window {
         seg: segno,
         start: 0,
-        end: seg.data_end,
+        end,
         bytes: WindowBytes::Mapped(file.clone()),
     })
 }
@@ -116,7 +149,13 @@ fn load_frame(
         w.as_ref().is_none_or(|w| !w.holds(loc.segment(), off, len))
     };
     if needs(w, 4)
+        && let Some(t) = tail_window(seg, loc.segment(), off, 4)
+    {
+        *w = Some(t);
+    }
+    if needs(w, 4)
         && let Some(m) = mapped_window(seg, loc.segment())
+        && m.holds(loc.segment(), off, 4)
     {
         *w = Some(m);
     }
@@ -136,6 +175,11 @@ fn load_frame(
             off,
             format!("impossible frame length {len}"),
         ));
+    }
+    if needs(w, len)
+        && let Some(t) = tail_window(seg, loc.segment(), off, len as u64)
+    {
+        *w = Some(t);
     }
     if needs(w, len) {
         *w = Some(read_window(seg, loc.segment(), off, off + len as u64)?);

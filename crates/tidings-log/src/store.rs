@@ -23,9 +23,10 @@ use crate::builder::LogStoreBuilder;
 use crate::error::LogError;
 use crate::index::{Layered, LogIndex};
 use crate::index_snapshotter::IndexSnapshots;
-use crate::reader;
+use crate::reader::{self, SegRef};
 use crate::recovery::RecoveryReport;
 use crate::storage::Storage;
+use crate::tail::{TAIL_EVENTS, TailCache};
 use crate::writer::{self, Append, Finish, Request, Writer};
 
 /// State shared by the handles, the writer and the readers.
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub stats: StatsCounters,
     /// Background index snapshots.
     pub snapshots: IndexSnapshots,
+    /// The last writes, for reads of the newest frames.
+    pub tail: TailCache,
     /// The directory lock; released by [`LogStore::close`] so the directory can be
     /// opened again while stray handles (a finished subscription's, say) linger.
     lock: Mutex<Option<Box<dyn Send + Sync>>>,
@@ -66,8 +69,23 @@ impl Shared {
             report,
             stats: StatsCounters::default(),
             snapshots: IndexSnapshots::default(),
+            tail: TailCache::default(),
             lock: Mutex::new(Some(lock)),
         }
+    }
+
+    /// The segments of a read plan, with the recent writes of the last two attached
+    /// when the read reaches the tail (`near_head`), which marks the tail wanted.
+    pub(crate) fn with_tail(&self, mut segs: Vec<SegRef>, near_head: bool) -> Vec<SegRef> {
+        if !near_head {
+            return segs;
+        }
+        self.tail.want();
+        let n = segs.len();
+        for seg in segs.iter_mut().skip(n.saturating_sub(2)) {
+            seg.tail = self.tail.of(seg.first_position);
+        }
+        segs
     }
 
     pub(crate) fn read_index(&self) -> RwLockReadGuard<'_, LogIndex> {
@@ -205,6 +223,12 @@ impl std::fmt::Debug for LogStore {
 }
 
 impl LogStore {
+    /// The cache of recent writes (tests of [`crate::tail`]).
+    #[cfg(test)]
+    pub(crate) fn tail_cache(&self) -> &TailCache {
+        &self.inner.shared.tail
+    }
+
     /// Opens (or creates) a store in `dir` with default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, LogError> {
         Self::builder(dir.as_ref()).open()
@@ -421,7 +445,12 @@ impl LogStore {
     ) -> Result<reader::PositionsPlan, StoreError> {
         let ix = self.inner.shared.read_index();
         let positions = select(&ix).map_err(reader::index_err)?;
-        reader::plan_positions(&ix, positions.into_iter())
+        let mut plan = reader::plan_positions(&ix, positions.into_iter())?;
+        let newest = plan.items.iter().map(|i| i.0).max();
+        let near_head = newest.is_some_and(|p| p + TAIL_EVENTS >= ix.next_position());
+        drop(ix);
+        plan.segs = self.inner.shared.with_tail(plan.segs, near_head);
+        Ok(plan)
     }
 
     /// A `read_all` filtered by type or category: reads only the positions the postings
@@ -510,10 +539,14 @@ impl EventReader for LogStore {
         }
         let plan = {
             let ix = self.inner.shared.read_index();
-            reader::plan_scan(&ix, options.from)?
+            let near_head = options.from.saturating_add(TAIL_EVENTS) >= ix.next_position();
+            reader::plan_scan(&ix, options.from)?.map(|p| (p, near_head))
         };
         match plan {
-            Some(plan) => reader::scan(&plan, options.from, options.limit, &options.filter),
+            Some((mut plan, near_head)) => {
+                plan.segs = self.inner.shared.with_tail(plan.segs, near_head);
+                reader::scan(&plan, options.from, options.limit, &options.filter)
+            }
             None => Ok(Vec::new()),
         }
     }

@@ -403,6 +403,9 @@ impl Writer {
         }
         self.buf.truncate(data_len);
         self.offset = g.buf_start + data_len as u64;
+        if g.next > g.first {
+            self.maybe_hand_to_tail(g.buf_start);
+        }
         self.next = g.next;
         Ok(write_micros)
     }

@@ -88,6 +88,8 @@ pub(crate) struct Writer {
     closed: bool,
     /// The active segment's ordinal in the index's segment list.
     ordinal: usize,
+    /// The active segment's first position (what readers know it by).
+    segment_first: Position,
     /// Where the active segment's written data ends (the next write starts here).
     offset: u64,
     /// The active segment's size.
@@ -100,6 +102,8 @@ pub(crate) struct Writer {
     /// segment's bytes from the page holding `offset` up to `offset`, so a group's
     /// write covers whole pages without reading anything back (see `roll`).
     buf: AlignedBuf,
+    /// Whether the last write went to the readers' cache of recent writes.
+    tail_fed: bool,
     /// A zero-filled next segment being prepared in the background.
     preparer: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
     /// Events covered by the last snapshot started.
@@ -118,7 +122,7 @@ impl Writer {
         ordinal: usize,
         offset: u64,
     ) -> Result<Self, LogError> {
-        let (file, path) = {
+        let (file, path, segment_first) = {
             let ix = shared.read_index();
             let seg = ix
                 .segments
@@ -128,7 +132,7 @@ impl Writer {
                 .file
                 .clone()
                 .ok_or_else(|| LogError::InvalidOption("active segment is not open".into()))?;
-            (file, seg.path.clone())
+            (file, seg.path.clone(), seg.first_position)
         };
         let capacity = file
             .len()
@@ -145,11 +149,13 @@ impl Writer {
             cfg,
             closed: false,
             ordinal,
+            segment_first,
             offset,
             capacity,
             file,
             path,
             buf,
+            tail_fed: false,
             preparer: None,
             snapshotted,
             next: snapshotted,

@@ -67,6 +67,7 @@ impl Writer {
         self.file
             .sync_data()
             .map_err(LogError::io("syncing", &self.path))?;
+        self.maybe_hand_to_tail(*buf_start);
         let size = self.cfg.segment_size.max(HEADER_LEN + need + FOOTER_LEN);
         let dir = self.shared.dir.clone();
         let sealed = micros_since(started);
@@ -107,6 +108,7 @@ impl Writer {
             "started a new segment (µs since the roll began)"
         );
         self.ordinal += 1;
+        self.segment_first = next;
         self.file = seg.file;
         self.path = seg.path;
         self.capacity = size;
@@ -141,5 +143,26 @@ impl Writer {
             self.file.write_all_at(self.buf.as_slice(), start)
         };
         written.map_err(LogError::io("writing", &self.path))
+    }
+
+    /// While readers read the log's newest frames, gives the buffer, just written at
+    /// `start`, to their cache of recent writes ([`crate::tail`]) and goes on in a
+    /// spare one, which starts with the bytes of the buffer's last page (the buffer
+    /// keeps holding the segment up to its end). Once they stopped, empties the cache.
+    pub(super) fn maybe_hand_to_tail(&mut self, start: u64) {
+        if !self.shared.tail.wanted() {
+            if self.tail_fed {
+                self.shared.tail.clear();
+                self.tail_fed = false;
+            }
+            return;
+        }
+        self.tail_fed = true;
+        let end = start + self.buf.as_slice().len() as u64;
+        let page = end - end % PAGE;
+        let mut next = self.shared.tail.spare();
+        next.extend_from_slice(&self.buf.as_slice()[(page - start) as usize..]);
+        let written = std::mem::replace(&mut self.buf, next);
+        self.shared.tail.keep(self.segment_first, start, written);
     }
 }
