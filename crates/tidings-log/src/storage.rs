@@ -119,6 +119,11 @@ impl AlignedBuf {
         &mut self.all_mut()[..len]
     }
 
+    /// How many bytes it holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.pages.len() * DIRECT_ALIGN
+    }
+
     /// Makes room for `additional` more bytes.
     pub fn reserve(&mut self, additional: usize) {
         self.grow_to(self.len + additional);

@@ -30,8 +30,9 @@ use crate::storage::AlignedBuf;
 
 /// The most bytes of recent writes kept.
 pub(crate) const TAIL_BYTES: usize = 16 << 20;
-/// Chunks kept for reuse.
-const SPARE: usize = 8;
+/// Chunks kept for reuse, and the largest kept (a spare holds its memory).
+const SPARE: usize = 4;
+const SPARE_BYTES: usize = TAIL_BYTES / 2;
 /// A read that starts among this many newest events reads the tail.
 pub(crate) const TAIL_EVENTS: u64 = 50_000;
 /// How long after the last read of the tail the writer keeps handing writes over.
@@ -164,7 +165,7 @@ fn recent(at: u64, now: u64) -> bool {
 
 impl Inner {
     fn add_spare(&mut self, buf: AlignedBuf) {
-        if self.spare.len() < SPARE {
+        if self.spare.len() < SPARE && buf.capacity() <= SPARE_BYTES {
             self.spare.push(buf);
         }
     }
@@ -217,6 +218,33 @@ mod tests {
         assert!(spare.as_slice().is_empty());
         cache.clear();
         assert!(cache.of(2).is_empty() && cache.of(1).is_empty());
+        // Spares are bounded in number and size: what they hold stays allocated.
+        while cache.spare().capacity() > 0 {}
+        for _ in 0..2 * SPARE {
+            cache.keep(3, 0, buf(1, SPARE_BYTES + 1));
+        }
+        let mut spares = Vec::new();
+        loop {
+            let s = cache.spare();
+            if s.capacity() == 0 {
+                break;
+            }
+            assert!(s.capacity() <= SPARE_BYTES);
+            spares.push(s);
+        }
+        assert!(
+            spares.is_empty(),
+            "a spare larger than {SPARE_BYTES} bytes was kept"
+        );
+        for _ in 0..2 * SPARE {
+            cache.keep(3, 0, buf(1, SPARE_BYTES));
+        }
+        cache.clear();
+        let mut n = 0;
+        while cache.spare().capacity() > 0 {
+            n += 1;
+        }
+        assert_eq!(n, SPARE);
     }
 
     #[test]
