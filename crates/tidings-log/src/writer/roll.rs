@@ -130,14 +130,18 @@ impl Writer {
     /// copying a group into the cache costs more CPU than encoding it (decision record
     /// 0023). Its first page starts with committed bytes, written again with what they
     /// already hold, so readers that map them never see them change. Only the last page
-    /// of a segment whose size is not a multiple of a page goes through the cache.
+    /// of a segment whose size is not a multiple of a page, and every write of a store
+    /// that does not sync (`Durability::None`), go through the cache.
     pub(super) fn write_pages(&mut self, start: u64) -> Result<(), LogError> {
         let len = self.buf.as_slice().len() as u64;
         let padded = (start + len)
             .next_multiple_of(PAGE)
             .min(self.capacity.max(start + len));
         self.buf.zero_fill_to((padded - start) as usize);
-        let written = if start % PAGE == 0 && padded % PAGE == 0 {
+        // Without fsync (`Durability::None`) the page cache takes the write at once,
+        // where a direct write would wait for the device.
+        let direct = self.cfg.durable && start % PAGE == 0 && padded % PAGE == 0;
+        let written = if direct {
             self.file.write_direct_at(self.buf.as_slice(), start)
         } else {
             self.file.write_all_at(self.buf.as_slice(), start)
@@ -150,7 +154,8 @@ impl Writer {
     /// spare one, which starts with the bytes of the buffer's last page (the buffer
     /// keeps holding the segment up to its end). Once they stopped, empties the cache.
     pub(super) fn maybe_hand_to_tail(&mut self, start: u64) {
-        if !self.shared.tail.wanted() {
+        // Without fsync the writes stay in the page cache, where readers find them.
+        if !self.cfg.durable || !self.shared.tail.wanted() {
             if self.tail_fed {
                 self.shared.tail.clear();
                 self.tail_fed = false;
