@@ -888,11 +888,11 @@ impl Out {
         }
     }
     fn pos(&self) -> u64 {
-        self.at + self.buf.as_slice().len() as u64
+        self.at + self.buf.len() as u64
     }
     fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
         self.buf.extend_from_slice(b);
-        if self.buf.as_slice().len() >= 1 << 20 {
+        if self.buf.len() >= 1 << 20 {
             self.flush(false)?;
         }
         Ok(())
@@ -903,17 +903,17 @@ impl Out {
     /// Writes the buffered bytes up to the last page boundary (all of them when `all`).
     fn flush(&mut self, all: bool) -> std::io::Result<()> {
         let align = DIRECT_ALIGN as u64;
-        let len = self.buf.as_slice().len();
+        let len = self.buf.len();
         let head = ((self.at.next_multiple_of(align) - self.at) as usize).min(len);
         if head > 0 {
             self.write(head, false)?;
         }
-        let whole = self.buf.as_slice().len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        let whole = self.buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
         if whole > 0 {
             self.write(whole, true)?;
         }
-        if all && !self.buf.as_slice().is_empty() {
-            self.write(self.buf.as_slice().len(), false)?;
+        if all && !self.buf.is_empty() {
+            self.write(self.buf.len(), false)?;
         }
         Ok(())
     }
@@ -927,7 +927,7 @@ impl Out {
         }
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.at += n as u64;
-        let len = self.buf.as_slice().len();
+        let len = self.buf.len();
         self.buf.keep(n..len);
         Ok(())
     }

@@ -76,11 +76,7 @@ impl Window {
         let all = match &self.bytes {
             WindowBytes::Read(v) => v.as_slice(),
             WindowBytes::Mapped(f) => f.mapped().unwrap_or_default(),
-            WindowBytes::Tail(c) => {
-                let from = offset.saturating_sub(self.start) as usize;
-                let to = (self.end - self.start) as usize;
-                return c.bytes.as_slice().get(from..to).unwrap_or_default();
-            }
+            WindowBytes::Tail(c) => c.bytes.as_slice(),
         };
         let from = offset.saturating_sub(self.start) as usize;
         let to = (self.end - self.start) as usize;

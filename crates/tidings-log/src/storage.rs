@@ -81,12 +81,22 @@ pub trait Storage: Send + Sync + 'static {
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>>;
 
     /// Creates (or truncates) `path` as `size` bytes of zeros actually written to the
-    /// device, not merely reserved, and not yet synced. The default writes through
-    /// the file; [`OsStorage`] bypasses the page cache.
+    /// device, not merely reserved, and not yet synced. Whole pages go through
+    /// [`StorageFile::write_direct_at`]: hundreds of MiB of zeros should neither cost a
+    /// copy into the page cache nor push useful pages out of it.
     fn write_zero_file(&self, path: &Path, size: u64) -> io::Result<()> {
         let file = self.open(path, OpenMode::Truncate)?;
         file.allocate(size)?;
-        write_zeros(&*file, 0, size)
+        let mut zeros = AlignedBuf::default();
+        zeros.zero_fill_to(4 << 20);
+        let aligned_end = size - size % DIRECT_ALIGN as u64;
+        let mut at = 0u64;
+        while at < aligned_end {
+            let n = (aligned_end - at).min(zeros.len() as u64) as usize;
+            file.write_direct_at(&zeros.as_slice()[..n], at)?;
+            at += n as u64;
+        }
+        write_zeros(&*file, aligned_end, size)
     }
 }
 
@@ -111,6 +121,16 @@ impl AlignedBuf {
     /// The bytes written so far.
     pub fn as_slice(&self) -> &[u8] {
         &self.all()[..self.len]
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The bytes written so far, to change.
@@ -440,49 +460,6 @@ impl Storage for OsStorage {
         File::open(dir)?.sync_all()
     }
 
-    fn write_zero_file(&self, path: &Path, size: u64) -> io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_DIRECT: hundreds of MiB of zeros should neither cost a copy into the page
-        // cache nor push useful pages out of it. File systems without it fall back.
-        let direct = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path);
-        let Ok(file) = direct else {
-            let file = self.open(path, OpenMode::Truncate)?;
-            file.allocate(size)?;
-            return write_zeros(&*file, 0, size);
-        };
-        let f = OsFile::new(file);
-        f.allocate(size)?;
-        const ALIGN: usize = 4096;
-        let mut raw = vec![0u8; (4 << 20) + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        let zeros = &mut raw[start..start + (4 << 20)];
-        let aligned_end = size - size % ALIGN as u64;
-        let mut at = 0u64;
-        while at < aligned_end {
-            let n = (aligned_end - at).min(zeros.len() as u64) as usize;
-            if let Err(e) = f.file.write_all_at(&zeros[..n], at) {
-                drop(f);
-                if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) {
-                    let file = self.open(path, OpenMode::ReadWrite)?;
-                    return write_zeros(&*file, at, size);
-                }
-                return Err(e);
-            }
-            at += n as u64;
-        }
-        drop(f);
-        if aligned_end < size {
-            let file = self.open(path, OpenMode::ReadWrite)?;
-            write_zeros(&*file, aligned_end, size)?;
-        }
-        Ok(())
-    }
-
     fn lock(&self, dir: &Path) -> io::Result<Box<dyn Send + Sync>> {
         let path: PathBuf = dir.join("LOCK");
         let f = OpenOptions::new()
@@ -509,7 +486,7 @@ mod tests {
     #[test]
     fn an_aligned_buffer_starts_on_a_page_and_keeps_what_it_is_told_to() {
         let mut b = AlignedBuf::default();
-        assert!(b.as_slice().is_empty());
+        assert!(b.is_empty());
         let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         b.extend_from_slice(&bytes);
         assert_eq!(b.as_slice(), &bytes[..]);
@@ -517,12 +494,12 @@ mod tests {
         b.keep(9_000..10_000);
         assert_eq!(b.as_slice(), &bytes[9_000..]);
         b.zero_fill_to(DIRECT_ALIGN);
-        assert_eq!(b.as_slice().len(), DIRECT_ALIGN);
+        assert_eq!(b.len(), DIRECT_ALIGN);
         assert!(b.as_slice()[1_000..].iter().all(|&x| x == 0), "stale bytes");
         b.zero_fill_to(10);
-        assert_eq!(b.as_slice().len(), DIRECT_ALIGN, "never shrinks");
+        assert_eq!(b.len(), DIRECT_ALIGN, "never shrinks");
         b.keep(DIRECT_ALIGN..DIRECT_ALIGN + 10);
-        assert!(b.as_slice().is_empty(), "nothing past the end is kept");
+        assert!(b.is_empty(), "nothing past the end is kept");
         b.clear();
         b.extend_from_slice(b"abc");
         assert_eq!(b.as_slice(), b"abc");

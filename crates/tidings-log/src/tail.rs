@@ -50,7 +50,7 @@ pub(crate) struct TailChunk {
 impl TailChunk {
     /// Where the bytes end in the segment.
     pub(crate) fn end(&self) -> u64 {
-        self.start + self.bytes.as_slice().len() as u64
+        self.start + self.bytes.len() as u64
     }
 
     /// Whether the chunk holds `[offset, offset + len)`.
@@ -122,11 +122,11 @@ impl TailCache {
     /// write larger than half the cache is not kept (its buffer becomes a spare).
     pub(crate) fn keep(&self, segment: Position, start: u64, bytes: AlignedBuf) {
         let mut inner = self.lock();
-        if bytes.as_slice().len() > TAIL_BYTES / 2 {
+        if bytes.len() > TAIL_BYTES / 2 {
             inner.add_spare(bytes);
             return;
         }
-        inner.bytes += bytes.as_slice().len();
+        inner.bytes += bytes.len();
         inner.chunks.push_back(Arc::new(TailChunk {
             segment,
             start,
@@ -136,7 +136,7 @@ impl TailCache {
             let Some(old) = inner.chunks.pop_front() else {
                 break;
             };
-            inner.bytes -= old.bytes.as_slice().len();
+            inner.bytes -= old.bytes.len();
             if let Ok(old) = Arc::try_unwrap(old) {
                 inner.add_spare(old.bytes);
             }
@@ -203,7 +203,7 @@ mod tests {
         // is no spare.
         assert_eq!(held[0].start, 0);
         assert!(held[0].bytes.as_slice().iter().all(|&b| b == 7));
-        assert!(cache.spare().as_slice().is_empty());
+        assert!(cache.spare().is_empty());
         drop(held);
         let newest = cache.of(1);
         assert_eq!(newest[0].bytes.as_slice(), &[1, 1, 1]);
@@ -215,7 +215,7 @@ mod tests {
         cache.keep(2, 0, buf(9, quarter));
         cache.keep(2, quarter as u64, buf(9, quarter));
         let spare = cache.spare();
-        assert!(spare.as_slice().is_empty());
+        assert!(spare.is_empty());
         cache.clear();
         assert!(cache.of(2).is_empty() && cache.of(1).is_empty());
         // Spares are bounded in number and size: what they hold stays allocated.

@@ -210,7 +210,7 @@ impl Writer {
         // the segment's bytes from its start up to `offset`).
         let buf_start = self.buf_start();
         let page_start = self.offset - self.offset % DIRECT_ALIGN as u64;
-        let len = self.buf.as_slice().len();
+        let len = self.buf.len();
         self.buf.keep((page_start - buf_start) as usize..len);
         Group {
             first: self.next,
@@ -325,7 +325,7 @@ impl Writer {
     /// not leave room for the footer in the active one.
     fn make_room(&mut self, g: &mut Group, a: &Append) -> Result<(), LogError> {
         let len = record::frame_len(&a.stream, &a.events) as u64;
-        let end = g.buf_start + self.buf.as_slice().len() as u64;
+        let end = g.buf_start + self.buf.len() as u64;
         if end + len + FOOTER_LEN > self.capacity {
             self.roll(&mut g.buf_start, g.next, len, &mut g.new_segments)?;
         }
@@ -338,8 +338,8 @@ impl Writer {
     fn encode(&mut self, g: &mut Group, a: Append, current: Option<Revision>) {
         let first_revision = current.map_or(0, |c| c + 1);
         let n = a.events.len() as u64;
-        let offset = g.buf_start + self.buf.as_slice().len() as u64;
-        let before = self.buf.as_slice().len();
+        let offset = g.buf_start + self.buf.len() as u64;
+        let before = self.buf.len();
         record::encode_frame(
             &mut self.buf,
             &FrameSpec {
@@ -351,7 +351,7 @@ impl Writer {
                 events: &a.events,
             },
         );
-        g.frame_bytes += (self.buf.as_slice().len() - before) as u64;
+        g.frame_bytes += (self.buf.len() - before) as u64;
         // Later appends of this group (its own, or ones the last call brings) must
         // see these ids as taken.
         let pending = &mut g.pending;
@@ -393,7 +393,7 @@ impl Writer {
         if let Some(m) = g.failure.take().or_else(|| self.shared.stopped_reason()) {
             return Err(m);
         }
-        let data_len = self.buf.as_slice().len();
+        let data_len = self.buf.len();
         let mut write_micros = 0;
         if g.next > g.first {
             let io_started = std::time::Instant::now();

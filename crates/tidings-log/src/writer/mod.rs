@@ -140,9 +140,9 @@ impl Writer {
         let snapshotted = shared.read_index().next_position();
         let mut buf = AlignedBuf::default();
         let page_start = offset - offset % DIRECT_ALIGN as u64;
-        let mut head = vec![0u8; (offset - page_start) as usize];
-        read_exact_at(&*file, &mut head, page_start).map_err(LogError::io("reading", &path))?;
-        buf.extend_from_slice(&head);
+        buf.zero_fill_to((offset - page_start) as usize);
+        read_exact_at(&*file, buf.as_mut_slice(), page_start)
+            .map_err(LogError::io("reading", &path))?;
         Ok(Self {
             sync: SyncQueue::new(shared.clone()),
             shared,
@@ -191,7 +191,7 @@ impl Writer {
     /// Where the buffer's first byte is in the active segment: between groups the
     /// buffer ends at `offset`.
     fn buf_start(&self) -> u64 {
-        self.offset - self.buf.as_slice().len() as u64
+        self.offset - self.buf.len() as u64
     }
 
     /// Writes a snapshot now, after any running background one.

@@ -60,7 +60,7 @@ impl Writer {
         if let Some(m) = self.shared.stopped_reason() {
             return Err(LogError::Stopped(m));
         }
-        let data_end = *buf_start + self.buf.as_slice().len() as u64;
+        let data_end = *buf_start + self.buf.len() as u64;
         self.buf
             .extend_from_slice(&segment::encode_footer(next, data_end));
         self.write_pages(*buf_start)?;
@@ -133,7 +133,7 @@ impl Writer {
     /// of a segment whose size is not a multiple of a page, and every write of a store
     /// that does not sync (`Durability::None`), go through the cache.
     pub(super) fn write_pages(&mut self, start: u64) -> Result<(), LogError> {
-        let len = self.buf.as_slice().len() as u64;
+        let len = self.buf.len() as u64;
         let padded = (start + len)
             .next_multiple_of(PAGE)
             .min(self.capacity.max(start + len));
@@ -163,7 +163,7 @@ impl Writer {
             return;
         }
         self.tail_fed = true;
-        let end = start + self.buf.as_slice().len() as u64;
+        let end = start + self.buf.len() as u64;
         let page = end - end % PAGE;
         let mut next = self.shared.tail.spare();
         next.extend_from_slice(&self.buf.as_slice()[(page - start) as usize..]);
