@@ -10,7 +10,12 @@
 //! A lone append runs as one statement (`append_one.sql`, the function
 //! `tidings_append_one`): check, lock or create the stream row, claim, write. It declines
 //! what needs more (a failed version check, a repeat, a stream created meanwhile); the
-//! transaction below decides those.
+//! transaction below decides those. A batch of concurrent appends runs as one statement
+//! too (`append_group.sql`, the function `tidings_append_group`, migration 0008): the
+//! stream rows locked in name order, each append decided in order, one claim, every
+//! event inserted. It hands back, writing nothing, a batch with an id recorded already
+//! (a repeat is answered with its first result, which takes a lookup of where the ids
+//! lie) or a new stream created meanwhile; the transaction below decides those.
 //!
 //! ```text
 //! BEGIN
@@ -45,7 +50,7 @@ use tidings_core::{
 };
 use uuid::Uuid;
 
-use crate::error::{is_duplicate_event_id, store_error};
+use crate::error::{is_duplicate_event_id, is_stream_created_meanwhile, store_error};
 use crate::row::{get, signed, unsigned};
 
 /// How often an append is retried when a concurrent append recorded one of its ids or
@@ -92,8 +97,18 @@ enum Abandoned {
 /// no other claim was live.
 pub(crate) async fn append_batch(pool: &PgPool, batch: &[Append], want_horizon: bool) -> Outcome {
     if batch.len() > 1 {
-        // Ids are always checked in a batch: one lookup is cheap next to abandoning the
-        // whole batch when the unique index refuses one repeated id.
+        match call_append_group(pool, batch, want_horizon).await {
+            Ok(GroupCall::Done(answers, horizon)) => return Outcome { answers, horizon },
+            Ok(GroupCall::Again) => {}
+            Err(e) => {
+                return Outcome {
+                    answers: batch.iter().map(|_| Err(e.clone())).collect(),
+                    horizon: None,
+                };
+            }
+        }
+        // An id is recorded already, or something changed under the statement: the full
+        // transaction looks up where the ids lie, so repeats get their first answer.
         match attempt(pool, batch, true, want_horizon).await {
             Ok(decided) => {
                 return Outcome {
@@ -177,12 +192,7 @@ async fn call_append_one(
     a: &Append,
     want_horizon: bool,
 ) -> Result<OneCall, StoreError> {
-    let (kind, revision) = match a.expected {
-        ExpectedVersion::Any => ("any", 0),
-        ExpectedVersion::NoStream => ("no-stream", 0),
-        ExpectedVersion::StreamExists => ("stream-exists", 0),
-        ExpectedVersion::Exact(n) => ("exact", signed(n)),
-    };
+    let (kind, revision) = expected_kind(a.expected);
     let write = [Decision::Write { first_revision: 0 }];
     let columns = Columns::new(std::slice::from_ref(a), &write)?;
     let what = format!("append to {}", a.stream);
@@ -245,6 +255,144 @@ async fn call_append_one(
         },
         horizon,
     ))
+}
+
+/// What the one-statement batch did.
+enum GroupCall {
+    /// Decided and, where accepted, written; every position below the horizon (when
+    /// known) is settled.
+    Done(Answers, Option<Position>),
+    /// Nothing written: an id is recorded already, or a new stream or an id was recorded
+    /// concurrently. Decide with the full transaction.
+    Again,
+}
+
+/// A batch in one statement (`append_group.sql`, the function `tidings_append_group`):
+/// decided in order and written in one transaction, or handed back when a repeat may
+/// be among it.
+async fn call_append_group(
+    pool: &PgPool,
+    batch: &[Append],
+    want_horizon: bool,
+) -> Result<GroupCall, StoreError> {
+    let n_events: usize = batch.iter().map(|a| a.events.len()).sum();
+    let mut streams = Vec::with_capacity(batch.len());
+    let mut kinds = Vec::with_capacity(batch.len());
+    let mut revisions = Vec::with_capacity(batch.len());
+    let mut event_appends: Vec<i32> = Vec::with_capacity(n_events);
+    let mut event_offsets: Vec<i32> = Vec::with_capacity(n_events);
+    for (i, a) in batch.iter().enumerate() {
+        let (kind, revision) = expected_kind(a.expected);
+        streams.push(a.stream.as_str());
+        kinds.push(kind);
+        revisions.push(revision);
+        let index = i32::try_from(i + 1)
+            .map_err(|_| StoreError::Backend("too many appends in a batch".to_owned()))?;
+        for k in 0..a.events.len() {
+            event_appends.push(index);
+            event_offsets.push(
+                i32::try_from(k)
+                    .map_err(|_| StoreError::Backend("too many events in an append".to_owned()))?,
+            );
+        }
+    }
+    let write: Vec<Decision> = batch
+        .iter()
+        .map(|_| Decision::Write { first_revision: 0 })
+        .collect();
+    let columns = Columns::new(batch, &write)?;
+    let what = format!("append a batch of {}", batch.len());
+    let mut conn = pool.acquire().await.map_err(|e| store_error(&what, e))?;
+    let row = sqlx::query(include_str!("../sql/queries/append_group.sql"))
+        .bind(want_horizon)
+        .bind(&streams)
+        .bind(&kinds)
+        .bind(&revisions)
+        .bind(&event_appends)
+        .bind(&event_offsets)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.event_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.sources)
+        .bind(&columns.data)
+        .bind(&columns.correlation_ids)
+        .bind(&columns.causation_ids)
+        .bind(&columns.user_ids)
+        .bind(&columns.extra)
+        .fetch_one(&mut *conn)
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        // Raised after the claim gate was released: rolled back, the connection is sound.
+        Err(e) if is_duplicate_event_id(&e) || is_stream_created_meanwhile(&e) => {
+            return Ok(GroupCall::Again);
+        }
+        Err(e) => {
+            // The statement may have failed while holding the claim gate: the connection
+            // goes, and its backend with whatever it holds. The transaction rolled back.
+            conn.close_on_drop();
+            return Err(store_error(&what, e));
+        }
+    };
+    let outcome: Option<String> = get(&row, "outcome")?;
+    if outcome.as_deref() != Some("decided") {
+        return Ok(GroupCall::Again);
+    }
+    let corrupt = |what: &str| StoreError::Corrupt(format!("a batch append: {what}"));
+    let written: Vec<bool> = get(&row, "written")?;
+    let first_revisions: Vec<Option<i64>> = get(&row, "first_revisions")?;
+    let first_positions: Vec<Option<i64>> = get(&row, "first_positions")?;
+    let horizon: Option<i64> = get(&row, "horizon")?;
+    if written.len() != batch.len()
+        || first_revisions.len() != batch.len()
+        || first_positions.len() != batch.len()
+    {
+        return Err(corrupt(
+            "the function answered for another number of appends",
+        ));
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for (i, a) in batch.iter().enumerate() {
+        let revision = first_revisions[i]
+            .map(unsigned)
+            .transpose()
+            .map_err(|_| corrupt("negative revision"))?;
+        if !written[i] {
+            answers.push(Err(StoreError::WrongExpectedVersion {
+                stream: a.stream.clone(),
+                expected: a.expected,
+                actual: revision,
+            }));
+            continue;
+        }
+        let (Some(first_revision), Some(first_position)) = (revision, first_positions[i]) else {
+            return Err(corrupt("a written append has no position"));
+        };
+        let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
+        let n = a.events.len() as u64;
+        answers.push(Ok(AppendResult {
+            first_revision,
+            next_expected_version: first_revision + n - 1,
+            first_position,
+            position: first_position + n - 1,
+        }));
+    }
+    let horizon = horizon
+        .map(unsigned)
+        .transpose()
+        .map_err(|_| corrupt("negative horizon"))?;
+    Ok(GroupCall::Done(answers, horizon))
+}
+
+/// An expected version as `tidings_append_one` and `tidings_append_group` take it.
+fn expected_kind(expected: ExpectedVersion) -> (&'static str, i64) {
+    match expected {
+        ExpectedVersion::Any => ("any", 0),
+        ExpectedVersion::NoStream => ("no-stream", 0),
+        ExpectedVersion::StreamExists => ("stream-exists", 0),
+        ExpectedVersion::Exact(n) => ("exact", signed(n)),
+    }
 }
 
 /// What the batch decided for one append.

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "advisory claims",
         sql: include_str!("../sql/migrations/0007_advisory_claims.sql"),
     },
+    Migration {
+        version: 8,
+        name: "grouped appends",
+        sql: include_str!("../sql/migrations/0008_grouped_appends.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.

@@ -4,7 +4,10 @@
 //! Each transaction pays one WAL flush. Appends that arrive while a transaction is in
 //! flight wait in a queue; the next transaction takes them all (up to [`MAX_BATCH`]
 //! appends and the append size limit), so concurrent writers of one handle share one
-//! flush and one round trip per statement (`docs/decisions/0005-postgres-store.md`).
+//! flush and one statement (`append_group.sql`, decisions 0005 and 0024). One
+//! transaction at a time: several in flight on more connections measured slower, as
+//! smaller batches cost more CPU per append on both sides and the machine's cores, not
+//! the flush, were the limit (decision 0024).
 //! Writers of different handles and processes share flushes in PostgreSQL itself, as
 //! positions are claimed without holding a shared row until commit (decisions 0020,
 //! 0022). After each transaction the writer hands its highest committed position to the

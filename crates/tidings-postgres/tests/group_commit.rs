@@ -13,6 +13,7 @@ use tidings::{
     AppendResult, Event, EventAppender, EventReader, ExpectedVersion, InMemoryStore, ReadAll,
     StoreError, StreamId,
 };
+use tidings_postgres::PgStore;
 use tidings_testkit::conformance::{event, stream};
 
 use common::{database, fresh_store};
@@ -33,11 +34,12 @@ type Op = (StreamId, ExpectedVersion, Vec<Event>);
 
 /// A round of appends: fresh ones with every kind of expected version, repeats of earlier
 /// ones (same ids, same version), and appends mixing recorded ids with new ones.
-fn ops(rng: &mut Rng, round: usize, history: &mut Vec<Op>) -> Vec<Op> {
+/// Without `repeats`, every append is fresh: each batch is decided by one statement.
+fn ops(rng: &mut Rng, round: usize, history: &mut Vec<Op>, repeats: bool) -> Vec<Op> {
     let streams = ["g-0", "g-1", "g-2"];
     let mut out = Vec::new();
     for i in 0..24 {
-        let roll = rng.below(10);
+        let roll = if repeats { rng.below(10) } else { 2 };
         let op = if roll == 0 && !history.is_empty() {
             history[rng.below(history.len() as u64) as usize].clone()
         } else if roll == 1 && !history.is_empty() {
@@ -72,14 +74,28 @@ async fn queued_appends_are_decided_in_order() {
     let Some(url) = database("queued_appends_are_decided_in_order").await else {
         return;
     };
-    let pg = fresh_store(&url).await;
+    decided_in_order(&url, 0x5eed_0000_0000_0001, true).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn queued_fresh_appends_are_decided_in_order_by_one_statement() {
+    let Some(url) = database("queued_fresh_appends_are_decided_in_order_by_one_statement").await
+    else {
+        return;
+    };
+    decided_in_order(&url, 0x5eed_0000_0000_0002, false).await;
+}
+
+/// Rounds of appends issued together, each compared with the in-memory store's answer to
+/// the same appends one after another.
+async fn decided_in_order(url: &str, seed: u64, repeats: bool) {
+    let pg = fresh_store(url).await;
     let memory = InMemoryStore::new();
-    let seed = 0x5eed_0000_0000_0001u64;
     let mut rng = Rng(seed);
     let mut history = Vec::new();
     let mut written = BTreeSet::new();
     for round in 0..12 {
-        let ops = ops(&mut rng, round, &mut history);
+        let ops = ops(&mut rng, round, &mut history, repeats);
         let mut want: Vec<Result<AppendResult, StoreError>> = Vec::new();
         for (s, expected, evs) in &ops {
             want.push(memory.append(s, *expected, evs.clone()).await);
@@ -130,4 +146,122 @@ async fn queued_appends_are_decided_in_order() {
     pg.drop_schema()
         .await
         .unwrap_or_else(|e| panic!("drop schema: {e}"));
+}
+
+/// Starts a transaction on its own connection that creates the row of stream `name`, as
+/// a concurrent append does before it commits.
+async fn create_stream_uncommitted(
+    pg: &PgStore,
+    name: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pg.pool().begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO tidings_streams (name, last_revision, last_position, last_written)
+         VALUES ($1, 0, 0, 0)",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
+/// Waits until some session of the database waits for a lock.
+async fn someone_waits_for_a_lock(pg: &PgStore) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no session waited for a lock");
+}
+
+// On one thread, both appends below are queued before the store's writer runs: they go
+// to the database as one batch.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
+    let Some(url) = database("a_batch_whose_new_stream_is_created_meanwhile_writes_nothing").await
+    else {
+        return;
+    };
+    let pg = fresh_store(&url).await;
+    let other = create_stream_uncommitted(&pg, "race-1").await;
+    let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    let pool = pg.pool().clone();
+    let call = tokio::spawn(async move {
+        sqlx::query(
+            "SELECT outcome FROM tidings_append_group(false, '{race-1,calm-1}',
+                 '{no-stream,no-stream}', '{0,0}', '{1,2}', '{0,0}', $1, '{T,T}', '{1,1}',
+                 '{0,0}', '{s,s}', '{\"{}\",\"{}\"}', '{NULL,NULL}', '{NULL,NULL}',
+                 '{NULL,NULL}', '{NULL,NULL}')",
+        )
+        .bind(&ids[..])
+        .fetch_one(&pool)
+        .await
+    });
+    someone_waits_for_a_lock(&pg).await;
+    other.commit().await.unwrap();
+    let err = call.await.unwrap().expect_err("the statement must fail");
+    let code = err
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("TDS01"), "{err}");
+    let calm: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tidings_streams WHERE name = 'calm-1'")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+    assert_eq!(calm, 0, "the batch's other new stream was created");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings_events")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "the batch wrote events");
+    assert_eq!(common::live_claims(&pg).await, 0);
+
+    // Through the store: the batch is decided again, and sees the stream that exists now.
+    let other = create_stream_uncommitted(&pg, "race-2").await;
+    let appends = {
+        let pg = pg.clone();
+        tokio::spawn(async move {
+            let race = stream("race-2");
+            let calm = stream("calm-2");
+            let race_events = vec![event("Raced", json!(1))];
+            let calm_events = vec![event("Calm", json!(2))];
+            join_all([
+                pg.append(&race, ExpectedVersion::NoStream, race_events),
+                pg.append(&calm, ExpectedVersion::NoStream, calm_events),
+            ])
+            .await
+        })
+    };
+    someone_waits_for_a_lock(&pg).await;
+    other.commit().await.unwrap();
+    let answers = appends.await.unwrap();
+    assert!(
+        matches!(
+            &answers[0],
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(0),
+                ..
+            })
+        ),
+        "{:?}",
+        answers[0]
+    );
+    let calm = answers[1].as_ref().expect("the other append stands");
+    assert_eq!(calm.first_revision, 0);
+    let log = pg.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].stream.as_str(), "calm-2");
+    pg.drop_schema().await.unwrap();
 }
