@@ -50,7 +50,7 @@ use tidings_core::{
 };
 use uuid::Uuid;
 
-use crate::error::{is_duplicate_event_id, is_stream_created_meanwhile, store_error};
+use crate::error::{is_duplicate_event_id, is_existing_stream, store_error};
 use crate::row::{get, signed, unsigned};
 
 /// How often an append is retried when a concurrent append recorded one of its ids or
@@ -262,8 +262,9 @@ enum GroupCall {
     /// Decided and, where accepted, written; every position below the horizon (when
     /// known) is settled.
     Done(Answers, Option<Position>),
-    /// Nothing written: an id is recorded already, or a new stream or an id was recorded
-    /// concurrently. Decide with the full transaction.
+    /// Nothing written: an id is recorded already, or a stream taken to be new exists
+    /// (found by the check, or created concurrently since). Decide with the full
+    /// transaction.
     Again,
 }
 
@@ -279,21 +280,28 @@ async fn call_append_group(
     let mut streams = Vec::with_capacity(batch.len());
     let mut kinds = Vec::with_capacity(batch.len());
     let mut revisions = Vec::with_capacity(batch.len());
+    let mut counts: Vec<i32> = Vec::with_capacity(batch.len());
+    let mut locked: BTreeSet<&str> = BTreeSet::new();
+    let mut named: BTreeSet<&str> = BTreeSet::new();
     let mut event_appends: Vec<i32> = Vec::with_capacity(n_events);
     let mut event_offsets: Vec<i32> = Vec::with_capacity(n_events);
+    let too_many = |what: &str| StoreError::Backend(format!("too many {what}"));
     for (i, a) in batch.iter().enumerate() {
         let (kind, revision) = expected_kind(a.expected);
         streams.push(a.stream.as_str());
         kinds.push(kind);
         revisions.push(revision);
-        let index = i32::try_from(i + 1)
-            .map_err(|_| StoreError::Backend("too many appends in a batch".to_owned()))?;
+        counts.push(i32::try_from(a.events.len()).map_err(|_| too_many("events"))?);
+        // A stream only ever expected to be new needs no lock: its absence is checked,
+        // and inserting its row settles a race.
+        named.insert(a.stream.as_str());
+        if a.expected != ExpectedVersion::NoStream {
+            locked.insert(a.stream.as_str());
+        }
+        let index = i32::try_from(i + 1).map_err(|_| too_many("appends in a batch"))?;
         for k in 0..a.events.len() {
             event_appends.push(index);
-            event_offsets.push(
-                i32::try_from(k)
-                    .map_err(|_| StoreError::Backend("too many events in an append".to_owned()))?,
-            );
+            event_offsets.push(i32::try_from(k).map_err(|_| too_many("events"))?);
         }
     }
     let write: Vec<Decision> = batch
@@ -308,6 +316,9 @@ async fn call_append_group(
         .bind(&streams)
         .bind(&kinds)
         .bind(&revisions)
+        .bind(&counts)
+        .bind(locked.iter().copied().collect::<Vec<_>>())
+        .bind(named.difference(&locked).copied().collect::<Vec<_>>())
         .bind(&event_appends)
         .bind(&event_offsets)
         .bind(&columns.event_ids)
@@ -324,8 +335,9 @@ async fn call_append_group(
         .await;
     let row = match row {
         Ok(row) => row,
-        // Raised after the claim gate was released: rolled back, the connection is sound.
-        Err(e) if is_duplicate_event_id(&e) || is_stream_created_meanwhile(&e) => {
+        // A repeat, or a stream that exists: raised after the claim gate was released,
+        // rolled back, the connection is sound.
+        Err(e) if is_duplicate_event_id(&e) || is_existing_stream(&e) => {
             return Ok(GroupCall::Again);
         }
         Err(e) => {

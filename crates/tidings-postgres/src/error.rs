@@ -127,8 +127,9 @@ pub(crate) fn is_duplicate_event_id(e: &sqlx::Error) -> bool {
             && db.constraint() == Some("tidings_events_event_id_unique"))
 }
 
-/// Whether `e` is `tidings_append_group` finding a new stream of its batch created by a
-/// concurrent append (SQLSTATE `TDS01`, migration 0008): rolled back, decide again.
-pub(crate) fn is_stream_created_meanwhile(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("TDS01"))
+/// Whether `e` is the primary key of stream rows refusing a new stream's row: the stream
+/// exists, or a concurrent append created it (`tidings_append_group`, migration 0008).
+pub(crate) fn is_existing_stream(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.constraint() == Some("tidings_streams_pkey"))
 }

@@ -199,7 +199,8 @@ async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
     let call = tokio::spawn(async move {
         sqlx::query(
             "SELECT outcome FROM tidings_append_group(false, '{race-1,calm-1}',
-                 '{no-stream,no-stream}', '{0,0}', '{1,2}', '{0,0}', $1, '{T,T}', '{1,1}',
+                 '{no-stream,no-stream}', '{0,0}', '{1,1}', '{}', '{calm-1,race-1}',
+                 '{1,2}', '{0,0}', $1, '{T,T}', '{1,1}',
                  '{0,0}', '{s,s}', '{\"{}\",\"{}\"}', '{NULL,NULL}', '{NULL,NULL}',
                  '{NULL,NULL}', '{NULL,NULL}')",
         )
@@ -210,11 +211,8 @@ async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
     someone_waits_for_a_lock(&pg).await;
     other.commit().await.unwrap();
     let err = call.await.unwrap().expect_err("the statement must fail");
-    let code = err
-        .as_database_error()
-        .and_then(|d| d.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("TDS01"), "{err}");
+    let constraint = err.as_database_error().and_then(|d| d.constraint());
+    assert_eq!(constraint, Some("tidings_streams_pkey"), "{err}");
     let calm: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tidings_streams WHERE name = 'calm-1'")
             .fetch_one(pg.pool())
@@ -263,5 +261,34 @@ async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
     let log = pg.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].stream.as_str(), "calm-2");
+
+    // A stream expected to be new that exists is refused without a claim: the next
+    // append's position follows the last one written, with no gap.
+    let answers = join_all([
+        pg.append(
+            &stream("calm-2"),
+            ExpectedVersion::NoStream,
+            vec![event("Again", json!(3))],
+        ),
+        pg.append(
+            &stream("calm-3"),
+            ExpectedVersion::NoStream,
+            vec![event("Calm", json!(4))],
+        ),
+    ])
+    .await;
+    assert!(
+        matches!(
+            &answers[0],
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(0),
+                ..
+            })
+        ),
+        "{:?}",
+        answers[0]
+    );
+    let calm3 = answers[1].as_ref().expect("the other append stands");
+    assert_eq!(calm3.first_position, log[0].position + 1);
     pg.drop_schema().await.unwrap();
 }

@@ -13,78 +13,76 @@
 -- rows of the existing streams are locked in name order, so each stream's positions
 -- grow with its revisions.
 --
--- Appends: streams, expected_kinds ('any' | 'no-stream' | 'stream-exists' | 'exact')
--- and expected_revisions (for 'exact'), one element per append. Events: event_appends
--- (the 1-based index of the event's append) and event_offsets (its 0-based index in
--- that append), then one array per column, one element per event, every append's
--- events in batch order. No id may appear twice in a batch.
+-- Appends: streams, expected_kinds ('any' | 'no-stream' | 'stream-exists' | 'exact'),
+-- expected_revisions (for 'exact') and counts (events), one element per append.
+-- locked: the distinct streams named by an append that is not 'no-stream', sorted
+-- bytewise; their rows are locked and read. fresh: the other streams of the batch,
+-- named only by 'no-stream' appends: they are taken to be new, with no lock, and
+-- inserting their rows is the check. Events: event_appends (the 1-based index of the event's append) and
+-- event_offsets (its 0-based index in that append), then one array per column, one
+-- element per event, every append's events in batch order. No id may appear twice in a
+-- batch.
 --
--- Outcome:
---   'ids-known'  an event id is recorded already: nothing is written, and the caller
---                decides the batch with a lookup of where its ids lie (a repeat is
---                answered with the original result).
---   'decided'    per append: written[i]; first_revisions[i], its first revision when
---                written, else the stream's version that refused it (NULL: no stream);
---                first_positions[i], its first position when written.
---   horizon      see tidings_claim (NULL when nothing was written, or when not known
---                cheaply and not wanted).
+-- Answers 'again', writing nothing and claiming nothing, when an event id is recorded
+-- already (a repeat: it is answered with its first result, which takes a lookup of
+-- where its ids lie) or a fresh stream exists: the caller decides the batch with the
+-- full transaction. Otherwise 'decided' and, per append: written[i]; first_revisions[i], its first revision when written,
+-- else the stream's version that refused it (NULL: no stream); first_positions[i], its
+-- first position when written. horizon: see tidings_claim (NULL when nothing was
+-- written, or when not known cheaply and not wanted).
 --
--- Raises SQLSTATE TDS01 when a new stream was created by a concurrent append after the
--- check (the statement rolls back, its claimed positions become a gap, and the caller
--- decides again), and the unique violation tidings_events_event_id_unique when an id
--- was recorded concurrently. Either is raised after the claim gate was released. On any
--- other error the caller must close the connection (the gate is session-level).
+-- Fails, writing nothing, with a unique violation when a concurrent append created a
+-- new stream (tidings_streams_pkey) or recorded an event id
+-- (tidings_events_event_id_unique) after the check above; its claimed positions become
+-- a gap, and the caller decides the batch with the full transaction. Both are raised
+-- after the claim gate was released; on any other error the caller must close the
+-- connection (the gate is session-level).
 CREATE FUNCTION tidings_append_group(
     want_horizon boolean,
-    streams text[], expected_kinds text[], expected_revisions bigint[],
+    streams text[], expected_kinds text[], expected_revisions bigint[], counts integer[],
+    locked text[], fresh text[],
     event_appends integer[], event_offsets integer[],
     event_ids uuid[], event_types text[], event_versions text[], occurred_ats bigint[],
     sources text[], payloads text[], correlation_ids text[], causation_ids text[],
     user_ids text[], extras text[],
-    OUT outcome text, OUT written boolean[], OUT first_revisions bigint[],
-    OUT first_positions bigint[], OUT horizon bigint)
+    OUT outcome text, OUT written boolean[], OUT first_revisions bigint[], OUT first_positions bigint[],
+    OUT horizon bigint)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    n_appends  integer := cardinality(streams);
+    n_appends     integer := cardinality(streams);
     -- Every stream of the batch: the existing ones first (locked, in name order), then
     -- the new ones in order of first mention. versions: as the batch leaves them (NULL:
     -- no stream); last_offsets: the offset of the stream's last written event among
     -- everything the batch writes (NULL: not written).
-    names        text[];
-    versions     bigint[];
-    last_offsets bigint[];
-    n_existing   integer;
-    n_new        integer := 0;
-    counts       integer[];
-    i            integer;
-    j            integer;
-    cur          bigint;
-    total        bigint := 0;
+    names         text[] := '{}';
+    versions      bigint[] := '{}';
+    last_offsets  bigint[];
+    n_existing    integer := 0;
+    n_new         integer := 0;
+    i             integer;
+    j             integer;
+    cur           bigint;
+    total         bigint := 0;
     base_position bigint;
-    created      integer;
-    now_us       bigint;
+    now_us        bigint;
 BEGIN
-    IF EXISTS (SELECT 1 FROM tidings_events e WHERE e.event_id = ANY(event_ids)) THEN
-        outcome := 'ids-known';
+    IF EXISTS (SELECT 1 FROM tidings_events e WHERE e.event_id = ANY(event_ids))
+       OR EXISTS (SELECT 1 FROM tidings_streams s WHERE s.name = ANY(fresh)) THEN
+        outcome := 'again';
         RETURN;
     END IF;
-
-    SELECT coalesce(array_agg(l.name ORDER BY l.name), '{}'),
-           coalesce(array_agg(l.last_revision ORDER BY l.name), '{}')
-    INTO names, versions
-    FROM (SELECT s.name, s.last_revision
-          FROM tidings_streams s
-          WHERE s.name = ANY(streams)
-          ORDER BY s.name
-          FOR UPDATE) l;
-    n_existing := cardinality(names);
+    IF cardinality(locked) > 0 THEN
+        SELECT coalesce(array_agg(l.name ORDER BY l.name), '{}'),
+               coalesce(array_agg(l.last_revision ORDER BY l.name), '{}')
+        INTO names, versions
+        FROM (SELECT s.name, s.last_revision
+              FROM tidings_streams s
+              WHERE s.name = ANY(locked)
+              ORDER BY s.name
+              FOR UPDATE) l;
+        n_existing := cardinality(names);
+    END IF;
     last_offsets := array_fill(NULL::bigint, ARRAY[n_existing]);
-
-    -- Events per append.
-    counts := array_fill(0, ARRAY[n_appends]);
-    FOR i IN 1 .. cardinality(event_appends) LOOP
-        counts[event_appends[i]] := counts[event_appends[i]] + 1;
-    END LOOP;
 
     written := array_fill(false, ARRAY[n_appends]);
     first_revisions := array_fill(NULL::bigint, ARRAY[n_appends]);
@@ -126,21 +124,15 @@ BEGIN
     now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
 
     IF n_new > 0 THEN
-        -- New streams written to. Whoever inserts a stream's row first writes its
-        -- revision 0; an append that finds the row taken decides again.
+        -- New streams written to, in name order. Whoever inserts a stream's row first
+        -- writes its revision 0; an insert that finds the row taken (created since the
+        -- check) fails.
         INSERT INTO tidings_streams (name, last_revision, last_position, last_written)
         SELECT u.name, u.version, base_position + u.off, now_us
         FROM unnest(names[n_existing + 1 :], versions[n_existing + 1 :],
                     last_offsets[n_existing + 1 :]) AS u(name, version, off)
         WHERE u.off IS NOT NULL
-        ORDER BY u.name
-        ON CONFLICT (name) DO NOTHING;
-        GET DIAGNOSTICS created = ROW_COUNT;
-        IF created <> (SELECT count(*) FROM unnest(last_offsets[n_existing + 1 :]) o
-                       WHERE o IS NOT NULL) THEN
-            RAISE EXCEPTION 'a stream of the batch was created concurrently'
-                USING ERRCODE = 'TDS01';
-        END IF;
+        ORDER BY u.name;
     END IF;
     IF n_existing > 0 THEN
         UPDATE tidings_streams s
