@@ -31,9 +31,12 @@ use crate::options::Deadlines;
 pub(crate) const MAX_BATCH: usize = 64;
 /// Appends waiting for the writer before `append` itself waits.
 const QUEUE: usize = 1024;
-/// Events appended by this writer after which it analyzes the tables appends read by key
-/// (`analyze_tables.sql`): plans cached while they were nearly empty are made again.
-const ANALYZE_AFTER: [u64; 2] = [1_000, 10_000];
+/// Positions at which a writer whose appends pass them analyzes the tables appends read
+/// by key (`analyze_tables.sql`): plans cached while they were nearly empty are made
+/// again. Positions, not this writer's own count: with many processes appending, the
+/// tables grow with all of them, and a plan that scans the whole table costs each
+/// append more than the last until someone analyzes it.
+const ANALYZE_AT: [u64; 2] = [1_000, 10_000];
 
 /// An append and where its answer goes.
 pub(crate) struct Request {
@@ -84,7 +87,8 @@ async fn run(
         announce: notifier,
     } = reports;
     let mut held: Option<Request> = None;
-    let mut appended = 0u64;
+    // The highest position this writer committed.
+    let mut highest: Option<u64> = None;
     loop {
         let first = match held.take() {
             Some(r) => r,
@@ -137,16 +141,12 @@ async fn run(
             .max()
         {
             announce(&notifier, last);
-        }
-        let before = appended;
-        appended += outcome
-            .answers
-            .iter()
-            .filter_map(|a| a.as_ref().ok())
-            .map(|r| r.position - r.first_position + 1)
-            .sum::<u64>();
-        if ANALYZE_AFTER.iter().any(|&n| before < n && appended >= n) {
-            tokio::spawn(analyze(maintenance.clone()));
+            if let Some(before) = highest
+                && ANALYZE_AT.iter().any(|&n| before < n && last >= n)
+            {
+                tokio::spawn(analyze(maintenance.clone()));
+            }
+            highest = highest.max(Some(last));
         }
         for (reply, answer) in replies.into_iter().zip(outcome.answers) {
             // The caller may have stopped waiting; its append stands all the same.
