@@ -67,17 +67,48 @@ pub(crate) struct Append {
 /// Every append's answer, in order.
 pub(crate) type Answers = Vec<Result<AppendResult, StoreError>>;
 
-/// What a batch did: every append's answer, and the highest visibility horizon its
-/// transactions saw (every position below it is settled once they committed).
+/// What a batch did: every append's answer, and what its claims saw.
 pub(crate) struct Outcome {
     pub(crate) answers: Answers,
-    pub(crate) horizon: Option<Position>,
+    pub(crate) seen: Seen,
 }
 
-/// A transaction's answers, and the horizon it saw.
+/// What the claims of a batch's transactions saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The highest visibility horizon: every position below it is settled once they
+    /// committed (None: not known).
+    pub(crate) horizon: Option<Position>,
+    /// Whether anyone listened for notifications when a claim was taken: only then are
+    /// its commits announced (`tidings_claim`, migration 0008).
+    pub(crate) listened: bool,
+}
+
+impl Seen {
+    fn and(self, other: Seen) -> Seen {
+        Seen {
+            horizon: self.horizon.max(other.horizon),
+            listened: self.listened || other.listened,
+        }
+    }
+
+    /// From a claim's columns.
+    fn read(horizon: Option<i64>, listened: Option<bool>) -> Result<Seen, StoreError> {
+        let horizon = horizon
+            .map(unsigned)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("a claim answered a negative horizon".to_owned()))?;
+        Ok(Seen {
+            horizon,
+            listened: listened.unwrap_or(false),
+        })
+    }
+}
+
+/// A transaction's answers, and what its claim saw.
 struct Decided {
     answers: Answers,
-    horizon: Option<Position>,
+    seen: Seen,
 }
 
 /// Why a batch transaction was abandoned.
@@ -98,12 +129,12 @@ enum Abandoned {
 pub(crate) async fn append_batch(pool: &PgPool, batch: &[Append], want_horizon: bool) -> Outcome {
     if batch.len() > 1 {
         match call_append_group(pool, batch, want_horizon).await {
-            Ok(GroupCall::Done(answers, horizon)) => return Outcome { answers, horizon },
+            Ok(GroupCall::Done(answers, seen)) => return Outcome { answers, seen },
             Ok(GroupCall::Again) => {}
             Err(e) => {
                 return Outcome {
                     answers: batch.iter().map(|_| Err(e.clone())).collect(),
-                    horizon: None,
+                    seen: Seen::default(),
                 };
             }
         }
@@ -113,13 +144,13 @@ pub(crate) async fn append_batch(pool: &PgPool, batch: &[Append], want_horizon: 
             Ok(decided) => {
                 return Outcome {
                     answers: decided.answers,
-                    horizon: decided.horizon,
+                    seen: decided.seen,
                 };
             }
             Err(Abandoned::Failed(e)) => {
                 return Outcome {
                     answers: batch.iter().map(|_| Err(e.clone())).collect(),
-                    horizon: None,
+                    seen: Seen::default(),
                 };
             }
             Err(Abandoned::Stale) => {}
@@ -127,12 +158,12 @@ pub(crate) async fn append_batch(pool: &PgPool, batch: &[Append], want_horizon: 
     }
     let mut outcome = Outcome {
         answers: Vec::with_capacity(batch.len()),
-        horizon: None,
+        seen: Seen::default(),
     };
     for one in batch.chunks(1) {
-        let (answer, horizon) = append_one(pool, one, want_horizon).await;
+        let (answer, seen) = append_one(pool, one, want_horizon).await;
         outcome.answers.push(answer);
-        outcome.horizon = outcome.horizon.max(horizon);
+        outcome.seen = outcome.seen.and(seen);
     }
     outcome
 }
@@ -141,14 +172,14 @@ async fn append_one(
     pool: &PgPool,
     one: &[Append],
     want_horizon: bool,
-) -> (Result<AppendResult, StoreError>, Option<Position>) {
+) -> (Result<AppendResult, StoreError>, Seen) {
     let mut check_ids = false;
     if let [a] = one {
         match call_append_one(pool, a, want_horizon).await {
-            Ok(OneCall::Done(result, horizon)) => return (Ok(result), horizon),
+            Ok(OneCall::Done(result, seen)) => return (Ok(result), seen),
             Ok(OneCall::Declined) => {}
             Ok(OneCall::IdsKnown) => check_ids = true,
-            Err(e) => return (Err(e), None),
+            Err(e) => return (Err(e), Seen::default()),
         }
     }
     for _ in 0..ATTEMPTS {
@@ -157,14 +188,14 @@ async fn append_one(
                 let answer = decided.answers.pop().unwrap_or_else(|| {
                     Err(StoreError::Backend("an append got no answer".to_owned()))
                 });
-                return (answer, decided.horizon);
+                return (answer, decided.seen);
             }
-            Err(Abandoned::Failed(e)) => return (Err(e), None),
+            Err(Abandoned::Failed(e)) => return (Err(e), Seen::default()),
             Err(Abandoned::Stale) => check_ids = true,
         }
     }
     let e = busy(one);
-    (Err(e), None)
+    (Err(e), Seen::default())
 }
 
 fn busy(one: &[Append]) -> StoreError {
@@ -178,7 +209,7 @@ fn busy(one: &[Append]) -> StoreError {
 /// What the one-statement append did.
 enum OneCall {
     /// Written; every position below the horizon (when known) is settled.
-    Done(AppendResult, Option<Position>),
+    Done(AppendResult, Seen),
     /// Not its case (a failed version check, a stream created meanwhile): nothing written.
     Declined,
     /// An id is recorded already: nothing written by this call.
@@ -235,16 +266,12 @@ async fn call_append_one(
     let corrupt = |what: &str| StoreError::Corrupt(format!("stream {}: {what}", a.stream));
     let first_revision: Option<i64> = get(&row, "first_revision")?;
     let first_position: Option<i64> = get(&row, "first_position")?;
-    let horizon: Option<i64> = get(&row, "horizon")?;
+    let seen = Seen::read(get(&row, "horizon")?, get(&row, "listened")?)?;
     let (Some(first_revision), Some(first_position)) = (first_revision, first_position) else {
         return Err(corrupt("the append function answered no positions"));
     };
     let first_revision = unsigned(first_revision).map_err(|_| corrupt("negative revision"))?;
     let first_position = unsigned(first_position).map_err(|_| corrupt("negative position"))?;
-    let horizon = horizon
-        .map(unsigned)
-        .transpose()
-        .map_err(|_| corrupt("negative horizon"))?;
     let n = a.events.len() as u64;
     Ok(OneCall::Done(
         AppendResult {
@@ -253,7 +280,7 @@ async fn call_append_one(
             first_position,
             position: first_position + n - 1,
         },
-        horizon,
+        seen,
     ))
 }
 
@@ -261,7 +288,7 @@ async fn call_append_one(
 enum GroupCall {
     /// Decided and, where accepted, written; every position below the horizon (when
     /// known) is settled.
-    Done(Answers, Option<Position>),
+    Done(Answers, Seen),
     /// Nothing written: an id is recorded already, or a stream taken to be new exists
     /// (found by the check, or created concurrently since). Decide with the full
     /// transaction.
@@ -355,7 +382,7 @@ async fn call_append_group(
     let written: Vec<bool> = get(&row, "written")?;
     let first_revisions: Vec<Option<i64>> = get(&row, "first_revisions")?;
     let first_positions: Vec<Option<i64>> = get(&row, "first_positions")?;
-    let horizon: Option<i64> = get(&row, "horizon")?;
+    let seen = Seen::read(get(&row, "horizon")?, get(&row, "listened")?)?;
     if written.len() != batch.len()
         || first_revisions.len() != batch.len()
         || first_positions.len() != batch.len()
@@ -390,11 +417,7 @@ async fn call_append_group(
             position: first_position + n - 1,
         }));
     }
-    let horizon = horizon
-        .map(unsigned)
-        .transpose()
-        .map_err(|_| corrupt("negative horizon"))?;
-    Ok(GroupCall::Done(answers, horizon))
+    Ok(GroupCall::Done(answers, seen))
 }
 
 /// An expected version as `tidings_append_one` and `tidings_append_group` take it.
@@ -524,7 +547,7 @@ async fn attempt_on(
         rollback(tx).await;
         return Ok(Decided {
             answers: answers_without_writes(decisions),
-            horizon: None,
+            seen: Seen::default(),
         });
     }
 
@@ -547,7 +570,7 @@ async fn attempt_on(
     }
 
     let columns = Columns::new(batch, &decisions).map_err(Abandoned::Failed)?;
-    let (first_position, horizon) = claim(&mut tx, columns.event_ids.len(), want_horizon).await?;
+    let (first_position, seen) = claim(&mut tx, columns.event_ids.len(), want_horizon).await?;
     let inserted = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
         .bind(&columns.streams)
         .bind(&columns.revisions)
@@ -586,10 +609,6 @@ async fn attempt_on(
     let corrupt = |what: &str| Abandoned::Failed(StoreError::Corrupt(what.to_owned()));
     let mut position =
         unsigned(first_position).map_err(|_| corrupt("the position counter is negative"))?;
-    let horizon = horizon
-        .map(unsigned)
-        .transpose()
-        .map_err(|_| corrupt("the horizon is negative"))?;
     let answers = batch
         .iter()
         .zip(decisions)
@@ -608,16 +627,16 @@ async fn attempt_on(
             }
         })
         .collect();
-    Ok(Decided { answers, horizon })
+    Ok(Decided { answers, seen })
 }
 
 /// Claims `n` positions for the transaction `tx` (`claim.sql`). Answers the first, and
-/// the horizon below it when known.
+/// what the claim saw.
 async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     n: usize,
     want_horizon: bool,
-) -> Result<(i64, Option<i64>), Abandoned> {
+) -> Result<(i64, Seen), Abandoned> {
     let row = sqlx::query(include_str!("../sql/queries/claim.sql"))
         .bind(signed(n as u64))
         .bind(want_horizon)
@@ -626,12 +645,14 @@ async fn claim(
         .map_err(|e| Abandoned::Failed(store_error("claim positions", e)))?;
     let first: Option<i64> = get(&row, "first_position").map_err(Abandoned::Failed)?;
     let horizon: Option<i64> = get(&row, "horizon").map_err(Abandoned::Failed)?;
+    let listened: Option<bool> = get(&row, "listened").map_err(Abandoned::Failed)?;
+    let seen = Seen::read(horizon, listened).map_err(Abandoned::Failed)?;
     let first = first.ok_or_else(|| {
         Abandoned::Failed(StoreError::Corrupt(
             "a claim answered no position".to_owned(),
         ))
     })?;
-    Ok((first, horizon))
+    Ok((first, seen))
 }
 
 /// The stream's version after `a` is written on top of `current`.

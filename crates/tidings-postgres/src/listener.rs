@@ -6,7 +6,9 @@
 //! ahead of a position that may still commit.
 //!
 //! Every handle's notifier runs `pg_notify('tidings:<schema>', <last position>)` after
-//! its appends commit (`notifier.rs`). The listener LISTENs on its own connection; when
+//! its appends commit (`notifier.rs`), when a claim of theirs found a listener: each
+//! listener holds a key in PostgreSQL's lock table while its session lives, taken before
+//! it reads the horizon (migration 0008). The listener LISTENs on its own connection; when
 //! it hears of a position above the head, it wakes the horizon task, which reads the
 //! horizon (`horizon.sql`) and raises the head. Reads that start after a notification
 //! arrived cover the commit it announced, and one read covers every notification heard
@@ -175,6 +177,7 @@ async fn listen(
 ) -> Result<Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(channel).await?;
+    mark_listening(&mut listener).await?;
     wake.wake();
     *backoff = MIN_BACKOFF;
     tracing::debug!(channel, "listening for appends");
@@ -196,9 +199,22 @@ async fn listen(
             },
             // The connection dropped and was re-established (LISTEN included): whatever
             // was announced meanwhile is read from the table.
-            None => wake.wake(),
+            None => {
+                mark_listening(&mut listener).await?;
+                wake.wake();
+            }
         }
     }
+}
+
+/// Takes the listener's key on the listener's session (`listen_key.sql`): writers of
+/// every process announce their commits only while a session holds it, and the horizon
+/// read that follows covers the appends of writers that found none.
+async fn mark_listening(listener: &mut PgListener) -> Result<(), sqlx::Error> {
+    sqlx::query(include_str!("../sql/queries/listen_key.sql"))
+        .execute(listener)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,9 +39,6 @@ pub(crate) fn spawn(pool: PgPool, channel: String) -> Announce {
 /// Records that every event up to `position` is committed; the notifier sends it (or a
 /// higher one) soon.
 pub(crate) fn announce(to: &Announce, position: Position) {
-    if std::env::var_os("EXPNN").is_some() {
-        return;
-    }
     to.send_if_modified(|p| {
         let moved = p.is_none_or(|p| p < position);
         if moved {

@@ -125,7 +125,7 @@ async fn run(
         // Everything below the horizon the batch saw is settled now that it committed.
         // Its own events above it are announced by the notifier, and seen once the
         // claims below them are settled too (listener.rs).
-        match outcome.horizon {
+        match outcome.seen.horizon {
             Some(horizon) => {
                 if let Some(visible) = horizon.checked_sub(1) {
                     advance(&head, visible);
@@ -140,7 +140,11 @@ async fn run(
             .map(|r| r.position)
             .max()
         {
-            announce(&notifier, last);
+            // A claim taken while nobody listened needs no announcement: a listener that
+            // starts later reads the horizon itself (migration 0008).
+            if outcome.seen.listened {
+                announce(&notifier, last);
+            }
             if let Some(before) = highest
                 && ANALYZE_AT.iter().any(|&n| before < n && last >= n)
             {

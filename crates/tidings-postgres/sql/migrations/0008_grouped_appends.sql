@@ -4,7 +4,9 @@
 -- Until now a batch ran as a transaction of six or seven statements (BEGIN, lock the
 -- stream rows, look up the ids, create new streams, claim, insert, COMMIT), each a round
 -- trip. tidings_append_group does the same work in one call, in one transaction, with
--- one flush. The functions a claim calls keep their plans (PL/pgSQL instead of SQL).
+-- one flush. The functions a claim calls keep their plans (PL/pgSQL instead of SQL),
+-- and a claim tells whether anyone listens, so that appends nobody listens for are not
+-- announced (a notification is a transaction of its own).
 
 -- The next position, as in 0007, in PL/pgSQL: a SQL function whose body reads a table
 -- is not inlined, and its body was parsed and planned again on every call (about half
@@ -35,6 +37,154 @@ BEGIN
 END
 $$;
 
+-- Whether anyone listens for this store's notifications: every listener holds this
+-- bigint key shared for as long as its session lives (listener.rs), taken before it
+-- reads the horizon. 2^33 + S lies above every 2S and 2S + 1 (the gate and "claims
+-- exist" keys of any schema), so it meets no other store's keys.
+CREATE FUNCTION tidings_listen_key() RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT 8589934592 + tidings_lock_space()::bigint
+$$;
+
+-- A claim, as in 0007, that also answers whether anyone listened once it was taken
+-- (listened). Its writer announces its commit only then: a listener that starts later
+-- reads the horizon after it took its key, so it finds this claim still held (and polls
+-- until it settles) or settled, and needs no notification for it.
+DROP FUNCTION tidings_append_one;
+DROP FUNCTION tidings_claim;
+CREATE FUNCTION tidings_claim(n bigint, want_horizon boolean,
+                              OUT first_position bigint, OUT horizon bigint,
+                              OUT listened boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    space  oid := tidings_lock_space();
+    gate   bigint := space::bigint * 2;
+    listen bigint := 8589934592 + space::bigint;
+BEGIN
+    PERFORM pg_advisory_lock(gate);
+    first_position := tidings_next();
+    -- The claim's lock first, then the sequence: a reader that sees the sequence moved
+    -- sees the lock.
+    PERFORM pg_advisory_xact_lock_shared(tidings_int4(space::bigint),
+                                         tidings_int4(first_position));
+    IF nextval('tidings_next_position') <> first_position THEN
+        PERFORM pg_advisory_unlock(gate);
+        RAISE EXCEPTION 'tidings_next_position moved without the claim gate';
+    END IF;
+    IF n > 1 THEN
+        PERFORM setval('tidings_next_position', first_position + n - 1);
+    END IF;
+    IF pg_try_advisory_lock(gate + 1) THEN
+        -- No other claim is live: everything below this claim is settled, and so is
+        -- the claim once this transaction commits.
+        PERFORM pg_advisory_unlock(gate + 1);
+        horizon := first_position + n;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(gate + 1);
+    PERFORM pg_advisory_unlock(gate);
+    -- After the claim is visible. Taken (for a moment) only when no listener holds it;
+    -- another writer checking at the same moment counts as a listener, which costs a
+    -- notification and nothing else.
+    listened := NOT pg_try_advisory_lock(listen);
+    IF NOT listened THEN
+        PERFORM pg_advisory_unlock(listen);
+    END IF;
+    IF horizon IS NULL AND want_horizon THEN
+        -- Outside the gate: a scan of pg_locks is not cheap. The next position first,
+        -- then every live claim but this backend's own (its one claim is this one).
+        horizon := tidings_next();
+        horizon := least(horizon, tidings_lowest_claim(space, horizon, pg_backend_pid()));
+    END IF;
+END
+$$;
+
+-- The lone append of 0007, answering listened too (see tidings_claim).
+CREATE FUNCTION tidings_append_one(
+    stream text, expected_kind text, expected_revision bigint, want_horizon boolean,
+    event_ids uuid[], event_types text[], event_versions text[], occurred_ats bigint[],
+    sources text[], payloads text[], correlation_ids text[], causation_ids text[],
+    user_ids text[], extras text[],
+    OUT outcome text, OUT first_revision bigint, OUT first_position bigint,
+    OUT horizon bigint, OUT listened boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    n        bigint := cardinality(event_ids);
+    cur_rev  bigint;
+    known    boolean;
+    now_us   bigint;
+BEGIN
+    SELECT s.last_revision, true INTO cur_rev, known
+    FROM tidings_streams s WHERE s.name = stream;
+    known := coalesce(known, false);
+    IF NOT coalesce(CASE expected_kind
+                        WHEN 'any' THEN true
+                        WHEN 'no-stream' THEN NOT known
+                        WHEN 'stream-exists' THEN known
+                        WHEN 'exact' THEN known AND cur_rev = expected_revision
+                    END, false) THEN
+        outcome := 'declined';
+        RETURN;
+    END IF;
+    -- A repeat (a retry of an append that was written) is answered by the full
+    -- transaction, which finds where its ids were written.
+    IF EXISTS (SELECT 1 FROM tidings_events e WHERE e.event_id = ANY(event_ids)) THEN
+        outcome := 'ids-known';
+        RETURN;
+    END IF;
+
+    IF known THEN
+        SELECT s.last_revision INTO cur_rev
+        FROM tidings_streams s WHERE s.name = stream FOR UPDATE;
+        IF NOT FOUND OR cur_rev IS NULL
+           OR NOT (expected_kind IN ('any', 'stream-exists')
+                   OR (expected_kind = 'exact' AND cur_rev = expected_revision)) THEN
+            outcome := 'declined';
+            RETURN;
+        END IF;
+        SELECT c.first_position, c.horizon, c.listened
+        INTO first_position, horizon, listened
+        FROM tidings_claim(n, want_horizon) c;
+        first_revision := cur_rev + 1;
+        now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        UPDATE tidings_streams
+        SET last_revision = cur_rev + n, last_position = first_position + n - 1,
+            last_written = now_us
+        WHERE name = stream;
+    ELSE
+        -- A new stream: whoever inserts its row first writes revision 0; every later
+        -- append to it waits for that row, so claims after this one.
+        SELECT c.first_position, c.horizon, c.listened
+        INTO first_position, horizon, listened
+        FROM tidings_claim(n, want_horizon) c;
+        now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        INSERT INTO tidings_streams (name, last_revision, last_position, last_written)
+        VALUES (stream, n - 1, first_position + n - 1, now_us)
+        ON CONFLICT (name) DO NOTHING;
+        IF NOT FOUND THEN
+            -- Created meanwhile: the claimed positions become a gap.
+            outcome := 'declined';
+            first_position := NULL;
+            horizon := NULL;
+            RETURN;
+        END IF;
+        first_revision := 0;
+    END IF;
+
+    INSERT INTO tidings_events (
+        position, stream, revision, event_id, event_type, event_version, occurred_at,
+        source, data, correlation_id, causation_id, user_id, extra, recorded_at
+    )
+    SELECT first_position + e.ord - 1, stream, first_revision + e.ord - 1, e.event_id,
+           e.event_type, e.event_version, e.occurred_at, e.source, e.data,
+           e.correlation_id, e.causation_id, e.user_id, e.extra::jsonb, now_us
+    FROM unnest(event_ids, event_types, event_versions, occurred_ats, sources, payloads,
+                correlation_ids, causation_ids, user_ids, extras)
+         WITH ORDINALITY
+         AS e(event_id, event_type, event_version, occurred_at, source, data,
+              correlation_id, causation_id, user_id, extra, ord);
+    outcome := 'written';
+END
+$$;
+
 -- Decides and writes a batch of appends, in order, as if one ran after another: each
 -- append's expected version is checked against the streams as the appends before it
 -- in the batch left them; a refused append writes nothing and does not disturb the
@@ -57,8 +207,8 @@ $$;
 -- where its ids lie) or a fresh stream exists: the caller decides the batch with the
 -- full transaction. Otherwise 'decided' and, per append: written[i]; first_revisions[i], its first revision when written,
 -- else the stream's version that refused it (NULL: no stream); first_positions[i], its
--- first position when written. horizon: see tidings_claim (NULL when nothing was
--- written, or when not known cheaply and not wanted).
+-- first position when written. horizon and listened: see tidings_claim (NULL when
+-- nothing was written; horizon also when not known cheaply and not wanted).
 --
 -- Fails, writing nothing, with a unique violation when a concurrent append created a
 -- new stream (tidings_streams_pkey) or recorded an event id
@@ -74,8 +224,8 @@ CREATE FUNCTION tidings_append_group(
     event_ids uuid[], event_types text[], event_versions text[], occurred_ats bigint[],
     sources text[], payloads text[], correlation_ids text[], causation_ids text[],
     user_ids text[], extras text[],
-    OUT outcome text, OUT written boolean[], OUT first_revisions bigint[], OUT first_positions bigint[],
-    OUT horizon bigint)
+    OUT outcome text, OUT written boolean[], OUT first_revisions bigint[],
+    OUT first_positions bigint[], OUT horizon bigint, OUT listened boolean)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n_appends     integer := cardinality(streams);
@@ -148,7 +298,8 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT c.first_position, c.horizon INTO base_position, horizon
+    SELECT c.first_position, c.horizon, c.listened
+    INTO base_position, horizon, listened
     FROM tidings_claim(total, want_horizon) c;
     now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
 

@@ -9,6 +9,6 @@
 -- append (stream, expected kind, expected revision, events); $6 the streams to lock
 -- (those named by an append that is not 'no-stream', sorted), $7 the others; $8.. one
 -- element per event (its append, its index in it, then one array per column).
-SELECT outcome, written, first_revisions, first_positions, horizon
+SELECT outcome, written, first_revisions, first_positions, horizon, listened
 FROM tidings_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
                           $15, $16, $17, $18, $19)

@@ -6,5 +6,5 @@
 -- $1 stream, $2 expected ('any' | 'no-stream' | 'stream-exists' | 'exact'), $3 expected
 -- revision (for 'exact'), $4 whether to compute the horizon when it is not cheap, $5..
 -- one array per column, one element per event.
-SELECT outcome, first_revision, first_position, horizon
+SELECT outcome, first_revision, first_position, horizon, listened
 FROM tidings_append_one($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
