@@ -42,7 +42,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::{PgArguments, PgConnection, PgPool};
 use sqlx::{Connection, Postgres, Transaction};
 use tidings_core::backend::{IdLocation, check_idempotent};
 use tidings_core::{
@@ -228,23 +228,12 @@ async fn call_append_one(
     let columns = Columns::new(std::slice::from_ref(a), &write)?;
     let what = format!("append to {}", a.stream);
     let mut conn = pool.acquire().await.map_err(|e| store_error(&what, e))?;
-    let row = sqlx::query(include_str!("../sql/queries/append_one.sql"))
+    let query = sqlx::query(include_str!("../sql/queries/append_one.sql"))
         .bind(a.stream.as_str())
         .bind(kind)
         .bind(revision)
-        .bind(want_horizon)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.event_versions)
-        .bind(&columns.occurred_at)
-        .bind(&columns.sources)
-        .bind(&columns.data)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids)
-        .bind(&columns.user_ids)
-        .bind(&columns.extra)
-        .fetch_one(&mut *conn)
-        .await;
+        .bind(want_horizon);
+    let row = columns.bind_events(query).fetch_one(&mut *conn).await;
     let row = match row {
         Ok(row) => row,
         // A recorded id is refused by the events' insert, after the claim: the
@@ -338,7 +327,7 @@ async fn call_append_group(
     let columns = Columns::new(batch, &write)?;
     let what = format!("append a batch of {}", batch.len());
     let mut conn = pool.acquire().await.map_err(|e| store_error(&what, e))?;
-    let row = sqlx::query(include_str!("../sql/queries/append_group.sql"))
+    let query = sqlx::query(include_str!("../sql/queries/append_group.sql"))
         .bind(want_horizon)
         .bind(&streams)
         .bind(&kinds)
@@ -347,19 +336,8 @@ async fn call_append_group(
         .bind(locked.iter().copied().collect::<Vec<_>>())
         .bind(named.difference(&locked).copied().collect::<Vec<_>>())
         .bind(&event_appends)
-        .bind(&event_offsets)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.event_versions)
-        .bind(&columns.occurred_at)
-        .bind(&columns.sources)
-        .bind(&columns.data)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids)
-        .bind(&columns.user_ids)
-        .bind(&columns.extra)
-        .fetch_one(&mut *conn)
-        .await;
+        .bind(&event_offsets);
+    let row = columns.bind_events(query).fetch_one(&mut *conn).await;
     let row = match row {
         Ok(row) => row,
         // A repeat, or a stream that exists: raised after the claim gate was released,
@@ -571,19 +549,11 @@ async fn attempt_on(
 
     let columns = Columns::new(batch, &decisions).map_err(Abandoned::Failed)?;
     let (first_position, seen) = claim(&mut tx, columns.event_ids.len(), want_horizon).await?;
-    let inserted = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
+    let query = sqlx::query(include_str!("../sql/queries/insert_events.sql"))
         .bind(&columns.streams)
-        .bind(&columns.revisions)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.event_versions)
-        .bind(&columns.occurred_at)
-        .bind(&columns.sources)
-        .bind(&columns.data)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids)
-        .bind(&columns.user_ids)
-        .bind(&columns.extra)
+        .bind(&columns.revisions);
+    let inserted = columns
+        .bind_events(query)
         .bind(first_position)
         .execute(&mut *tx)
         .await;
@@ -706,6 +676,9 @@ async fn rollback(tx: Transaction<'_, Postgres>) {
     }
 }
 
+/// A statement with some of its arguments bound.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
 /// The written events as one array per column, for `unnest` in `insert_events.sql`.
 struct Columns<'a> {
     streams: Vec<&'a str>,
@@ -723,6 +696,23 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// Binds the event columns, in the order every append statement takes them: ids,
+    /// types, versions, times, sources, payloads, correlation, causation and user ids,
+    /// extra metadata.
+    fn bind_events<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.event_versions)
+            .bind(&self.occurred_at)
+            .bind(&self.sources)
+            .bind(&self.data)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+            .bind(&self.user_ids)
+            .bind(&self.extra)
+    }
+
     fn new(batch: &'a [Append], decisions: &[Decision]) -> Result<Self, StoreError> {
         let n: usize = batch.iter().map(|a| a.events.len()).sum();
         let mut c = Columns {

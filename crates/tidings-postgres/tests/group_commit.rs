@@ -166,6 +166,20 @@ async fn create_stream_uncommitted(
     tx
 }
 
+/// Asserts `answer` is a refused version check that found revision 0.
+fn refused_at_revision_0(answer: &Result<AppendResult, StoreError>) {
+    assert!(
+        matches!(
+            answer,
+            Err(StoreError::WrongExpectedVersion {
+                actual: Some(0),
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+}
+
 /// Waits until some session of the database waits for a lock.
 async fn someone_waits_for_a_lock(pg: &PgStore) {
     for _ in 0..500 {
@@ -245,17 +259,7 @@ async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
     someone_waits_for_a_lock(&pg).await;
     other.commit().await.unwrap();
     let answers = appends.await.unwrap();
-    assert!(
-        matches!(
-            &answers[0],
-            Err(StoreError::WrongExpectedVersion {
-                actual: Some(0),
-                ..
-            })
-        ),
-        "{:?}",
-        answers[0]
-    );
+    refused_at_revision_0(&answers[0]);
     let calm = answers[1].as_ref().expect("the other append stands");
     assert_eq!(calm.first_revision, 0);
     let log = pg.read_all(ReadAll::new(0, usize::MAX)).await.unwrap();
@@ -277,17 +281,7 @@ async fn a_batch_whose_new_stream_is_created_meanwhile_writes_nothing() {
         ),
     ])
     .await;
-    assert!(
-        matches!(
-            &answers[0],
-            Err(StoreError::WrongExpectedVersion {
-                actual: Some(0),
-                ..
-            })
-        ),
-        "{:?}",
-        answers[0]
-    );
+    refused_at_revision_0(&answers[0]);
     let calm3 = answers[1].as_ref().expect("the other append stands");
     assert_eq!(calm3.first_position, log[0].position + 1);
     pg.drop_schema().await.unwrap();

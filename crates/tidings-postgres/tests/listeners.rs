@@ -20,6 +20,33 @@ use common::{database, fresh_schema, store_in};
 /// A guard against hangs, not a speed assertion.
 const STALL: Duration = Duration::from_secs(60);
 
+/// The stream of the next event `sees` delivers.
+async fn next_stream<S>(sees: &mut S) -> String
+where
+    S: futures::Stream<Item = tidings::store::EventStreamItem> + Unpin,
+{
+    tokio::time::timeout(STALL, sees.next())
+        .await
+        .expect("the subscription stalled")
+        .expect("the subscription ended")
+        .expect("the subscription failed")
+        .stream
+        .as_str()
+        .to_owned()
+}
+
+/// Waits until a session holds the listener's key of the store's schema, and answers
+/// how many do.
+async fn wait_for_a_listener(store: &PgStore) -> i64 {
+    for _ in 0..6000 {
+        if listeners(store).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    listeners(store).await
+}
+
 /// Whether a claim taken now finds a listener (in a transaction rolled back after).
 async fn claim_listened(store: &PgStore) -> bool {
     let mut conn = store.pool().acquire().await.unwrap();
@@ -66,19 +93,12 @@ async fn appends_are_announced_while_some_session_listens() {
     // from the start sees the append that was never announced.
     let reader = store_in(&url, &schema).await;
     let mut sees = Box::pin(reader.subscribe_all(Start::Beginning, Filter::all()));
-    let first = tokio::time::timeout(STALL, sees.next())
-        .await
-        .expect("the subscription stalled")
-        .expect("the subscription ended")
-        .expect("the subscription failed");
-    assert_eq!(first.stream.as_str(), "quiet");
-    for _ in 0..6000 {
-        if listeners(&writer).await > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(listeners(&writer).await, 1, "the listener holds no key");
+    assert_eq!(next_stream(&mut sees).await, "quiet");
+    assert_eq!(
+        wait_for_a_listener(&writer).await,
+        1,
+        "the listener holds no key"
+    );
     assert!(claim_listened(&writer).await, "a claim found no listener");
 
     // The writer's appends now reach the other handle through notifications.
@@ -90,12 +110,7 @@ async fn appends_are_announced_while_some_session_listens() {
         )
         .await
         .unwrap();
-    let next = tokio::time::timeout(STALL, sees.next())
-        .await
-        .expect("the subscription stalled")
-        .expect("the subscription ended")
-        .expect("the subscription failed");
-    assert_eq!(next.stream.as_str(), "heard");
+    assert_eq!(next_stream(&mut sees).await, "heard");
 
     // A listener whose session ends gives its key back with it.
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -122,20 +137,9 @@ async fn appends_are_announced_while_some_session_listens() {
         )
         .await
         .unwrap();
-    let next = tokio::time::timeout(STALL, sees.next())
-        .await
-        .expect("the subscription stalled")
-        .expect("the subscription ended")
-        .expect("the subscription failed");
-    assert_eq!(next.stream.as_str(), "after");
-    for _ in 0..6000 {
-        if listeners(&writer).await > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(next_stream(&mut sees).await, "after");
     assert_eq!(
-        listeners(&writer).await,
+        wait_for_a_listener(&writer).await,
         1,
         "the listener did not take its key again"
     );
