@@ -68,6 +68,18 @@ pub fn check_idempotent(
     mut lookup: impl FnMut(&Uuid) -> Option<IdLocation>,
 ) -> Result<Option<AppendResult>, StoreError> {
     let found: Vec<Option<IdLocation>> = events.iter().map(|e| lookup(&e.event_id)).collect();
+    decide_idempotent(stream, expected, current, events, &found)
+}
+
+/// [`check_idempotent`] with every id already looked up: `found[i]` is where
+/// `events[i]`'s id was recorded, if anywhere. For a store that looks ids up in bulk.
+pub fn decide_idempotent(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    current: Option<Revision>,
+    events: &[Event],
+    found: &[Option<IdLocation>],
+) -> Result<Option<AppendResult>, StoreError> {
     if found.iter().all(Option::is_none) {
         return Ok(None);
     }
@@ -77,8 +89,8 @@ pub fn check_idempotent(
         reason,
     };
     let mut first: Option<&IdLocation> = None;
-    for (i, (event, loc)) in events.iter().zip(&found).enumerate() {
-        let Some(loc) = loc else {
+    for (i, event) in events.iter().enumerate() {
+        let Some(loc) = found.get(i).and_then(Option::as_ref) else {
             return Err(conflict(
                 event.event_id,
                 "the append mixes new events with events already recorded".to_owned(),

@@ -212,6 +212,13 @@ impl Delta {
             None => self.streams.entry(stream.clone()).or_default(),
         };
         entry.last_written = recorded_at;
+        let expected = events.size_hint().0;
+        entry.positions.reserve(expected);
+        self.locs.reserve(expected);
+        // The ids go into their map after the loop, in a loop of their own: each insert
+        // into a large map is a cache miss, and with nothing else between them the
+        // processor overlaps them.
+        let mut ids = Vec::with_capacity(expected);
         // Consecutive events usually share a correlation id and a type: look each up
         // once per run.
         let mut run: Option<(&str, Position, u64)> = None;
@@ -221,7 +228,7 @@ impl Delta {
             n += 1;
             entry.positions.push(position);
             self.locs.push(loc);
-            self.ids.insert(fingerprint(&e.id), position);
+            ids.push((fingerprint(&e.id), position));
             match &mut types {
                 Some((t, _, k)) if *t == e.event_type => *k += 1,
                 _ => {
@@ -249,6 +256,7 @@ impl Delta {
         if let Some(r) = run {
             add_run(&mut self.correlations, r);
         }
+        self.ids.extend(ids);
         if let Some((t, f, k)) = types {
             self.tags.add_type_run(t, f, k);
         }
@@ -510,6 +518,39 @@ impl LogIndex {
         }
     }
 
+    /// The candidates for many fingerprints at once: `out[i]` is what
+    /// [`Self::id_candidate`] answers for the id whose fingerprint is `fps[i]`.
+    ///
+    /// Each layer, and then the file's filter, is probed for every fingerprint in a loop
+    /// of its own, where no probe waits for another: the processor overlaps their cache
+    /// misses (a probe of a large layer or filter is one miss) instead of taking them
+    /// one after another. The writer checks every append's ids this way.
+    pub fn id_candidates(
+        &self,
+        fps: &[u64],
+        out: &mut Vec<Option<Position>>,
+    ) -> std::io::Result<()> {
+        out.clear();
+        out.extend(fps.iter().map(|fp| self.recent.ids.get(fp).copied()));
+        if let Some(frozen) = &self.frozen {
+            for (o, fp) in out.iter_mut().zip(fps) {
+                if o.is_none() {
+                    *o = frozen.ids.get(fp).copied();
+                }
+            }
+        }
+        let Some(base) = &self.base else {
+            return Ok(());
+        };
+        let passes: Vec<bool> = fps.iter().map(|&fp| base.id_filter_passes(fp)).collect();
+        for ((o, &fp), pass) in out.iter_mut().zip(fps).zip(passes) {
+            if o.is_none() && pass {
+                *o = base.id(fp)?;
+            }
+        }
+        Ok(())
+    }
+
     /// How many streams there are.
     pub fn stream_count(&self) -> std::io::Result<u64> {
         let mut n = self.base.as_ref().map_or(0, |b| b.keys(Table::Streams));
@@ -763,6 +804,17 @@ mod tests {
             );
         }
         assert_eq!(ix.id_candidate(&Uuid::from_u64_pair(1, 2)).unwrap(), None);
+        // In bulk, with an unknown id among them: the same answers, in order.
+        let mut asked: Vec<Uuid> = ids.to_vec();
+        asked.insert(asked.len() / 2, Uuid::from_u64_pair(1, 2));
+        let fps: Vec<u64> = asked.iter().map(fingerprint).collect();
+        let mut bulk = Vec::new();
+        ix.id_candidates(&fps, &mut bulk).unwrap();
+        let one_by_one: Vec<_> = asked
+            .iter()
+            .map(|id| model.id_candidate(id).unwrap())
+            .collect();
+        assert_eq!(bulk, one_by_one, "seed {seed}");
         assert_eq!(
             ix.stream_count().unwrap(),
             model.stream_count().unwrap(),

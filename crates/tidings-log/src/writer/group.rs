@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tidings_core::backend::{IdLocation, check_idempotent};
+use tidings_core::backend::{IdLocation, decide_idempotent};
 use tidings_core::event::timestamp_to_micros;
 use tidings_core::{
     AppendResult, Event, ExpectedVersion, Position, Revision, StoreError, StreamId,
@@ -85,9 +85,9 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Where this group records `id`, if it does.
-    fn pending_id(&self, id: &Uuid) -> Option<IdLocation> {
-        let &(fi, k) = self.ids.get(&fingerprint(id))?;
+    /// Where this group records `id`, whose fingerprint is `fp`, if it does.
+    fn pending_id(&self, fp: u64, id: &Uuid) -> Option<IdLocation> {
+        let &(fi, k) = self.ids.get(&fp)?;
         let f = self.frames.get(fi as usize)?;
         (f.events.get(k as usize)?.event_id == *id).then(|| IdLocation {
             stream: f.stream.clone(),
@@ -257,24 +257,38 @@ impl Writer {
                     }
                 },
             };
-            // An id the index cannot be read for must not pass as new.
-            let mut failed = None;
-            let replay = check_idempotent(&a.stream, a.expected, current, &a.events, |id| {
-                g.pending
-                    .pending_id(id)
-                    .or_else(|| unpublished.iter().rev().find_map(|p| p.pending_id(id)))
-                    .or_else(|| match committed_id(&ix, id) {
+            // Every id is looked up in the index in bulk (see `LogIndex::id_candidates`),
+            // then in this group and the groups still syncing. An id the index cannot be
+            // read for must not pass as new.
+            let fps: Vec<u64> = a.events.iter().map(|e| fingerprint(&e.event_id)).collect();
+            let mut candidates = Vec::with_capacity(fps.len());
+            let mut failed = ix
+                .id_candidates(&fps, &mut candidates)
+                .map_err(reader::index_err)
+                .err();
+            let mut found = Vec::with_capacity(fps.len());
+            for ((e, &fp), &candidate) in a.events.iter().zip(&fps).zip(&candidates) {
+                let id = &e.event_id;
+                let here = g
+                    .pending
+                    .pending_id(fp, id)
+                    .or_else(|| unpublished.iter().rev().find_map(|p| p.pending_id(fp, id)));
+                found.push(here.or_else(|| {
+                    let p = candidate?;
+                    match committed_id(&ix, id, p) {
                         Ok(found) => found,
                         Err(e) => {
                             failed.get_or_insert(e);
                             None
                         }
-                    })
-            });
+                    }
+                }));
+            }
             if let Some(e) = failed {
                 let _ = a.reply.send(Err(e));
                 return None;
             }
+            let replay = decide_idempotent(&a.stream, a.expected, current, &a.events, &found);
             (current, replay)
         };
         match replay {
@@ -455,11 +469,9 @@ impl Writer {
     }
 }
 
-/// Where an id was recorded, confirmed by reading the event (fingerprints can collide).
-fn committed_id(ix: &LogIndex, id: &Uuid) -> Result<Option<IdLocation>, StoreError> {
-    let Some(p) = ix.id_candidate(id).map_err(reader::index_err)? else {
-        return Ok(None);
-    };
+/// Whether `id`, which the index gives `p` as a candidate for, was recorded there:
+/// confirmed by reading the event (fingerprints can collide).
+fn committed_id(ix: &LogIndex, id: &Uuid, p: Position) -> Result<Option<IdLocation>, StoreError> {
     let plan = reader::plan_positions(ix, std::iter::once(p))?;
     let Some(e) = reader::read_positions(&plan)?.pop() else {
         return Ok(None);
