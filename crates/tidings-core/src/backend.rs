@@ -1,7 +1,5 @@
 //! Checks every backend runs before it writes: input validation and idempotent re-appends.
 
-use std::collections::HashSet;
-
 use uuid::Uuid;
 
 use crate::event::{Event, Limits};
@@ -17,14 +15,13 @@ pub fn validate_append(
     if events.is_empty() {
         return Err(StoreError::EmptyAppend);
     }
-    // A single event cannot repeat an id; skip the set on the most common append.
-    let mut seen = HashSet::with_capacity(if events.len() > 1 { events.len() } else { 0 });
+    let repeated_at = first_repeat(events);
     let mut total = 0usize;
     for (index, event) in events.iter().enumerate() {
         event
             .validate(limits)
             .map_err(|source| StoreError::InvalidEvent { index, source })?;
-        if events.len() > 1 && !seen.insert(event.event_id) {
+        if repeated_at == Some(index) {
             return Err(StoreError::DuplicateEventId {
                 stream: stream.clone(),
                 event_id: event.event_id,
@@ -40,6 +37,27 @@ pub fn validate_append(
         });
     }
     Ok(total)
+}
+
+/// The first index whose event repeats the id of an earlier event of the same append,
+/// if any: found by sorting the ids with their indexes, with no hashing (a caller
+/// chooses the ids, so no hash function can be trusted with them).
+fn first_repeat(events: &[Event]) -> Option<usize> {
+    if events.len() < 2 {
+        return None;
+    }
+    let mut ids: Vec<(u128, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.event_id.as_u128(), i))
+        .collect();
+    ids.sort_unstable();
+    // Within a run of equal ids the indexes ascend: the run's second is where the
+    // repeat is first seen.
+    ids.windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[1].1)
+        .min()
 }
 
 /// Where an already-recorded event id lives.
@@ -128,4 +146,62 @@ pub fn decide_idempotent(
         first_position: start.position,
         position: start.position + n - 1,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Payload;
+
+    fn event(id: u128) -> Event {
+        Event {
+            event_id: Uuid::from_u128(id),
+            event_type: "OrderCreated".into(),
+            event_version: "1.0".into(),
+            timestamp: jiff::Timestamp::UNIX_EPOCH,
+            source: "test".into(),
+            data: Payload::parse("{}").unwrap(),
+            metadata: Default::default(),
+        }
+    }
+
+    fn invalid(id: u128) -> Event {
+        let mut e = event(id);
+        e.event_type = String::new();
+        e
+    }
+
+    fn outcome(events: &[Event]) -> String {
+        let stream = StreamId::new("order-1").unwrap();
+        match validate_append(&stream, events, &Limits::default()) {
+            Ok(_) => "ok".into(),
+            Err(StoreError::InvalidEvent { index, .. }) => format!("invalid {index}"),
+            Err(StoreError::DuplicateEventId { reason, .. }) => reason,
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_repeated_id_is_reported_where_it_is_first_seen_again() {
+        assert_eq!(outcome(&[event(1), event(2), event(3)]), "ok");
+        assert_eq!(
+            outcome(&[event(5), event(1), event(9), event(1), event(5)]),
+            "the id appears twice in one append (again at index 3)"
+        );
+        assert_eq!(
+            outcome(&[event(7), event(7), event(7)]),
+            "the id appears twice in one append (again at index 1)"
+        );
+    }
+
+    #[test]
+    fn the_first_problem_in_order_is_the_one_reported() {
+        // An invalid event before the repeat is reported, and a repeat before an
+        // invalid event.
+        assert_eq!(outcome(&[event(1), invalid(2), event(1)]), "invalid 1");
+        assert_eq!(
+            outcome(&[event(1), event(1), invalid(2)]),
+            "the id appears twice in one append (again at index 1)"
+        );
+    }
 }
