@@ -47,6 +47,7 @@ pub struct LogStoreBuilder {
     max_group_bytes: usize,
     index_snapshot_every: u64,
     index_memory_events: u64,
+    index_tail_events: u64,
     inline_commits: bool,
     append_timeout: Duration,
     storage: Arc<dyn Storage>,
@@ -68,6 +69,9 @@ impl std::fmt::Debug for LogStoreBuilder {
 /// Default [`LogStoreBuilder::append_timeout`]: 30 s.
 pub const DEFAULT_APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default [`LogStoreBuilder::index_tail_events`]: 100,000.
+pub const DEFAULT_INDEX_TAIL_EVENTS: u64 = 100_000;
+
 /// Default segment size: 256 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 256 << 20;
 
@@ -83,6 +87,7 @@ impl LogStoreBuilder {
             max_group_bytes: 32 << 20,
             index_snapshot_every: 1_000_000,
             index_memory_events: 4_000_000,
+            index_tail_events: DEFAULT_INDEX_TAIL_EVENTS,
             inline_commits: true,
             append_timeout: DEFAULT_APPEND_TIMEOUT,
             storage: Arc::new(OsStorage),
@@ -142,6 +147,18 @@ impl LogStoreBuilder {
     /// merge runs), not the whole index.
     pub fn index_memory_events(mut self, events: u64) -> Self {
         self.index_memory_events = events.max(1);
+        self
+    }
+
+    /// Most events a close, or an open that had to read them from the log, leaves
+    /// after the index file instead of merging them into it (default
+    /// [`DEFAULT_INDEX_TAIL_EVENTS`]). The next open reads them from the log again, as
+    /// it does after a crash: a few milliseconds. Merging them would rewrite the whole
+    /// file, which on a store of tens of millions of events takes tens of seconds, for
+    /// a handful of events. A store with no index file yet gets one at its first close.
+    /// 0 writes the file at every close and every such open.
+    pub fn index_tail_events(mut self, events: u64) -> Self {
+        self.index_tail_events = events;
         self
     }
 
@@ -223,9 +240,11 @@ impl LogStoreBuilder {
         )?;
         let mut rec = rec;
         if rec.report.frames_scanned > 0
+            && (rec.index.base().is_none() || rec.index.in_memory() > self.index_tail_events)
             && let Some((_, offset)) = rec.active
         {
-            // The scan's work is saved at once, so the next open does not repeat it.
+            // The scan's work is saved at once, so the next open does not repeat it,
+            // unless it was a short tail after the index file (`index_tail_events`).
             index_snapshotter::write_now(&*storage, &dir, &mut rec.index, offset)?;
         }
         let shared = Arc::new(Shared::new(
@@ -247,6 +266,7 @@ impl LogStoreBuilder {
                 max_group_bytes: self.max_group_bytes,
                 index_snapshot_every: self.index_snapshot_every,
                 index_memory_events: self.index_memory_events,
+                index_tail_events: self.index_tail_events,
                 clock: self.clock.clone(),
             },
             ordinal,

@@ -110,10 +110,11 @@ pub(crate) fn after_publish(shared: &Arc<Shared>) {
     }
 }
 
-/// Writes a snapshot now, on this thread, after any background one. The caller makes
-/// sure nothing is being published meanwhile (the writer, with no group at the sync
-/// thread).
-pub(crate) fn snapshot_now(shared: &Shared) -> Result<(), LogError> {
+/// Writes a snapshot now, on this thread, after any background one, unless the index
+/// file leaves at most `keep_tail` events after its cut (the next open reads them from
+/// the log; see `LogStoreBuilder::index_tail_events`). The caller makes sure nothing is
+/// being published meanwhile (the writer, with no group at the sync thread).
+pub(crate) fn snapshot_now(shared: &Shared, keep_tail: u64) -> Result<(), LogError> {
     if let Some(m) = shared.stopped_reason() {
         return Err(LogError::Stopped(m));
     }
@@ -134,9 +135,11 @@ pub(crate) fn snapshot_now(shared: &Shared) -> Result<(), LogError> {
                     .zip(&ix.segments)
                     .all(|(&(first, end), s)| first == s.first_position && end == s.data_end)
         });
+        // A short tail is left to the log: merging it would rewrite the whole file.
+        let short_tail = ix.base.is_some() && ix.in_memory() <= keep_tail;
         drop(ix);
         drop(replaced);
-        if current {
+        if current || short_tail {
             return Ok(());
         }
     }

@@ -754,16 +754,19 @@ async fn a_bounded_in_memory_index_answers_like_a_whole_one() {
     store.close().await.unwrap();
 }
 
-/// A store closed with nothing appended since its index file keeps that file (a
-/// rewrite would be a pass over the whole index for nothing); one closed after appends
-/// writes a new one that the next open uses.
+/// A close rewrites the index file only when more than `index_tail_events` events
+/// follow it: a store closed with nothing new, or with a short tail, keeps its file (a
+/// rewrite is a pass over the whole index) and the next open reads the tail from the
+/// log, without writing the file either. A longer tail is merged at close, and a store
+/// without a file gets one at its first close.
 #[tokio::test(flavor = "multi_thread")]
-async fn closing_with_nothing_new_keeps_the_index_file() {
+async fn a_close_rewrites_the_index_file_only_for_a_long_tail() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let open = || {
         LogStore::builder(dir.path())
             .segment_size(1 << 20)
+            .index_tail_events(2)
             .open()
             .unwrap()
     };
@@ -772,7 +775,79 @@ async fn closing_with_nothing_new_keeps_the_index_file() {
             .unwrap()
             .ino()
     };
+    let append = |store: &LogStore, stream: &'static str, n: usize| {
+        let store = store.clone();
+        async move {
+            let events = (0..n).map(|_| ev("A", None)).collect();
+            store
+                .append(&sid(stream), ExpectedVersion::NoStream, events)
+                .await
+                .unwrap();
+        }
+    };
     let store = open();
+    append(&store, "order-1", 1).await;
+    store.close().await.unwrap();
+    let written = inode();
+
+    let store = open();
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
+    store.close().await.unwrap();
+    assert_eq!(inode(), written, "an unchanged index was rewritten");
+
+    // Two events after the file: a short tail, left to the log.
+    let store = open();
+    append(&store, "order-2", 1).await;
+    append(&store, "order-3", 1).await;
+    store.close().await.unwrap();
+    assert_eq!(inode(), written, "a short tail was merged at close");
+    let store = open();
+    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
+    assert_eq!(store.recovery_report().frames_scanned, 2);
+    for s in ["order-1", "order-2", "order-3"] {
+        assert_eq!(store.stream_version(&sid(s)).await.unwrap(), Some(0), "{s}");
+    }
+    store.close().await.unwrap();
+    assert_eq!(
+        inode(),
+        written,
+        "an open that read a short tail wrote the file"
+    );
+
+    // One more: three events after the file, merged at close.
+    let store = open();
+    append(&store, "order-4", 1).await;
+    store.close().await.unwrap();
+    assert_ne!(inode(), written, "a long tail was not merged at close");
+    let store = open();
+    assert_eq!(store.recovery_report().frames_scanned, 0);
+    assert_eq!(store.head().await.unwrap(), Some(3));
+    assert_eq!(
+        store.stream_version(&sid("order-4")).await.unwrap(),
+        Some(0)
+    );
+    store.close().await.unwrap();
+}
+
+/// With `index_tail_events(0)` every close after appends writes the file, and so does
+/// an open that had to read events after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_tail_is_left_when_none_is_allowed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |tail: u64| {
+        LogStore::builder(dir.path())
+            .segment_size(1 << 20)
+            .index_tail_events(tail)
+            .open()
+            .unwrap()
+    };
+    let inode = || {
+        std::fs::metadata(dir.path().join("index.ckpt"))
+            .unwrap()
+            .ino()
+    };
+    let store = open(0);
     store
         .append(
             &sid("order-1"),
@@ -782,12 +857,9 @@ async fn closing_with_nothing_new_keeps_the_index_file() {
         .await
         .unwrap();
     store.close().await.unwrap();
-    let written = inode();
-    let store = open();
-    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
-    store.close().await.unwrap();
-    assert_eq!(inode(), written, "an unchanged index was rewritten");
-    let store = open();
+    let first = inode();
+    // A tail left by a store that allowed one...
+    let store = open(10);
     store
         .append(
             &sid("order-2"),
@@ -797,9 +869,13 @@ async fn closing_with_nothing_new_keeps_the_index_file() {
         .await
         .unwrap();
     store.close().await.unwrap();
-    assert_ne!(inode(), written, "the appends' index was not written");
-    let store = open();
-    assert_eq!(store.recovery_report().index, IndexSource::Snapshot);
+    assert_eq!(inode(), first);
+    // ...is written at once by an open that allows none.
+    let store = open(0);
+    assert_eq!(store.recovery_report().frames_scanned, 1);
+    assert_ne!(inode(), first, "the tail read at open was not saved");
+    store.close().await.unwrap();
+    let store = open(0);
     assert_eq!(store.recovery_report().frames_scanned, 0);
     assert_eq!(
         store.stream_version(&sid("order-2")).await.unwrap(),

@@ -64,6 +64,7 @@ pub(crate) struct WriterConfig {
     pub max_group_bytes: usize,
     pub index_snapshot_every: u64,
     pub index_memory_events: u64,
+    pub index_tail_events: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -137,7 +138,13 @@ impl Writer {
         let capacity = file
             .len()
             .map_err(LogError::io("reading the size of", &path))?;
-        let snapshotted = shared.read_index().next_position();
+        // What the index file covers: events the open left after it (a short tail,
+        // see `index_tail_events`) count towards the next snapshot.
+        let (snapshotted, next) = {
+            let ix = shared.read_index();
+            let covered = ix.base().map_or(0, |b| b.cut().covered);
+            (covered, ix.next_position())
+        };
         let mut buf = AlignedBuf::default();
         let page_start = offset - offset % DIRECT_ALIGN as u64;
         buf.zero_fill_to((offset - page_start) as usize);
@@ -158,7 +165,7 @@ impl Writer {
             tail_fed: false,
             preparer: None,
             snapshotted,
-            next: snapshotted,
+            next,
         })
     }
 
@@ -194,10 +201,11 @@ impl Writer {
         self.offset - self.buf.len() as u64
     }
 
-    /// Writes a snapshot now, after any running background one.
-    fn snapshot_index(&mut self) -> Result<(), LogError> {
+    /// Writes a snapshot now, after any running background one, unless the index file
+    /// leaves at most `keep_tail` events after it.
+    fn snapshot_index(&mut self, keep_tail: u64) -> Result<(), LogError> {
         self.sync.wait();
-        let r = index_snapshotter::snapshot_now(&self.shared);
+        let r = index_snapshotter::snapshot_now(&self.shared, keep_tail);
         if r.is_ok() {
             self.snapshotted = self.next;
         }
@@ -228,7 +236,7 @@ impl Writer {
     /// prepared.
     fn shut_down(&mut self) -> Result<(), LogError> {
         self.sync.stop();
-        let result = self.snapshot_index();
+        let result = self.snapshot_index(self.cfg.index_tail_events);
         self.closed = true;
         if let Some(h) = self.preparer.take() {
             let _ = h.join();

@@ -104,7 +104,7 @@ pub(crate) fn run(core: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
                 return;
             }
             Some(Request::SnapshotIndex(reply)) => {
-                let _ = reply.send(w.snapshot_index());
+                let _ = reply.send(w.snapshot_index(0));
             }
             _ => {}
         }
