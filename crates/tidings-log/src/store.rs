@@ -347,7 +347,8 @@ impl LogStore {
         closed
     }
 
-    /// Writes the index snapshot now (the writer also writes one when it closes).
+    /// Writes the index snapshot now, whatever follows the current one (a close writes
+    /// one only when more than `index_tail_events` events do).
     pub async fn snapshot_index(&self) -> Result<(), LogError> {
         let tx = self.inner.tx.as_ref().ok_or(LogError::Closed)?;
         let (reply, rx) = oneshot::channel();
