@@ -8,7 +8,8 @@
 //! commits afterwards, on another connection (`notifier.rs`).
 //!
 //! A lone append runs as one statement (`append_one.sql`, the function
-//! `tidings_append_one`): check, lock or create the stream row, claim, write. It declines
+//! `tidings_append_one`; for one event, `append_event.sql` and `tidings_append_event`,
+//! migration 0009): check, lock or create the stream row, claim, write. It declines
 //! what needs more (a failed version check, a repeat, a stream created meanwhile); the
 //! transaction below decides those. A batch of concurrent appends runs as one statement
 //! too (`append_group.sql`, the function `tidings_append_group`, migration 0008): the
@@ -228,12 +229,22 @@ async fn call_append_one(
     let columns = Columns::new(std::slice::from_ref(a), &write)?;
     let what = format!("append to {}", a.stream);
     let mut conn = pool.acquire().await.map_err(|e| store_error(&what, e))?;
-    let query = sqlx::query(include_str!("../sql/queries/append_one.sql"))
+    // One event (the most common append) goes with its columns as scalars.
+    let (sql, one_event) = match a.events.len() {
+        1 => (include_str!("../sql/queries/append_event.sql"), true),
+        _ => (include_str!("../sql/queries/append_one.sql"), false),
+    };
+    let query = sqlx::query(sql)
         .bind(a.stream.as_str())
         .bind(kind)
         .bind(revision)
         .bind(want_horizon);
-    let row = columns.bind_events(query).fetch_one(&mut *conn).await;
+    let query = if one_event {
+        columns.bind_first_event(query)
+    } else {
+        columns.bind_events(query)
+    };
+    let row = query.fetch_one(&mut *conn).await;
     let row = match row {
         Ok(row) => row,
         // A recorded id is refused by the events' insert, after the claim: the
@@ -711,6 +722,22 @@ impl<'a> Columns<'a> {
             .bind(&self.causation_ids)
             .bind(&self.user_ids)
             .bind(&self.extra)
+    }
+
+    /// Binds the first event's columns as scalars, in the same order as
+    /// [`Self::bind_events`] (`append_event.sql`).
+    fn bind_first_event<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(self.event_ids.first())
+            .bind(self.event_types.first())
+            .bind(self.event_versions.first())
+            .bind(self.occurred_at.first())
+            .bind(self.sources.first())
+            .bind(self.data.first())
+            .bind(self.correlation_ids.first().copied().flatten())
+            .bind(self.causation_ids.first().copied().flatten())
+            .bind(self.user_ids.first().copied().flatten())
+            .bind(self.extra.first().cloned().flatten())
     }
 
     fn new(batch: &'a [Append], decisions: &[Decision]) -> Result<Self, StoreError> {

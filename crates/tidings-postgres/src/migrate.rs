@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "grouped appends",
         sql: include_str!("../sql/migrations/0008_grouped_appends.sql"),
     },
+    Migration {
+        version: 9,
+        name: "single event appends",
+        sql: include_str!("../sql/migrations/0009_single_event_appends.sql"),
+    },
 ];
 
 /// Brings the store's schema up to date.
