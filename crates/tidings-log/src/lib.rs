@@ -65,7 +65,10 @@ mod tail;
 mod verify;
 mod writer;
 
-pub use builder::{DEFAULT_APPEND_TIMEOUT, DEFAULT_SEGMENT_SIZE, Durability, LogStoreBuilder};
+pub use builder::{
+    DEFAULT_APPEND_TIMEOUT, DEFAULT_INDEX_TAIL_EVENTS, DEFAULT_SEGMENT_SIZE, Durability,
+    LogStoreBuilder,
+};
 pub use error::LogError;
 pub use recovery::{Damage, IndexSource, RecoveryReport, TornTail};
 pub use store::{LogStore, WriteStats};
