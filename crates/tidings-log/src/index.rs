@@ -525,13 +525,11 @@ impl LogIndex {
     /// of its own, where no probe waits for another: the processor overlaps their cache
     /// misses (a probe of a large layer or filter is one miss) instead of taking them
     /// one after another. The writer checks every append's ids this way.
-    pub fn id_candidates(
-        &self,
-        fps: &[u64],
-        out: &mut Vec<Option<Position>>,
-    ) -> std::io::Result<()> {
-        out.clear();
-        out.extend(fps.iter().map(|fp| self.recent.ids.get(fp).copied()));
+    pub fn id_candidates(&self, fps: &[u64]) -> std::io::Result<Vec<Option<Position>>> {
+        let mut out: Vec<Option<Position>> = fps
+            .iter()
+            .map(|fp| self.recent.ids.get(fp).copied())
+            .collect();
         if let Some(frozen) = &self.frozen {
             for (o, fp) in out.iter_mut().zip(fps) {
                 if o.is_none() {
@@ -540,7 +538,7 @@ impl LogIndex {
             }
         }
         let Some(base) = &self.base else {
-            return Ok(());
+            return Ok(out);
         };
         let passes: Vec<bool> = fps.iter().map(|&fp| base.id_filter_passes(fp)).collect();
         for ((o, &fp), pass) in out.iter_mut().zip(fps).zip(passes) {
@@ -548,7 +546,7 @@ impl LogIndex {
                 *o = base.id(fp)?;
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// How many streams there are.
@@ -808,8 +806,7 @@ mod tests {
         let mut asked: Vec<Uuid> = ids.to_vec();
         asked.insert(asked.len() / 2, Uuid::from_u64_pair(1, 2));
         let fps: Vec<u64> = asked.iter().map(fingerprint).collect();
-        let mut bulk = Vec::new();
-        ix.id_candidates(&fps, &mut bulk).unwrap();
+        let bulk = ix.id_candidates(&fps).unwrap();
         let one_by_one: Vec<_> = asked
             .iter()
             .map(|id| model.id_candidate(id).unwrap())

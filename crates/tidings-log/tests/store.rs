@@ -754,6 +754,30 @@ async fn a_bounded_in_memory_index_answers_like_a_whole_one() {
     store.close().await.unwrap();
 }
 
+/// A store in `dir` that leaves up to `tail` events after its index file.
+fn open_with_tail(dir: &std::path::Path, tail: u64) -> LogStore {
+    LogStore::builder(dir)
+        .segment_size(1 << 20)
+        .index_tail_events(tail)
+        .open()
+        .unwrap()
+}
+
+/// The index file's inode: it changes when the file is written anew.
+fn index_inode(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join("index.ckpt")).unwrap().ino()
+}
+
+/// Appends `n` events to the new stream `stream`.
+async fn append_new(store: &LogStore, stream: &str, n: usize) {
+    let events = (0..n).map(|_| ev("A", None)).collect();
+    store
+        .append(&sid(stream), ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+}
+
 /// A close rewrites the index file only when more than `index_tail_events` events
 /// follow it: a store closed with nothing new, or with a short tail, keeps its file (a
 /// rewrite is a pass over the whole index) and the next open reads the tail from the
@@ -761,32 +785,11 @@ async fn a_bounded_in_memory_index_answers_like_a_whole_one() {
 /// without a file gets one at its first close.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_close_rewrites_the_index_file_only_for_a_long_tail() {
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        LogStore::builder(dir.path())
-            .segment_size(1 << 20)
-            .index_tail_events(2)
-            .open()
-            .unwrap()
-    };
-    let inode = || {
-        std::fs::metadata(dir.path().join("index.ckpt"))
-            .unwrap()
-            .ino()
-    };
-    let append = |store: &LogStore, stream: &'static str, n: usize| {
-        let store = store.clone();
-        async move {
-            let events = (0..n).map(|_| ev("A", None)).collect();
-            store
-                .append(&sid(stream), ExpectedVersion::NoStream, events)
-                .await
-                .unwrap();
-        }
-    };
+    let open = || open_with_tail(dir.path(), 2);
+    let inode = || index_inode(dir.path());
     let store = open();
-    append(&store, "order-1", 1).await;
+    append_new(&store, "order-1", 1).await;
     store.close().await.unwrap();
     let written = inode();
 
@@ -797,8 +800,8 @@ async fn a_close_rewrites_the_index_file_only_for_a_long_tail() {
 
     // Two events after the file: a short tail, left to the log.
     let store = open();
-    append(&store, "order-2", 1).await;
-    append(&store, "order-3", 1).await;
+    append_new(&store, "order-2", 1).await;
+    append_new(&store, "order-3", 1).await;
     store.close().await.unwrap();
     assert_eq!(inode(), written, "a short tail was merged at close");
     let store = open();
@@ -816,7 +819,7 @@ async fn a_close_rewrites_the_index_file_only_for_a_long_tail() {
 
     // One more: three events after the file, merged at close.
     let store = open();
-    append(&store, "order-4", 1).await;
+    append_new(&store, "order-4", 1).await;
     store.close().await.unwrap();
     assert_ne!(inode(), written, "a long tail was not merged at close");
     let store = open();
@@ -833,41 +836,16 @@ async fn a_close_rewrites_the_index_file_only_for_a_long_tail() {
 /// an open that had to read events after it.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_tail_is_left_when_none_is_allowed() {
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let open = |tail: u64| {
-        LogStore::builder(dir.path())
-            .segment_size(1 << 20)
-            .index_tail_events(tail)
-            .open()
-            .unwrap()
-    };
-    let inode = || {
-        std::fs::metadata(dir.path().join("index.ckpt"))
-            .unwrap()
-            .ino()
-    };
+    let open = |tail| open_with_tail(dir.path(), tail);
+    let inode = || index_inode(dir.path());
     let store = open(0);
-    store
-        .append(
-            &sid("order-1"),
-            ExpectedVersion::NoStream,
-            vec![ev("A", None)],
-        )
-        .await
-        .unwrap();
+    append_new(&store, "order-1", 1).await;
     store.close().await.unwrap();
     let first = inode();
     // A tail left by a store that allowed one...
     let store = open(10);
-    store
-        .append(
-            &sid("order-2"),
-            ExpectedVersion::NoStream,
-            vec![ev("B", None)],
-        )
-        .await
-        .unwrap();
+    append_new(&store, "order-2", 1).await;
     store.close().await.unwrap();
     assert_eq!(inode(), first);
     // ...is written at once by an open that allows none.

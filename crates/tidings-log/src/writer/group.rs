@@ -261,11 +261,10 @@ impl Writer {
             // then in this group and the groups still syncing. An id the index cannot be
             // read for must not pass as new.
             let fps: Vec<u64> = a.events.iter().map(|e| fingerprint(&e.event_id)).collect();
-            let mut candidates = Vec::with_capacity(fps.len());
-            let mut failed = ix
-                .id_candidates(&fps, &mut candidates)
-                .map_err(reader::index_err)
-                .err();
+            let (candidates, mut failed) = match ix.id_candidates(&fps) {
+                Ok(c) => (c, None),
+                Err(e) => (Vec::new(), Some(reader::index_err(e))),
+            };
             let mut found = Vec::with_capacity(fps.len());
             for ((e, &fp), &candidate) in a.events.iter().zip(&fps).zip(&candidates) {
                 let id = &e.event_id;
